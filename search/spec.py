@@ -1,0 +1,576 @@
+"""The experiment spec: one YAML file, loaded into small frozen dataclasses and validated at load.
+
+Every rule is checked here, before Ray starts, and every broken rule raises
+:class:`~search.errors.SpecError` with a one-line message that names the key path, the rule and
+the value received, e.g. ``space.upsample: `low <= high` must hold, got low=5, high=2``.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model_zoo import MODEL_KEYS, ModelConfig, ModelConfigError
+from search.errors import SpecError
+
+SECTIONS = (
+    "name", "dataset", "model", "train", "space", "search", "scheduler", "resources", "storage",
+)
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+SCHEDULERS = ("asha", "fifo")
+SEARCHERS = ("tpe", "random")
+AUGMENTS = ("none", "flip", "crop", "flip+crop")
+
+# The original method's settings (GaussianNoise 0.01, x2 upsampling, no input convs, nothing
+# frozen, a 256/0.75 head): the baseline trial every search is measured against.
+ORIGINAL_METHOD: dict[str, Any] = {
+    "noise_std": 0.01,
+    "upsample": 2,
+    "input_convs": 0,
+    "freeze": 0,
+    "dense_units": 256,
+    "dropout": 0.75,
+}
+
+# Settings that only matter when another one allows them; Optuna's define-by-run API samples
+# them only then, so TPE does not learn from values that had no effect.
+CONDITIONS: dict[str, tuple[str, str]] = {
+    "input_conv_filters": ("input_convs", "input_convs > 0"),
+    "input_conv_kernel": ("input_convs", "input_convs > 0"),
+    "momentum": ("optimizer", "optimizer == 'sgd'"),
+}
+
+QUICKSTART_PATH = Path(__file__).parent / "configs" / "quickstart.yaml"
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers shared by the sections
+
+
+def _suggest(key: str, valid: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def check_keys(mapping: Any, valid: tuple[str, ...] | list[str], where: str) -> Mapping:
+    """Checks that ``mapping`` is a mapping whose keys are all in ``valid``.
+
+    Args:
+        mapping: The value read from YAML.
+        valid: The allowed keys.
+        where: Key path of the mapping, used in the error message.
+
+    Returns:
+        The mapping, unchanged.
+
+    Raises:
+        SpecError: When it is not a mapping or holds an unknown key.
+    """
+    if not isinstance(mapping, Mapping):
+        raise SpecError(f"{where}: must be a mapping, got {mapping!r}")
+    for key in mapping:
+        if key not in valid:
+            raise SpecError(f"{where}: unknown key `{key}`{_suggest(str(key), valid)}")
+    return mapping
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(value: Any, where: str, low: int | None = None, high: int | None = None) -> int:
+    if not _is_int(value) or (low is not None and value < low) or (
+        high is not None and value > high
+    ):
+        bounds = f" >= {low}" if high is None else f" in [{low}, {high}]"
+        raise SpecError(f"{where}: must be an int{bounds if low is not None else ''}, "
+                        f"got {value!r}")
+    return value
+
+
+def _float(value: Any, where: str, *, positive: bool = False, nonneg: bool = False) -> float:
+    ok = _is_number(value) and math.isfinite(value)
+    if ok and positive and value <= 0:
+        ok = False
+    if ok and nonneg and value < 0:
+        ok = False
+    if not ok:
+        rule = "a float > 0" if positive else "a float >= 0" if nonneg else "a finite float"
+        raise SpecError(f"{where}: must be {rule}, got {value!r}")
+    return float(value)
+
+
+def _one_of(value: Any, valid: tuple[str, ...], where: str) -> str:
+    if value not in valid:
+        raise SpecError(f"{where}: must be one of {', '.join(valid)}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# the sections
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How one trial trains. Every field may also be searched in ``space``."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    augment: str = "none"
+    mixed_precision: str = "auto"
+    jit_compile: bool | str = "auto"
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, where: str = "train") -> TrainSpec:
+        check_keys(mapping, TRAIN_KEYS, where)
+        spec = cls(**mapping)
+        spec.validate(where)
+        return spec
+
+    def validate(self, where: str = "train") -> None:
+        _int(self.epochs, f"{where}.epochs", 1)
+        _int(self.batch_size, f"{where}.batch_size", 1)
+        _one_of(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
+        _float(self.learning_rate, f"{where}.learning_rate", positive=True)
+        if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
+            raise SpecError(f"{where}.momentum: must be a float in [0, 1), got {self.momentum!r}")
+        _one_of(self.augment, AUGMENTS, f"{where}.augment")
+        _one_of(self.mixed_precision, PRECISIONS, f"{where}.mixed_precision")
+        if self.jit_compile not in ("auto", True, False):
+            raise SpecError(f"{where}.jit_compile: must be auto, true or false, "
+                            f"got {self.jit_compile!r}")
+        _int(self.seed, f"{where}.seed", 0)
+
+
+TRAIN_KEYS = tuple(f.name for f in fields(TrainSpec))
+# Keys a trial's config may hold: the model's and the training loop's.
+SEARCHABLE_KEYS = tuple(MODEL_KEYS) + tuple(k for k in TRAIN_KEYS if k not in ("epochs", "seed"))
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched setting: ``kind`` is uniform, loguniform, int, choice or fixed."""
+
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    values: tuple = ()
+
+    def endpoints(self) -> tuple:
+        """Values whose validity implies every sampled value's validity (ranges are convex)."""
+        return self.values if self.kind in ("choice", "fixed") else (self.low, self.high)
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` can be drawn from this distribution."""
+        if self.kind in ("choice", "fixed"):
+            return value in self.values
+        if not _is_number(value):
+            return False
+        if self.kind == "int" and not _is_int(value):
+            return False
+        return self.low <= value <= self.high
+
+    def to_yaml(self) -> Any:
+        if self.kind == "fixed":
+            return self.values[0]
+        if self.kind == "choice":
+            return {"choice": list(self.values)}
+        return {self.kind: [self.low, self.high]}
+
+
+def parse_distribution(value: Any, where: str) -> Distribution:
+    """Parses ``{uniform: [lo, hi]}``, ``{loguniform: ...}``, ``{int: ...}``, ``{choice: [...]}``
+    or a plain value (fixed).
+
+    Raises:
+        SpecError: On an unknown distribution, inverted or empty range, or wrong types.
+    """
+    if not isinstance(value, Mapping):
+        if isinstance(value, (list, tuple)):
+            raise SpecError(f"{where}: a list is ambiguous; write {{choice: {list(value)}}}, "
+                            f"got {list(value)!r}")
+        return Distribution("fixed", values=(value,))
+    if len(value) != 1:
+        raise SpecError(f"{where}: must have exactly one of {', '.join(DISTRIBUTIONS)}, "
+                        f"got keys {sorted(map(str, value))}")
+    kind, args = next(iter(value.items()))
+    if kind not in DISTRIBUTIONS:
+        raise SpecError(f"{where}: unknown distribution `{kind}`"
+                        f"{_suggest(str(kind), DISTRIBUTIONS)}")
+    if kind == "choice":
+        if not isinstance(args, (list, tuple)) or len(args) == 0:
+            raise SpecError(f"{where}.choice: must be a non-empty list, got {args!r}")
+        if len(set(map(repr, args))) != len(args):
+            raise SpecError(f"{where}.choice: values must be distinct, got {list(args)!r}")
+        return Distribution("choice", values=tuple(args))
+    if not isinstance(args, (list, tuple)) or len(args) != 2:
+        raise SpecError(f"{where}.{kind}: must be a list [low, high], got {args!r}")
+    low, high = args
+    check = _is_int if kind == "int" else _is_number
+    rule = "ints" if kind == "int" else "numbers"
+    if not (check(low) and check(high)) or not (math.isfinite(low) and math.isfinite(high)):
+        raise SpecError(f"{where}.{kind}: low and high must be finite {rule}, "
+                        f"got low={low!r}, high={high!r}")
+    if kind == "int" and low > high or kind != "int" and low >= high:
+        sign = "<=" if kind == "int" else "<"
+        raise SpecError(f"{where}.{kind}: `low {sign} high` must hold, got low={low}, high={high}")
+    if kind == "loguniform" and low <= 0:
+        raise SpecError(f"{where}.loguniform: `low > 0` must hold, got low={low}, high={high}")
+    return Distribution(kind, low=low, high=high)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """How many trials, how many at once, and the budgets that stop a search."""
+
+    num_samples: int = 16
+    max_concurrent: int | None = None
+    seed: int = 0
+    algorithm: str = "tpe"
+    time_budget_s: float | None = None
+    budget_gpu_hours: float | None = None
+    baseline: bool = True
+    max_failures: int = 3
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, where: str = "search") -> SearchSpec:
+        check_keys(mapping, tuple(f.name for f in fields(cls)), where)
+        spec = cls(**mapping)
+        _int(spec.num_samples, f"{where}.num_samples", 1)
+        if spec.max_concurrent is not None:
+            _int(spec.max_concurrent, f"{where}.max_concurrent", 1)
+        _int(spec.seed, f"{where}.seed", 0)
+        _one_of(spec.algorithm, SEARCHERS, f"{where}.algorithm")
+        for key in ("time_budget_s", "budget_gpu_hours"):
+            if getattr(spec, key) is not None:
+                _float(getattr(spec, key), f"{where}.{key}", positive=True)
+        if not isinstance(spec.baseline, bool):
+            raise SpecError(f"{where}.baseline: must be true or false, got {spec.baseline!r}")
+        _int(spec.max_failures, f"{where}.max_failures", 0)
+        return spec
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """ASHA's settings (Ray's names); ``max_t`` is always ``train.epochs``."""
+
+    name: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 3
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, where: str = "scheduler") -> SchedulerSpec:
+        check_keys(mapping, tuple(f.name for f in fields(cls)), where)
+        spec = cls(**mapping)
+        _one_of(spec.name, SCHEDULERS, f"{where}.name")
+        _int(spec.grace_period, f"{where}.grace_period", 1)
+        if not _is_number(spec.reduction_factor) or spec.reduction_factor < 2:
+            raise SpecError(f"{where}.reduction_factor: must be a number >= 2, "
+                            f"got {spec.reduction_factor!r}")
+        return spec
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    """What each trial asks Ray for. ``gpus_per_trial: auto`` is 1 on a GPU cluster, else 0."""
+
+    cpus_per_trial: float = 1
+    gpus_per_trial: float | str = "auto"
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, where: str = "resources") -> ResourcesSpec:
+        check_keys(mapping, tuple(f.name for f in fields(cls)), where)
+        spec = cls(**mapping)
+        _float(spec.cpus_per_trial, f"{where}.cpus_per_trial", positive=True)
+        gpus = spec.gpus_per_trial
+        if gpus != "auto":
+            _float(gpus, f"{where}.gpus_per_trial", nonneg=True)
+            # Ray only packs fractional GPUs below one; above one a trial takes whole devices.
+            if gpus > 1 and not float(gpus).is_integer():
+                raise SpecError(f"{where}.gpus_per_trial: above 1 must be a whole number, "
+                                f"got {gpus!r}")
+        return spec
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A whole experiment: what data, which fixed settings, what to search, how, where."""
+
+    name: str
+    dataset: Any  # search.datasets.DatasetSpec; typed loosely to keep this import light
+    model: Mapping[str, Any] = field(default_factory=dict)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    space: Mapping[str, Distribution] = field(default_factory=dict)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    storage: str = "./results"
+    # Values given under model/train for keys that are also searched: the baseline trial's.
+    baseline_values: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_t(self) -> int:
+        """ASHA's ``max_t``: a trial that reaches it has trained fully."""
+        return self.train.epochs
+
+    @property
+    def experiment_path(self) -> str:
+        """Where the experiment's folder is (a local path or a URI)."""
+        return join_storage(self.storage, self.name)
+
+    def fixed_config(self) -> dict[str, Any]:
+        """The model and train settings that every trial shares (searched keys excluded)."""
+        fixed = {**self.model, **asdict(self.train)}
+        return {k: v for k, v in fixed.items() if k not in self.space}
+
+    def baseline_point(self) -> dict[str, Any]:
+        """The baseline trial: the original method's values for the searched keys it defines,
+        and, for other searched keys, the value written under model/train (if any)."""
+        point = {k: v for k, v in self.baseline_values.items() if k in self.space}
+        point.update({k: v for k, v in ORIGINAL_METHOD.items() if k in self.space})
+        return point
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain YAML-ready data; ``load_spec_dict(spec.to_dict())`` round-trips."""
+        from model_zoo import MODEL_KEYS
+
+        train = {k: v for k, v in asdict(self.train).items()
+                 if k not in self.space or k in self.baseline_values}
+        model = {**self.model,
+                 **{k: v for k, v in self.baseline_values.items() if k in MODEL_KEYS}}
+        return {
+            "name": self.name,
+            "dataset": {k: v for k, v in asdict(self.dataset).items() if v is not None},
+            "model": model,
+            "train": train,
+            "space": {k: d.to_yaml() for k, d in self.space.items()},
+            "search": asdict(self.search),
+            "scheduler": asdict(self.scheduler),
+            "resources": asdict(self.resources),
+            "storage": self.storage,
+        }
+
+
+def join_storage(storage: str, name: str) -> str:
+    """Joins a storage path or URI with an experiment name."""
+    if "://" in storage:
+        return storage.rstrip("/") + "/" + name
+    return os.path.join(os.path.abspath(os.path.expanduser(storage)), name)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _check_model_values(values: Mapping[str, Any], where: str) -> None:
+    try:
+        ModelConfig.from_mapping(values)
+    except ModelConfigError as err:
+        raise SpecError(f"{where}.{err}") from None
+
+
+def _check_value(key: str, value: Any, where: str, model: Mapping[str, Any]) -> None:
+    """Checks one candidate value of a searched key against the key's own rules."""
+    if key in MODEL_KEYS:
+        # Checked together with the fixed model settings: e.g. a freeze depth is only valid for
+        # the backbone chosen.
+        try:
+            ModelConfig.from_mapping({**model, key: value})
+        except ModelConfigError as err:
+            message = str(err)
+            prefix = f"{key}: "
+            raise SpecError(f"{where}: {message.removeprefix(prefix)}") from None
+    else:
+        try:
+            replace(TrainSpec(), **{key: value}).validate("train")
+        except SpecError as err:
+            raise SpecError(f"{where}: {str(err).split(': ', 1)[1]}") from None
+
+
+def _parse_space(raw: Any, model: Mapping[str, Any], train_raw: Mapping) -> dict:
+    check_keys(raw, SEARCHABLE_KEYS, "space")
+    space: dict[str, Distribution] = {}
+    for key, value in raw.items():
+        where = f"space.{key}"
+        dist = parse_distribution(value, where)
+        for candidate in dist.endpoints():
+            _check_value(key, candidate, where, model)
+        space[key] = dist
+    return space
+
+
+def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
+    """Validates a spec given as plain data (what YAML gives) and freezes it.
+
+    Args:
+        raw: The parsed YAML document.
+        source: Where it came from, for messages.
+
+    Returns:
+        The validated, frozen experiment spec.
+
+    Raises:
+        SpecError: On the first broken rule.
+    """
+    from search.datasets import DatasetSpec  # noqa: PLC0415 - keeps `import search.spec` light
+
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{source}: must be a YAML mapping of sections, got {raw!r}")
+    check_keys(raw, SECTIONS, "spec")
+    name = raw.get("name", None)
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\:") or name in (
+        ".", ".."
+    ):
+        raise SpecError(f"name: must be a non-empty string without '/', '\\' or ':', "
+                        f"got {name!r}")
+    if "dataset" not in raw:
+        raise SpecError("dataset: is required (e.g. dataset: {name: digits})")
+    dataset = DatasetSpec.from_mapping(raw["dataset"], where="dataset")
+
+    model = dict(check_keys(raw.get("model") or {}, MODEL_KEYS, "model"))
+    _check_model_values(model, "model")
+    train_raw = raw.get("train") or {}
+    train = TrainSpec.from_mapping(train_raw)
+    space = _parse_space(raw.get("space") or {}, model, train_raw)
+    # A key both written under model/train and searched is searched; the written value is
+    # where the baseline trial starts.
+    baseline_values = {k: model.pop(k) for k in list(model) if k in space}
+    baseline_values.update({k: v for k, v in train_raw.items() if k in space})
+
+    search = SearchSpec.from_mapping(raw.get("search") or {})
+    scheduler = SchedulerSpec.from_mapping(raw.get("scheduler") or {})
+    if scheduler.grace_period > train.epochs:
+        raise SpecError(f"scheduler.grace_period: `grace_period <= max_t` must hold "
+                        f"(max_t = train.epochs), got grace_period={scheduler.grace_period}, "
+                        f"max_t={train.epochs}")
+    resources = ResourcesSpec.from_mapping(raw.get("resources") or {})
+    storage = raw.get("storage", "./results")
+    if not isinstance(storage, str) or not storage:
+        raise SpecError(f"storage: must be a path or URI string, got {storage!r}")
+
+    spec = ExperimentSpec(name=name, dataset=dataset, model=model, train=train, space=space,
+                          search=search, scheduler=scheduler, resources=resources,
+                          storage=storage, baseline_values=baseline_values)
+    if search.baseline:
+        for key, value in spec.baseline_point().items():
+            if not space[key].contains(value):
+                whose = "the original method's" if key in ORIGINAL_METHOD else "the baseline's"
+                raise SpecError(f"search.baseline: {whose} {key}={value!r} must "
+                                f"lie in space.{key} ({space[key].to_yaml()}); widen the space "
+                                f"or set search.baseline: false")
+    return spec
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Reads a YAML file with the safe loader, turning every failure into a one-line error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, expected a YAML file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: cannot be read ({err.__class__.__name__}: {err})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parses ``key.path=value`` (value as a YAML scalar/flow literal, never executed)."""
+    if "=" not in text:
+        raise SpecError(f"--set: must look like key.path=value, got {text!r}")
+    key, value_text = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecError(f"--set: key path must be dotted names like train.epochs, got {key!r}")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        try:
+            value = ast.literal_eval(value_text)
+        except (ValueError, SyntaxError):
+            raise SpecError(f"--set {key}: cannot parse value {value_text!r}") from None
+    return parts, value
+
+
+def apply_overrides(raw: Any, overrides: list[str]) -> Any:
+    """Applies ``--set`` overrides to the raw spec; the result is validated as a whole later."""
+    if not overrides:
+        return raw
+    if not isinstance(raw, Mapping):
+        return raw
+    result = _deep_copy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {'.'.join(parts)}: `{'.'.join(parts[:i + 1])}` is not a "
+                                f"section, got {child!r}")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def load_spec(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+              **replacements: Any) -> ExperimentSpec:
+    """Loads and validates an experiment spec from YAML.
+
+    Args:
+        path: The YAML file; ``None`` loads the quickstart shipped in the package.
+        overrides: ``key.path=value`` strings, applied before validation.
+        **replacements: Top-level values to replace (``name=``, ``storage=``), as the CLI's
+            ``--name`` and ``--storage`` do.
+
+    Returns:
+        The validated experiment spec.
+
+    Raises:
+        SpecError: On any broken rule, with the key path, the rule and the value received.
+    """
+    source = QUICKSTART_PATH if path is None else Path(path)
+    raw = read_yaml(source)
+    raw = apply_overrides(raw, list(overrides or []))
+    if isinstance(raw, Mapping):
+        raw = {**raw, **{k: v for k, v in replacements.items() if v is not None}}
+    return load_spec_dict(raw, source=str(source))
+
+
+def dump_spec(spec: ExperimentSpec) -> str:
+    """The spec as YAML text (sections in the documented order)."""
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)

@@ -1,0 +1,54 @@
+"""Shared test set-up: seeds, the `gpu` marker, and Ray kept to this machine and this run."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+
+# Ray's own temp folder (sockets, logs, session files) per test run, short enough for Unix
+# socket paths; and TensorFlow quiet in subprocesses.
+_RAY_TMP = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+os.environ.setdefault("RAY_TMPDIR", _RAY_TMP)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _gpu_available() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    except Exception:  # noqa: BLE001 - no usable TensorFlow GPU means skip
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not _gpu_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU visible to TensorFlow")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def ray_local():
+    """A local Ray on loopback with 2 CPUs, never a cluster a stale file points to."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _node_ip_address="127.0.0.1", configure_logging=False)
+    yield ray
+    ray.shutdown()

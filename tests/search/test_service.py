@@ -1,0 +1,163 @@
+"""End-to-end searches on CPU: the CLI as a user runs it, small data and a small backbone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search.results import load_trials
+from search.searcher import ATTR_RAY_TRIAL, STUDY_FILE
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY_SPEC = {
+    "name": "tiny",
+    "dataset": {"name": "digits", "subset": 200, "val_fraction": 0.25, "seed": 0},
+    "model": {"backbone": "small_cnn", "weights": "none", "dense_units": 32},
+    "train": {"epochs": 3, "batch_size": 32, "optimizer": "adam"},
+    "space": {
+        "noise_std": {"loguniform": [0.001, 0.1]},
+        "upsample": {"choice": [1, 2]},
+        "dropout": {"uniform": [0.3, 0.8]},
+        "learning_rate": {"loguniform": [0.0003, 0.01]},
+    },
+    "search": {"num_samples": 6, "max_concurrent": 2, "seed": 0, "baseline": True},
+    "scheduler": {"grace_period": 1, "reduction_factor": 3},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},
+}
+
+
+def write_spec(tmp_path: Path, **changes) -> Path:
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["storage"] = str(tmp_path / "results")
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            spec[section][field] = value
+        else:
+            spec[section] = value
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=env, **kwargs)
+
+
+def study_trials(experiment_dir: Path) -> dict[str, optuna.trial.FrozenTrial]:
+    from search.searcher import open_study
+
+    study = open_study(str(experiment_dir / STUDY_FILE), experiment_dir.name, seed=0)
+    return {t.user_attrs.get(ATTR_RAY_TRIAL, f"#{t.number}"): t for t in study.trials}
+
+
+def test_cli_search_end_to_end_asha_baseline_and_study(tmp_path):
+    spec_path = write_spec(tmp_path)
+    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "e2e")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    experiment = tmp_path / "results" / "e2e"
+    trials = load_trials(str(experiment))
+    assert len(trials) == 6
+    statuses = [t.status(3) for t in trials]
+    assert "stopped" in statuses, statuses  # ASHA stopped some before max_t
+    assert "complete" in statuses
+    assert "stopped by ASHA at epoch" in done.stdout
+
+    # The baseline (original method) ran, first.
+    baseline = [t for t in trials if t.config.get("noise_std") == 0.01
+                and t.config.get("upsample") == 2 and t.config.get("dropout") == 0.75]
+    assert len(baseline) == 1
+
+    # The Optuna study holds every trial exactly as ASHA decided.
+    study = study_trials(experiment)
+    assert set(study) == {t.trial_id for t in trials}
+    for trial in trials:
+        frozen = study[trial.trial_id]
+        epochs = {int(r["epoch"]): r["val_accuracy"] for r in trial.history}
+        assert frozen.intermediate_values == pytest.approx(epochs)
+        if trial.epochs_run >= 3:
+            assert frozen.state == TrialState.COMPLETE
+            assert frozen.value == pytest.approx(trial.final["val_accuracy"])
+        else:
+            assert frozen.state == TrialState.PRUNED
+            assert frozen.value == pytest.approx(epochs[trial.epochs_run])
+
+    # The best config printed is the results table's best.
+    best = max((t for t in trials if not t.failed), key=lambda t: t.best["val_accuracy"])
+    printed = next(line for line in done.stdout.splitlines() if line.startswith("best config:"))
+    assert json.loads(printed.removeprefix("best config: ")) == best.config
+    assert f"best trial: {best.trial_id}" in done.stdout
+    assert str(experiment) in done.stdout
+
+
+def test_resume_after_driver_killed_finishes_without_rerunning(tmp_path):
+    spec_path = write_spec(tmp_path, search__num_samples=4, train__epochs=4,
+                           scheduler={"grace_period": 4, "reduction_factor": 3})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(spec_path),
+                               "--num-cpus", "2", "--name", "killed"], cwd=REPO, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    experiment = tmp_path / "results" / "killed"
+    deadline = time.time() + 300
+    # Kill the driver once at least one trial has finished and others are mid-way.
+    while time.time() < deadline:
+        text = (tmp_path / "driver.log").read_text()
+        if " complete at epoch" in text:
+            break
+        assert driver.poll() is None, text[-3000:]
+        time.sleep(1)
+    else:
+        pytest.fail("no trial finished in time")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = {t.trial_id: t for t in load_trials(str(experiment))}
+    finished_before = {k: t.history for k, t in before.items() if t.status(4) == "complete"}
+    assert finished_before
+
+    done = cli("resume", str(experiment), "--num-cpus", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = {t.trial_id: t for t in load_trials(str(experiment))}
+    assert len(after) == 4
+    assert all(t.status(4) == "complete" for t in after.values())
+    for trial_id, history in finished_before.items():
+        # Not run twice: the same rows, same timestamps.
+        assert [r["timestamp"] for r in after[trial_id].history] == [
+            r["timestamp"] for r in history]
+    assert "started" not in " ".join(
+        line for line in done.stdout.splitlines()
+        if any(f"trial {k} started" in line for k in finished_before))
+    # Ray and Optuna agree on every trial Ray knows.
+    study = study_trials(experiment)
+    for trial_id, trial in after.items():
+        assert study[trial_id].state == TrialState.COMPLETE
+        assert study[trial_id].value == pytest.approx(trial.final["val_accuracy"])
+
+
+def test_validate_and_bad_input_exit_2_without_traceback(tmp_path):
+    spec_path = write_spec(tmp_path)
+    ok = cli("validate", str(spec_path))
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    bad = write_spec(tmp_path, space={"upsample": {"int": [5, 2]}})
+    done = cli("validate", str(bad))
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: space.upsample.int: `low <= high` must hold, "
+                                   "got low=5, high=2")
+    missing = cli("resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "experiment folder not found" in missing.stderr
