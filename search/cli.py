@@ -62,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[],
                           metavar="KEY.PATH=VALUE")
 
+    export = sub.add_parser("export", help="write best configs, results tables, best model")
+    export.add_argument("experiment_dir")
+    export.add_argument("--out", default=None, help="output folder (default EXPERIMENT/export)")
+    export.add_argument("--top", type=int, default=5, help="configs in top_configs.yaml")
+    export.add_argument("--no-model", action="store_true", help="skip best_model.keras")
+
+    retrain = sub.add_parser("retrain", help="train an exported config on train+val, test once")
+    retrain.add_argument("best_config")
+    retrain.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    retrain.add_argument("--out", default=None, help="output folder")
+
+    report = sub.add_parser("report", help="write a self-contained HTML report")
+    report.add_argument("experiment_dir")
+    report.add_argument("--out", default=None, help="output folder (default EXPERIMENT/report)")
+
     describe = sub.add_parser("describe", help="print one model's summary and parameter counts")
     describe.add_argument("config", help="a spec YAML (its model settings and the baseline "
                                          "values), a JSON object of model settings, or a "
@@ -137,6 +152,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from search.export import export_experiment
+
+    result = export_experiment(_abs(args.experiment_dir), args.out, top=args.top,
+                               with_model=not args.no_model)
+    for name in result.files:
+        print(os.path.join(result.out_dir, name))
+    if result.best is None:
+        print("no trial produced a result: wrote the tables only")
+    else:
+        print(f"best trial: {result.best.trial_id} "
+              f"val_accuracy={result.best.best['val_accuracy']:.4f}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from search.retrain import retrain
+
+    if args.epochs is not None and args.epochs < 1:
+        raise SpecError(f"--epochs: must be an int >= 1, got {args.epochs}")
+    result = retrain(args.best_config, epochs=args.epochs, out_dir=args.out)
+    print(json.dumps(result.metrics, indent=2))
+    print(f"model, metrics.json and history.csv in {result.out_dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+
+    print(write_report(_abs(args.experiment_dir), args.out))
+    return 0
+
+
 def _describe_settings(source: str) -> dict[str, Any]:
     text = source.strip()
     if text.startswith("{"):
@@ -205,6 +253,9 @@ COMMANDS = {
     "extend": cmd_extend,
     "validate": cmd_validate,
     "describe": cmd_describe,
+    "export": cmd_export,
+    "retrain": cmd_retrain,
+    "report": cmd_report,
 }
 
 
