@@ -237,9 +237,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
     model = build_model(settings, input_shape=shape, num_classes=args.classes)
     print(model_summary(model))
     counts = describe_model(model)
-    print(f"total parameters:         {counts['total']:,}")
-    print(f"trainable parameters:     {counts['trainable']:,}")
-    print(f"non-trainable parameters: {counts['non_trainable']:,}")
+    print(f"total parameters:         {counts['total_params']:,}")
+    print(f"trainable parameters:     {counts['trainable_params']:,}")
+    print(f"non-trainable parameters: {counts['non_trainable_params']:,}")
     return 0
 
 

@@ -80,7 +80,7 @@ def _suggest(trial: Any, key: str, dist: Distribution) -> Any:
 class define_by_run:  # noqa: N801 - used like a function; a class so the searcher pickles
     """Optuna's define-by-run function for ``space``.
 
-    A conditional key (``input_conv_filters`` needs ``input_convs > 0``) is suggested only when
+    A conditional key (``input_conv_filters`` needs ``input_convs > 1``) is suggested only when
     its condition holds, so TPE never learns from values that had no effect. Fixed values in
     the space are returned (merged into the config without being Optuna parameters).
 
@@ -112,12 +112,8 @@ class define_by_run:  # noqa: N801 - used like a function; a class so the search
 
     @staticmethod
     def _condition_holds(key: str, values: Mapping[str, Any]) -> bool:
-        parent, _ = CONDITIONS[key]
-        if parent not in values:
-            return True
-        if parent == "input_convs":
-            return values[parent] > 0
-        return values[parent] == "sgd"
+        parent, _, test = CONDITIONS[key]
+        return parent not in values or test(values[parent])
 
 
 class AshaAwareOptunaSearch(OptunaSearch):

@@ -17,9 +17,9 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import ray
 from ray import tune
@@ -206,9 +206,8 @@ def _sync_journal(spec_or_dir: str, local_dir: str) -> None:
 class ProgressPrinter(tune.Callback):
     """One line per event: trials started, epochs, ASHA stops, failures, best so far."""
 
-    def __init__(self, max_t: int, stream: TextIO | None = None) -> None:
+    def __init__(self, max_t: int) -> None:
         self.max_t = max_t
-        self.stream = stream or sys.stdout
         self.best: tuple[float, str] | None = None
         self.last_epoch: dict[str, int] = {}
         self.states: dict[str, str] = {}
@@ -218,7 +217,8 @@ class ProgressPrinter(tune.Callback):
                   for s in ("running", "stopped", "complete", "failed")}
         tally = " ".join(f"{k}={v}" for k, v in counts.items())
         best = f" best={self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-        print(f"[{time.strftime('%H:%M:%S')}] {text}  |  {tally}{best}", file=self.stream,
+        # sys.stdout is looked up each time: the tuner pickles its callbacks.
+        print(f"[{time.strftime('%H:%M:%S')}] {text}  |  {tally}{best}", file=sys.stdout,
               flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -275,16 +275,22 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
-                 storage_path: str, local_dir: str, num_samples: int, seed: int,
-                 baseline: bool) -> tune.Tuner:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
+def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
+                    trainable: Callable[..., None] | None) -> Any:
+    """The trainable with its resources, and the dataset put in the object store once."""
     fixed = {**spec.fixed_config(), "gpus_per_trial": gpus}
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, fixed=fixed),
+    return tune.with_resources(
+        tune.with_parameters(trainable or train_trial, data=data, fixed=fixed),
         {"cpu": spec.resources.cpus_per_trial, "gpu": gpus},
     )
+
+
+def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
+                 storage_path: str, local_dir: str, num_samples: int, seed: int,
+                 baseline: bool, trainable: Callable[..., None] | None = None) -> tune.Tuner:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    trainable = _wrap_trainable(spec, data, gpus, trainable)
     points = [spec.baseline_point()] if baseline and spec.baseline_point() else None
     budget = spec.search.budget_gpu_hours
     search_alg = AshaAwareOptunaSearch(
@@ -313,6 +319,8 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
             max_concurrent_trials=spec.search.max_concurrent,
             time_budget_s=spec.search.time_budget_s,
             trial_dirname_creator=_trial_dirname,
+            # One process per concurrent trial slot: TensorFlow is imported once, not per trial.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=run_name,
@@ -375,7 +383,8 @@ def with_fresh_name(spec: ExperimentSpec) -> ExperimentSpec:
 
 
 def run_search(spec: ExperimentSpec, *, address: str | None = None,
-               num_cpus: int | None = None) -> SearchSummary:
+               num_cpus: int | None = None,
+               trainable: Callable[..., None] | None = None) -> SearchSummary:
     """Runs a whole search: validates resources, loads the data once, tunes, summarizes.
 
     Args:
@@ -383,6 +392,8 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
         address: A Ray cluster to join (``auto`` inside ``ray submit``/``ray job``); ``None``
             starts a local Ray on loopback.
         num_cpus: CPUs for a local Ray (default: all).
+        trainable: Replaces :func:`~search.trainable.train_trial` (same signature), e.g. a
+            wrapper that injects faults in tests.
 
     Returns:
         The search's summary: every trial, the best one and the experiment folder.
@@ -409,7 +420,8 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
         with driver_lock(experiment_dir):
             tuner = _build_tuner(spec, data, gpus, run_name=run_name, storage_path=storage_path,
                                  local_dir=local_dir, num_samples=spec.search.num_samples,
-                                 seed=spec.search.seed, baseline=spec.search.baseline)
+                                 seed=spec.search.seed, baseline=spec.search.baseline,
+                                 trainable=trainable)
             interrupted = _fit(tuner)
             _sync_journal(experiment_dir, local_dir)
     finally:
@@ -431,19 +443,16 @@ def load_experiment_spec(experiment_dir: str) -> ExperimentSpec:
     return load_spec_dict(raw, source=f"{experiment_dir}/{SPEC_FILE}")
 
 
-def _restore_round(spec: ExperimentSpec, round_path: str, data: Any, gpus: float) -> bool:
-    fixed = {**spec.fixed_config(), "gpus_per_trial": gpus}
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, fixed=fixed),
-        {"cpu": spec.resources.cpus_per_trial, "gpu": gpus},
-    )
-    tuner = tune.Tuner.restore(round_path, trainable=trainable, resume_unfinished=True,
-                               resume_errored=True)
+def _restore_round(spec: ExperimentSpec, round_path: str, data: Any, gpus: float,
+                   trainable: Callable[..., None] | None = None) -> bool:
+    tuner = tune.Tuner.restore(round_path, trainable=_wrap_trainable(spec, data, gpus, trainable),
+                               resume_unfinished=True, resume_errored=True)
     return _fit(tuner)
 
 
 def resume_search(experiment_dir: str, *, address: str | None = None,
-                  num_cpus: int | None = None) -> SearchSummary:
+                  num_cpus: int | None = None,
+                  trainable: Callable[..., None] | None = None) -> SearchSummary:
     """Continues an interrupted search: unfinished and errored trials resume from checkpoints.
 
     Finished trials are neither lost nor run again; the searcher's study is reattached to the
@@ -466,7 +475,7 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
         local_dir = _local_dir(spec)
         searcher_mod.JOURNAL_OVERRIDE = searcher_mod.journal_path_for(local_dir)
         with driver_lock(experiment_dir):
-            interrupted = _restore_round(spec, round_path, data, gpus)
+            interrupted = _restore_round(spec, round_path, data, gpus, trainable)
             _sync_journal(experiment_dir, local_dir)
     finally:
         searcher_mod.JOURNAL_OVERRIDE = None

@@ -11,7 +11,7 @@ import ast
 import difflib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,13 @@ ORIGINAL_METHOD: dict[str, Any] = {
     "dropout": 0.75,
 }
 
-# Settings that only matter when another one allows them; Optuna's define-by-run API samples
-# them only then, so TPE does not learn from values that had no effect.
-CONDITIONS: dict[str, tuple[str, str]] = {
-    "input_conv_filters": ("input_convs", "input_convs > 0"),
-    "input_conv_kernel": ("input_convs", "input_convs > 0"),
-    "momentum": ("optimizer", "optimizer == 'sgd'"),
+# Settings that only matter when another one allows them: key -> (parent, rule, test). Optuna's
+# define-by-run API samples them only then, so TPE does not learn from values that had no
+# effect. (The last input conv always has 3 filters, so `input_conv_filters` needs two convs.)
+CONDITIONS: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
+    "input_conv_filters": ("input_convs", "input_convs > 1", lambda convs: convs > 1),
+    "input_conv_kernel": ("input_convs", "input_convs > 0", lambda convs: convs > 0),
+    "momentum": ("optimizer", "optimizer == 'sgd'", lambda optimizer: optimizer == "sgd"),
 }
 
 QUICKSTART_PATH = Path(__file__).parent / "configs" / "quickstart.yaml"

@@ -164,6 +164,7 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
             ``epochs``, ``batch_size``, ``seed`` and, from the driver, ``gpus_per_trial``.
     """
     params = {**fixed, **config}
+    started_at = time.time()
     gpu_ids = assigned_gpu_ids()
     hide_unassigned_gpus(gpu_ids)
 
@@ -172,6 +173,8 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
 
     from search.datasets import make_input_pipeline
 
+    # Trial processes are reused across trials: drop the previous trial's graph and layers.
+    keras.backend.clear_session()
     gpus = configure_gpus(tf, float(params.get("gpus_per_trial", 0) or 0))
     precision = resolve_precision(tf, params["mixed_precision"], gpus)
     keras.mixed_precision.set_global_policy(precision)
@@ -255,7 +258,8 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
         extra = {"gpu_seconds": gpu_seconds, "wall_seconds": wall_seconds,
                  "batch_size": batch_size, "learning_rate_used": learning_rate,
                  "oom_retried": oom_retried, "trial_failed": False, "failure_reason": "",
-                 "gpu_ids": ",".join(gpu_ids), "precision": precision}
+                 "gpu_ids": ",".join(gpu_ids), "precision": precision,
+                 "node_id": _node_id(), "attempt_started_at": started_at}
         checkpoint_dir = tempfile.mkdtemp(prefix="trial-ckpt-")
         model.save(os.path.join(checkpoint_dir, MODEL_FILE))
         with open(os.path.join(checkpoint_dir, STATE_FILE), "w", encoding="utf-8") as handle:
@@ -267,6 +271,12 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if restore_dir is not None:
         shutil.rmtree(restore_dir, ignore_errors=True)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _report_failure(last: Mapping[str, float], epoch: int, reason: str, message: str,
@@ -283,5 +293,5 @@ def _report_failure(last: Mapping[str, float], epoch: int, reason: str, message:
         "images_per_s": 0.0,
         "gpu_seconds": gpu_seconds, "wall_seconds": wall_seconds, "batch_size": batch_size,
         "oom_retried": oom_retried, "trial_failed": True, "failure_reason": str(failure),
-        "gpu_ids": ",".join(gpu_ids),
+        "gpu_ids": ",".join(gpu_ids), "node_id": _node_id(),
     })
