@@ -150,6 +150,7 @@ class AshaAwareOptunaSearch(OptunaSearch):
         self._budget_gpu_seconds = budget_gpu_seconds
         self._gpu_seconds: dict[str, float] = {}
         self._algorithm = algorithm
+        self._sampler_seed = seed
         study = open_study(journal_path, study_name, seed, algorithm)
         super().__init__(
             space=define_by_run(space, fixed_config),
@@ -159,7 +160,6 @@ class AshaAwareOptunaSearch(OptunaSearch):
             sampler=study.sampler,
             study_name=study_name,
             storage=study._storage,
-            seed=seed,
         )
 
     # -- budget ---------------------------------------------------------------------------
@@ -245,8 +245,7 @@ class AshaAwareOptunaSearch(OptunaSearch):
         """Points the study at ``journal_path`` and fails trials no Ray trial owns any more."""
         self._journal_path = journal_path
         study_name = self._ot_study.study_name
-        seed = getattr(self, "_seed", None) or 0
-        study = open_study(journal_path, study_name, seed, self._algorithm)
+        study = open_study(journal_path, study_name, self._sampler_seed, self._algorithm)
         study.sampler = self._ot_study.sampler
         owned = {t._trial_id for t in self._ot_trials.values()}
         self._ot_study = study

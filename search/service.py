@@ -82,10 +82,12 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         return True
     # Every epoch checkpoints by design; Ray's advice to checkpoint less is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # "local" never joins a cluster a stale file points to; loopback keeps it off the network.
-    os.environ.setdefault("RAY_NODE_IP_ADDRESS", "127.0.0.1")
+    # "local" never joins a cluster a stale file points to. Ray binds its core services on
+    # every interface (it has no loopback-only mode), so the local Ray is locked instead: no
+    # dashboard or job API, and Ray's token authentication, which a new local Ray turns on by
+    # itself unless the user opted out with RAY_AUTH_MODE=disabled.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=True)
+             configure_logging=False, log_to_driver=True)
     return True
 
 
