@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import os
+import tempfile
 from typing import Any
 
 from search.export import atomic_path, load_experiment
@@ -115,10 +116,20 @@ def parameter_importance(experiment_dir: str, spec: ExperimentSpec) -> dict[str,
     """Optuna's fANOVA importances over the study's finished trials ({} when too few)."""
     import optuna
 
-    from search.searcher import journal_path_for, open_study
+    from search import results as results_mod
+    from search.searcher import STUDY_FILE, journal_path_for, open_study
 
     path = journal_path_for(experiment_dir)
-    if "://" in experiment_dir or not os.path.exists(path):
+    if "://" in experiment_dir:
+        # The journal needs a local file: read a cloud experiment's copy into a temp file.
+        fs, root = results_mod.filesystem(experiment_dir)
+        remote = results_mod.posixpath.join(root, STUDY_FILE)
+        if not results_mod.exists(fs, remote):
+            return {}
+        handle, path = tempfile.mkstemp(suffix=".journal")
+        with os.fdopen(handle, "w", encoding="utf-8") as local:
+            local.write(results_mod.read_text(fs, remote))
+    elif not os.path.exists(path):
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(path, spec.name, seed=0)

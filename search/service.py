@@ -10,6 +10,7 @@ seeded, its study in the experiment folder's Optuna journal), ``ASHAScheduler`` 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -146,12 +147,15 @@ def check_shared_storage(spec: ExperimentSpec) -> None:
 # the experiment folder
 
 
-def _local_dir(spec: ExperimentSpec) -> str:
-    """Where the driver keeps the Optuna journal: the experiment folder, or a local mirror."""
-    path = spec.experiment_path
-    if "://" not in path:
-        return path
-    cache = os.path.join(os.path.expanduser("~"), ".cache", "finetune-search", spec.name)
+def _local_dir(experiment_dir: str) -> str:
+    """Where the driver keeps the Optuna journal: the experiment folder, or a local mirror of
+    a cloud one (a journal appends under file locks, which object stores do not have)."""
+    if "://" not in experiment_dir:
+        return experiment_dir
+    digest = hashlib.sha256(experiment_dir.encode("utf-8")).hexdigest()[:12]
+    name = experiment_dir.rstrip("/").rpartition("/")[2]
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "finetune-search",
+                         f"{name}-{digest}")
     os.makedirs(cache, exist_ok=True)
     return cache
 
@@ -191,14 +195,33 @@ def driver_lock(experiment_dir: str) -> Iterator[None]:
             os.remove(path)
 
 
-def _sync_journal(spec_or_dir: str, local_dir: str) -> None:
+def _sync_journal(experiment_dir: str, local_dir: str) -> None:
     """Copies the local journal up to a cloud experiment folder."""
-    if "://" not in spec_or_dir:
+    if "://" not in experiment_dir:
         return
     source = searcher_mod.journal_path_for(local_dir)
     if os.path.exists(source):
         with open(source, encoding="utf-8") as handle:
-            write_atomic(spec_or_dir.rstrip("/") + "/" + searcher_mod.STUDY_FILE, handle.read())
+            write_atomic(experiment_dir.rstrip("/") + "/" + searcher_mod.STUDY_FILE,
+                         handle.read())
+
+
+def _fetch_journal(experiment_dir: str, local_dir: str) -> None:
+    """Brings a cloud experiment's journal down before a driver continues its study.
+
+    The journal needs a local file (it appends with file locks); the copy in storage is the
+    truth when this machine's mirror is missing or older (another driver machine).
+    """
+    if "://" not in experiment_dir:
+        return
+    fs, root = results_mod.filesystem(experiment_dir)
+    remote = results_mod.posixpath.join(root, searcher_mod.STUDY_FILE)
+    if not results_mod.exists(fs, remote):
+        return
+    text = results_mod.read_text(fs, remote)
+    local = searcher_mod.journal_path_for(local_dir)
+    if not os.path.exists(local) or os.path.getsize(local) <= len(text.encode("utf-8")):
+        write_atomic(local, text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +440,7 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
         write_atomic(results_mod.posixpath.join(experiment_dir, SPEC_FILE)
                      if "://" in experiment_dir else os.path.join(experiment_dir, SPEC_FILE),
                      dump_spec(spec))
-        local_dir = _local_dir(spec)
+        local_dir = _local_dir(experiment_dir)
         storage_path, run_name = _split_storage(experiment_dir)
         with driver_lock(experiment_dir):
             tuner = _build_tuner(spec, data, gpus, run_name=run_name, storage_path=storage_path,
@@ -474,7 +497,8 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
     started = connect(address, num_cpus)
     try:
         gpus = resolve_gpus(spec)
-        local_dir = _local_dir(spec)
+        local_dir = _local_dir(experiment_dir)
+        _fetch_journal(experiment_dir, local_dir)
         searcher_mod.JOURNAL_OVERRIDE = searcher_mod.journal_path_for(local_dir)
         with driver_lock(experiment_dir):
             interrupted = _restore_round(spec, round_path, data, gpus, trainable)
@@ -506,7 +530,8 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
     started = connect(address, num_cpus)
     try:
         gpus = resolve_gpus(spec)
-        local_dir = _local_dir(spec)
+        local_dir = _local_dir(experiment_dir)
+        _fetch_journal(experiment_dir, local_dir)
         with driver_lock(experiment_dir):
             tuner = _build_tuner(spec, data, gpus, run_name=f"{ROUND_PREFIX}{index}",
                                  storage_path=experiment_dir, local_dir=local_dir,

@@ -161,3 +161,52 @@ def test_validate_and_bad_input_exit_2_without_traceback(tmp_path):
     missing = cli("resume", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "experiment folder not found" in missing.stderr
+
+
+def test_extend_adds_trials_to_the_same_study(tmp_path):
+    spec_path = write_spec(tmp_path, search__num_samples=2, train__epochs=2)
+    first = cli("run", str(spec_path), "--num-cpus", "2", "--name", "ext")
+    assert first.returncode == 0, first.stderr[-3000:]
+    experiment = tmp_path / "results" / "ext"
+    before = {t.trial_id for t in load_trials(str(experiment))}
+    done = cli("extend", str(experiment), "--more", "2", "--num-cpus", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = load_trials(str(experiment))
+    assert len(trials) == 4 and before < {t.trial_id for t in trials}
+    assert {t.round for t in trials} == {"main", "extend-1"}
+    # One study holds them all, so TPE's second round started from the first round's trials.
+    study = study_trials(experiment)
+    assert set(study) == {t.trial_id for t in trials}
+    assert [t.number for t in sorted(study.values(), key=lambda t: t.number)] == [0, 1, 2, 3]
+    assert "trials: 4" in done.stdout
+
+
+def test_search_on_uri_storage_reads_and_writes_through_pyarrow(tmp_path):
+    from search.export import export_experiment
+
+    uri = f"file://{tmp_path / 'bucket'}"
+    spec_path = write_spec(tmp_path, search__num_samples=2, train__epochs=2)
+    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "remote", "--storage", uri)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    experiment = f"{uri}/remote"
+    trials = load_trials(experiment)
+    assert len(trials) == 2
+    # The study journal reached the storage too.
+    assert (tmp_path / "bucket" / "remote" / STUDY_FILE).stat().st_size > 0
+    result = export_experiment(experiment, str(tmp_path / "out"), with_model=True)
+    assert "best_model.keras" in result.files
+
+
+def test_describe_prints_summary_and_exact_counts():
+    done = cli("describe", '{"backbone": "vgg16", "weights": "none", "noise_std": 0.01, '
+                           '"upsample": 2}')
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "total parameters:         15,241,802" in done.stdout
+    for name in ("input_noise", "input_upsample", "block5_pool", "head_dense", "predictions"):
+        assert name in done.stdout
+    frozen = cli("describe", '{"backbone": "vgg16", "weights": "none", "freeze": "block4_pool"}',
+                 "--classes", "100")
+    assert frozen.returncode == 0, frozen.stderr[-2000:]
+    # block1..block4 convs frozen: 1,792+36,928+73,856+147,584+295,168+2*590,080+1,180,160+
+    # 2*2,359,808 = 7,635,264
+    assert "non-trainable parameters: 7,635,264" in frozen.stdout
