@@ -90,3 +90,22 @@ def test_gpus_requested_on_a_cluster_without_gpus_is_a_clear_error(tmp_path, ray
                      train={"epochs": 1, "batch_size": 32, "optimizer": "adam"})
     summary = run_search(auto)
     assert summary.trials[0].history[0]["gpu_ids"] == ""  # auto -> 0 GPUs on this machine
+
+
+def test_gpu_hour_budget_stops_new_trials_and_every_trial_reports_gpu_seconds(tmp_path,
+                                                                             gpu_cluster):
+    cluster, _ = gpu_cluster
+    # 1.8 GPU-seconds: spent by the first trials' first epochs, so no more trials start.
+    spec = tiny_spec(tmp_path, name="budget",
+                     search={"num_samples": 12, "max_concurrent": 2, "seed": 0,
+                             "budget_gpu_hours": 0.0005},
+                     scheduler={"name": "fifo"},
+                     train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
+                     resources={"cpus_per_trial": 0.5, "gpus_per_trial": 1})
+    summary = run_search(spec, address=cluster.address)
+    trials = load_trials(summary.experiment_dir)
+    assert 1 <= len(trials) < 12
+    assert all(t.gpu_seconds > 0 for t in trials)
+    # GPU-seconds are the trial's wall time on its one GPU.
+    for trial in trials:
+        assert trial.gpu_seconds == pytest.approx(trial.wall_seconds)
