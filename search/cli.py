@@ -120,6 +120,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"experiment {spec.name}: {spec.search.num_samples} trials, max_t={spec.max_t} "
           f"epochs, searching {', '.join(spec.space) or 'nothing'} -> {spec.experiment_path}",
           flush=True)
+    if "weights" not in spec.space:
+        from model_zoo import weights_status
+
+        status = weights_status(spec.model.get("backbone", "vgg16"),
+                                spec.model.get("weights", "imagenet"))
+        print(f"weights: {status}", flush=True)
     summary = run_search(spec, address=args.address, num_cpus=args.num_cpus)
     _print_summary(summary)
     return 130 if summary.interrupted else 0
