@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"experiment {spec.name}: {spec.search.num_samples} trials, max_t={spec.max_t} "
           f"epochs, searching {', '.join(spec.space) or 'nothing'} -> {spec.experiment_path}",
           flush=True)
-    if "weights" not in spec.space:
+    if "weights" not in spec.space and "backbone" not in spec.space:
         from model_zoo import weights_status
 
         status = weights_status(spec.model.get("backbone", "vgg16"),
