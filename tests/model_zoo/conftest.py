@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from model_zoo import weights
+from model_zoo import BACKBONES, weights
 
 
 def _no_network(*args: object, **kwargs: object) -> None:
@@ -29,3 +30,12 @@ def isolated_keras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(weights, "_UNREACHABLE", set())
     monkeypatch.setattr(weights, "_WARNED", set())
     return home
+
+
+@pytest.fixture
+def restore_registry() -> Iterator[None]:
+    """Puts the backbone registry back as it was after a test that registers backbones."""
+    saved = dict(BACKBONES)
+    yield
+    BACKBONES.clear()
+    BACKBONES.update(saved)

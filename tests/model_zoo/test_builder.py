@@ -230,14 +230,6 @@ def test_caffe_preprocessing_matches_keras_on_0_1_images() -> None:
     np.testing.assert_allclose(preprocess.predict(images, verbose=0), expected, atol=1e-4)
 
 
-@pytest.fixture
-def restore_registry() -> Iterator[None]:
-    saved = dict(BACKBONES)
-    yield
-    BACKBONES.clear()
-    BACKBONES.update(saved)
-
-
 @pytest.mark.usefixtures("restore_registry")
 @pytest.mark.parametrize("mode", ["tf", "torch"])
 def test_other_keras_preprocessing_modes(mode: str) -> None:

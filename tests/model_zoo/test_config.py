@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict
 
 import pytest
@@ -173,14 +172,6 @@ def test_vgg_layer_names_are_keras_names() -> None:
 def test_backbone_layer_names_of_unknown_backbone() -> None:
     with pytest.raises(ModelConfigError, match=r"^backbone: must be one of .*, got 'resnet'$"):
         backbone_layer_names("resnet")
-
-
-@pytest.fixture
-def restore_registry() -> Iterator[None]:
-    saved = dict(BACKBONES)
-    yield
-    BACKBONES.clear()
-    BACKBONES.update(saved)
 
 
 @pytest.mark.usefixtures("restore_registry")

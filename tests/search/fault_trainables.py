@@ -6,9 +6,11 @@ importable there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from search.trainable import train_trial
@@ -23,16 +25,22 @@ def ship_by_value() -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _patched_report(after_report: Any) -> tuple[Any, Any]:
+@contextlib.contextmanager
+def after_each_report(hook: Callable[[dict], None]) -> Iterator[None]:
+    """Runs ``hook(metrics)`` right after every ``tune.report`` of the trial inside."""
     from ray import tune
 
     original = tune.report
 
     def report(metrics: dict, *, checkpoint: Any = None) -> None:
         original(metrics, checkpoint=checkpoint)
-        after_report(metrics)
+        hook(metrics)
 
-    return tune, original, report
+    tune.report = report
+    try:
+        yield
+    finally:
+        tune.report = original
 
 
 def crash_at_random_epochs(config: dict, *, data: Any, fixed: dict) -> None:
@@ -45,23 +53,15 @@ def crash_at_random_epochs(config: dict, *, data: Any, fixed: dict) -> None:
         if metrics["epoch"] < fixed["epochs"] and rng.random() < share:
             raise RuntimeError(f"injected crash after epoch {metrics['epoch']}")
 
-    tune, original, report = _patched_report(maybe_crash)
-    tune.report = report
-    try:
+    with after_each_report(maybe_crash):
         train_trial(config, data=data, fixed=fixed)
-    finally:
-        tune.report = original
 
 
 def slow_epochs(config: dict, *, data: Any, fixed: dict) -> None:
     """Sleeps after each epoch so trials are still running when a node is taken away."""
-    tune, original, report = _patched_report(lambda metrics: time.sleep(
-        float(fixed.get("epoch_sleep_s", 2.0))))
-    tune.report = report
-    try:
+    pause = float(fixed.get("epoch_sleep_s", 2.0))
+    with after_each_report(lambda metrics: time.sleep(pause)):
         train_trial(config, data=data, fixed=fixed)
-    finally:
-        tune.report = original
 
 
 def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
