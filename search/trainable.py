@@ -259,7 +259,8 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
                  "batch_size": batch_size, "learning_rate_used": learning_rate,
                  "oom_retried": oom_retried, "trial_failed": False, "failure_reason": "",
                  "gpu_ids": ",".join(gpu_ids), "precision": precision,
-                 "node_id": _node_id(), "attempt_started_at": started_at}
+                 "node_id": _node_id(), "attempt_started_at": started_at,
+                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")}
         checkpoint_dir = tempfile.mkdtemp(prefix="trial-ckpt-")
         model.save(os.path.join(checkpoint_dir, MODEL_FILE))
         with open(os.path.join(checkpoint_dir, STATE_FILE), "w", encoding="utf-8") as handle:

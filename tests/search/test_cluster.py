@@ -52,6 +52,8 @@ def test_one_gpu_per_trial_spread_over_two_gpu_workers(tmp_path, gpu_cluster):
         for row in trial.history:
             # Each trial saw exactly one GPU id, from Ray's assignment.
             assert len(row["gpu_ids"].split(",")) == 1, row["gpu_ids"]
+            # ... and only that one is visible to TensorFlow in the trial.
+            assert row["cuda_visible_devices"] == row["gpu_ids"]
             assert row["node_id"] in worker_ids
             nodes.add(row["node_id"])
         intervals.append((trial.history[0]["attempt_started_at"],
@@ -89,7 +91,14 @@ def test_gpus_requested_on_a_cluster_without_gpus_is_a_clear_error(tmp_path, ray
     auto = tiny_spec(tmp_path, name="auto", search={"num_samples": 1},
                      train={"epochs": 1, "batch_size": 32, "optimizer": "adam"})
     summary = run_search(auto)
-    assert summary.trials[0].history[0]["gpu_ids"] == ""  # auto -> 0 GPUs on this machine
+    row = summary.trials[0].history[0]
+    assert row["gpu_ids"] == ""  # auto -> 0 GPUs on this machine
+    # A trial that asked for no GPU sees none (Ray no longer blanks the variable itself).
+    assert row["cuda_visible_devices"] == ""
+    greedy = tiny_spec(tmp_path, name="greedy", resources={"cpus_per_trial": 64})
+    with pytest.raises(SpecError, match=r"resources\.cpus_per_trial: no node has 64 CPUs"):
+        run_search(greedy)
+    assert not (tmp_path / "results" / "greedy").exists()
 
 
 def test_gpu_hour_budget_stops_new_trials_and_every_trial_reports_gpu_seconds(tmp_path,
