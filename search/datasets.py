@@ -77,6 +77,8 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
 
 CROP_PADDING = 4
+PIPELINE_PARALLELISM = 2  # batches gathered/augmented at once
+PIPELINE_PREFETCH = 2  # batches ready ahead of the device
 CIFAR_IMAGE_SHAPE = (3, 32, 32)  # each row of a CIFAR batch is CHW
 CIFAR_ROW_LENGTH = 3 * 32 * 32
 
@@ -1117,7 +1119,7 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
     pipeline = tf.data.Dataset.range(len(y))
     if training:
         pipeline = pipeline.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    pipeline = pipeline.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+    pipeline = pipeline.batch(batch_size).map(load, num_parallel_calls=PIPELINE_PARALLELISM,
                                               deterministic=True)
     if training and augment != "none":
         # One stateless seed per batch, new each epoch, repeatable from `seed`.
@@ -1126,8 +1128,13 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
         ops = augment.split("+")
         pipeline = tf.data.Dataset.zip((pipeline, seeds)).map(
             lambda batch, batch_seed: (_augment(tf, batch[0], batch_seed, ops), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return pipeline.prefetch(tf.data.AUTOTUNE)
+            num_parallel_calls=PIPELINE_PARALLELISM, deterministic=True)
+    # tf.data's autotuner stalled the first batch of about half the epochs by ~2.3 s with the
+    # CPU idle (benchmarks/run.py, overhead section); fixed parallelism and a fixed prefetch
+    # keep the device fed without it.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return pipeline.prefetch(PIPELINE_PREFETCH).with_options(options)
 
 
 def _augment(tf: Any, images: Any, seed: Any, ops: Sequence[str]) -> Any:

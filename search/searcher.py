@@ -38,8 +38,16 @@ ATTR_END = "ended_by"
 JOURNAL_OVERRIDE: str | None = None
 
 
+def startup_trials(num_samples: int | None) -> int:
+    """TPE's random start-up trials: Optuna's 10, but never more than a quarter of a search
+    (with 16 trials, 10 random ones would leave TPE almost nothing to decide)."""
+    if num_samples is None:
+        return 10
+    return max(2, min(10, num_samples // 4))
+
+
 def open_study(journal_path: str, study_name: str, seed: int,
-               algorithm: str = "tpe") -> optuna.Study:
+               algorithm: str = "tpe", num_samples: int | None = None) -> optuna.Study:
     """Opens (or creates) the experiment's study in Optuna's journal file storage.
 
     The journal is an append-only log: a driver killed mid-write loses at most its last line,
@@ -53,7 +61,8 @@ def open_study(journal_path: str, study_name: str, seed: int,
     if algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed)
+        sampler = optuna.samplers.TPESampler(seed=seed,
+                                             n_startup_trials=startup_trials(num_samples))
     return optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -130,6 +139,7 @@ class AshaAwareOptunaSearch(OptunaSearch):
         budget_gpu_seconds: Stop suggesting new trials once the trials' GPU-seconds sum to
             this; ``None`` for no budget.
         fixed_config: The settings every trial shares (they decide conditional keys).
+        num_samples: Trials in this run; sizes TPE's random start-up.
     """
 
     def __init__(
@@ -144,6 +154,7 @@ class AshaAwareOptunaSearch(OptunaSearch):
         points_to_evaluate: list[dict[str, Any]] | None = None,
         budget_gpu_seconds: float | None = None,
         fixed_config: Mapping[str, Any] | None = None,
+        num_samples: int | None = None,
     ) -> None:
         self._journal_path = journal_path
         self._max_t = max_t
@@ -151,7 +162,8 @@ class AshaAwareOptunaSearch(OptunaSearch):
         self._gpu_seconds: dict[str, float] = {}
         self._algorithm = algorithm
         self._sampler_seed = seed
-        study = open_study(journal_path, study_name, seed, algorithm)
+        self._num_samples = num_samples
+        study = open_study(journal_path, study_name, seed, algorithm, num_samples)
         super().__init__(
             space=define_by_run(space, fixed_config),
             metric=METRIC,
@@ -245,7 +257,8 @@ class AshaAwareOptunaSearch(OptunaSearch):
         """Points the study at ``journal_path`` and fails trials no Ray trial owns any more."""
         self._journal_path = journal_path
         study_name = self._ot_study.study_name
-        study = open_study(journal_path, study_name, self._sampler_seed, self._algorithm)
+        study = open_study(journal_path, study_name, self._sampler_seed, self._algorithm,
+                           getattr(self, "_num_samples", None))
         study.sampler = self._ot_study.sampler
         owned = {t._trial_id for t in self._ot_trials.values()}
         self._ot_study = study

@@ -328,6 +328,7 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
         points_to_evaluate=points,
         budget_gpu_seconds=budget * 3600 if budget is not None else None,
         fixed_config=spec.fixed_config(),
+        num_samples=num_samples,
     )
     if spec.scheduler.name == "asha":
         scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE,

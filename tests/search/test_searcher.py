@@ -164,3 +164,11 @@ def test_restore_fails_orphaned_running_trials(tmp_path):
     restored.on_trial_complete("kept", {"epoch": 3, "val_accuracy": 0.6})
     trials = {t.user_attrs[ATTR_RAY_TRIAL]: t for t in restored._ot_study.trials}
     assert trials["kept"].state == TrialState.COMPLETE
+
+
+def test_tpe_random_startup_is_a_quarter_of_small_searches(tmp_path):
+    from search.searcher import startup_trials
+
+    assert [startup_trials(n) for n in (4, 16, 32, 64, None)] == [2, 4, 8, 10, 10]
+    study = open_study(str(tmp_path / "j"), "s", seed=0, num_samples=16)
+    assert study.sampler._n_startup_trials == 4
