@@ -19,21 +19,13 @@ from search.service import resume_search, run_search
 from search.spec import load_spec_dict
 
 from . import fault_trainables
-from .test_service import REPO, TINY_SPEC, study_trials, write_spec
+from .test_service import REPO, study_trials, tiny_raw, write_spec
 
 pytestmark = pytest.mark.slow
 
 
 def spec_for(tmp_path, name, **changes):
-    raw = json.loads(json.dumps(TINY_SPEC))
-    raw.update(name=name, storage=str(tmp_path / "results"))
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            raw[section][field] = value
-        else:
-            raw[section] = value
-    return load_spec_dict(raw)
+    return load_spec_dict({**tiny_raw(tmp_path, **changes), "name": name})
 
 
 def raw_epochs(trial_path: str) -> list[int]:

@@ -39,7 +39,9 @@ TINY_SPEC = {
 }
 
 
-def write_spec(tmp_path: Path, **changes) -> Path:
+def tiny_raw(tmp_path: Path, **changes) -> dict:
+    """TINY_SPEC stored under tmp_path, with ``section__key=value`` or ``section=value``
+    changes."""
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["storage"] = str(tmp_path / "results")
     for key, value in changes.items():
@@ -48,8 +50,12 @@ def write_spec(tmp_path: Path, **changes) -> Path:
             spec[section][field] = value
         else:
             spec[section] = value
+    return spec
+
+
+def write_spec(tmp_path: Path, **changes) -> Path:
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(tiny_raw(tmp_path, **changes)))
     return path
 
 
