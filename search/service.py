@@ -107,9 +107,8 @@ def resolve_gpus(spec: ExperimentSpec) -> float:
     total = ray.cluster_resources()
     gpus_in_cluster = float(total.get("GPU", 0))
     requested = spec.resources.gpus_per_trial
-    if requested == "auto":
-        return 1.0 if gpus_in_cluster > 0 else 0.0
-    requested = float(requested)
+    requested = (1.0 if gpus_in_cluster > 0 else 0.0) if requested == "auto" else float(
+        requested)
     if requested > 0 and gpus_in_cluster == 0 and not cluster_has_autoscaler():
         raise SpecError(f"resources.gpus_per_trial: the Ray cluster has no GPU, so no trial "
                         f"could start; set 0 or auto, got {spec.resources.gpus_per_trial!r}")
