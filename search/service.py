@@ -437,9 +437,8 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
     try:
         gpus = resolve_gpus(spec)
         check_shared_storage(spec)
-        write_atomic(results_mod.posixpath.join(experiment_dir, SPEC_FILE)
-                     if "://" in experiment_dir else os.path.join(experiment_dir, SPEC_FILE),
-                     dump_spec(spec))
+        # "/" joins both a local POSIX path and a URI.
+        write_atomic(results_mod.posixpath.join(experiment_dir, SPEC_FILE), dump_spec(spec))
         local_dir = _local_dir(experiment_dir)
         storage_path, run_name = _split_storage(experiment_dir)
         with driver_lock(experiment_dir):
