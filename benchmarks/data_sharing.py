@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from search.datasets import Dataset  # noqa: E402 - needs the path above
+from search.data import Dataset  # noqa: E402 - needs the path above
 
 FULL_MB = 400
 REDUCED_MB = 100
@@ -104,7 +104,7 @@ def trial(config: dict[str, Any], data: Dataset | None = None) -> None:
     # Arrays read from the object store are views of its shared memory, so they have a base.
     metrics.update(checksum=checksum, pid=os.getpid(), shared=data.x_train.base is not None)
     if config["pipeline"]:
-        from search.datasets import make_input_pipeline
+        from search.data import make_input_pipeline
 
         pipeline = make_input_pipeline(data.x_train, data.y_train, batch_size=256,
                                        training=True, seed=0, augment="flip+crop")

@@ -160,9 +160,11 @@ class ModelConfig:
             raise ModelConfigError(f"model: must be a mapping of settings, got {mapping!r}")
         for key in mapping:
             if key not in MODEL_KEYS:
+                # The project's one phrasing of an unknown key (as search/_validate.py's).
                 close = difflib.get_close_matches(str(key), MODEL_KEYS, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {MODEL_KEYS}"
-                raise ModelConfigError(f"{key}: unknown model setting; {hint}")
+                hint = (f"did you mean `{close[0]}`?" if close
+                        else f"valid keys: {', '.join(MODEL_KEYS)}")
+                raise ModelConfigError(f"model: unknown key `{key}`; {hint}")
         return cls(**mapping)
 
 

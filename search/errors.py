@@ -12,7 +12,16 @@ class SpecError(ValueError):
 
     The message names the key or path, the rule, and the value received, e.g.
     ``space.upsample: `low <= high` must hold, got low=5, high=2``.
+
+    Args:
+        message: The one-line message, starting with the key or path.
+        key: The library parameter the message starts with (``top``, ``out_dir``), so that
+            the CLI can name its own flag for it (``--top``, ``--out``) instead.
     """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DataError(SpecError):

@@ -7,11 +7,8 @@ the value received, e.g. ``space.upsample: `low <= high` must hold, got low=5, h
 
 from __future__ import annotations
 
-import ast
-import difflib
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,17 +16,28 @@ from typing import Any
 import yaml
 
 from model_zoo import MODEL_KEYS, ModelConfig, ModelConfigError
+from search._validate import (
+    check_float,
+    check_int,
+    check_keys,
+    check_one_of,
+    echo,
+    is_number,
+)
+from search._yaml import apply_overrides, read_yaml
+from search.data.pipeline import AUGMENT_CHOICES
+from search.data.spec import DatasetSpec
 from search.errors import SpecError
+from search.outputs import storage
+from search.space import Distribution, parse_distribution
 
 SECTIONS = (
     "name", "dataset", "model", "train", "space", "search", "scheduler", "resources", "storage",
 )
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("tpe", "random")
-AUGMENTS = ("none", "flip", "crop", "flip+crop")
 
 # The original method's settings (GaussianNoise 0.01, x2 upsampling, no input convs, nothing
 # frozen, a 256/0.75 head): the baseline trial every search is measured against.
@@ -42,83 +50,7 @@ ORIGINAL_METHOD: dict[str, Any] = {
     "dropout": 0.75,
 }
 
-# Settings that only matter when another one allows them: key -> (parent, rule, test). Optuna's
-# define-by-run API samples them only then, so TPE does not learn from values that had no
-# effect. (The last input conv always has 3 filters, so `input_conv_filters` needs two convs.)
-CONDITIONS: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
-    "input_conv_filters": ("input_convs", "input_convs > 1", lambda convs: convs > 1),
-    "input_conv_kernel": ("input_convs", "input_convs > 0", lambda convs: convs > 0),
-    "momentum": ("optimizer", "optimizer == 'sgd'", lambda optimizer: optimizer == "sgd"),
-}
-
 QUICKSTART_PATH = Path(__file__).parent / "configs" / "quickstart.yaml"
-
-
-# --------------------------------------------------------------------------------------------
-# small helpers shared by the sections
-
-
-def _suggest(key: str, valid: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    return f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(valid)}"
-
-
-def check_keys(mapping: Any, valid: tuple[str, ...] | list[str], where: str) -> Mapping:
-    """Checks that ``mapping`` is a mapping whose keys are all in ``valid``.
-
-    Args:
-        mapping: The value read from YAML.
-        valid: The allowed keys.
-        where: Key path of the mapping, used in the error message.
-
-    Returns:
-        The mapping, unchanged.
-
-    Raises:
-        SpecError: When it is not a mapping or holds an unknown key.
-    """
-    if not isinstance(mapping, Mapping):
-        raise SpecError(f"{where}: must be a mapping, got {mapping!r}")
-    for key in mapping:
-        if key not in valid:
-            raise SpecError(f"{where}: unknown key `{key}`{_suggest(str(key), valid)}")
-    return mapping
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _int(value: Any, where: str, low: int | None = None, high: int | None = None) -> int:
-    if not _is_int(value) or (low is not None and value < low) or (
-        high is not None and value > high
-    ):
-        bounds = f" >= {low}" if high is None else f" in [{low}, {high}]"
-        raise SpecError(f"{where}: must be an int{bounds if low is not None else ''}, "
-                        f"got {value!r}")
-    return value
-
-
-def _float(value: Any, where: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    ok = _is_number(value) and math.isfinite(value)
-    if ok and positive and value <= 0:
-        ok = False
-    if ok and nonneg and value < 0:
-        ok = False
-    if not ok:
-        rule = "a float > 0" if positive else "a float >= 0" if nonneg else "a finite float"
-        raise SpecError(f"{where}: must be {rule}, got {value!r}")
-    return float(value)
-
-
-def _one_of(value: Any, valid: tuple[str, ...], where: str) -> str:
-    if value not in valid:
-        raise SpecError(f"{where}: must be one of {', '.join(valid)}, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,95 +79,24 @@ class TrainSpec:
         return spec
 
     def validate(self, where: str = "train") -> None:
-        _int(self.epochs, f"{where}.epochs", 1)
-        _int(self.batch_size, f"{where}.batch_size", 1)
-        _one_of(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
-        _float(self.learning_rate, f"{where}.learning_rate", positive=True)
-        if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
-            raise SpecError(f"{where}.momentum: must be a float in [0, 1), got {self.momentum!r}")
-        _one_of(self.augment, AUGMENTS, f"{where}.augment")
-        _one_of(self.mixed_precision, PRECISIONS, f"{where}.mixed_precision")
+        check_int(self.epochs, f"{where}.epochs", 1)
+        check_int(self.batch_size, f"{where}.batch_size", 1)
+        check_one_of(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
+        check_float(self.learning_rate, f"{where}.learning_rate", positive=True)
+        if not is_number(self.momentum) or not 0 <= self.momentum < 1:
+            raise SpecError(f"{where}.momentum: must be a float in [0, 1), "
+                            f"got {echo(self.momentum)}")
+        check_one_of(self.augment, AUGMENT_CHOICES, f"{where}.augment")
+        check_one_of(self.mixed_precision, PRECISIONS, f"{where}.mixed_precision")
         if self.jit_compile not in ("auto", True, False):
             raise SpecError(f"{where}.jit_compile: must be auto, true or false, "
-                            f"got {self.jit_compile!r}")
-        _int(self.seed, f"{where}.seed", 0)
+                            f"got {echo(self.jit_compile)}")
+        check_int(self.seed, f"{where}.seed", 0)
 
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainSpec))
 # Keys a trial's config may hold: the model's and the training loop's.
 SEARCHABLE_KEYS = tuple(MODEL_KEYS) + tuple(k for k in TRAIN_KEYS if k not in ("epochs", "seed"))
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """One searched setting: ``kind`` is uniform, loguniform, int, choice or fixed."""
-
-    kind: str
-    low: float | int | None = None
-    high: float | int | None = None
-    values: tuple = ()
-
-    def endpoints(self) -> tuple:
-        """Values whose validity implies every sampled value's validity (ranges are convex)."""
-        return self.values if self.kind in ("choice", "fixed") else (self.low, self.high)
-
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` can be drawn from this distribution."""
-        if self.kind in ("choice", "fixed"):
-            return value in self.values
-        if not _is_number(value):
-            return False
-        if self.kind == "int" and not _is_int(value):
-            return False
-        return self.low <= value <= self.high
-
-    def to_yaml(self) -> Any:
-        if self.kind == "fixed":
-            return self.values[0]
-        if self.kind == "choice":
-            return {"choice": list(self.values)}
-        return {self.kind: [self.low, self.high]}
-
-
-def parse_distribution(value: Any, where: str) -> Distribution:
-    """Parses ``{uniform: [lo, hi]}``, ``{loguniform: ...}``, ``{int: ...}``, ``{choice: [...]}``
-    or a plain value (fixed).
-
-    Raises:
-        SpecError: On an unknown distribution, inverted or empty range, or wrong types.
-    """
-    if not isinstance(value, Mapping):
-        if isinstance(value, (list, tuple)):
-            raise SpecError(f"{where}: a list is ambiguous; write {{choice: {list(value)}}}, "
-                            f"got {list(value)!r}")
-        return Distribution("fixed", values=(value,))
-    if len(value) != 1:
-        raise SpecError(f"{where}: must have exactly one of {', '.join(DISTRIBUTIONS)}, "
-                        f"got keys {sorted(map(str, value))}")
-    kind, args = next(iter(value.items()))
-    if kind not in DISTRIBUTIONS:
-        raise SpecError(f"{where}: unknown distribution `{kind}`"
-                        f"{_suggest(str(kind), DISTRIBUTIONS)}")
-    if kind == "choice":
-        if not isinstance(args, (list, tuple)) or len(args) == 0:
-            raise SpecError(f"{where}.choice: must be a non-empty list, got {args!r}")
-        if len(set(map(repr, args))) != len(args):
-            raise SpecError(f"{where}.choice: values must be distinct, got {list(args)!r}")
-        return Distribution("choice", values=tuple(args))
-    if not isinstance(args, (list, tuple)) or len(args) != 2:
-        raise SpecError(f"{where}.{kind}: must be a list [low, high], got {args!r}")
-    low, high = args
-    check = _is_int if kind == "int" else _is_number
-    rule = "ints" if kind == "int" else "numbers"
-    if not (check(low) and check(high)) or not (math.isfinite(low) and math.isfinite(high)):
-        raise SpecError(f"{where}.{kind}: low and high must be finite {rule}, "
-                        f"got low={low!r}, high={high!r}")
-    if kind == "int" and low > high or kind != "int" and low >= high:
-        sign = "<=" if kind == "int" else "<"
-        raise SpecError(f"{where}.{kind}: `low {sign} high` must hold, got low={low}, high={high}")
-    if kind == "loguniform" and low <= 0:
-        raise SpecError(f"{where}.loguniform: `low > 0` must hold, got low={low}, high={high}")
-    return Distribution(kind, low=low, high=high)
 
 
 @dataclass(frozen=True)
@@ -255,17 +116,17 @@ class SearchSpec:
     def from_mapping(cls, mapping: Any, where: str = "search") -> SearchSpec:
         check_keys(mapping, tuple(f.name for f in fields(cls)), where)
         spec = cls(**mapping)
-        _int(spec.num_samples, f"{where}.num_samples", 1)
+        check_int(spec.num_samples, f"{where}.num_samples", 1)
         if spec.max_concurrent is not None:
-            _int(spec.max_concurrent, f"{where}.max_concurrent", 1)
-        _int(spec.seed, f"{where}.seed", 0)
-        _one_of(spec.algorithm, SEARCHERS, f"{where}.algorithm")
+            check_int(spec.max_concurrent, f"{where}.max_concurrent", 1)
+        check_int(spec.seed, f"{where}.seed", 0)
+        check_one_of(spec.algorithm, SEARCHERS, f"{where}.algorithm")
         for key in ("time_budget_s", "budget_gpu_hours"):
             if getattr(spec, key) is not None:
-                _float(getattr(spec, key), f"{where}.{key}", positive=True)
+                check_float(getattr(spec, key), f"{where}.{key}", positive=True)
         if not isinstance(spec.baseline, bool):
-            raise SpecError(f"{where}.baseline: must be true or false, got {spec.baseline!r}")
-        _int(spec.max_failures, f"{where}.max_failures", 0)
+            raise SpecError(f"{where}.baseline: must be true or false, got {echo(spec.baseline)}")
+        check_int(spec.max_failures, f"{where}.max_failures", 0)
         return spec
 
 
@@ -281,11 +142,11 @@ class SchedulerSpec:
     def from_mapping(cls, mapping: Any, where: str = "scheduler") -> SchedulerSpec:
         check_keys(mapping, tuple(f.name for f in fields(cls)), where)
         spec = cls(**mapping)
-        _one_of(spec.name, SCHEDULERS, f"{where}.name")
-        _int(spec.grace_period, f"{where}.grace_period", 1)
-        if not _is_number(spec.reduction_factor) or spec.reduction_factor < 2:
+        check_one_of(spec.name, SCHEDULERS, f"{where}.name")
+        check_int(spec.grace_period, f"{where}.grace_period", 1)
+        if not is_number(spec.reduction_factor) or spec.reduction_factor < 2:
             raise SpecError(f"{where}.reduction_factor: must be a number >= 2, "
-                            f"got {spec.reduction_factor!r}")
+                            f"got {echo(spec.reduction_factor)}")
         return spec
 
 
@@ -300,14 +161,14 @@ class ResourcesSpec:
     def from_mapping(cls, mapping: Any, where: str = "resources") -> ResourcesSpec:
         check_keys(mapping, tuple(f.name for f in fields(cls)), where)
         spec = cls(**mapping)
-        _float(spec.cpus_per_trial, f"{where}.cpus_per_trial", positive=True)
+        check_float(spec.cpus_per_trial, f"{where}.cpus_per_trial", positive=True)
         gpus = spec.gpus_per_trial
         if gpus != "auto":
-            _float(gpus, f"{where}.gpus_per_trial", nonneg=True)
+            check_float(gpus, f"{where}.gpus_per_trial", nonneg=True)
             # Ray only packs fractional GPUs below one; above one a trial takes whole devices.
             if gpus > 1 and not float(gpus).is_integer():
                 raise SpecError(f"{where}.gpus_per_trial: above 1 must be a whole number, "
-                                f"got {gpus!r}")
+                                f"got {echo(gpus)}")
         return spec
 
 
@@ -316,7 +177,7 @@ class ExperimentSpec:
     """A whole experiment: what data, which fixed settings, what to search, how, where."""
 
     name: str
-    dataset: Any  # search.datasets.DatasetSpec; typed loosely to keep this import light
+    dataset: DatasetSpec
     model: Mapping[str, Any] = field(default_factory=dict)
     train: TrainSpec = field(default_factory=TrainSpec)
     space: Mapping[str, Distribution] = field(default_factory=dict)
@@ -370,11 +231,9 @@ class ExperimentSpec:
         }
 
 
-def join_storage(storage: str, name: str) -> str:
+def join_storage(location: str, name: str) -> str:
     """Joins a storage path or URI with an experiment name."""
-    if "://" in storage:
-        return storage.rstrip("/") + "/" + name
-    return os.path.join(os.path.abspath(os.path.expanduser(storage)), name)
+    return storage.join(storage.absolute(location), name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,17 +290,15 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     Raises:
         SpecError: On the first broken rule.
     """
-    from search.datasets import DatasetSpec  # noqa: PLC0415 - keeps `import search.spec` light
-
     if not isinstance(raw, Mapping):
-        raise SpecError(f"{source}: must be a YAML mapping of sections, got {raw!r}")
+        raise SpecError(f"{source}: must be a YAML mapping of sections, got {echo(raw)}")
     check_keys(raw, SECTIONS, "spec")
     name = raw.get("name", None)
     if not isinstance(name, str) or not name or any(c in name for c in "/\\:") or name in (
         ".", ".."
     ):
         raise SpecError(f"name: must be a non-empty string without '/', '\\' or ':', "
-                        f"got {name!r}")
+                        f"got {echo(name)}")
     if "dataset" not in raw:
         raise SpecError("dataset: is required (e.g. dataset: {name: digits})")
     dataset = DatasetSpec.from_mapping(raw["dataset"], where="dataset")
@@ -463,89 +320,21 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
                         f"(max_t = train.epochs), got grace_period={scheduler.grace_period}, "
                         f"max_t={train.epochs}")
     resources = ResourcesSpec.from_mapping(raw.get("resources") or {})
-    storage = raw.get("storage", "./results")
-    if not isinstance(storage, str) or not storage:
-        raise SpecError(f"storage: must be a path or URI string, got {storage!r}")
+    location = raw.get("storage", "./results")
+    if not isinstance(location, str) or not location:
+        raise SpecError(f"storage: must be a path or URI string, got {echo(location)}")
 
     spec = ExperimentSpec(name=name, dataset=dataset, model=model, train=train, space=space,
                           search=search, scheduler=scheduler, resources=resources,
-                          storage=storage, baseline_values=baseline_values)
+                          storage=location, baseline_values=baseline_values)
     if search.baseline:
         for key, value in spec.baseline_point().items():
             if not space[key].contains(value):
                 whose = "the original method's" if key in ORIGINAL_METHOD else "the baseline's"
-                raise SpecError(f"search.baseline: {whose} {key}={value!r} must "
+                raise SpecError(f"search.baseline: {whose} {key}={echo(value)} must "
                                 f"lie in space.{key} ({space[key].to_yaml()}); widen the space "
                                 f"or set search.baseline: false")
     return spec
-
-
-def read_yaml(path: str | os.PathLike) -> Any:
-    """Reads a YAML file with the safe loader, turning every failure into a one-line error."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a folder, expected a YAML file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"{path}: cannot be read ({err.__class__.__name__}: {err})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parses ``key.path=value`` (value as a YAML scalar/flow literal, never executed)."""
-    if "=" not in text:
-        raise SpecError(f"--set: must look like key.path=value, got {text!r}")
-    key, value_text = text.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise SpecError(f"--set: key path must be dotted names like train.epochs, got {key!r}")
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError:
-        try:
-            value = ast.literal_eval(value_text)
-        except (ValueError, SyntaxError):
-            raise SpecError(f"--set {key}: cannot parse value {value_text!r}") from None
-    return parts, value
-
-
-def apply_overrides(raw: Any, overrides: list[str]) -> Any:
-    """Applies ``--set`` overrides to the raw spec; the result is validated as a whole later."""
-    if not overrides:
-        return raw
-    if not isinstance(raw, Mapping):
-        return raw
-    result = _deep_copy(raw)
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = result
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise SpecError(f"--set {'.'.join(parts)}: `{'.'.join(parts[:i + 1])}` is not a "
-                                f"section, got {child!r}")
-            node = child
-        node[parts[-1]] = value
-    return result
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
 
 
 def load_spec(path: str | os.PathLike | None = None, overrides: list[str] | None = None,

@@ -90,8 +90,8 @@ def test_direct_construction_is_validated_too() -> None:
 @pytest.mark.parametrize(
     ("mapping", "message"),
     [
-        ({"upsampel": 2}, r"^upsampel: unknown model setting; did you mean 'upsample'\?$"),
-        ({"learning_rate": 0.1}, r"^learning_rate: unknown model setting; valid keys: \("),
+        ({"upsampel": 2}, r"^model: unknown key `upsampel`; did you mean `upsample`\?$"),
+        ({"learning_rate": 0.1}, r"^model: unknown key `learning_rate`; valid keys: backbone, "),
         ({"backbone": "vgg_16"}, r"^backbone: must be one of \['small_cnn', 'vgg16', 'vgg19'\], "
                                 r"got 'vgg_16' \(did you mean 'vgg16'\?\)$"),
         ({"backbone": 16}, r"^backbone: must be one of .*, got 16$"),

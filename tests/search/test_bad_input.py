@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from search.cli import main
 from search.errors import SpecError
 from search.spec import load_spec_dict
-
-from .test_spec import BASE
+from tests.search.test_spec import BASE
 
 junk = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),

@@ -7,15 +7,10 @@ import copy
 import pytest
 import yaml
 
+from search._yaml import apply_overrides
 from search.errors import SpecError
-from search.spec import (
-    QUICKSTART_PATH,
-    apply_overrides,
-    dump_spec,
-    load_spec,
-    load_spec_dict,
-    parse_distribution,
-)
+from search.space import parse_distribution
+from search.spec import QUICKSTART_PATH, dump_spec, load_spec, load_spec_dict
 
 BASE = {
     "name": "t",

@@ -1,0 +1,337 @@
+"""d. GPU throughput: VGG16 images/s, share of the GPU's peak, and trials packed on one GPU.
+
+VGG16 images/s at 64x64 and 160x160 in float32, mixed precision and XLA (each measured in a
+fresh ``benchmarks/run.py --gpu-worker`` process), the share of the GPU's peak that is, and
+trials per hour with 1, 2 and 4 trials packed on one GPU. Skipped where TensorFlow sees no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common import (
+    BENCHMARKS,
+    REPO,
+    Column,
+    Context,
+    ensure_ray_stopped,
+    format_table,
+    gpu_names,
+    mean,
+    progress,
+    run_logged_search,
+)
+
+from search.driver.study import TrialStatus
+
+NO_GPU_MESSAGE = "skipped: no GPU visible to TensorFlow"
+GPU_RESULT_PREFIX = "GPU_RESULT "
+RUN_SCRIPT = BENCHMARKS / "run.py"  # its hidden --gpu-worker runs gpu_worker
+
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's datasheets: (TF32, BF16/FP16).
+# TensorFlow runs float32 convolutions and matmuls in TF32 on Ampere and later by default.
+# A10G (AWS) is an A10 variant; its figures are the A10's, so pass --gpu-peak-tflops for an
+# exact share. Matched in this order against `nvidia-smi --query-gpu=name`.
+GPU_PEAK_TFLOPS: tuple[tuple[str, tuple[float, float]], ...] = (
+    ("H200", (494.7, 989.4)),
+    ("H100 PCIe", (378.0, 756.0)),
+    ("H100", (494.7, 989.4)),
+    ("A100", (156.0, 312.0)),
+    ("A10G", (62.5, 125.0)),
+)
+
+# VGG16's convolutions: (filters, convs) per block, each block ending in a 2x2 max pool.
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+TRAINING_FLOPS_FACTOR = 3  # forward + backward (gradients for inputs and for weights)
+
+GPU_CASES = ((64, 256), (160, 128))  # (image size, batch size that fills a large GPU)
+GPU_MODES = (("float32", False), ("float32", True), ("mixed", False), ("mixed", True))
+PACKING = (1, 2, 4)
+
+
+def vgg16_flops_per_image(height: int, width: int, *, num_classes: int = 10,
+                          dense_units: int = 256, training: bool = True) -> float:
+    """FLOPs for one image through VGG16 (3x3 same convs) and the flatten/dense head.
+
+    Each conv costs ``2 * H * W * Cin * Cout * 9`` (a multiply-add is two FLOPs); each dense
+    layer ``2 * inputs * outputs``; a training step is ``TRAINING_FLOPS_FACTOR`` (3) forward
+    passes. Pools, activations and the optimizer update are left out (small next to convs).
+
+    Args:
+        height: The image's height in pixels.
+        width: The image's width in pixels.
+        num_classes: The classifier's outputs.
+        dense_units: The hidden dense layer's width.
+        training: A training step (forward and backward) rather than a forward pass.
+
+    Returns:
+        The FLOPs per image.
+    """
+    flops = 0.0
+    channels, h, w = 3, height, width
+    for filters, convs in VGG16_BLOCKS:
+        for _ in range(convs):
+            flops += 2.0 * h * w * channels * filters * 9
+            channels = filters
+        h, w = h // 2, w // 2
+    flops += 2.0 * h * w * channels * dense_units + 2.0 * dense_units * num_classes
+    return flops * (TRAINING_FLOPS_FACTOR if training else 1)
+
+
+def peak_tflops(gpu_name: str, mixed: bool, override: float | None = None) -> float | None:
+    """The GPU's peak TFLOP/s: ``override`` if given, else the datasheet table, else None.
+
+    Args:
+        gpu_name: The GPU's name as ``nvidia-smi`` gives it.
+        mixed: The half-precision (BF16/FP16) peak rather than TF32's.
+        override: A peak given on the command line (``--gpu-peak-tflops``).
+
+    Returns:
+        The peak in TFLOP/s, or ``None`` for a GPU not in ``GPU_PEAK_TFLOPS``.
+    """
+    if override is not None:
+        return override
+    for key, (tf32, half) in GPU_PEAK_TFLOPS:
+        if key.lower() in gpu_name.lower():
+            return half if mixed else tf32
+    return None
+
+
+def tensorflow_gpus() -> list[Any]:
+    """The GPUs TensorFlow sees in this process."""
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+def gpu_worker(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Images/s of VGG16 training steps on synthetic data that stays on the device.
+
+    Runs in its own process (``--gpu-worker``) so that every precision policy and XLA setting
+    starts from a fresh TensorFlow.
+
+    Args:
+        job: ``size``, ``batch``, ``precision`` (float32 or mixed), ``xla``, ``steps``,
+            ``warmup``.
+
+    Returns:
+        The job's settings, the precision policy it ran, images/s and the device.
+    """
+    import keras
+    import tensorflow as tf
+
+    from model_zoo import build_model
+    from search.trial.runtime import resolve_precision
+
+    gpus = tf.config.list_physical_devices("GPU")
+    # mixed: bfloat16 from compute capability 8 on, float16 before (the trials' `auto`).
+    precision = resolve_precision(tf, "auto", gpus) if job["precision"] == "mixed" else "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    size, batch = int(job["size"]), int(job["batch"])
+    model = build_model({"backbone": "vgg16", "weights": "none", "upsample": 1,
+                         "noise_std": 0.0, "dense_units": 256, "dropout": 0.5},
+                        input_shape=(size, size, 3), num_classes=10)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", jit_compile=bool(job["xla"]))
+    device = "/GPU:0" if gpus else "/CPU:0"
+    with tf.device(device):
+        x = tf.random.uniform((batch, size, size, 3))
+        y = tf.random.uniform((batch,), maxval=10, dtype=tf.int32)
+    for _ in range(int(job["warmup"])):  # tracing, XLA compilation, cuDNN autotuning
+        model.train_on_batch(x, y)
+    steps = int(job["steps"])
+    began = time.perf_counter()
+    for _ in range(steps):
+        # Returns Python floats: each step waits for the device, so the timing is honest.
+        model.train_on_batch(x, y)
+    seconds = time.perf_counter() - began
+    return {"size": size, "batch": batch, "precision": precision, "xla": bool(job["xla"]),
+            "steps": steps, "images_per_s": steps * batch / seconds, "device": device}
+
+
+def _run_gpu_worker(job: Mapping[str, Any], log: Path) -> dict[str, Any]:
+    command = [sys.executable, str(RUN_SCRIPT), "--gpu-worker", json.dumps(job)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800,
+                          check=False)
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}\n")
+    if done.returncode != 0:
+        raise RuntimeError(f"GPU worker {job} exited with {done.returncode}:\n"
+                           f"{done.stderr[-3000:]}")
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(GPU_RESULT_PREFIX):
+            return json.loads(line[len(GPU_RESULT_PREFIX):])
+    raise RuntimeError(f"GPU worker {job} printed no result (see {log})")
+
+
+def write_packing_data(path: Path, images: int, seed: int = 0) -> Path:
+    """A synthetic 32x32 RGB, 10-class npz dataset for the packing searches.
+
+    Args:
+        path: The ``.npz`` file to write.
+        images: How many images.
+        seed: The random generator's seed.
+
+    Returns:
+        ``path``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    np.savez(path, x_train=rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8),
+             y_train=(np.arange(images) % 10).astype(np.int64))
+    return path
+
+
+def packing_spec(ctx: Context, per_gpu: int, data_path: Path) -> dict[str, Any]:
+    """``per_gpu`` trials sharing one GPU (``gpus_per_trial = 1 / per_gpu``), two waves.
+
+    Args:
+        ctx: The run's context (sizes, workdir, CPUs).
+        per_gpu: Trials packed on the GPU at once.
+        data_path: The npz file from :func:`write_packing_data`.
+
+    Returns:
+        The raw experiment spec.
+    """
+    return {
+        "name": f"packing-{per_gpu}-per-gpu",
+        "dataset": {"name": "npz", "path": str(data_path), "val_fraction": 0.1, "seed": 0},
+        "model": {"backbone": "vgg16", "weights": "none", "upsample": 2, "noise_std": 0.01,
+                  "dense_units": 256, "dropout": 0.5},
+        "train": {"epochs": ctx.mode.pack_epochs, "batch_size": 128, "optimizer": "sgd",
+                  "momentum": 0.9, "mixed_precision": "auto", "jit_compile": "auto"},
+        "space": {"learning_rate": {"loguniform": [0.001, 0.01]}},
+        "search": {"num_samples": 2 * per_gpu, "max_concurrent": per_gpu, "seed": 0,
+                   "algorithm": "random", "baseline": False, "max_failures": 0},
+        "scheduler": {"name": "fifo"},
+        "resources": {"cpus_per_trial": max(1, ctx.num_cpus // per_gpu),
+                      "gpus_per_trial": 1 / per_gpu},
+        "storage": str(ctx.workdir / "experiments"),
+    }
+
+
+def packing_figures(trials: Sequence[Any], max_t: int, wall_s: float,
+                    train_images: int) -> dict[str, Any]:
+    """Trials per hour and images/s (all trials together, and per trial) of one search.
+
+    The span runs from the first trial's start to the last result, so Ray's start-up is left
+    out of ``trials_per_hour`` (``trials_per_hour_wall`` keeps it).
+
+    Args:
+        trials: The search's ``TrialRecord`` objects.
+        max_t: The epochs a complete trial ran.
+        wall_s: The search's wall seconds, Ray's start-up included.
+        train_images: Training images per epoch.
+
+    Returns:
+        Trials, span, trials per hour (span and wall), trial-epochs and images/s.
+
+    Raises:
+        RuntimeError: When a trial did not complete.
+    """
+    incomplete = [t.trial_id for t in trials if t.status(max_t) != TrialStatus.COMPLETE]
+    if incomplete:
+        raise RuntimeError(f"packing: trials {incomplete} did not complete")
+    first = min(float(t.history[0].get("attempt_started_at", t.history[0]["timestamp"]))
+                for t in trials)
+    last = max(float(r["timestamp"]) for t in trials for r in t.history)
+    span = max(last - first, 1e-9)
+    trial_epochs = sum(len(t.history) for t in trials)
+    later = [float(r["images_per_s"]) for t in trials for r in t.history[1:]]
+    return {"trials": len(trials), "span_s": span, "wall_s": wall_s,
+            "trials_per_hour": len(trials) * 3600 / span,
+            "trials_per_hour_wall": len(trials) * 3600 / wall_s,
+            "trial_epochs": trial_epochs,
+            "aggregate_img_s": trial_epochs * train_images / span,
+            "trial_img_s": mean(later)}
+
+
+def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[str, Any]:
+    """GPU throughput and packing; skipped (with a message) where TensorFlow sees no GPU.
+
+    Args:
+        ctx: The run's context.
+        visible_gpus: The GPUs TensorFlow sees; ``None`` asks TensorFlow.
+
+    Returns:
+        ``{"skipped": True, "reason": ...}`` without a GPU; else the GPU's name, a throughput
+        row per case and precision, and a packing row per trials-per-GPU.
+    """
+    gpus = tensorflow_gpus() if visible_gpus is None else list(visible_gpus)
+    if not gpus:
+        print(NO_GPU_MESSAGE, flush=True)
+        return {"skipped": True, "reason": NO_GPU_MESSAGE.removeprefix("skipped: ")}
+    names = gpu_names()
+    name = names[0] if names else "unknown GPU"
+    log = ctx.workdir / "logs" / "gpu.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for size, batch in GPU_CASES:
+        flops = vgg16_flops_per_image(size, size)
+        for precision, xla in GPU_MODES:
+            progress(f"gpu: VGG16 {size}x{size} batch {batch} {precision} xla={xla}")
+            job = {"size": size, "batch": batch, "precision": precision, "xla": xla,
+                   "steps": ctx.mode.gpu_steps, "warmup": ctx.mode.gpu_warmup}
+            row = _run_gpu_worker(job, log)
+            # The peak of the precision the worker really ran (mixed is float32 before Volta).
+            peak = peak_tflops(name, row["precision"] != "float32", ctx.gpu_peak_tflops)
+            achieved = row["images_per_s"] * flops / 1e12
+            row.update(train_gflops_per_image=flops / 1e9, tflops=achieved, peak_tflops=peak,
+                       share_of_peak=achieved / peak if peak else None)
+            rows.append(row)
+
+    data_path = write_packing_data(ctx.workdir / "packing.npz", ctx.mode.pack_images)
+    train_images = ctx.mode.pack_images - math.ceil(0.1 * ctx.mode.pack_images)  # val 10%
+    packing = []
+    for per_gpu in PACKING:
+        raw = packing_spec(ctx, per_gpu, data_path)
+        progress(f"gpu: {per_gpu} trial(s) per GPU (gpus_per_trial={1 / per_gpu:g})")
+        summary, wall = run_logged_search(raw, ctx, ctx.workdir / "logs" / f"{raw['name']}.log")
+        ensure_ray_stopped("gpu")
+        packing.append({"per_gpu": per_gpu, "gpus_per_trial": 1 / per_gpu,
+                        **packing_figures(summary.trials, summary.max_t, wall,
+                                          train_images)})
+    return {"skipped": False, "gpu": name, "throughput": rows, "packing": packing,
+            "peak_source": "--gpu-peak-tflops" if ctx.gpu_peak_tflops else "datasheet table",
+            "packing_spec": {k: v for k, v in packing_spec(ctx, 1, data_path).items()
+                             if k in ("model", "train")}}
+
+
+def print_gpu(result: Mapping[str, Any]) -> str:
+    """The GPU section's throughput and packing tables, or the skip message.
+
+    Args:
+        result: What :func:`bench_gpu` returned.
+
+    Returns:
+        The text to print.
+    """
+    if result["skipped"]:
+        return f"d. GPU throughput\n{NO_GPU_MESSAGE}"
+    throughput = format_table(
+        f"d. GPU throughput: VGG16 (weights none) on {result['gpu']}, synthetic data on the "
+        f"device (peak: {result['peak_source']})",
+        [Column("size", "size"), Column("batch", "batch"), Column("precision", "precision"),
+         Column("xla", "XLA"), Column("images_per_s", "img/s", ".0f"),
+         Column("train_gflops_per_image", "GFLOP/img (train)", ".2f"),
+         Column("tflops", "TFLOP/s", ".1f"), Column("peak_tflops", "peak TFLOP/s", ".1f"),
+         Column("share_of_peak", "share of peak", ".1%")],
+        result["throughput"])
+    packing = format_table(
+        "Trials packed on one GPU (VGG16 64x64, batch 128, two waves of trials)",
+        [Column("per_gpu", "trials/GPU"), Column("gpus_per_trial", "gpus_per_trial", ".2f"),
+         Column("trials", "trials"), Column("span_s", "first start->last result s", ".1f"),
+         Column("trials_per_hour", "trials/hour", ".1f"),
+         Column("trials_per_hour_wall", "trials/hour (incl. Ray start)", ".1f"),
+         Column("aggregate_img_s", "img/s all trials", ".0f"),
+         Column("trial_img_s", "img/s per trial (epochs 2+)", ".0f")],
+        result["packing"])
+    return f"{throughput}\n\n{packing}"

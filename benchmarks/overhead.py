@@ -1,0 +1,350 @@
+"""a. Framework overhead: plain ``model.fit`` vs. the same trial under ``run_search``.
+
+The same trial (model, data, epochs, batch size) trained by plain ``model.fit`` (one call, and
+one call per epoch as the trial makes them; before and after the trial) and as a trial under
+``run_search``; images/s of the training part of each epoch, the first epoch (graph tracing)
+excluded in both. Goal: the trial within 3% of plain. Also each path's all-in time per epoch,
+and the time from launching ``finetune-search run`` to its first reported epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common import (
+    REPO,
+    Column,
+    Context,
+    ensure_ray_stopped,
+    format_table,
+    harmonic_rate,
+    load_average,
+    load_spec,
+    mean,
+    progress,
+    run_logged_search,
+    spread,
+)
+
+from search.driver.study import TrialStatus
+
+OVERHEAD_GOAL = 0.97  # the trial's images/s at least 97% of plain model.fit's
+EPOCH_LINE = re.compile(r"\] trial (\S+) epoch 1/\d+ ")
+STARTED_LINE = re.compile(r"\] trial (\S+) started")
+PLAIN_RUNS = (("plain fit, one call", False), ("plain fit, a call per epoch", True))
+
+
+def overhead_spec(ctx: Context, name: str) -> dict[str, Any]:
+    """One fixed trial: VGG16 (random init) at 32x32 on a few hundred digits images.
+
+    Args:
+        ctx: The run's context (sizes, workdir, CPUs).
+        name: The experiment's name.
+
+    Returns:
+        The raw experiment spec.
+    """
+    mode = ctx.mode
+    return {
+        "name": name,
+        "dataset": {"name": "digits", "subset": mode.overhead_subset, "val_fraction": 0.2,
+                    "seed": 0},
+        "model": {"backbone": "vgg16", "weights": "none", "upsample": 1, "noise_std": 0.01,
+                  "dense_units": 256, "dropout": 0.5, "pooling": "flatten"},
+        "train": {"epochs": mode.overhead_epochs, "batch_size": mode.overhead_batch,
+                  "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.9,
+                  "mixed_precision": "auto", "jit_compile": "auto", "seed": 0},
+        "space": {},
+        "search": {"num_samples": 1, "max_concurrent": 1, "seed": 0, "algorithm": "random",
+                   "baseline": False, "max_failures": 0},
+        "scheduler": {"name": "fifo"},
+        # The whole machine for the one trial, as the plain fit has it.
+        "resources": {"cpus_per_trial": ctx.num_cpus, "gpus_per_trial": "auto"},
+        "storage": str(ctx.workdir / "experiments"),
+    }
+
+
+def plain_fit(spec: Any, per_epoch_calls: bool = False) -> dict[str, Any]:
+    """Trains the spec's fixed trial with plain ``model.fit`` in this process, no Ray.
+
+    Set up by the trial's own sequence, :mod:`search.trial.runtime` (devices, precision, XLA
+    setting, seed, model, ``tf.data`` pipelines), validating every epoch and timing the
+    training part of each epoch (epoch begin to validation begin) as the trial's
+    ``images_per_s`` does.
+
+    Args:
+        spec: The overhead experiment spec; its fixed config is the trial's.
+        per_epoch_calls: One ``fit`` call per epoch, as the trial makes them (new iterators
+            every call), instead of one call for all epochs.
+
+    Returns:
+        Images per epoch, the precision, and per epoch: training images/s, all-in seconds
+        and seconds to the end of the first batch.
+    """
+    from search.data import load_dataset
+    from search.trial import runtime
+
+    params = spec.fixed_config()
+    data = load_dataset(spec.dataset)
+    # As a trial holding one whole GPU: memory growth, so later sections' trials still fit.
+    # Devices are configured once per process (runtime.prepare remembers them).
+    run = runtime.prepare(params, gpu_fraction=1.0)
+    keras = run.keras
+    batch = int(params["batch_size"])
+    model = runtime.build_compiled_model(params, data.input_shape, data.num_classes)
+    train_ds, val_ds = runtime.make_pipelines(params, data.x_train, data.y_train, data.x_val,
+                                              data.y_val, batch)
+
+    train_seconds: list[float] = []
+    epoch_seconds: list[float] = []
+    first_batch_seconds: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.start = time.perf_counter()
+            self.timed = False
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if batch == 0:  # the iterator's start-up lands here
+                first_batch_seconds.append(time.perf_counter() - self.start)
+
+        def on_test_begin(self, logs: Any = None) -> None:
+            if not self.timed:
+                train_seconds.append(time.perf_counter() - self.start)
+                self.timed = True
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            epoch_seconds.append(time.perf_counter() - self.start)
+
+    timer = Timer()
+    epochs = int(params["epochs"])
+    if per_epoch_calls:
+        for epoch in range(epochs):
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
+                      verbose=0, shuffle=False,
+                      callbacks=[timer, keras.callbacks.TerminateOnNaN()])
+    else:
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
+                  callbacks=[timer])
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+    n = len(data.x_train)
+    return {"images_per_epoch": n, "precision": run.precision,
+            "images_per_s": [n / s for s in train_seconds], "epoch_seconds": epoch_seconds,
+            "first_batch_seconds": first_batch_seconds}
+
+
+def cli_time_to_first_epoch(raw: Mapping[str, Any], ctx: Context, log: Path) -> dict[str, Any]:
+    """Launches ``finetune-search run`` and times its progress lines up to epoch 1.
+
+    The spec is the overhead trial cut to one epoch (later epochs do not change the time to the
+    first).
+
+    Args:
+        raw: The overhead spec (its ``train.epochs`` is set to 1 here).
+        ctx: The run's context.
+        log: Where the CLI's output is written.
+
+    Returns:
+        Launch-to-"started" and launch-to-"epoch 1" seconds, the CLI's total time, and the
+        trial's own epoch-1 seconds (train + validation) from its results.
+
+    Raises:
+        RuntimeError: When the CLI fails or never reports epoch 1.
+    """
+    import yaml
+
+    from search.outputs.results import load_trials
+
+    raw = {**raw, "train": {**raw["train"], "epochs": 1}}
+    name = str(raw["name"])
+    path = ctx.workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(dict(raw), sort_keys=False), encoding="utf-8")
+    command = [sys.executable, "-m", "search", "run", str(path), "--num-cpus",
+               str(ctx.num_cpus), "--name", name]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started_s = first_epoch_s = None
+    lines: list[str] = []
+    began = time.perf_counter()
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout or ():
+            now = time.perf_counter() - began
+            lines.append(line)
+            if started_s is None and STARTED_LINE.search(line):
+                started_s = now
+            if first_epoch_s is None and EPOCH_LINE.search(line):
+                first_epoch_s = now
+        returncode = proc.wait(timeout=600)
+    total_s = time.perf_counter() - began
+    log.write_text("".join(lines), encoding="utf-8")
+    if returncode != 0:
+        tail = "".join(lines[-30:])
+        raise RuntimeError(f"`{' '.join(command)}` exited with {returncode}:\n{tail}")
+    if first_epoch_s is None:
+        raise RuntimeError(f"no `trial <id> epoch 1/N` line in the CLI's output (see {log})")
+    trials = load_trials(str(Path(raw["storage"]) / name))
+    epoch1 = float(trials[0].history[0]["wall_seconds"]) if trials else float("nan")
+    return {"command": " ".join(command[1:]), "launch_to_started_s": started_s,
+            "launch_to_first_epoch_s": first_epoch_s, "cli_total_s": total_s,
+            "trial_epoch1_s": epoch1, "startup_s": first_epoch_s - epoch1}
+
+
+def _trial_run(history: Sequence[Mapping[str, Any]], images: int) -> dict[str, Any]:
+    """The trial's per-epoch figures from its result rows."""
+    return {"images_per_epoch": images, "precision": history[-1].get("precision"),
+            "images_per_s": [float(r["images_per_s"]) for r in history],
+            # Ray's time for the whole iteration: fit set-up, training, validation, the
+            # checkpoint and the report.
+            "epoch_seconds": [float(r["time_this_iter_s"]) for r in history]}
+
+
+def bench_overhead(ctx: Context) -> dict[str, Any]:
+    """Plain ``model.fit`` vs. the same trial under ``run_search``, and CLI start-up time.
+
+    Plain fits run before and after the trial, both as one ``fit`` call and as one call per
+    epoch (the trial's loop), so that a slow spell of a shared machine shows up as a gap
+    between plain runs rather than as framework overhead. The goal compares the trial with
+    the per-epoch plain runs pooled: the same loop, with and without Ray.
+
+    Args:
+        ctx: The run's context.
+
+    Returns:
+        The section's result: a row per run, the trial/plain ratios, the goal, the CLI timing.
+
+    Raises:
+        RuntimeError: When the trial does not complete, or Ray is left running.
+    """
+    raw = overhead_spec(ctx, "overhead-trial")
+    spec = load_spec(raw)
+    load_before = load_average()
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for label, per_epoch in PLAIN_RUNS:
+        progress(f"overhead: {label} (before the trial)")
+        runs.append((f"{label} (before)", plain_fit(spec, per_epoch)))
+    ensure_ray_stopped("overhead")
+
+    progress("overhead: the same trial under run_search")
+    summary, search_wall = run_logged_search(raw, ctx,
+                                             ctx.workdir / "logs" / "overhead-trial.log")
+    if len(summary.trials) != 1 or summary.trials[0].status(spec.max_t) != TrialStatus.COMPLETE:
+        raise RuntimeError(f"overhead: expected one complete trial, got "
+                           f"{[str(t.status(spec.max_t)) for t in summary.trials]}")
+    trial = _trial_run(summary.trials[0].history, runs[0][1]["images_per_epoch"])
+    runs.append(("trial (run_search)", trial))
+    ensure_ray_stopped("overhead")
+
+    for label, per_epoch in reversed(PLAIN_RUNS):
+        progress(f"overhead: {label} (after the trial)")
+        runs.append((f"{label} (after)", plain_fit(spec, per_epoch)))
+
+    progress("overhead: finetune-search run to its first epoch")
+    cli_raw = overhead_spec(ctx, "overhead-cli")
+    cli = cli_time_to_first_epoch(cli_raw, ctx, ctx.workdir / "logs" / "overhead-cli.log")
+    ensure_ray_stopped("overhead")
+
+    rows = []
+    for label, run in runs:
+        later = run["images_per_s"][1:]
+        rows.append({"path": label, "epochs": len(run["images_per_s"]),
+                     "images": run["images_per_epoch"], "precision": run["precision"],
+                     "epoch1_img_s": run["images_per_s"][0], "img_s": harmonic_rate(later),
+                     "best_img_s": max(later, default=float("nan")), "spread": spread(later),
+                     "epoch_s": mean(run["epoch_seconds"][1:]),
+                     "first_batch_s": " ".join(f"{t:.2f}" for t in
+                                               run.get("first_batch_seconds", [])) or None,
+                     "per_epoch": " ".join(f"{r:.1f}" for r in run["images_per_s"]),
+                     "epoch_seconds": run["epoch_seconds"], "images_per_s": run["images_per_s"]})
+    pooled = {per_epoch: [r for label, run in runs if label.startswith(name)
+                          for r in run["images_per_s"][1:]]
+              for name, per_epoch in PLAIN_RUNS}
+    plain_later = pooled[True]
+    trial_later = trial["images_per_s"][1:]
+    ratio = harmonic_rate(trial_later) / harmonic_rate(plain_later)
+    best_ratio = max(trial_later) / max(plain_later)
+    noise = max(spread(plain_later), spread(trial_later))
+    plain_epoch_s = mean([s for label, run in runs if label.startswith(PLAIN_RUNS[1][0])
+                          for s in run["epoch_seconds"][1:]])
+    return {
+        "spec": {k: raw[k] for k in ("dataset", "model", "train", "resources")},
+        "rows": rows,
+        "plain_img_s": harmonic_rate(plain_later),
+        "plain_one_call_img_s": harmonic_rate(pooled[False]),
+        "trial_img_s": harmonic_rate(trial_later),
+        "ratio_trial_to_plain": ratio,
+        "ratio_trial_to_plain_one_call": harmonic_rate(trial_later) / harmonic_rate(
+            pooled[False]),
+        "ratio_best_epochs": best_ratio,
+        "noise_spread": noise,
+        "epoch_time_ratio": mean(trial["epoch_seconds"][1:]) / plain_epoch_s,
+        "goal": f"trial images/s >= {OVERHEAD_GOAL:.0%} of plain model.fit's (a call per "
+                f"epoch, before and after pooled), epochs 2+, harmonic mean of the epochs",
+        "goal_met": ratio >= OVERHEAD_GOAL,
+        "goal_met_best_epoch": best_ratio >= OVERHEAD_GOAL,
+        "decidable": noise < 1 - OVERHEAD_GOAL,
+        "search_wall_s": search_wall,
+        "cli": cli,
+        "load_avg_before": load_before,
+        "load_avg_after": load_average(),
+    }
+
+
+def print_overhead(result: Mapping[str, Any]) -> str:
+    """The overhead section's tables and verdict lines.
+
+    Args:
+        result: What :func:`bench_overhead` returned.
+
+    Returns:
+        The text to print.
+    """
+    columns = [Column("path", "path"), Column("epochs", "epochs"),
+               Column("images", "images/epoch"), Column("precision", "precision"),
+               Column("epoch1_img_s", "epoch 1 img/s", ".1f"),
+               Column("img_s", "img/s epochs 2+", ".1f"),
+               Column("best_img_s", "best epoch img/s", ".1f"),
+               Column("spread", "spread (CV)", ".1%"),
+               Column("epoch_s", "s/epoch all-in", ".2f"),
+               Column("per_epoch", "per epoch img/s"),
+               Column("first_batch_s", "first batch s per epoch")]
+    spec = result["spec"]
+    model = spec["model"]
+    title = (f"a. Framework overhead: {model['backbone']} weights={model['weights']} at 32x32, "
+             f"batch {spec['train']['batch_size']}, digits "
+             f"({result['rows'][0]['images']} train images), training part of each epoch")
+    cli = result["cli"]
+    verdict = "met" if result["goal_met"] else "NOT met"
+    noise = (f"per-epoch spread {result['noise_spread']:.1%} is "
+             + ("below" if result["decidable"] else "ABOVE")
+             + f" the {1 - OVERHEAD_GOAL:.0%} the goal must resolve")
+    lines = [
+        format_table(title, columns, result["rows"]),
+        f"trial / plain img/s (epochs 2+; plain a call per epoch, before+after pooled) = "
+        f"{result['ratio_trial_to_plain']:.3f}  goal >= {OVERHEAD_GOAL:.2f}: {verdict}",
+        f"trial / plain one-call img/s = {result['ratio_trial_to_plain_one_call']:.3f}",
+        f"trial / plain best-epoch img/s = {result['ratio_best_epochs']:.3f}  goal: "
+        f"{'met' if result['goal_met_best_epoch'] else 'NOT met'}; {noise}",
+        f"all-in epoch time, epochs 2+ (plain a call per epoch: epoch begin to end incl. "
+        f"validation; trial: Ray's time_this_iter_s, also fit set-up, checkpoint, report): "
+        f"trial / plain = {result['epoch_time_ratio']:.3f}",
+        f"load average (1 min) before/after: {result['load_avg_before']} / "
+        f"{result['load_avg_after']} on {os.cpu_count()} cores",
+        "",
+        format_table(
+            "CLI start-up: `" + cli["command"] + "` (train.epochs=1)",
+            [Column("launch_to_started_s", "launch -> trial started s", ".1f"),
+             Column("launch_to_first_epoch_s", "launch -> epoch 1 reported s", ".1f"),
+             Column("trial_epoch1_s", "trial's epoch 1 s", ".1f"),
+             Column("startup_s", "start-up (difference) s", ".1f"),
+             Column("cli_total_s", "CLI total s", ".1f")],
+            [cli]),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Live progress: one line per trial start, epoch, ASHA stop and failure, with the counts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ray import tune
+
+from search.driver.study import METRIC, TIME_ATTR, TrialStatus, is_better
+from search.outputs.report_text import format_value
+
+TALLY = (TrialStatus.RUNNING, TrialStatus.STOPPED, TrialStatus.COMPLETE, TrialStatus.FAILED)
+
+
+class ProgressPrinter(tune.Callback):
+    """One line per event: trials started, epochs, ASHA stops, failures, best so far."""
+
+    def __init__(self, max_t: int) -> None:
+        self.max_t = max_t
+        self.best: tuple[float, str] | None = None
+        self.last_epoch: dict[str, int] = {}
+        self.states: dict[str, TrialStatus] = {}
+
+    def _say(self, text: str) -> None:
+        states = list(self.states.values())
+        tally = " ".join(f"{s.value}={states.count(s)}" for s in TALLY)
+        best = f" best={self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        # sys.stdout is looked up each time: the tuner pickles its callbacks.
+        print(f"[{time.strftime('%H:%M:%S')}] {text}  |  {tally}{best}", file=sys.stdout,
+              flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.states[trial.trial_id] = TrialStatus.RUNNING
+        params = " ".join(f"{k}={format_value(v)}" for k, v in sorted(trial.config.items()))
+        self._say(f"trial {trial.trial_id} started: {params}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        epoch = int(result.get(TIME_ATTR, 0))
+        self.last_epoch[trial.trial_id] = epoch
+        if result.get("trial_failed"):
+            self.states[trial.trial_id] = TrialStatus.FAILED
+            self._say(f"trial {trial.trial_id} failed: {result.get('failure_reason')}")
+            return
+        value = result.get(METRIC)
+        if isinstance(value, float) and value == value and is_better(
+            value, self.best[0] if self.best else None
+        ):
+            self.best = (value, trial.trial_id)
+        self._say(f"trial {trial.trial_id} epoch {epoch}/{self.max_t} {METRIC}={value:.4f} "
+                  f"loss={result.get('loss', float('nan')):.4f} "
+                  f"{result.get('images_per_s', 0):.0f} img/s")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epoch = self.last_epoch.get(trial.trial_id, 0)
+        if self.states.get(trial.trial_id) == TrialStatus.FAILED:
+            return
+        if epoch >= self.max_t:
+            self.states[trial.trial_id] = TrialStatus.COMPLETE
+            self._say(f"trial {trial.trial_id} complete at epoch {epoch}")
+        else:
+            self.states[trial.trial_id] = TrialStatus.STOPPED
+            self._say(f"trial {trial.trial_id} stopped by ASHA at epoch {epoch}/{self.max_t}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.states[trial.trial_id] = TrialStatus.FAILED
+        self._say(f"trial {trial.trial_id} errored (see its error.txt)")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.states[trial.trial_id] = TrialStatus.RUNNING
+        self._say(f"trial {trial.trial_id} crashed; retrying from its last checkpoint")

@@ -1,0 +1,256 @@
+"""Optuna suggests, ASHA stops: the searcher that keeps the Optuna study honest about both.
+
+Ray's stock ``OptunaSearch`` tells the study COMPLETE for every trial that ends without an
+error, with its last value, so a trial that ASHA stopped after one epoch is ranked by TPE
+against trials that trained fully. :class:`AshaAwareOptunaSearch` tells PRUNED for trials that
+ended before ``max_t`` (Optuna then takes their last intermediate value, as its own pruners
+do), COMPLETE only for those that reached it, and FAIL for crashed or failed trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from search.driver.study import (
+    ATTR_END,
+    ATTR_RAY_TRIAL,
+    METRIC,
+    MODE,
+    REASON_ERROR,
+    REASON_MAX_T,
+    REASON_NO_METRIC,
+    REASON_ORPHANED,
+    TIME_ATTR,
+    asha_stop_reason,
+    open_study,
+)
+from search.space import CONDITIONS, Distribution
+
+logger = logging.getLogger(__name__)
+
+# While a driver restores a search: the journal's path on this machine now, which may differ
+# from the one pickled with the searcher (an experiment folder moved, or a cloud experiment's
+# local mirror). Set only through `relocated_journal`.
+_journal_override: str | None = None
+
+
+@contextlib.contextmanager
+def relocated_journal(journal_path: str) -> Iterator[None]:
+    """Searchers restored inside this block reopen their study at ``journal_path``.
+
+    Ray restores a searcher from its pickle deep inside ``Tuner.restore``, so the driver cannot
+    hand it the path as an argument; this block is the one way to say where the journal is now.
+    """
+    global _journal_override
+    previous, _journal_override = _journal_override, journal_path
+    try:
+        yield
+    finally:
+        _journal_override = previous
+
+
+def _suggest(trial: Any, key: str, dist: Distribution) -> Any:
+    if dist.kind == "uniform":
+        return trial.suggest_float(key, dist.low, dist.high)
+    if dist.kind == "loguniform":
+        return trial.suggest_float(key, dist.low, dist.high, log=True)
+    if dist.kind == "int":
+        return trial.suggest_int(key, dist.low, dist.high)
+    if dist.kind == "choice":
+        return trial.suggest_categorical(key, list(dist.values))
+    return dist.values[0]
+
+
+class define_by_run:  # noqa: N801 - used like a function; a class so the searcher pickles
+    """Optuna's define-by-run function for ``space``.
+
+    A conditional key (``input_conv_filters`` needs ``input_convs > 1``) is suggested only when
+    its condition holds, so TPE never learns from values that had no effect. Fixed values in
+    the space are returned (merged into the config without being Optuna parameters).
+
+    Args:
+        space: The searched settings.
+        fixed_config: The settings every trial shares; a condition may read them.
+    """
+
+    def __init__(self, space: Mapping[str, Distribution],
+                 fixed_config: Mapping[str, Any] | None = None) -> None:
+        self.space = dict(space)
+        self.base = dict(fixed_config or {})
+        # Parents first so a condition can read the value already drawn.
+        self.order = sorted(self.space, key=lambda k: k in CONDITIONS)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        drawn: dict[str, Any] = {}
+        fixed: dict[str, Any] = {}
+        for key in self.order:
+            dist = self.space[key]
+            if key in CONDITIONS and not self._condition_holds(key, {**self.base, **fixed,
+                                                                     **drawn}):
+                continue
+            if dist.kind == "fixed":
+                fixed[key] = dist.values[0]
+            else:
+                drawn[key] = _suggest(trial, key, dist)
+        return fixed
+
+    @staticmethod
+    def _condition_holds(key: str, values: Mapping[str, Any]) -> bool:
+        parent, _, test = CONDITIONS[key]
+        return parent not in values or test(values[parent])
+
+
+class AshaAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` whose study states follow ASHA's decisions, with a GPU-hour budget.
+
+    Args:
+        space: The searched settings.
+        journal_path: The Optuna journal file in the experiment folder.
+        study_name: The study's name (the experiment's name).
+        max_t: ASHA's ``max_t``; a trial that reported this epoch is COMPLETE.
+        seed: The sampler's seed.
+        algorithm: ``tpe`` or ``random``.
+        points_to_evaluate: Configurations to try first (the baseline).
+        budget_gpu_seconds: Stop suggesting new trials once the trials' GPU-seconds sum to
+            this; ``None`` for no budget.
+        fixed_config: The settings every trial shares (they decide conditional keys).
+        num_samples: Trials in this run; sizes TPE's random start-up.
+    """
+
+    def __init__(
+        self,
+        space: Mapping[str, Distribution],
+        *,
+        journal_path: str,
+        study_name: str,
+        max_t: int,
+        seed: int = 0,
+        algorithm: str = "tpe",
+        points_to_evaluate: list[dict[str, Any]] | None = None,
+        budget_gpu_seconds: float | None = None,
+        fixed_config: Mapping[str, Any] | None = None,
+        num_samples: int | None = None,
+    ) -> None:
+        self._journal_path = journal_path
+        self._max_t = max_t
+        self._budget_gpu_seconds = budget_gpu_seconds
+        self._gpu_seconds: dict[str, float] = {}
+        self._algorithm = algorithm
+        self._sampler_seed = seed
+        self._num_samples = num_samples
+        study = open_study(journal_path, study_name, seed, algorithm, num_samples)
+        super().__init__(
+            space=define_by_run(space, fixed_config),
+            metric=METRIC,
+            mode=MODE,
+            points_to_evaluate=points_to_evaluate or None,
+            sampler=study.sampler,
+            study_name=study_name,
+            storage=study._storage,
+        )
+
+    # -- budget ---------------------------------------------------------------------------
+
+    @property
+    def gpu_seconds_used(self) -> float:
+        """GPU-seconds that the trials of this search have held so far."""
+        return sum(self._gpu_seconds.values())
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._budget_gpu_seconds is not None and (
+            self.gpu_seconds_used >= self._budget_gpu_seconds
+        ):
+            logger.info("GPU-hour budget reached: no new trials")
+            return Searcher.FINISHED
+        config = super().suggest(trial_id)
+        self._ot_study._storage.set_trial_user_attr(
+            self._ot_trials[trial_id]._trial_id, ATTR_RAY_TRIAL, trial_id
+        )
+        return config
+
+    # -- results --------------------------------------------------------------------------
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._gpu_seconds[trial_id] = float(result.get("gpu_seconds", 0.0))
+        if result.get("trial_failed") or trial_id not in self._ot_trials:
+            return
+        value = result.get(METRIC)
+        if value is None or not math.isfinite(value):
+            return
+        ot_trial = self._ot_trials[trial_id]
+        step = int(result[TIME_ATTR])
+        # A trial resumed from a checkpoint reports its epochs again only from where it left;
+        # Optuna refuses a second value for a step, so keep the first.
+        if step not in ot_trial.study._storage.get_trial(ot_trial._trial_id).intermediate_values:
+            ot_trial.report(value, step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result:
+            self._gpu_seconds[trial_id] = float(result.get("gpu_seconds", 0.0))
+        ot_trial = self._ot_trials[trial_id]
+        storage = self._ot_study._storage
+        frozen = storage.get_trial(ot_trial._trial_id)
+        if frozen.state.is_finished():
+            self._completed_trials.add(trial_id)
+            return
+        value = None if not result else result.get(METRIC)
+        epoch = 0 if not result else int(result.get(TIME_ATTR, 0))
+        if result and not result.get("trial_failed"):
+            # Ray hands a trial's last result to on_trial_complete only, never to
+            # on_trial_result: record it as that epoch's intermediate value first.
+            self.on_trial_result(trial_id, result)
+        if error or not result or result.get("trial_failed"):
+            state = TrialState.FAIL
+            reason = (result or {}).get("failure_reason") or REASON_ERROR
+            value = None
+        elif value is None or not math.isfinite(value):
+            state, reason, value = TrialState.FAIL, REASON_NO_METRIC, None
+        elif epoch >= self._max_t:
+            state, reason = TrialState.COMPLETE, REASON_MAX_T
+        else:
+            # Stopped before max_t: ASHA's decision (or a time budget). Optuna records the
+            # last intermediate value as a pruned trial's value.
+            state, reason, value = TrialState.PRUNED, asha_stop_reason(epoch), None
+        storage.set_trial_user_attr(ot_trial._trial_id, ATTR_END, reason)
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except (ValueError, RuntimeError) as err:
+            logger.warning("Optuna refused the result of %s: %s", trial_id, err)
+        self._completed_trials.add(trial_id)
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # The journal, not the pickle, is the truth: reopen it at the experiment's current
+        # location (it may have moved) and settle trials the killed driver never recorded.
+        self.reattach(_journal_override or self._journal_path)
+
+    def reattach(self, journal_path: str) -> None:
+        """Points the study at ``journal_path`` and fails trials no Ray trial owns any more."""
+        self._journal_path = journal_path
+        study_name = self._ot_study.study_name
+        study = open_study(journal_path, study_name, self._sampler_seed, self._algorithm,
+                           getattr(self, "_num_samples", None))
+        study.sampler = self._ot_study.sampler
+        owned = {t._trial_id for t in self._ot_trials.values()}
+        self._ot_study = study
+        for trial_id, ot_trial in list(self._ot_trials.items()):
+            self._ot_trials[trial_id] = optuna.Trial(study, ot_trial._trial_id)
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen._trial_id not in owned:
+                study._storage.set_trial_user_attr(frozen._trial_id, ATTR_END, REASON_ORPHANED)
+                study.tell(frozen.number, state=TrialState.FAIL)
+

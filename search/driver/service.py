@@ -1,0 +1,282 @@
+"""The driver: ``run_search(spec)`` and friends, which the CLI, ``ray submit`` scripts, job
+submissions and tests all call.
+
+A search is one ``tune.Tuner``: :class:`~search.driver.searcher.AshaAwareOptunaSearch` suggests
+(TPE, seeded, its study in the experiment folder's Optuna journal), ``ASHAScheduler`` stops
+(``time_attr="epoch"``, ``max_t = train.epochs``), each trial trains through
+:func:`search.trial.trainable.train_trial` with the dataset shared through the object store.
+``run``, ``resume`` and ``extend`` differ only in how they make the tuner; :func:`_drive` does
+the rest (data, cluster checks, lock, fit, journal sync, shut-down) once for all three.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import ray
+from ray import tune
+
+from search.driver.cluster import check_shared_storage, connect, resolve_gpus
+from search.driver.progress import ProgressPrinter
+from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
+from search.driver.study import METRIC, MODE, TIME_ATTR, TrialStatus, journal_path_for
+from search.errors import SpecError
+from search.outputs import experiment as folder
+from search.outputs import storage
+from search.outputs.results import TrialRecord, best_trial, load_trials
+from search.spec import ExperimentSpec, dump_spec
+from search.trial.trainable import train_trial
+
+Trainable = Callable[..., None]
+# (data, gpus per trial, local folder of the journal) -> the tuner to fit
+TunerFactory = Callable[[Any, float, str], tune.Tuner]
+
+
+@dataclass
+class SearchSummary:
+    """What a finished (or interrupted) search tells its caller."""
+
+    experiment_dir: str
+    trials: list[TrialRecord]
+    best: TrialRecord | None
+    max_t: int
+    interrupted: bool = False
+
+    @property
+    def best_config(self) -> dict[str, Any]:
+        return dict(self.best.config) if self.best else {}
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best.best_value if self.best else None
+
+    def counts(self) -> dict[str, int]:
+        counts = {TrialStatus.COMPLETE.value: 0, TrialStatus.STOPPED.value: 0,
+                  TrialStatus.FAILED.value: 0}
+        for trial in self.trials:
+            status = trial.status(self.max_t).value
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+
+def summarize(experiment_dir: str, max_t: int, interrupted: bool = False) -> SearchSummary:
+    """Reads the experiment folder back into a :class:`SearchSummary`.
+
+    A search counts as interrupted when Ctrl-C reached it or a trial was left unfinished (Ray
+    returns from ``fit`` after saving its state on the first Ctrl-C).
+    """
+    trials = load_trials(experiment_dir)
+    interrupted = interrupted or any(
+        t.status(max_t) == TrialStatus.UNFINISHED for t in trials)
+    return SearchSummary(experiment_dir=experiment_dir, trials=trials,
+                         best=best_trial(trials), max_t=max_t, interrupted=interrupted)
+
+
+def with_fresh_name(spec: ExperimentSpec) -> ExperimentSpec:
+    """The spec, renamed ``<name>-<timestamp>`` if its folder is taken (as Ray names runs)."""
+    if not folder.experiment_exists(spec.experiment_path):
+        return spec
+    return replace(spec, name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+# --------------------------------------------------------------------------------------------
+# the tuner
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
+                    trainable: Trainable | None) -> Any:
+    """The trainable with its resources, and the dataset put in the object store once."""
+    fixed = {**spec.fixed_config(), "gpus_per_trial": gpus}
+    return tune.with_resources(
+        tune.with_parameters(trainable or train_trial, data=data, fixed=fixed),
+        {"cpu": spec.resources.cpus_per_trial, "gpu": gpus},
+    )
+
+
+def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
+                 storage_path: str, local_dir: str, num_samples: int, seed: int,
+                 baseline: bool, trainable: Trainable | None = None) -> tune.Tuner:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    points = [spec.baseline_point()] if baseline and spec.baseline_point() else None
+    budget = spec.search.budget_gpu_hours
+    search_alg = AshaAwareOptunaSearch(
+        spec.space,
+        journal_path=journal_path_for(local_dir),
+        study_name=spec.name,
+        max_t=spec.max_t,
+        seed=seed,
+        algorithm=spec.search.algorithm,
+        points_to_evaluate=points,
+        budget_gpu_seconds=budget * 3600 if budget is not None else None,
+        fixed_config=spec.fixed_config(),
+        num_samples=num_samples,
+    )
+    if spec.scheduler.name == "asha":
+        scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE,
+                                  max_t=spec.max_t, grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        _wrap_trainable(spec, data, gpus, trainable),
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.search.max_concurrent,
+            time_budget_s=spec.search.time_budget_s,
+            trial_dirname_creator=_trial_dirname,
+            # One process per concurrent trial slot: TensorFlow is imported once, not per trial.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            # The best checkpoint is what export takes; Ray also keeps the latest to resume.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            callbacks=[ProgressPrinter(spec.max_t)],
+            verbose=0,
+        ),
+    )
+
+
+def _fit(tuner: tune.Tuner) -> bool:
+    """Runs the tuner; returns True when a second Ctrl-C cut it short."""
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, *,
+           address: str | None, num_cpus: int | None) -> SearchSummary:
+    """The sequence every search runs: data, cluster checks, lock, fit, journal sync.
+
+    Args:
+        spec: The experiment's spec.
+        experiment_dir: Its folder (local path or URI).
+        make_tuner: Builds (or restores) the tuner once the cluster is known.
+        address: A Ray cluster to join, or ``None`` for a local Ray.
+        num_cpus: CPUs for a local Ray.
+    """
+    from search.data import load_dataset
+
+    data = load_dataset(spec.dataset)
+    started = connect(address, num_cpus)
+    try:
+        gpus = resolve_gpus(spec)
+        check_shared_storage(spec)
+        local_dir = folder.local_mirror_dir(experiment_dir)
+        journal = journal_path_for(local_dir)
+        if storage.is_remote(experiment_dir):
+            folder.fetch_journal(experiment_dir, journal)
+        with folder.driver_lock(experiment_dir), relocated_journal(journal):
+            interrupted = _fit(make_tuner(data, gpus, local_dir))
+            folder.sync_journal(experiment_dir, local_dir)
+    finally:
+        if started:
+            ray.shutdown()
+    return summarize(experiment_dir, spec.max_t, interrupted)
+
+
+# --------------------------------------------------------------------------------------------
+# the entry points
+
+
+def run_search(spec: ExperimentSpec, *, address: str | None = None,
+               num_cpus: int | None = None,
+               trainable: Trainable | None = None) -> SearchSummary:
+    """Runs a whole search: validates resources, loads the data once, tunes, summarizes.
+
+    Args:
+        spec: The validated experiment spec.
+        address: A Ray cluster to join (``auto`` inside ``ray submit``/``ray job``); ``None``
+            starts a local Ray on loopback.
+        num_cpus: CPUs for a local Ray (default: all).
+        trainable: Replaces :func:`~search.trial.trainable.train_trial` (same signature), e.g.
+            a wrapper that injects faults in tests.
+
+    Returns:
+        The search's summary: every trial, the best one and the experiment folder.
+
+    Raises:
+        SpecError: When the experiment folder already holds a search, or resources don't fit.
+    """
+    experiment_dir = spec.experiment_path
+    if folder.experiment_exists(experiment_dir):
+        raise SpecError(f"name: the experiment folder {experiment_dir} already exists; "
+                        f"`finetune-search resume` or `extend` it, or pick another name")
+    storage_path, run_name = storage.split_name(experiment_dir)
+
+    def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
+        storage.write_atomic(storage.join(experiment_dir, folder.SPEC_FILE), dump_spec(spec))
+        return _build_tuner(spec, data, gpus, run_name=run_name, storage_path=storage_path,
+                            local_dir=local_dir, num_samples=spec.search.num_samples,
+                            seed=spec.search.seed, baseline=spec.search.baseline,
+                            trainable=trainable)
+
+    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus)
+
+
+def resume_search(experiment_dir: str, *, address: str | None = None,
+                  num_cpus: int | None = None,
+                  trainable: Trainable | None = None) -> SearchSummary:
+    """Continues an interrupted search: unfinished and errored trials resume from checkpoints.
+
+    Finished trials are neither lost nor run again; the searcher's study is reattached to the
+    experiment's journal, and trials a killed driver had suggested but Ray never recorded are
+    marked FAIL there so Ray and Optuna agree.
+
+    Raises:
+        SpecError: When the folder is not an experiment or holds no Ray state to resume.
+    """
+    spec = folder.load_experiment_spec(experiment_dir)
+    fs, root = storage.filesystem(experiment_dir)
+    _, round_path = folder.round_dirs(fs, root)[-1]
+    if not tune.Tuner.can_restore(round_path):
+        raise SpecError(f"{experiment_dir}: no Ray experiment state to resume from (the search "
+                        f"was stopped before its first checkpoint); start it again with run")
+
+    def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
+        return tune.Tuner.restore(round_path,
+                                  trainable=_wrap_trainable(spec, data, gpus, trainable),
+                                  resume_unfinished=True, resume_errored=True)
+
+    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus)
+
+
+def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
+                  num_cpus: int | None = None) -> SearchSummary:
+    """Runs ``more`` trials on a finished search, continuing the same Optuna study.
+
+    TPE starts from every trial already in the study (complete and pruned), which Ray Tune
+    alone cannot do: a new ``Tuner`` starts a new searcher.
+
+    Raises:
+        SpecError: When ``more`` is not a positive int, or the search is still running.
+    """
+    if isinstance(more, bool) or not isinstance(more, int) or more < 1:
+        raise SpecError(f"more: must be an int >= 1, got {more!r}", key="more")
+    spec = folder.load_experiment_spec(experiment_dir)
+    if folder.is_running(experiment_dir):
+        raise SpecError(f"{experiment_dir}: the search is still running; extend it when it ends")
+    fs, root = storage.filesystem(experiment_dir)
+    index = len(folder.round_dirs(fs, root))
+
+    def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
+        return _build_tuner(spec, data, gpus, run_name=folder.round_name(index),
+                            storage_path=experiment_dir, local_dir=local_dir, num_samples=more,
+                            seed=spec.search.seed + index, baseline=False)
+
+    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus)

@@ -1,0 +1,1 @@
+"""What a search leaves: storage, the experiment folder, results, export, retrain, report."""

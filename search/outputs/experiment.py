@@ -1,0 +1,183 @@
+"""The experiment folder: its layout, the spec it ran, the driver's lock and the study journal.
+
+One place knows where things are in ``<storage>/<name>/``: ``spec.yaml``, the Optuna journal,
+``driver.lock``, the ``extend-N`` rounds. A folder may be local or on cloud storage; everything
+goes through :mod:`search.outputs.storage`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+from search.driver.study import STUDY_FILE, journal_path_for
+from search.errors import SpecError
+from search.outputs import storage
+
+SPEC_FILE = "spec.yaml"
+LOCK_FILE = "driver.lock"
+ROUND_PREFIX = "extend-"  # `extend` runs live in sub-folders named extend-1, extend-2, ...
+MAIN_ROUND = "main"
+
+
+def check_experiment_dir(path: str) -> tuple[storage.pafs.FileSystem, str]:
+    """Checks that ``path`` is one of our experiment folders.
+
+    Returns:
+        Its filesystem and the path inside it.
+
+    Raises:
+        SpecError: When it is missing, not a folder, empty, or made by another tool.
+    """
+    fs, root = storage.filesystem(path)
+    info = fs.get_file_info(root)
+    if info.type == storage.FileType.NotFound:
+        raise SpecError(f"{path}: experiment folder not found")
+    if info.type != storage.FileType.Directory:
+        raise SpecError(f"{path}: must be an experiment folder, got a file")
+    if not storage.list_dir(fs, root):
+        raise SpecError(f"{path}: experiment folder is empty (did the search start?)")
+    if not storage.exists(fs, storage.join(root, SPEC_FILE)):
+        raise SpecError(f"{path}: not a finetune-search experiment (no {SPEC_FILE}; "
+                        f"expected the folder `finetune-search run` created)")
+    return fs, root
+
+
+def experiment_exists(path: str) -> bool:
+    """Whether ``path`` already holds something (an earlier search, or anything else)."""
+    fs, root = storage.filesystem(path)
+    return storage.exists(fs, root) and bool(storage.list_dir(fs, root))
+
+
+def load_experiment_spec(experiment_dir: str):  # -> ExperimentSpec (import kept lazy)
+    """The spec a search was started with, from its folder.
+
+    Raises:
+        SpecError: When the folder is not an experiment or its ``spec.yaml`` is broken.
+    """
+    import yaml
+
+    from search.spec import load_spec_dict
+
+    fs, root = check_experiment_dir(experiment_dir)
+    source = f"{experiment_dir}/{SPEC_FILE}"
+    try:
+        raw = yaml.safe_load(storage.read_text(fs, storage.join(root, SPEC_FILE)))
+    except yaml.YAMLError:
+        raise SpecError(f"{source}: invalid YAML") from None
+    return load_spec_dict(raw, source=source)
+
+
+def round_dirs(fs: storage.pafs.FileSystem, root: str) -> list[tuple[str, str]]:
+    """The Ray experiments inside the folder: the first run, then each ``extend`` round."""
+    rounds = [(MAIN_ROUND, root)]
+    extra = sorted((i for i in storage.list_dir(fs, root)
+                    if i.type == storage.FileType.Directory
+                    and i.base_name.startswith(ROUND_PREFIX)),
+                   key=lambda i: int(i.base_name[len(ROUND_PREFIX):] or 0))
+    rounds += [(i.base_name, i.path) for i in extra]
+    return rounds
+
+
+def round_name(index: int) -> str:
+    """The folder name of the ``index``-th ``extend`` round."""
+    return f"{ROUND_PREFIX}{index}"
+
+
+# --------------------------------------------------------------------------------------------
+# the driver's lock
+
+
+def is_running(path: str) -> bool:
+    """Whether a driver still holds the experiment (its lock file names a live process)."""
+    fs, root = storage.filesystem(path)
+    lock = storage.join(root, LOCK_FILE)
+    if not storage.exists(fs, lock):
+        return False
+    try:
+        owner = json.loads(storage.read_text(fs, lock))
+    except (ValueError, OSError):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's driver: trust the lock
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def driver_lock(experiment_dir: str) -> Iterator[None]:
+    """Marks the experiment as held by this driver (``export`` refuses a running search)."""
+    path = os.path.join(experiment_dir, LOCK_FILE)
+    if storage.is_remote(experiment_dir):
+        yield
+        return
+    if is_running(experiment_dir):
+        raise SpecError(f"{experiment_dir}: another driver is running this experiment "
+                        f"(see {path})")
+    storage.write_atomic(path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "since": time.time()}))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+# --------------------------------------------------------------------------------------------
+# the study journal (a local file: Optuna's journal appends under file locks, which object
+# stores do not have, so a cloud experiment's journal is mirrored on the driver's machine)
+
+
+def local_mirror_dir(experiment_dir: str) -> str:
+    """Where the driver keeps the Optuna journal: the experiment folder itself, or a local
+    mirror of a cloud one."""
+    if not storage.is_remote(experiment_dir):
+        return experiment_dir
+    digest = hashlib.sha256(experiment_dir.encode("utf-8")).hexdigest()[:12]
+    name = storage.split_name(experiment_dir)[1]
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "finetune-search",
+                         f"{name}-{digest}")
+    os.makedirs(cache, exist_ok=True)
+    return cache
+
+
+def sync_journal(experiment_dir: str, local_dir: str) -> None:
+    """Copies the local journal up to a cloud experiment folder."""
+    if not storage.is_remote(experiment_dir):
+        return
+    source = journal_path_for(local_dir)
+    if os.path.exists(source):
+        with open(source, "rb") as handle:
+            storage.write_atomic(storage.join(experiment_dir, STUDY_FILE), handle.read())
+
+
+def fetch_journal(experiment_dir: str, local_path: str, *, keep_newer: bool = True) -> bool:
+    """Brings a cloud experiment's journal down to ``local_path``.
+
+    Args:
+        experiment_dir: The experiment folder (a URI; a local folder needs no copy).
+        local_path: Where the local copy goes.
+        keep_newer: Keep a local copy that is longer than the one in storage (this machine's
+            driver wrote it last); the copy in storage is the truth otherwise.
+
+    Returns:
+        Whether a journal exists at ``local_path`` afterwards.
+    """
+    fs, root = storage.filesystem(experiment_dir)
+    remote = storage.join(root, STUDY_FILE)
+    if not storage.exists(fs, remote):
+        return os.path.exists(local_path)
+    data = storage.read_bytes(fs, remote)
+    if not keep_newer or not os.path.exists(local_path) or (
+        os.path.getsize(local_path) <= len(data)
+    ):
+        storage.write_atomic(local_path, data)
+    return True

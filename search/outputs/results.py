@@ -1,0 +1,215 @@
+"""Reading an experiment's trials: every trial's config and per-epoch results as plain records.
+
+Everything reads through :mod:`search.outputs.storage`, so an experiment on ``s3://`` or
+``gs://`` reads the same as a local one. Ray writes one folder per trial (``params.json``,
+``result.json`` as JSON lines, ``checkpoint_*``, ``error.txt``); this module turns that into
+:class:`TrialRecord` values, and :func:`rank_trials` is the one rule for which trial is best.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from search.driver.study import (
+    METRIC,
+    MODE,
+    REASON_ERROR,
+    REASON_MAX_T,
+    TIME_ATTR,
+    TrialStatus,
+    asha_stop_reason,
+)
+from search.outputs import storage
+from search.outputs.experiment import check_experiment_dir, round_dirs
+
+# Ray's statuses of a trial that an interrupted driver left behind.
+RAY_UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
+RAY_ERROR = "ERROR"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the experiment folder tells it."""
+
+    trial_id: str
+    round: str
+    path: str
+    config: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    errored: bool = False
+    error: str = ""
+    ray_status: str = ""
+
+    @property
+    def epochs_run(self) -> int:
+        return max((int(r.get(TIME_ATTR, 0)) for r in self.history), default=0)
+
+    @property
+    def failed(self) -> bool:
+        return self.errored or any(r.get("trial_failed") for r in self.history)
+
+    @property
+    def failure_reason(self) -> str:
+        for row in self.history:
+            if row.get("trial_failed"):
+                return str(row.get("failure_reason", ""))
+        return self.error
+
+    @property
+    def good_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.history if not r.get("trial_failed")]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        rows = self.good_rows
+        return rows[-1] if rows else {}
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The epoch with the best metric ({} when none has a finite one)."""
+        rows = [r for r in self.good_rows if _finite(r.get(METRIC))]
+        if not rows:
+            return {}
+        pick = max if MODE == "max" else min
+        return pick(rows, key=lambda r: r[METRIC])
+
+    @property
+    def best_value(self) -> float | None:
+        """The best epoch's metric, or ``None``."""
+        return self.best.get(METRIC)
+
+    @property
+    def gpu_seconds(self) -> float:
+        return max((float(r.get("gpu_seconds", 0.0)) for r in self.history), default=0.0)
+
+    @property
+    def wall_seconds(self) -> float:
+        return max((float(r.get("wall_seconds", 0.0)) for r in self.history), default=0.0)
+
+    def status(self, max_t: int) -> TrialStatus:
+        """COMPLETE (reached max_t), STOPPED (by ASHA), FAILED, or UNFINISHED (running, or
+        left pending/paused by an interrupted driver)."""
+        if self.failed:
+            return TrialStatus.FAILED
+        if self.epochs_run >= max_t:
+            return TrialStatus.COMPLETE
+        if self.ray_status in RAY_UNFINISHED:
+            return TrialStatus.UNFINISHED
+        return TrialStatus.STOPPED
+
+    def stop_reason(self, max_t: int) -> str:
+        """Why the trial ended: its failure, ``max_t``, or ASHA's rung (``asha@<epoch>``)."""
+        if self.failed:
+            return self.failure_reason or REASON_ERROR
+        if self.epochs_run >= max_t:
+            return REASON_MAX_T
+        return asha_stop_reason(self.epochs_run)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+
+
+def rank_trials(records: list[TrialRecord], *, include_failed: bool = False
+                ) -> list[TrialRecord]:
+    """Trials best first by their best epoch's metric: the one rule every view uses.
+
+    Args:
+        records: The trials.
+        include_failed: Keep failed trials and trials without a result (last, in their
+            original order); by default they are left out.
+    """
+    scored = [r for r in records if not r.failed and r.best]
+    ranked = sorted(scored, key=lambda r: r.best_value, reverse=MODE == "max")
+    if include_failed:
+        ranked += [r for r in records if r not in scored]
+    return ranked
+
+
+def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
+    """The trial with the best metric at any epoch (failed trials excluded)."""
+    ranked = rank_trials(records)
+    return ranked[0] if ranked else None
+
+
+def _parse_json_lines(text: str) -> list[dict[str, Any]]:
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break  # a line cut short by a killed writer ends the usable history
+    return rows
+
+
+def ray_statuses(fs: storage.pafs.FileSystem, round_path: str) -> dict[str, str]:
+    """Trial id -> Ray's status (TERMINATED, ERROR, RUNNING, PENDING...) from the newest
+    ``experiment_state-*.json`` of one Ray experiment."""
+    states = sorted(i.path for i in storage.list_dir(fs, round_path)
+                    if i.base_name.startswith("experiment_state-")
+                    and i.base_name.endswith(".json"))
+    if not states:
+        return {}
+    try:
+        state = json.loads(storage.read_text(fs, states[-1]))
+    except ValueError:
+        return {}
+    statuses = {}
+    for entry in state.get("trial_data", []):
+        trial = entry[0] if isinstance(entry, list) else entry
+        if isinstance(trial, str):
+            trial = json.loads(trial)
+        statuses[str(trial.get("trial_id"))] = str(trial.get("status", ""))
+    return statuses
+
+
+def load_trials(path: str) -> list[TrialRecord]:
+    """Every trial of an experiment folder, in the order the trials started.
+
+    Args:
+        path: The experiment folder (local path or URI).
+
+    Returns:
+        One record per trial with its config and per-epoch history.
+    """
+    fs, root = check_experiment_dir(path)
+    records = []
+    for round_name, round_path in round_dirs(fs, root):
+        statuses = ray_statuses(fs, round_path)
+        for info in storage.list_dir(fs, round_path):
+            if info.type != storage.FileType.Directory:
+                continue
+            params_path = storage.join(info.path, "params.json")
+            if not storage.exists(fs, params_path):
+                continue
+            config = json.loads(storage.read_text(fs, params_path))
+            result_path = storage.join(info.path, "result.json")
+            history = _parse_json_lines(storage.read_text(fs, result_path)) if storage.exists(
+                fs, result_path) else []
+            # A trial retried after a crash reports its epochs again from its checkpoint;
+            # keep the last report of each epoch.
+            by_epoch: dict[int, dict[str, Any]] = {}
+            for row in history:
+                by_epoch[int(row.get(TIME_ATTR, 0))] = row
+            history = [by_epoch[e] for e in sorted(by_epoch)]
+            trial_id = (history[0].get("trial_id") if history else None) or info.base_name
+            status = statuses.get(trial_id, "")
+            # error.txt stays after a crash that a retry recovered from; Ray's status says
+            # whether the trial finally errored.
+            errored = status == RAY_ERROR
+            error_path = storage.join(info.path, "error.txt")
+            error = ""
+            if errored and storage.exists(fs, error_path):
+                lines = storage.read_text(fs, error_path).strip().splitlines()
+                error = lines[-1][:300] if lines else "error"
+            records.append(TrialRecord(trial_id=trial_id, round=round_name, path=info.path,
+                                       config=config, history=history, errored=errored,
+                                       error=error, ray_status=status))
+    records.sort(key=lambda r: (r.history[0].get("timestamp", 0) if r.history else 0,
+                                r.trial_id))
+    return records

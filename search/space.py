@@ -1,0 +1,97 @@
+"""The ``space:`` section's vocabulary: distributions, and which settings depend on others.
+
+Ray-free and TensorFlow-free: the spec validates these on the driver, and the searcher turns
+them into Optuna suggestions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from search._validate import did_you_mean, echo, is_finite, is_int, is_number
+from search.errors import SpecError
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+
+# Settings that only matter when another one allows them: key -> (parent, rule, test). Optuna's
+# define-by-run API samples them only then, so TPE does not learn from values that had no
+# effect. (The last input conv always has 3 filters, so `input_conv_filters` needs two convs.)
+CONDITIONS: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
+    "input_conv_filters": ("input_convs", "input_convs > 1", lambda convs: convs > 1),
+    "input_conv_kernel": ("input_convs", "input_convs > 0", lambda convs: convs > 0),
+    "momentum": ("optimizer", "optimizer == 'sgd'", lambda optimizer: optimizer == "sgd"),
+}
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched setting: ``kind`` is uniform, loguniform, int, choice or fixed."""
+
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    values: tuple = ()
+
+    def endpoints(self) -> tuple:
+        """Values whose validity implies every sampled value's validity (ranges are convex)."""
+        return self.values if self.kind in ("choice", "fixed") else (self.low, self.high)
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` can be drawn from this distribution."""
+        if self.kind in ("choice", "fixed"):
+            return value in self.values
+        if not is_number(value):
+            return False
+        if self.kind == "int" and not is_int(value):
+            return False
+        return self.low <= value <= self.high
+
+    def to_yaml(self) -> Any:
+        if self.kind == "fixed":
+            return self.values[0]
+        if self.kind == "choice":
+            return {"choice": list(self.values)}
+        return {self.kind: [self.low, self.high]}
+
+
+def parse_distribution(value: Any, where: str) -> Distribution:
+    """Parses ``{uniform: [lo, hi]}``, ``{loguniform: ...}``, ``{int: ...}``, ``{choice: [...]}``
+    or a plain value (fixed).
+
+    Raises:
+        SpecError: On an unknown distribution, inverted or empty range, or wrong types.
+    """
+    if not isinstance(value, Mapping):
+        if isinstance(value, (list, tuple)):
+            raise SpecError(f"{where}: a list is ambiguous; write {{choice: {list(value)}}}, "
+                            f"got {echo(list(value))}")
+        return Distribution("fixed", values=(value,))
+    if len(value) != 1:
+        raise SpecError(f"{where}: must have exactly one of {', '.join(DISTRIBUTIONS)}, "
+                        f"got keys {sorted(map(str, value))}")
+    kind, args = next(iter(value.items()))
+    if kind not in DISTRIBUTIONS:
+        raise SpecError(f"{where}: unknown distribution `{kind}`"
+                        f"{did_you_mean(str(kind), DISTRIBUTIONS)}")
+    if kind == "choice":
+        if not isinstance(args, (list, tuple)) or len(args) == 0:
+            raise SpecError(f"{where}.choice: must be a non-empty list, got {echo(args)}")
+        if len(set(map(repr, args))) != len(args):
+            raise SpecError(f"{where}.choice: values must be distinct, got {echo(list(args))}")
+        return Distribution("choice", values=tuple(args))
+    if not isinstance(args, (list, tuple)) or len(args) != 2:
+        raise SpecError(f"{where}.{kind}: must be a list [low, high], got {echo(args)}")
+    low, high = args
+    check = is_int if kind == "int" else is_number
+    rule = "ints" if kind == "int" else "numbers"
+    if not (check(low) and check(high)) or not (is_finite(low) and is_finite(high)):
+        raise SpecError(f"{where}.{kind}: low and high must be finite {rule}, "
+                        f"got low={echo(low)}, high={echo(high)}")
+    if kind == "int" and low > high or kind != "int" and low >= high:
+        sign = "<=" if kind == "int" else "<"
+        raise SpecError(f"{where}.{kind}: `low {sign} high` must hold, got low={low}, high={high}")
+    if kind == "loguniform" and low <= 0:
+        raise SpecError(f"{where}.loguniform: `low > 0` must hold, got low={low}, high={high}")
+    return Distribution(kind, low=low, high=high)

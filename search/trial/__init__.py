@@ -1,0 +1,1 @@
+"""One trial: the Ray trainable, its set-up sequence, checkpoints and what it reports."""

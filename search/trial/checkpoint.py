@@ -1,0 +1,67 @@
+"""A trial's checkpoint: the Keras model (weights and optimizer state) and the small state that
+lets a restarted attempt continue where the last one stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MODEL_FILE = "model.keras"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainingState:
+    """What carries from one attempt of a trial to the next (saved as ``state.json``).
+
+    Attributes:
+        epoch: Epochs completed.
+        batch_size, learning_rate: What training uses now (an OOM retry halves both).
+        oom_retried: Whether the half-batch retry was already used.
+        gpu_seconds, wall_seconds: Time spent so far, so budgets count every attempt.
+        last_metrics: The last completed epoch's metrics (what a failure report repeats).
+    """
+
+    epoch: int = 0
+    batch_size: int = 0
+    learning_rate: float = 0.0
+    oom_retried: bool = False
+    gpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], **defaults: Any) -> TrainingState:
+        """The state from ``state.json``; keys it lacks take ``defaults``."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**defaults, **known})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_state(checkpoint_dir: str) -> dict[str, Any]:
+    """The raw ``state.json`` of a local checkpoint folder."""
+    with open(os.path.join(checkpoint_dir, STATE_FILE), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_checkpoint(model: Any, state: TrainingState) -> str:
+    """Saves the model and the state into a new temporary folder; returns the folder."""
+    checkpoint_dir = tempfile.mkdtemp(prefix="trial-ckpt-")
+    model.save(os.path.join(checkpoint_dir, MODEL_FILE))
+    with open(os.path.join(checkpoint_dir, STATE_FILE), "w", encoding="utf-8") as handle:
+        json.dump(state.to_json(), handle)
+    return checkpoint_dir
+
+
+def restore_to_temp(checkpoint: Any) -> str | None:
+    """Copies a ``tune.Checkpoint`` to a local temporary folder (``None`` without one)."""
+    if checkpoint is None:
+        return None
+    local = tempfile.mkdtemp(prefix="trial-restore-")
+    checkpoint.to_directory(local)
+    return local

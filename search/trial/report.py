@@ -1,0 +1,56 @@
+"""What a trial reports to Ray Tune once per epoch: one small value type, free of Ray and
+TensorFlow so the driver, the results reader and the tests share it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# The per-epoch metrics Keras gives, in the order the tables show them.
+METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """One epoch of one trial, as ``tune.report`` receives it (``training_iteration`` = epoch).
+
+    Attributes:
+        epoch: Epochs trained so far (Ray's time attribute for ASHA).
+        val_accuracy, val_loss, accuracy, loss: Keras's metrics of the epoch.
+        images_per_s: Training images per second (validation excluded).
+        gpu_seconds: Device-seconds the trial has held so far, all attempts together.
+        wall_seconds: Training seconds so far, all attempts together.
+        batch_size, learning_rate_used: What the epoch trained with (an OOM retry halves both).
+        oom_retried: Whether the trial was retried at half batch after running out of memory.
+        trial_failed, failure_reason: A failure that a retry cannot fix (``nan_loss: ...``).
+        gpu_ids, cuda_visible_devices, node_id, precision, attempt_started_at: Where and how
+            the attempt ran.
+    """
+
+    epoch: int
+    val_accuracy: float = NAN
+    val_loss: float = NAN
+    accuracy: float = NAN
+    loss: float = NAN
+    images_per_s: float = 0.0
+    gpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    batch_size: int = 0
+    learning_rate_used: float = NAN
+    oom_retried: bool = False
+    trial_failed: bool = False
+    failure_reason: str = ""
+    gpu_ids: str = ""
+    cuda_visible_devices: str = ""
+    node_id: str = ""
+    precision: str = ""
+    attempt_started_at: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Just the Keras metrics, by name."""
+        return {name: getattr(self, name) for name in METRICS}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as the flat dict ``tune.report`` takes."""
+        return asdict(self)

@@ -1,0 +1,42 @@
+"""benchmarks/run.py: the entry's ``--only`` and its ``--help``."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_PY = REPO / "benchmarks" / "run.py"
+
+
+def _load_run_module() -> ModuleType:
+    # By path, under a name of its own: "run" alone is too common a module name.
+    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_run_module()
+
+
+def test_only_accepts_a_subset_in_run_order_and_names_a_wrong_one():
+    assert bench.parse_only("gpu,overhead") == ["overhead", "gpu"]
+    assert bench.parse_only(None) == ["overhead", "search", "memory", "gpu"]
+    with pytest.raises(Exception, match="subset of overhead,search,memory,gpu, got 'cpu'"):
+        bench.parse_only("cpu")
+
+
+def test_help_runs_without_starting_anything():
+    done = subprocess.run([sys.executable, str(RUN_PY), "--help"], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    for option in ("--reduced", "--json", "--only", "--gpu-peak-tflops"):
+        assert option in done.stdout
+    assert "--gpu-worker" not in done.stdout  # internal

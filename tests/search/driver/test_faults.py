@@ -1,0 +1,226 @@
+"""Fault injection: each test's name says which fault it injects, and proves nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from search.driver.service import resume_search, run_search
+from search.outputs.export import export_experiment
+from search.outputs.results import load_trials
+from search.spec import load_spec_dict
+from tests.helpers import REPO, study_trials, tiny_raw, write_spec
+
+from . import fault_trainables
+
+pytestmark = pytest.mark.slow
+
+
+def spec_for(tmp_path, name, **changes):
+    return load_spec_dict({**tiny_raw(tmp_path, **changes), "name": name})
+
+
+def raw_epochs(trial_path: str) -> list[int]:
+    """Every epoch a trial reported, in order, duplicates included (result.json as written)."""
+    with open(os.path.join(trial_path, "result.json"), encoding="utf-8") as handle:
+        return [json.loads(line)["epoch"] for line in handle if line.strip()]
+
+
+def assert_continues_from_checkpoints(epochs: list[int], last: int) -> None:
+    """Epochs run 1..last; after an interruption a trial resumes from its last checkpoint, so
+    it may repeat the one epoch in flight (Ray's checkpoints are at-least-once), but never goes
+    back further, and never restarts from epoch 1."""
+    assert epochs[0] == 1 and epochs[-1] == last, epochs
+    for before, after in zip(epochs, epochs[1:]):
+        assert after in (before, before + 1), epochs
+    assert sorted(set(epochs)) == list(range(1, last + 1)), epochs
+
+
+def test_injected_trial_crashes_resume_from_last_checkpoint(tmp_path):
+    fault_trainables.ship_by_value()
+    spec = spec_for(tmp_path, "crashes", train__epochs=4,
+                    search={"num_samples": 4, "max_concurrent": 2, "seed": 0,
+                            "max_failures": 20},
+                    scheduler={"grace_period": 2, "reduction_factor": 3})
+    summary = run_search(spec, num_cpus=2, trainable=fault_trainables.crash_at_random_epochs)
+    trials = load_trials(summary.experiment_dir)
+    assert len(trials) == 4
+    crashed = [t for t in trials if os.path.exists(os.path.join(t.path, "error.txt"))]
+    assert crashed, "the fault was never injected"
+    for trial in trials:
+        # Every trial reached the epoch ASHA allowed it: complete, or stopped at a rung.
+        assert trial.status(4) in ("complete", "stopped")
+        assert trial.epochs_run in (2, 4)
+        # After a crash the epochs continue from the checkpoint, never from 0.
+        assert_continues_from_checkpoints(raw_epochs(trial.path), trial.epochs_run)
+
+
+def test_sigint_prints_resume_and_resume_finishes_with_study_agreeing(tmp_path):
+    spec_path = write_spec(tmp_path, search__num_samples=4, train__epochs=4,
+                           scheduler={"grace_period": 4, "reduction_factor": 3})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(spec_path),
+                                   "--num-cpus", "2", "--name", "ctrlc"], cwd=REPO, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        deadline = time.time() + 300
+        while " epoch 1/4" not in log_path.read_text():
+            assert time.time() < deadline and driver.poll() is None, log_path.read_text()
+            time.sleep(0.5)
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        code = driver.wait(timeout=120)
+    text = log_path.read_text()
+    experiment = tmp_path / "results" / "ctrlc"
+    assert code == 130, text[-2000:]
+    assert f"finetune-search resume {experiment}" in text
+
+    summary = resume_search(str(experiment), num_cpus=2)
+    assert not summary.interrupted
+    trials = load_trials(str(experiment))
+    assert len(trials) == 4 and all(t.status(4) == "complete" for t in trials)
+    for trial in trials:
+        assert_continues_from_checkpoints(raw_epochs(trial.path), 4)
+    study = study_trials(experiment)
+    ray_ids = {t.trial_id for t in trials}
+    # Same trials, same values: every Ray trial is COMPLETE in the study with its final value;
+    # anything else the study holds was suggested but never run, and is marked so.
+    for trial in trials:
+        assert study[trial.trial_id].state == TrialState.COMPLETE
+        assert study[trial.trial_id].value == pytest.approx(trial.final["val_accuracy"])
+    for key, frozen in study.items():
+        if key not in ray_ids:
+            assert frozen.state == TrialState.FAIL
+            assert frozen.user_attrs["ended_by"].startswith("orphaned")
+
+
+def test_worker_node_removed_mid_search_trials_move_to_remaining_nodes(tmp_path, monkeypatch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    fault_trainables.ship_by_value()
+    monkeypatch.setenv("FINETUNE_SEARCH_SHARED_FS", "1")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    doomed = cluster.add_node(num_cpus=1)
+    survivor = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        spec = spec_for(tmp_path, "nodelost", train__epochs=4,
+                        search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
+                                "baseline": False, "max_failures": 3},
+                        scheduler={"name": "fifo"},
+                        resources={"cpus_per_trial": 1, "gpus_per_trial": 0})
+        outcome: dict = {}
+        worker = threading.Thread(target=lambda: outcome.update(summary=run_search(
+            spec, address=cluster.address, trainable=fault_trainables.slow_epochs)))
+        worker.start()
+        experiment = tmp_path / "results" / "nodelost"
+        deadline = time.time() + 240
+        # Wait until a trial on the doomed node has checkpointed an epoch, then remove it.
+        while True:
+            assert time.time() < deadline, "no trial reported on the doomed node"
+            rows = [json.loads(line) for path in experiment.glob("trial_*/result.json")
+                    for line in path.read_text().splitlines() if line.strip()]
+            if any(r.get("node_id") == doomed.node_id for r in rows):
+                break
+            time.sleep(0.5)
+        cluster.remove_node(doomed)
+        worker.join(timeout=400)
+        assert not worker.is_alive()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    trials = load_trials(str(experiment))
+    assert len(trials) == 2 and all(t.status(4) == "complete" for t in trials)
+    moved = [t for t in trials if {r["node_id"] for r in t.history} == {doomed.node_id,
+                                                                         survivor.node_id}]
+    assert moved, "no trial moved from the lost node"
+    for trial in moved:
+        # Resumed from its checkpoint on the survivor: epochs continue.
+        assert_continues_from_checkpoints(raw_epochs(trial.path), 4)
+        assert trial.history[-1]["node_id"] == survivor.node_id
+
+
+def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path):
+    # The written learning rate (0.01) is the baseline trial's: at least one healthy trial.
+    spec = spec_for(tmp_path, "nan", train__epochs=2, train__optimizer="sgd",
+                    train__learning_rate=0.01,
+                    space={"learning_rate": {"choice": [0.01, 1.0e12]}},
+                    search={"num_samples": 4, "max_concurrent": 2, "seed": 3,
+                            "baseline": True},
+                    scheduler={"name": "fifo"})
+    summary = run_search(spec, num_cpus=2)
+    trials = load_trials(summary.experiment_dir)
+    assert len(trials) == 4
+    failed = [t for t in trials if t.config["learning_rate"] > 1]
+    healthy = [t for t in trials if t.config["learning_rate"] < 1]
+    assert failed and healthy
+    for trial in failed:
+        assert trial.status(2) == "failed"
+        assert trial.failure_reason.startswith("nan_loss")
+        assert raw_epochs(trial.path)[-1] == 1  # ended at once, not retried
+    assert all(t.status(2) == "complete" for t in healthy)
+    export = export_experiment(summary.experiment_dir, str(tmp_path / "out"),
+                               with_model=False)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(os.path.join(export.out_dir, "trials.parquet")).to_pylist()
+    reasons = {r["trial_id"]: r["stop_reason"] for r in rows if r["status"] == "failed"}
+    assert set(reasons) == {t.trial_id for t in failed}
+    assert all(reason.startswith("nan_loss") for reason in reasons.values())
+
+
+def test_injected_out_of_memory_retries_once_with_half_the_batch(tmp_path):
+    fault_trainables.ship_by_value()
+    spec = spec_for(tmp_path, "oom", train__epochs=2, train__batch_size=32,
+                    search={"num_samples": 1, "seed": 0, "baseline": False},
+                    scheduler={"name": "fifo"})
+    summary = run_search(spec, num_cpus=2, trainable=fault_trainables.out_of_memory_above)
+    (trial,) = load_trials(summary.experiment_dir)
+    assert trial.status(2) == "complete"
+    last = trial.history[-1]
+    assert last["oom_retried"] is True and last["batch_size"] == 16
+    assert last["learning_rate_used"] == pytest.approx(trial.config["learning_rate"] / 2)
+
+
+def test_injected_out_of_memory_twice_is_recorded_not_retried_forever(tmp_path):
+    fault_trainables.ship_by_value()
+    spec = spec_for(tmp_path, "oom2", train__epochs=2, train__batch_size=64,
+                    train__learning_rate=0.001, space={},
+                    search={"num_samples": 1, "seed": 0, "baseline": False},
+                    scheduler={"name": "fifo"})
+    summary = run_search(spec, num_cpus=2, trainable=fault_trainables.out_of_memory_above)
+    (trial,) = load_trials(summary.experiment_dir)
+    assert trial.status(2) == "failed"
+    assert trial.failure_reason.startswith("oom")
+    assert "batch_size=32" in trial.failure_reason
+    assert trial.history[-1]["oom_retried"] is True
+    assert not os.path.exists(os.path.join(trial.path, "error.txt"))  # no Ray retry spent
+
+
+def test_local_ray_started_by_the_cli_has_no_dashboard_and_requires_a_token(monkeypatch):
+    import socket
+
+    import ray
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    from search.driver.cluster import connect
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert connect(None, num_cpus=1)
+    try:
+        assert get_authentication_mode() == AuthenticationMode.TOKEN
+        with socket.socket() as probe:  # the dashboard (HTTP job API) is not started
+            assert probe.connect_ex(("127.0.0.1", 8265)) != 0
+    finally:
+        ray.shutdown()

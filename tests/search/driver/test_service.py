@@ -1,0 +1,164 @@
+"""End-to-end searches on CPU: the CLI as a user runs it, small data and a small backbone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from search.driver.study import STUDY_FILE
+from search.outputs.results import load_trials
+from tests.helpers import REPO, cli, study_trials, write_spec
+
+pytestmark = pytest.mark.slow
+
+def test_cli_search_end_to_end_asha_baseline_and_study(tmp_path):
+    spec_path = write_spec(tmp_path)
+    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "e2e")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    experiment = tmp_path / "results" / "e2e"
+    trials = load_trials(str(experiment))
+    assert len(trials) == 6
+    statuses = [t.status(3) for t in trials]
+    assert "stopped" in statuses, statuses  # ASHA stopped some before max_t
+    assert "complete" in statuses
+    assert "stopped by ASHA at epoch" in done.stdout
+
+    # The baseline (original method) ran, first.
+    baseline = [t for t in trials if t.config.get("noise_std") == 0.01
+                and t.config.get("upsample") == 2 and t.config.get("dropout") == 0.75]
+    assert len(baseline) == 1
+
+    # The Optuna study holds every trial exactly as ASHA decided.
+    study = study_trials(experiment)
+    assert set(study) == {t.trial_id for t in trials}
+    for trial in trials:
+        frozen = study[trial.trial_id]
+        epochs = {int(r["epoch"]): r["val_accuracy"] for r in trial.history}
+        assert frozen.intermediate_values == pytest.approx(epochs)
+        if trial.epochs_run >= 3:
+            assert frozen.state == TrialState.COMPLETE
+            assert frozen.value == pytest.approx(trial.final["val_accuracy"])
+        else:
+            assert frozen.state == TrialState.PRUNED
+            assert frozen.value == pytest.approx(epochs[trial.epochs_run])
+
+    # The best config printed is the results table's best.
+    best = max((t for t in trials if not t.failed), key=lambda t: t.best["val_accuracy"])
+    printed = next(line for line in done.stdout.splitlines() if line.startswith("best config:"))
+    assert json.loads(printed.removeprefix("best config: ")) == best.config
+    assert f"best trial: {best.trial_id}" in done.stdout
+    assert str(experiment) in done.stdout
+
+
+def test_resume_after_driver_killed_finishes_without_rerunning(tmp_path):
+    spec_path = write_spec(tmp_path, search__num_samples=4, train__epochs=4,
+                           scheduler={"grace_period": 4, "reduction_factor": 3})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(spec_path),
+                               "--num-cpus", "2", "--name", "killed"], cwd=REPO, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    experiment = tmp_path / "results" / "killed"
+    deadline = time.time() + 300
+    # Kill the driver once at least one trial has finished and others are mid-way.
+    while time.time() < deadline:
+        text = (tmp_path / "driver.log").read_text()
+        if " complete at epoch" in text:
+            break
+        assert driver.poll() is None, text[-3000:]
+        time.sleep(1)
+    else:
+        pytest.fail("no trial finished in time")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = {t.trial_id: t for t in load_trials(str(experiment))}
+    finished_before = {k: t.history for k, t in before.items() if t.status(4) == "complete"}
+    assert finished_before
+
+    done = cli("resume", str(experiment), "--num-cpus", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = {t.trial_id: t for t in load_trials(str(experiment))}
+    assert len(after) == 4
+    assert all(t.status(4) == "complete" for t in after.values())
+    for trial_id, history in finished_before.items():
+        # Not run twice: the same rows, same timestamps.
+        assert [r["timestamp"] for r in after[trial_id].history] == [
+            r["timestamp"] for r in history]
+    assert "started" not in " ".join(
+        line for line in done.stdout.splitlines()
+        if any(f"trial {k} started" in line for k in finished_before))
+    # Ray and Optuna agree on every trial Ray knows.
+    study = study_trials(experiment)
+    for trial_id, trial in after.items():
+        assert study[trial_id].state == TrialState.COMPLETE
+        assert study[trial_id].value == pytest.approx(trial.final["val_accuracy"])
+
+
+def test_validate_and_bad_input_exit_2_without_traceback(tmp_path):
+    spec_path = write_spec(tmp_path)
+    ok = cli("validate", str(spec_path))
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    bad = write_spec(tmp_path, space={"upsample": {"int": [5, 2]}})
+    done = cli("validate", str(bad))
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: space.upsample.int: `low <= high` must hold, "
+                                   "got low=5, high=2")
+    missing = cli("resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "experiment folder not found" in missing.stderr
+
+
+def test_extend_adds_trials_to_the_same_study(tmp_path):
+    spec_path = write_spec(tmp_path, search__num_samples=2, train__epochs=2)
+    first = cli("run", str(spec_path), "--num-cpus", "2", "--name", "ext")
+    assert first.returncode == 0, first.stderr[-3000:]
+    experiment = tmp_path / "results" / "ext"
+    before = {t.trial_id for t in load_trials(str(experiment))}
+    done = cli("extend", str(experiment), "--more", "2", "--num-cpus", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = load_trials(str(experiment))
+    assert len(trials) == 4 and before < {t.trial_id for t in trials}
+    assert {t.round for t in trials} == {"main", "extend-1"}
+    # One study holds them all, so TPE's second round started from the first round's trials.
+    study = study_trials(experiment)
+    assert set(study) == {t.trial_id for t in trials}
+    assert [t.number for t in sorted(study.values(), key=lambda t: t.number)] == [0, 1, 2, 3]
+    assert "trials: 4" in done.stdout
+
+
+def test_search_on_uri_storage_reads_and_writes_through_pyarrow(tmp_path):
+    from search.outputs.export import export_experiment
+
+    uri = f"file://{tmp_path / 'bucket'}"
+    spec_path = write_spec(tmp_path, search__num_samples=2, train__epochs=2)
+    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "remote", "--storage", uri)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    experiment = f"{uri}/remote"
+    trials = load_trials(experiment)
+    assert len(trials) == 2
+    # The study journal reached the storage too.
+    assert (tmp_path / "bucket" / "remote" / STUDY_FILE).stat().st_size > 0
+    result = export_experiment(experiment, str(tmp_path / "out"), with_model=True)
+    assert "best_model.keras" in result.files
+
+
+def test_describe_prints_summary_and_exact_counts():
+    done = cli("describe", '{"backbone": "vgg16", "weights": "none", "noise_std": 0.01, '
+                           '"upsample": 2}')
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "total parameters:         15,241,802" in done.stdout
+    for name in ("input_noise", "input_upsample", "block5_pool", "head_dense", "predictions"):
+        assert name in done.stdout
+    frozen = cli("describe", '{"backbone": "vgg16", "weights": "none", "freeze": "block4_pool"}',
+                 "--classes", "100")
+    assert frozen.returncode == 0, frozen.stderr[-2000:]
+    # block1..block4 convs frozen: 1,792+36,928+73,856+147,584+295,168+2*590,080+1,180,160+
+    # 2*2,359,808 = 7,635,264
+    assert "non-trainable parameters: 7,635,264" in frozen.stdout
