@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from search.driver.study import METRIC
 from search.errors import SpecError
 
 EXIT_USAGE = 2
@@ -71,7 +72,7 @@ def _print_summary(summary: Any) -> int:
         print("no trial produced a result")
     else:
         best = summary.best
-        print(f"best trial: {best.trial_id}  val_accuracy={summary.best_value:.4f} "
+        print(f"best trial: {best.trial_id}  {METRIC}={summary.best_value:.4f} "
               f"(epoch {best.best.get('epoch')})")
         print(f"best config: {json.dumps(summary.best_config, sort_keys=True)}")
     print(f"experiment folder: {summary.experiment_dir}")
@@ -207,7 +208,7 @@ class Export(Command):
             print("no trial produced a result: wrote the tables only")
         else:
             print(f"best trial: {result.best.trial_id} "
-                  f"val_accuracy={result.best.best_value:.4f}")
+                  f"{METRIC}={result.best.best_value:.4f}")
         return 0
 
 
