@@ -92,22 +92,89 @@ def _empty_bytes() -> bytes:
     return b""
 
 
-def _plain_dtype(*args: Any) -> np.dtype:
-    dtype = np.dtype(*args)
-    if dtype.hasobject:  # object arrays could smuggle other objects in
-        raise pickle.UnpicklingError(f"refused object dtype {dtype}")
-    return dtype
+class _ArrayGuard:
+    """NumPy's array constructors, as one pickle may call them: plain dtypes only, and no
+    array larger than the pickle itself.
+
+    A real CIFAR array's bytes travel inside the pickle, so no honest array is larger than the
+    file; without this bound a 30-byte pickle (``ndarray((2**34,), "b")``) allocates 16 GiB.
+    Object dtypes are refused on every constructor (``dtype``, ``_reconstruct``, ``ndarray``,
+    ``scalar``), and :meth:`check_loaded` refuses any that a ``__setstate__`` still produced.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    def _plain(self, spec: Any) -> np.dtype:
+        dtype = spec if isinstance(spec, np.dtype) else np.dtype(spec)
+        if dtype.hasobject:  # object arrays could smuggle other objects in
+            raise pickle.UnpicklingError(f"refused object dtype {dtype}")
+        self._fits(dtype.itemsize)
+        return dtype
+
+    def _fits(self, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            raise pickle.UnpicklingError(f"refused an array of {nbytes} bytes from a "
+                                         f"{self.max_bytes}-byte file (larger than the file "
+                                         f"could hold)")
+
+    def _sized(self, shape: Any, dtype: np.dtype) -> None:
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        if any(not isinstance(d, int) or d < 0 for d in dims):
+            raise pickle.UnpicklingError(f"refused array shape {shape!r}")
+        count = 1
+        for dim in dims:
+            count *= dim  # Python ints: no overflow before the check
+        self._fits(count * dtype.itemsize)
+
+    def dtype(self, *args: Any) -> np.dtype:
+        return self._plain(np.dtype(*args))
+
+    def reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        # The pickle names numpy.ndarray, which find_class answered with self.ndarray.
+        if subtype != self.ndarray:
+            raise pickle.UnpicklingError(f"refused array subtype {subtype!r}")
+        plain = self._plain(dtype)
+        self._sized(shape, plain)
+        return _multiarray._reconstruct(np.ndarray, shape, plain)
+
+    def ndarray(self, shape: Any, dtype: Any = float, *args: Any) -> np.ndarray:
+        plain = self._plain(dtype)
+        self._sized(shape, plain)
+        return np.ndarray(shape, plain, *args)
+
+    def scalar(self, dtype: Any, *args: Any) -> Any:
+        return _multiarray.scalar(self._plain(dtype), *args)
+
+    def check_loaded(self, obj: Any, depth: int = 0) -> None:
+        """Refuses object arrays and oversized arrays anywhere in the unpickled value."""
+        if depth > 20:
+            raise pickle.UnpicklingError("refused: nested too deeply for a CIFAR batch")
+        if isinstance(obj, (np.ndarray, np.generic)):
+            if obj.dtype.hasobject:
+                raise pickle.UnpicklingError(f"refused object dtype {obj.dtype}")
+            self._fits(obj.nbytes)
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                self.check_loaded(key, depth + 1)
+                self.check_loaded(value, depth + 1)
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                self.check_loaded(item, depth + 1)
 
 
-# Everything a CIFAR batch needs: NumPy array reconstruction (NumPy 1 and 2 names) and the
-# helpers protocol 2 uses for bytes. Python 2 names (__builtin__) appear in the originals.
+# Everything a CIFAR batch needs: NumPy array reconstruction (NumPy 1 and 2 names, each bound
+# to the one pickle's guard) and the helpers protocol 2 uses for bytes. Python 2 names
+# (__builtin__) appear in the originals.
+_ARRAY_GLOBALS: dict[tuple[str, str], str] = {
+    ("numpy.core.multiarray", "_reconstruct"): "reconstruct",
+    ("numpy._core.multiarray", "_reconstruct"): "reconstruct",
+    ("numpy.core.multiarray", "scalar"): "scalar",
+    ("numpy._core.multiarray", "scalar"): "scalar",
+    ("numpy", "ndarray"): "ndarray",
+    ("numpy", "dtype"): "dtype",
+}
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _plain_dtype,
     ("_codecs", "encode"): _latin1_encode,
     ("builtins", "bytes"): _empty_bytes,
     ("__builtin__", "bytes"): _empty_bytes,
@@ -115,14 +182,18 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches and nothing else: any other global is refused, never imported."""
+    """Unpickles CIFAR batches and nothing else: any other global is refused, never imported,
+    and no array may be larger than the pickle's ``size`` in bytes."""
 
-    def __init__(self, file: BinaryIO, source: str) -> None:
+    def __init__(self, file: BinaryIO, source: str, size: int) -> None:
         # The originals come from Python 2's cPickle: its str (keys, names) arrive as bytes.
         super().__init__(file, encoding="bytes")
         self._source = source
+        self.guard = _ArrayGuard(size)
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ARRAY_GLOBALS:
+            return getattr(self.guard, _ARRAY_GLOBALS[(module, name)])
         try:
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
@@ -131,9 +202,12 @@ class _CifarUnpickler(pickle.Unpickler):
                             f"and was not loaded") from None
 
 
-def _unpickle(file: BinaryIO, source: str) -> Any:
+def _unpickle(data: bytes, source: str) -> Any:
     try:
-        return _CifarUnpickler(file, source).load()
+        unpickler = _CifarUnpickler(io.BytesIO(data), source, len(data))
+        loaded = unpickler.load()
+        unpickler.guard.check_loaded(loaded)
+        return loaded
     except DataError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
@@ -195,7 +269,7 @@ def _cifar_members_from_archive(archive: Path, layout: _CifarLayout,
                     continue
                 file = tar.extractfile(member)
                 if file is not None:
-                    found[base] = _unpickle(io.BytesIO(file.read()), f"{archive}:{name}")
+                    found[base] = _unpickle(file.read(), f"{archive}:{name}")
     except DataError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
@@ -216,10 +290,10 @@ def _cifar_members_from_folder(folder: Path, layout: _CifarLayout,
             raise DataError(f"{folder}: no {base}; a {_cifar_title(layout)} folder holds "
                             f"{', '.join(wanted)}")
         try:
-            with file.open("rb") as handle:
-                found[base] = _unpickle(handle, str(file))
+            data = file.read_bytes()
         except OSError as exc:
             raise DataError(f"{file}: cannot read ({one_line(exc)})") from exc
+        found[base] = _unpickle(data, str(file))
     return found
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import struct
 import tarfile
 from collections.abc import Mapping, Sequence
@@ -140,6 +141,12 @@ class RunsCommand:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return self.func, self.args
+
+
+def call_pickle(func: Any, *args: Any) -> bytes:
+    """The smallest protocol-2 pickle that calls `func(*args)` when loaded (memo stripped):
+    how an attacker reaches NumPy's array constructors with arguments of their choosing."""
+    return pickletools.optimize(pickle.dumps(RunsCommand(func, *args), protocol=2))
 
 
 def solid_image(colour: Sequence[int], size: tuple[int, int] = (20, 30),

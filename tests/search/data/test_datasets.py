@@ -287,11 +287,50 @@ def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Path
     assert not marker.exists()
 
 
-def test_object_arrays_in_a_pickle_are_refused(tmp_path: Path) -> None:
-    batch = {b"data": np.array([object()] * 2, dtype=object), b"labels": [0, 1]}
-    files = f.cifar10_files(overrides={"data_batch_2": pickle.dumps(batch, protocol=2)})
-    with pytest.raises(DataError, match=r"data_batch_2: not a readable CIFAR pickle"):
+def _numpy_reconstruct() -> Any:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+@pytest.mark.parametrize("path", ["dtype", "ndarray", "_reconstruct"])
+def test_object_arrays_in_a_pickle_are_refused_on_every_constructor_path(tmp_path: Path,
+                                                                         path: str) -> None:
+    if path == "dtype":  # a plain pickle of an object array: numpy.dtype("O") + __setstate__
+        payload = pickle.dumps({b"data": np.array([object()] * 2, dtype=object),
+                                b"labels": [0, 1]}, protocol=2)
+    elif path == "ndarray":  # numpy.ndarray((2,), "O"): no dtype global involved
+        payload = f.call_pickle(np.ndarray, (2,), "O")
+    else:  # _reconstruct(ndarray, (2,), b"O") with no __setstate__ after it
+        payload = f.call_pickle(_numpy_reconstruct(), np.ndarray, (2,), b"O")
+    files = f.cifar10_files(overrides={"data_batch_2": payload})
+    with pytest.raises(DataError, match=r"data_batch_2: not a readable CIFAR pickle "
+                                        r"\(UnpicklingError: refused object dtype object\)"):
         load(name="cifar10", path=str(f.write_folder(tmp_path / "c", files)))
+
+
+@pytest.mark.parametrize("layout", ["archive", "folder"])
+@pytest.mark.parametrize("constructor", ["ndarray", "_reconstruct"])
+def test_tiny_pickle_asking_for_a_16_gib_array_is_refused_before_allocating(
+        tmp_path: Path, layout: str, constructor: str) -> None:
+    sixteen_gib = 2**34
+    if constructor == "ndarray":
+        payload = f.call_pickle(np.ndarray, (sixteen_gib,), "b")
+        assert len(payload) < 40  # the attack is a few bytes
+    else:
+        payload = f.call_pickle(_numpy_reconstruct(), np.ndarray, (sixteen_gib,), b"b")
+    files = f.cifar10_files(overrides={"test_batch": payload})
+    if layout == "archive":
+        path = f.write_archive(tmp_path / "c.tar.gz", cifar.CIFAR10_FOLDER, files)
+    else:
+        path = f.write_folder(tmp_path / "c", files)
+    with pytest.raises(DataError, match=rf"test_batch: not a readable CIFAR pickle "
+                                        rf"\(UnpicklingError: refused an array of {sixteen_gib} "
+                                        rf"bytes from a {len(payload)}-byte file") as excinfo:
+        load(name="cifar10", path=str(path))
+    one_line(excinfo)
 
 
 def test_truncated_archive_is_a_data_error(tmp_path: Path) -> None:
