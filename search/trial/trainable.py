@@ -91,6 +91,39 @@ class _Attempt:
                                 **{m: last.get(m, float("nan")) for m in METRICS}).as_dict())
 
 
+class _LocalCheckpoints:
+    """The trial's local checkpoint copies, all removed when the trial's function ends
+    (normally, by an error, a NaN, an OOM or ASHA's stop): each is a whole model with its
+    optimizer state, and a long search would otherwise fill the node's temp folder.
+
+    Attributes:
+        restored: The copy of Ray's checkpoint this attempt started from (``None``: a new
+            trial).
+        latest: The checkpoint of the last epoch this attempt completed, kept until the next
+            one so an OOM retry can continue from it.
+    """
+
+    def __init__(self, restored: str | None) -> None:
+        self.restored = restored
+        self.latest: str | None = None
+
+    @property
+    def last_completed(self) -> str | None:
+        """The folder holding the weights and optimizer state of the last completed epoch."""
+        return self.latest or self.restored
+
+    def replace_latest(self, checkpoint_dir: str) -> None:
+        if self.latest is not None:
+            shutil.rmtree(self.latest, ignore_errors=True)
+        self.latest = checkpoint_dir
+
+    def remove_all(self) -> None:
+        for folder in (self.restored, self.latest):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.restored = self.latest = None
+
+
 def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) -> None:
     """Trains one configuration and reports every epoch to Ray Tune.
 
@@ -104,17 +137,27 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
     gpu_count = float(params.get("gpus_per_trial", 0) or 0)
     gpu_ids = assigned_gpu_ids()
     run = runtime.prepare(params, gpu_fraction=gpu_count, gpu_ids=gpu_ids)
-    keras, tf = run.keras, run.tf
+    checkpoints = _LocalCheckpoints(restore_to_temp(tune.get_checkpoint()))
+    try:
+        _train(run, params, data, gpu_count, gpu_ids, checkpoints)
+    finally:
+        checkpoints.remove_all()
 
-    restore_dir = restore_to_temp(tune.get_checkpoint())
+
+def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: float,
+           gpu_ids: list[str], checkpoints: _LocalCheckpoints) -> None:
+    keras, tf = run.keras, run.tf
+    restored = checkpoints.restored
     state = TrainingState.from_json(
-        read_state(restore_dir) if restore_dir else {},
+        read_state(restored) if restored else {},
         batch_size=int(params["batch_size"]), learning_rate=float(params["learning_rate"]))
     attempt = _Attempt(state, gpu_ids, run.precision)
 
     def build() -> tuple[Any, Any, Any]:
-        if restore_dir is not None:
-            model = keras.saving.load_model(os.path.join(restore_dir, MODEL_FILE))
+        # From the last completed epoch's weights and optimizer state when there is one.
+        source = checkpoints.last_completed
+        if source is not None:
+            model = keras.saving.load_model(os.path.join(source, MODEL_FILE))
         else:
             run_params = {**params, "batch_size": state.batch_size,
                           "learning_rate": state.learning_rate}
@@ -140,10 +183,13 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
                              f"{str(err).splitlines()[0][:200]}")
                 return
             # Retry once with half the batch; the learning rate follows linearly so the
-            # update size per example stays the same.
+            # update size per example stays the same. The failed epoch may have changed some
+            # weights before running out of memory: continue from the last completed epoch's
+            # checkpoint, not from the model in memory.
             state.oom_retried = True
             state.batch_size //= 2
             state.learning_rate /= 2
+            del model
             keras.backend.clear_session()
             model, train_ds, val_ds = build()
             model.optimizer.learning_rate.assign(state.learning_rate)
@@ -161,8 +207,6 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
         state.last_metrics = metrics
         report = attempt.report(epoch=state.epoch, **metrics,
                                 images_per_s=len(data.x_train) / max(train_seconds, 1e-9))
-        checkpoint_dir = write_checkpoint(model, state)
-        tune.report(report.as_dict(), checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    if restore_dir is not None:
-        shutil.rmtree(restore_dir, ignore_errors=True)
+        checkpoints.replace_latest(write_checkpoint(model, state))
+        tune.report(report.as_dict(),
+                    checkpoint=tune.Checkpoint.from_directory(checkpoints.latest))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,17 @@ def ship_by_value() -> None:
     import ray.cloudpickle as cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def with_settings(trainable: Callable[..., None], **settings: Any) -> Callable[..., None]:
+    """``trainable`` with test-only settings (``probe_dir``, ``oom_from_epoch``...) added to
+    ``fixed``, which a spec cannot carry (unknown keys are errors there)."""
+
+    def configured(config: dict, *, data: Any, fixed: dict) -> None:
+        trainable(config, data=data, fixed={**fixed, **settings})
+
+    configured.__name__ = trainable.__name__
+    return configured
 
 
 @contextlib.contextmanager
@@ -65,16 +77,28 @@ def slow_epochs(config: dict, *, data: Any, fixed: dict) -> None:
 
 
 def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
-    """Raises TensorFlow's device OOM error in ``fit`` while the batch is above a limit."""
+    """Raises TensorFlow's device OOM error in ``fit`` while the batch is above a limit, from
+    epoch ``oom_from_epoch + 1`` on (default: from the first epoch), after running part of
+    that epoch (so the weights in memory are no longer the last checkpoint's).
+
+    With ``probe_dir`` set, it keeps what the test compares: a copy of every checkpoint the
+    trial writes (``epoch-N/``) and, at the first ``fit`` after an OOM, the weights and
+    optimizer variables the retry starts from (``retry_start.npz``).
+    """
     import keras
+    import numpy as np
     import tensorflow as tf
 
     import search.data as datasets
+    from search.trial import trainable
 
     limit = int(fixed.get("oom_above_batch", 16))
-    seen: dict[str, int] = {}
+    from_epoch = int(fixed.get("oom_from_epoch", 0))
+    probe_dir = fixed.get("probe_dir")
+    seen: dict[str, Any] = {}
     original_pipeline = datasets.make_input_pipeline
     original_fit = keras.Model.fit
+    original_write = trainable.write_checkpoint
 
     def pipeline(x: Any, y: Any, *, batch_size: int, training: bool, **kwargs: Any) -> Any:
         if training:
@@ -82,15 +106,40 @@ def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
         return original_pipeline(x, y, batch_size=batch_size, training=training, **kwargs)
 
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if seen.get("batch_size", 0) > limit:
+        if seen.pop("after_oom", False) and probe_dir:
+            np.savez(os.path.join(probe_dir, "retry_start.npz"),
+                     **variables_by_name(self))
+        if seen.get("batch_size", 0) > limit and kwargs.get("initial_epoch", 0) >= from_epoch:
+            if kwargs.get("initial_epoch", 0) > 0:
+                # Run part of the epoch first, as a real OOM mid-epoch would.
+                original_fit(self, args[0].take(1), epochs=1, verbose=0)
+            seen["after_oom"] = True
             raise tf.errors.ResourceExhaustedError(
                 None, None, f"OOM when allocating tensor with batch {seen['batch_size']}")
         return original_fit(self, *args, **kwargs)
 
+    def write_checkpoint(model: Any, state: Any) -> str:
+        folder = original_write(model, state)
+        if probe_dir:
+            shutil.copytree(folder, os.path.join(probe_dir, f"epoch-{state.epoch}"))
+        return folder
+
     datasets.make_input_pipeline = pipeline
     keras.Model.fit = fit
+    trainable.write_checkpoint = write_checkpoint
     try:
         train_trial(config, data=data, fixed=fixed)
     finally:
         datasets.make_input_pipeline = original_pipeline
         keras.Model.fit = original_fit
+        trainable.write_checkpoint = original_write
+
+
+def variables_by_name(model: Any) -> dict[str, Any]:
+    """The model's weights and its optimizer's variables as arrays, by unique name (the
+    learning rate excluded: an OOM retry halves it on purpose)."""
+    found = {f"weight_{i}": v.numpy() for i, v in enumerate(model.weights)}
+    for i, variable in enumerate(model.optimizer.variables):
+        if "learning_rate" not in variable.path:
+            found[f"optimizer_{i}"] = variable.numpy()
+    return found

@@ -180,17 +180,36 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_pat
     assert all(reason.startswith("nan_loss") for reason in reasons.values())
 
 
-def test_injected_out_of_memory_retries_once_with_half_the_batch(tmp_path):
+def test_injected_out_of_memory_at_a_later_epoch_retries_from_the_last_checkpoint(tmp_path):
+    import keras
+    import numpy as np
+
     fault_trainables.ship_by_value()
-    spec = spec_for(tmp_path, "oom", train__epochs=2, train__batch_size=32,
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    spec = spec_for(tmp_path, "oom", train__epochs=3, train__batch_size=32,
                     search={"num_samples": 1, "seed": 0, "baseline": False},
                     scheduler={"name": "fifo"})
-    summary = run_search(spec, num_cpus=2, trainable=fault_trainables.out_of_memory_above)
+    # Epoch 1 trains at batch 32; epoch 2 runs out of memory part-way (weights in memory
+    # already moved on), and the half-batch retry must continue from epoch 1's checkpoint.
+    trainable = fault_trainables.with_settings(fault_trainables.out_of_memory_above,
+                                               oom_from_epoch=1, probe_dir=str(probe))
+    summary = run_search(spec, num_cpus=2, trainable=trainable)
     (trial,) = load_trials(summary.experiment_dir)
-    assert trial.status(2) == "complete"
-    last = trial.history[-1]
+    assert trial.status(3) == "complete"
+    assert raw_epochs(trial.path) == [1, 2, 3]  # the epochs ran on, none trained twice
+    first, last = trial.history[0], trial.history[-1]
+    assert first["batch_size"] == 32 and first["oom_retried"] is False
     assert last["oom_retried"] is True and last["batch_size"] == 16
     assert last["learning_rate_used"] == pytest.approx(trial.config["learning_rate"] / 2)
+
+    retry_start = np.load(probe / "retry_start.npz")
+    checkpoint = keras.saving.load_model(probe / "epoch-1" / "model.keras")
+    expected = fault_trainables.variables_by_name(checkpoint)
+    assert sorted(retry_start.files) == sorted(expected)
+    assert any(k.startswith("optimizer_") for k in expected)  # the optimizer state is compared
+    for name, value in expected.items():
+        np.testing.assert_array_equal(retry_start[name], value, err_msg=name)
 
 
 def test_injected_out_of_memory_twice_is_recorded_not_retried_forever(tmp_path):
