@@ -66,9 +66,12 @@ def cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.Completed
                           text=True, timeout=timeout, cwd=REPO, env=env, **kwargs)
 
 
-def study_trials(experiment_dir: Path) -> dict[str, Any]:
-    """The experiment's Optuna trials by Ray trial id (``#<number>`` for unlinked ones)."""
-    from search.driver.study import ATTR_RAY_TRIAL, STUDY_FILE, open_study
+def study_trials(experiment_dir: Path | str, study_name: str | None = None) -> dict[str, Any]:
+    """The experiment's Optuna trials by Ray trial id (``#<number>`` for unlinked ones), read
+    without writing to the experiment."""
+    from search.driver.study import ATTR_RAY_TRIAL, load_study_readonly
 
-    study = open_study(str(experiment_dir / STUDY_FILE), experiment_dir.name, seed=0)
+    name = study_name or str(experiment_dir).rstrip("/").rsplit("/", 1)[-1]
+    study = load_study_readonly(str(experiment_dir), name)
+    assert study is not None, f"no study {name!r} in {experiment_dir}"
     return {t.user_attrs.get(ATTR_RAY_TRIAL, f"#{t.number}"): t for t in study.trials}

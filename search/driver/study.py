@@ -7,9 +7,11 @@ and ASHA's stop reason are each spelled once.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -95,3 +97,52 @@ def open_study(journal_path: str, study_name: str, seed: int,
         direction="maximize" if MODE == "max" else "minimize",
         load_if_exists=True,
     )
+
+
+def load_study_readonly(experiment_dir: str, study_name: str) -> optuna.Study | None:
+    """The experiment's study as its journal says, without writing a byte anywhere.
+
+    ``open_study`` is for the driver: ``create_study(load_if_exists=True)`` appends a line to
+    the journal and Optuna's file backend creates files beside it. Export, report and the tests
+    read through this instead: the journal's bytes (local or cloud, through
+    :mod:`search.outputs.storage`) replayed in memory, with writing refused.
+
+    Returns:
+        The study, or ``None`` when the experiment has no journal or it holds no such study.
+    """
+    import optuna
+    from optuna.storages import JournalStorage
+
+    from search.outputs import storage
+
+    fs, root = storage.filesystem(experiment_dir)
+    path = storage.join(root, STUDY_FILE)
+    if not storage.exists(fs, path):
+        return None
+    journal = JournalStorage(_ReadOnlyJournal(storage.read_bytes(fs, path)))
+    try:
+        return optuna.load_study(study_name=study_name, storage=journal,
+                                 sampler=optuna.samplers.RandomSampler(seed=0))
+    except KeyError:  # the journal holds no study of that name (yet)
+        return None
+
+
+class _ReadOnlyJournal:
+    """An Optuna journal backend over bytes already read; appending is refused."""
+
+    def __init__(self, data: bytes) -> None:
+        # Only whole lines: a driver killed mid-append leaves a partial last line.
+        self._lines = data.splitlines(keepends=True)
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        for line in self._lines[log_number_from:]:
+            try:
+                if not line.endswith(b"\n"):
+                    return
+                log = json.loads(line)
+            except ValueError:
+                return  # like a cut line: the usable journal ends here
+            yield log
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        raise PermissionError("the study was opened read-only (load_study_readonly)")

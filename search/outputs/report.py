@@ -11,7 +11,6 @@ import base64
 import html
 import io
 import os
-import tempfile
 from typing import Any
 
 from search.driver.study import METRIC, MODE, TIME_ATTR, TrialStatus
@@ -119,20 +118,12 @@ def parameter_importance(experiment_dir: str, spec: ExperimentSpec) -> dict[str,
     """Optuna's fANOVA importances over the study's finished trials ({} when too few)."""
     import optuna
 
-    from search.driver.study import journal_path_for, open_study
-    from search.outputs.experiment import fetch_journal
+    from search.driver.study import load_study_readonly
 
-    path = journal_path_for(experiment_dir)
-    if storage.is_remote(experiment_dir):
-        # The journal needs a local file: read a cloud experiment's copy into a temp file.
-        handle, path = tempfile.mkstemp(suffix=".journal")
-        os.close(handle)
-        if not fetch_journal(experiment_dir, path, keep_newer=False):
-            return {}
-    elif not os.path.exists(path):
-        return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(path, spec.name, seed=0)
+    study = load_study_readonly(experiment_dir, spec.name)
+    if study is None:
+        return {}
     finished = [t for t in study.trials
                 if t.state in (optuna.trial.TrialState.COMPLETE,
                                optuna.trial.TrialState.PRUNED) and t.value is not None]
