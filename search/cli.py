@@ -57,6 +57,12 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
                         help="CPUs for a local Ray (default: all)")
 
 
+def _add_force(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="take the experiment's driver.lock from a driver on another host "
+                             "(which this machine cannot check): only when that driver is dead")
+
+
 def _add_out(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--out", default=None, help=f"output folder (default {default})")
 
@@ -113,6 +119,7 @@ class Run(Command):
                             help="results folder or URI (s3://, gs://)")
         parser.add_argument("--name", default=None, help="experiment name (its folder's name)")
         _add_address(parser)
+        _add_force(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from search.driver.service import run_search, with_fresh_name
@@ -131,7 +138,8 @@ class Run(Command):
             status = weights_status(spec.model.get("backbone", "vgg16"),
                                     spec.model.get("weights", "imagenet"))
             print(f"weights: {status}", flush=True)
-        return _print_summary(run_search(spec, address=args.address, num_cpus=args.num_cpus))
+        return _print_summary(run_search(spec, address=args.address, num_cpus=args.num_cpus,
+                                         force=args.force))
 
 
 class Resume(Command):
@@ -141,12 +149,14 @@ class Resume(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir")
         _add_address(parser)
+        _add_force(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from search.driver.service import resume_search
 
         return _print_summary(resume_search(_local_or_uri(args.experiment_dir),
-                                            address=args.address, num_cpus=args.num_cpus))
+                                            address=args.address, num_cpus=args.num_cpus,
+                                            force=args.force))
 
 
 class Extend(Command):
@@ -159,12 +169,14 @@ class Extend(Command):
         parser.add_argument("--more", type=_int_at_least(1), required=True,
                             help="how many more trials")
         _add_address(parser)
+        _add_force(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from search.driver.service import extend_search
 
         return _print_summary(extend_search(_local_or_uri(args.experiment_dir), args.more,
-                                            address=args.address, num_cpus=args.num_cpus))
+                                            address=args.address, num_cpus=args.num_cpus,
+                                            force=args.force))
 
 
 class Validate(Command):

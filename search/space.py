@@ -48,6 +48,22 @@ class Distribution:
             return False
         return self.low <= value <= self.high
 
+    def to_optuna(self) -> Any:
+        """The Optuna distribution a searched setting is suggested from (not for ``fixed``)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.values))
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high))
+        if self.kind in ("uniform", "loguniform"):
+            return FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
+        raise ValueError(f"a {self.kind} setting is not an Optuna parameter")
+
     def to_yaml(self) -> Any:
         if self.kind == "fixed":
             return self.values[0]

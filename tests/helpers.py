@@ -59,6 +59,15 @@ def write_spec(tmp_path: Path, **changes: Any) -> Path:
     return path
 
 
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path -> SHA-256 of its bytes): two digests are equal
+    only if no file was added, removed or changed."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
     """Runs ``python -m search ARGS`` from the repository, as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

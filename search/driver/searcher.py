@@ -245,10 +245,15 @@ class AshaAwareOptunaSearch(OptunaSearch):
         study = open_study(journal_path, study_name, self._sampler_seed, self._algorithm,
                            getattr(self, "_num_samples", None))
         study.sampler = self._ot_study.sampler
+        # Find each Ray trial's record by its link, not by the pickled Optuna id: a journal
+        # rebuilt from Ray's results (search.driver.reconcile) numbers its trials anew. A
+        # trial with no record was suggested but never reached Ray's results: drop it.
+        linked = {str(t.user_attrs[ATTR_RAY_TRIAL]): t._trial_id
+                  for t in study.get_trials(deepcopy=False) if ATTR_RAY_TRIAL in t.user_attrs}
+        self._ot_trials = {trial_id: optuna.Trial(study, linked[trial_id])
+                           for trial_id in self._ot_trials if trial_id in linked}
         owned = {t._trial_id for t in self._ot_trials.values()}
         self._ot_study = study
-        for trial_id, ot_trial in list(self._ot_trials.items()):
-            self._ot_trials[trial_id] = optuna.Trial(study, ot_trial._trial_id)
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen._trial_id not in owned:
                 study._storage.set_trial_user_attr(frozen._trial_id, ATTR_END, REASON_ORPHANED)

@@ -20,13 +20,23 @@ import ray
 from ray import tune
 
 from search.driver.cluster import check_shared_storage, connect, resolve_gpus
+from search.driver.mirror import JournalMirror, mirroring
 from search.driver.progress import ProgressPrinter
+from search.driver.reconcile import ray_trials, reconcile_study
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
-from search.driver.study import METRIC, MODE, TIME_ATTR, TrialStatus, journal_path_for
+from search.driver.study import (
+    METRIC,
+    MODE,
+    TIME_ATTR,
+    TrialStatus,
+    journal_path_for,
+    open_study,
+)
 from search.errors import SpecError
 from search.outputs import experiment as folder
 from search.outputs import storage
-from search.outputs.results import TrialRecord, best_trial, load_trials
+from search.outputs.lock import driver_lock
+from search.outputs.results import TRIAL_DIR_PREFIX, TrialRecord, best_trial, load_trials
 from search.spec import ExperimentSpec, dump_spec
 from search.trial.trainable import train_trial
 
@@ -87,7 +97,7 @@ def with_fresh_name(spec: ExperimentSpec) -> ExperimentSpec:
 
 
 def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
 
 
 def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
@@ -144,7 +154,7 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
             # The best checkpoint is what export takes; Ray also keeps the latest to resume.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            callbacks=[ProgressPrinter(spec.max_t)],
+            callbacks=[ProgressPrinter(spec.max_t), JournalMirror()],
             verbose=0,
         ),
     )
@@ -160,8 +170,9 @@ def _fit(tuner: tune.Tuner) -> bool:
 
 
 def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, *,
-           address: str | None, num_cpus: int | None) -> SearchSummary:
-    """The sequence every search runs: data, cluster checks, lock, fit, journal sync.
+           address: str | None, num_cpus: int | None, force: bool = False,
+           continued_round: str | None = None) -> SearchSummary:
+    """The sequence every search runs: data, cluster checks, lock, journal, fit, journal sync.
 
     Args:
         spec: The experiment's spec.
@@ -169,25 +180,48 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
         make_tuner: Builds (or restores) the tuner once the cluster is known.
         address: A Ray cluster to join, or ``None`` for a local Ray.
         num_cpus: CPUs for a local Ray.
+        force: Take the experiment's lock from another host's driver.
+        continued_round: The round ``resume`` continues (its unfinished trials stay RUNNING in
+            the study), or ``None``.
     """
     from search.data import load_dataset
 
-    data = load_dataset(spec.dataset)
-    started = connect(address, num_cpus)
-    try:
-        gpus = resolve_gpus(spec)
-        check_shared_storage(spec)
-        local_dir = folder.local_mirror_dir(experiment_dir)
-        journal = journal_path_for(local_dir)
-        if storage.is_remote(experiment_dir):
-            folder.fetch_journal(experiment_dir, journal)
-        with folder.driver_lock(experiment_dir), relocated_journal(journal):
-            interrupted = _fit(make_tuner(data, gpus, local_dir))
-            folder.sync_journal(experiment_dir, local_dir)
-    finally:
-        if started:
-            ray.shutdown()
+    # The lock first: a second driver stops before loading data or starting Ray.
+    with driver_lock(experiment_dir, force=force) as lock:
+        data = load_dataset(spec.dataset)
+        started = connect(address, num_cpus)
+        try:
+            gpus = resolve_gpus(spec)
+            check_shared_storage(spec)
+            local_dir = folder.local_mirror_dir(experiment_dir)
+            journal = journal_path_for(local_dir)
+            if storage.is_remote(experiment_dir):
+                folder.fetch_journal(experiment_dir, journal)
+            if storage.path_exists(storage.join(experiment_dir, folder.SPEC_FILE)):
+                _reconcile(spec, experiment_dir, journal, continued_round)
+            with mirroring(experiment_dir, local_dir, lock) as upload, \
+                    relocated_journal(journal):
+                interrupted = _fit(make_tuner(data, gpus, local_dir))
+                upload()
+        finally:
+            if started:
+                ray.shutdown()
     return summarize(experiment_dir, spec.max_t, interrupted)
+
+
+def _reconcile(spec: ExperimentSpec, experiment_dir: str, journal: str,
+               continued_round: str | None) -> None:
+    """Brings the study in line with Ray's results (a cloud journal may be older than them, or
+    missing on a fresh machine) before the searcher opens it."""
+    trials = ray_trials(experiment_dir, continued_round)
+    if not trials:
+        return
+    study = open_study(journal, spec.name, spec.search.seed, spec.search.algorithm)
+    changed = reconcile_study(study, trials, max_t=spec.max_t, space=spec.space,
+                              continued_round=continued_round)
+    if changed:
+        print(f"study: {len(changed)} trial record(s) rebuilt from Ray's results (the journal "
+              f"was missing or older than them)", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,8 +229,8 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
 
 
 def run_search(spec: ExperimentSpec, *, address: str | None = None,
-               num_cpus: int | None = None,
-               trainable: Trainable | None = None) -> SearchSummary:
+               num_cpus: int | None = None, trainable: Trainable | None = None,
+               force: bool = False) -> SearchSummary:
     """Runs a whole search: validates resources, loads the data once, tunes, summarizes.
 
     Args:
@@ -206,6 +240,7 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
         num_cpus: CPUs for a local Ray (default: all).
         trainable: Replaces :func:`~search.trial.trainable.train_trial` (same signature), e.g.
             a wrapper that injects faults in tests.
+        force: Take the experiment's ``driver.lock`` from another host's driver.
 
     Returns:
         The search's summary: every trial, the best one and the experiment folder.
@@ -226,12 +261,13 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
                             seed=spec.search.seed, baseline=spec.search.baseline,
                             trainable=trainable)
 
-    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus)
+    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
+                  force=force)
 
 
 def resume_search(experiment_dir: str, *, address: str | None = None,
-                  num_cpus: int | None = None,
-                  trainable: Trainable | None = None) -> SearchSummary:
+                  num_cpus: int | None = None, trainable: Trainable | None = None,
+                  force: bool = False) -> SearchSummary:
     """Continues an interrupted search: unfinished and errored trials resume from checkpoints.
 
     Finished trials are neither lost nor run again; the searcher's study is reattached to the
@@ -243,7 +279,7 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
     """
     spec = folder.load_experiment_spec(experiment_dir)
     fs, root = storage.filesystem(experiment_dir)
-    _, round_path = folder.round_dirs(fs, root)[-1]
+    round_name, round_path = folder.round_dirs(fs, root)[-1]
     if not tune.Tuner.can_restore(round_path):
         raise SpecError(f"{experiment_dir}: no Ray experiment state to resume from (the search "
                         f"was stopped before its first checkpoint); start it again with run")
@@ -253,11 +289,12 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
                                   trainable=_wrap_trainable(spec, data, gpus, trainable),
                                   resume_unfinished=True, resume_errored=True)
 
-    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus)
+    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
+                  force=force, continued_round=round_name)
 
 
 def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
-                  num_cpus: int | None = None) -> SearchSummary:
+                  num_cpus: int | None = None, force: bool = False) -> SearchSummary:
     """Runs ``more`` trials on a finished search, continuing the same Optuna study.
 
     TPE starts from every trial already in the study (complete and pruned), which Ray Tune
@@ -269,8 +306,6 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
     if isinstance(more, bool) or not isinstance(more, int) or more < 1:
         raise SpecError(f"more: must be an int >= 1, got {more!r}", key="more")
     spec = folder.load_experiment_spec(experiment_dir)
-    if folder.is_running(experiment_dir):
-        raise SpecError(f"{experiment_dir}: the search is still running; extend it when it ends")
     fs, root = storage.filesystem(experiment_dir)
     index = len(folder.round_dirs(fs, root))
 
@@ -279,4 +314,5 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
                             storage_path=experiment_dir, local_dir=local_dir, num_samples=more,
                             seed=spec.search.seed + index, baseline=False)
 
-    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus)
+    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
+                  force=force)

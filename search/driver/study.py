@@ -24,12 +24,15 @@ STUDY_FILE = "optuna_study.journal"
 # Optuna user attributes that tie a study trial to Ray's trial and say why it ended.
 ATTR_RAY_TRIAL = "ray_trial_id"
 ATTR_END = "ended_by"
+# Set on a study trial rebuilt from Ray's results (its journal record was lost).
+ATTR_REBUILT = "rebuilt_from_results"
 
 # Why a trial ended, as recorded in the study and the results tables.
 REASON_MAX_T = "max_t"
 REASON_ERROR = "error"
 REASON_NO_METRIC = "no finite metric"
 REASON_ORPHANED = "orphaned: driver stopped before Ray recorded the trial"
+REASON_UNFINISHED = "unfinished: left running by an interrupted driver, never resumed"
 
 
 class TrialStatus(str, Enum):

@@ -1,26 +1,20 @@
-"""The experiment folder: its layout, the spec it ran, the driver's lock and the study journal.
+"""The experiment folder: its layout, the spec it ran and the study journal's mirror.
 
 One place knows where things are in ``<storage>/<name>/``: ``spec.yaml``, the Optuna journal,
-``driver.lock``, the ``extend-N`` rounds. A folder may be local or on cloud storage; everything
-goes through :mod:`search.outputs.storage`.
+the ``extend-N`` rounds (``driver.lock`` is :mod:`search.outputs.lock`'s). A folder may be local
+or on cloud storage; everything goes through :mod:`search.outputs.storage`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
-import socket
-import time
-from collections.abc import Iterator
 
 from search.driver.study import STUDY_FILE, journal_path_for
 from search.errors import SpecError
 from search.outputs import storage
 
 SPEC_FILE = "spec.yaml"
-LOCK_FILE = "driver.lock"
 ROUND_PREFIX = "extend-"  # `extend` runs live in sub-folders named extend-1, extend-2, ...
 MAIN_ROUND = "main"
 
@@ -90,48 +84,6 @@ def round_name(index: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# the driver's lock
-
-
-def is_running(path: str) -> bool:
-    """Whether a driver still holds the experiment (its lock file names a live process)."""
-    fs, root = storage.filesystem(path)
-    lock = storage.join(root, LOCK_FILE)
-    if not storage.exists(fs, lock):
-        return False
-    try:
-        owner = json.loads(storage.read_text(fs, lock))
-    except (ValueError, OSError):
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True  # another machine's driver: trust the lock
-    try:
-        os.kill(int(owner.get("pid", -1)), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def driver_lock(experiment_dir: str) -> Iterator[None]:
-    """Marks the experiment as held by this driver (``export`` refuses a running search)."""
-    path = os.path.join(experiment_dir, LOCK_FILE)
-    if storage.is_remote(experiment_dir):
-        yield
-        return
-    if is_running(experiment_dir):
-        raise SpecError(f"{experiment_dir}: another driver is running this experiment "
-                        f"(see {path})")
-    storage.write_atomic(path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                           "since": time.time()}))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(path)
-
-
-# --------------------------------------------------------------------------------------------
 # the study journal (a local file: Optuna's journal appends under file locks, which object
 # stores do not have, so a cloud experiment's journal is mirrored on the driver's machine)
 
@@ -149,14 +101,23 @@ def local_mirror_dir(experiment_dir: str) -> str:
     return cache
 
 
-def sync_journal(experiment_dir: str, local_dir: str) -> None:
-    """Copies the local journal up to a cloud experiment folder."""
+def sync_journal(experiment_dir: str, local_dir: str) -> bool:
+    """Copies the local journal up to a cloud experiment folder, whole lines only (Optuna may
+    be appending one right now).
+
+    Returns:
+        Whether something was uploaded (``False`` for a local experiment or no journal).
+    """
     if not storage.is_remote(experiment_dir):
-        return
+        return False
     source = journal_path_for(local_dir)
-    if os.path.exists(source):
-        with open(source, "rb") as handle:
-            storage.write_atomic(storage.join(experiment_dir, STUDY_FILE), handle.read())
+    if not os.path.exists(source):
+        return False
+    with open(source, "rb") as handle:
+        data = handle.read()
+    storage.write_atomic(storage.join(experiment_dir, STUDY_FILE),
+                         data[:data.rfind(b"\n") + 1])
+    return True
 
 
 def fetch_journal(experiment_dir: str, local_path: str, *, keep_newer: bool = True) -> bool:

@@ -29,7 +29,8 @@ import search
 from search.driver.study import METRIC, MODE, TIME_ATTR
 from search.errors import SpecError
 from search.outputs import storage
-from search.outputs.experiment import is_running, load_experiment_spec
+from search.outputs.experiment import load_experiment_spec
+from search.outputs.lock import is_running
 from search.outputs.results import TrialRecord, load_trials, rank_trials
 from search.spec import ExperimentSpec
 from search.trial.checkpoint import MODEL_FILE, STATE_FILE

@@ -27,6 +27,7 @@ from search.outputs.experiment import check_experiment_dir, round_dirs
 # Ray's statuses of a trial that an interrupted driver left behind.
 RAY_UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 RAY_ERROR = "ERROR"
+TRIAL_DIR_PREFIX = "trial_"  # Ray's trial folders are trial_<id> (the driver names them)
 
 
 @dataclass
@@ -147,9 +148,10 @@ def _parse_json_lines(text: str) -> list[dict[str, Any]]:
     return rows
 
 
-def ray_statuses(fs: storage.pafs.FileSystem, round_path: str) -> dict[str, str]:
-    """Trial id -> Ray's status (TERMINATED, ERROR, RUNNING, PENDING...) from the newest
-    ``experiment_state-*.json`` of one Ray experiment."""
+def ray_trial_states(fs: storage.pafs.FileSystem, round_path: str) -> dict[str, dict[str, Any]]:
+    """Trial id -> Ray's record of the trial (``status``: TERMINATED, ERROR, RUNNING,
+    PENDING...; ``config``) from the newest ``experiment_state-*.json`` of one Ray experiment.
+    It also lists trials that never started (no folder yet)."""
     states = sorted(i.path for i in storage.list_dir(fs, round_path)
                     if i.base_name.startswith("experiment_state-")
                     and i.base_name.endswith(".json"))
@@ -159,13 +161,22 @@ def ray_statuses(fs: storage.pafs.FileSystem, round_path: str) -> dict[str, str]
         state = json.loads(storage.read_text(fs, states[-1]))
     except ValueError:
         return {}
-    statuses = {}
+    trials = {}
     for entry in state.get("trial_data", []):
         trial = entry[0] if isinstance(entry, list) else entry
         if isinstance(trial, str):
             trial = json.loads(trial)
-        statuses[str(trial.get("trial_id"))] = str(trial.get("status", ""))
-    return statuses
+        config = trial.get("config")
+        trials[str(trial.get("trial_id"))] = {
+            "status": str(trial.get("status", "")),
+            "config": config if isinstance(config, dict) else {}}
+    return trials
+
+
+def ray_statuses(fs: storage.pafs.FileSystem, round_path: str) -> dict[str, str]:
+    """Trial id -> Ray's status (TERMINATED, ERROR, RUNNING, PENDING...) of one Ray
+    experiment."""
+    return {k: v["status"] for k, v in ray_trial_states(fs, round_path).items()}
 
 
 def load_trials(path: str) -> list[TrialRecord]:
@@ -197,7 +208,8 @@ def load_trials(path: str) -> list[TrialRecord]:
             for row in history:
                 by_epoch[int(row.get(TIME_ATTR, 0))] = row
             history = [by_epoch[e] for e in sorted(by_epoch)]
-            trial_id = (history[0].get("trial_id") if history else None) or info.base_name
+            trial_id = (history[0].get("trial_id") if history else None) or (
+                info.base_name.removeprefix(TRIAL_DIR_PREFIX))
             status = statuses.get(trial_id, "")
             # error.txt stays after a crash that a retry recovered from; Ray's status says
             # whether the trial finally errored.

@@ -4,7 +4,6 @@ traceback, and an existing experiment folder left exactly as it was."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 from search.cli import main
 from search.errors import SpecError
 from search.spec import load_spec_dict
+from tests.helpers import tree_digest
 from tests.search.test_spec import BASE
 
 junk = st.one_of(
@@ -73,15 +73,6 @@ def test_any_mutated_spec_loads_or_gives_one_line_spec_error(raw):
         assert message.split(":")[0].strip(), message
 
 
-def _tree_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def fake_experiment(tmp_path_factory) -> Path:
     """An experiment folder as `run` leaves it before any trial (spec + study journal)."""
@@ -111,7 +102,7 @@ def test_any_cli_arguments_exit_2_with_one_line_and_leave_the_experiment_alone(
     if argv[0] == "run" or argv[0] in ("resume", "extend") and argv[1:2] == [
             str(fake_experiment)]:
         argv = ["validate", *argv[1:]]
-    before = _tree_digest(fake_experiment)
+    before = tree_digest(fake_experiment)
     try:
         code = main(argv)
     except SystemExit as exit_:  # --help-like paths exit through argparse with status 0
@@ -123,7 +114,7 @@ def test_any_cli_arguments_exit_2_with_one_line_and_leave_the_experiment_alone(
         assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     else:
         assert code == 0, (argv, captured.err)
-    assert _tree_digest(fake_experiment) == before
+    assert tree_digest(fake_experiment) == before
 
 
 @pytest.mark.parametrize(
@@ -148,12 +139,12 @@ def test_experiment_folder_from_another_tool_is_refused(tmp_path, capsys):
     other = tmp_path / "ray_results"
     other.mkdir()
     (other / "experiment_state-2026.json").write_text("{}")
-    before = _tree_digest(other)
+    before = tree_digest(other)
     for command in (["resume", str(other)], ["export", str(other)], ["report", str(other)],
                     ["extend", str(other), "--more", "2"]):
         assert main(command) == 2
         assert "not a finetune-search experiment" in capsys.readouterr().err
-    assert _tree_digest(other) == before
+    assert tree_digest(other) == before
 
 
 def test_unreadable_config_is_one_line(tmp_path, capsys):

@@ -143,3 +143,70 @@ def variables_by_name(model: Any) -> dict[str, Any]:
         if "learning_rate" not in variable.path:
             found[f"optimizer_{i}"] = variable.numpy()
     return found
+
+
+def fault_per_trial(config: dict, *, data: Any, fixed: dict) -> None:
+    """Each trial claims the next fault of ``fault_kinds`` (files in ``fault_dir``) and meets
+    it after a restart, so every fault hits an attempt that restored a checkpoint copy:
+
+    - every trial's first attempt crashes right after reporting epoch 1 (Ray restarts it from
+      that checkpoint);
+    - ``crash_then_nan``: the second attempt crashes in ``fit``; in the third the loss becomes
+      NaN (the trial fails, no retry);
+    - ``oom``: the second attempt runs out of device memory at every batch size (fails).
+    """
+    import keras
+    from ray import tune
+
+    fault_dir = fixed["fault_dir"]
+    trial_id = tune.get_context().get_trial_id()
+    kind = _claimed_fault(fault_dir, trial_id, fixed["fault_kinds"])
+    with open(os.path.join(fault_dir, f"{trial_id}.attempts"), "a+") as attempts:
+        attempts.write("x")
+        attempts.seek(0)
+        attempt = len(attempts.read())
+
+    if attempt == 1:
+        def crash_after_epoch_1(metrics: dict) -> None:
+            if metrics["epoch"] == 1:
+                raise RuntimeError("injected crash after epoch 1")
+
+        with after_each_report(crash_after_epoch_1):
+            train_trial(config, data=data, fixed=fixed)
+        return
+    if kind == "oom":
+        out_of_memory_above(config, data=data, fixed={**fixed, "oom_above_batch": 0})
+        return
+    original_fit = keras.Model.fit
+
+    def faulty_fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if attempt == 2:
+            raise RuntimeError("injected crash in fit")
+        history = original_fit(self, *args, **kwargs)
+        history.history["loss"][-1] = float("nan")
+        return history
+
+    keras.Model.fit = faulty_fit
+    try:
+        train_trial(config, data=data, fixed=fixed)
+    finally:
+        keras.Model.fit = original_fit
+
+
+def _claimed_fault(fault_dir: str, trial_id: str, kinds: list[str]) -> str:
+    """The fault this trial claimed on its first attempt (claims are atomic files)."""
+    mine = os.path.join(fault_dir, f"{trial_id}.kind")
+    if not os.path.exists(mine):
+        for index, kind in enumerate(kinds):
+            try:
+                os.close(os.open(os.path.join(fault_dir, f"slot-{index}"),
+                                 os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            with open(mine, "w") as handle:
+                handle.write(kind)
+            break
+        else:
+            raise RuntimeError("more trials than fault kinds")
+    with open(mine) as handle:
+        return handle.read()

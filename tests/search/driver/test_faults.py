@@ -9,15 +9,17 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
 from search.driver.service import resume_search, run_search
+from search.driver.study import STUDY_FILE
 from search.outputs.export import export_experiment
 from search.outputs.results import load_trials
 from search.spec import load_spec_dict
-from tests.helpers import REPO, study_trials, tiny_raw, write_spec
+from tests.helpers import REPO, cli, study_trials, tiny_raw, tree_digest, write_spec
 
 from . import fault_trainables
 
@@ -243,3 +245,64 @@ def test_local_ray_started_by_the_cli_has_no_dashboard_and_requires_a_token(monk
             assert probe.connect_ex(("127.0.0.1", 8265)) != 0
     finally:
         ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# one faulty search (crashes, a NaN and an OOM, each after a restart from a checkpoint), then
+# what it must leave behind
+
+
+@pytest.fixture(scope="module")
+def faulty_search(tmp_path_factory):
+    """Runs the search with its processes' TMPDIR in a folder of its own, so every temp folder
+    the trials leave behind can be counted."""
+    root = tmp_path_factory.mktemp("faulty")
+    trial_tmp = root / "trial-tmp"
+    fault_dir = root / "faults"
+    trial_tmp.mkdir()
+    fault_dir.mkdir()
+    fault_trainables.ship_by_value()
+    spec = spec_for(root, "faulty", train__epochs=2,
+                    search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
+                            "baseline": False, "max_failures": 3},
+                    scheduler={"name": "fifo"})
+    trainable = fault_trainables.with_settings(fault_trainables.fault_per_trial,
+                                               fault_dir=str(fault_dir),
+                                               fault_kinds=["crash_then_nan", "oom"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(trial_tmp))  # Ray's workers inherit it from this driver
+        summary = run_search(spec, num_cpus=2, trainable=trainable)
+    kinds = {(fault_dir / f"{t.trial_id}.kind").read_text(): t
+             for t in load_trials(summary.experiment_dir)}
+    return summary, kinds, trial_tmp
+
+
+def test_crash_nan_and_oom_after_a_restore_leave_no_temp_folders(faulty_search):
+    summary, kinds, trial_tmp = faulty_search
+    # The faults really happened, each in an attempt restarted from a checkpoint copy.
+    assert set(kinds) == {"crash_then_nan", "oom"}
+    assert kinds["crash_then_nan"].failure_reason.startswith("nan_loss")
+    assert kinds["oom"].failure_reason.startswith("oom")
+    for trial in kinds.values():
+        assert raw_epochs(trial.path)[0] == 1 and trial.history[-1]["trial_failed"]
+        assert os.path.exists(os.path.join(trial.path, "error.txt"))  # the crash happened
+    left = sorted(p.name for p in trial_tmp.iterdir())
+    # TensorFlow's autograph writes the Python it generates as single temp files (removed
+    # when the process exits): not ours, and not folders.
+    assert [name for name in left if not name.startswith("__autograph_generated_file")] == [], (
+        left)
+
+
+def test_export_report_validate_and_study_reads_leave_the_experiment_byte_identical(
+        faulty_search, tmp_path):
+    summary, _, _ = faulty_search
+    experiment = Path(summary.experiment_dir)
+    before = tree_digest(experiment)
+    assert any(name.endswith(STUDY_FILE) for name in before)
+    for args in (["export", str(experiment), "--out", str(tmp_path / "export")],
+                 ["report", str(experiment), "--out", str(tmp_path / "report")],
+                 ["validate", str(experiment / "spec.yaml")]):
+        done = cli(*args)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert study_trials(experiment)  # the tests' own reads too
+    assert tree_digest(experiment) == before
