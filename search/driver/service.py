@@ -279,7 +279,10 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
     """
     spec = folder.load_experiment_spec(experiment_dir)
     fs, root = storage.filesystem(experiment_dir)
-    round_name, round_path = folder.round_dirs(fs, root)[-1]
+    round_name, _ = folder.round_dirs(fs, root)[-1]
+    # Ray restores from a URI (s3://...) or a local path, never a path inside a filesystem.
+    round_path = (experiment_dir if round_name == folder.MAIN_ROUND
+                  else storage.join(experiment_dir, round_name))
     if not tune.Tuner.can_restore(round_path):
         raise SpecError(f"{experiment_dir}: no Ray experiment state to resume from (the search "
                         f"was stopped before its first checkpoint); start it again with run")

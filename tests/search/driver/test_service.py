@@ -12,7 +12,6 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from search.driver.study import STUDY_FILE
 from search.outputs.results import load_trials
 from tests.helpers import REPO, cli, study_trials, write_spec
 
@@ -131,22 +130,6 @@ def test_extend_adds_trials_to_the_same_study(tmp_path):
     assert set(study) == {t.trial_id for t in trials}
     assert [t.number for t in sorted(study.values(), key=lambda t: t.number)] == [0, 1, 2, 3]
     assert "trials: 4" in done.stdout
-
-
-def test_search_on_uri_storage_reads_and_writes_through_pyarrow(tmp_path):
-    from search.outputs.export import export_experiment
-
-    uri = f"file://{tmp_path / 'bucket'}"
-    spec_path = write_spec(tmp_path, search__num_samples=2, train__epochs=2)
-    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "remote", "--storage", uri)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    experiment = f"{uri}/remote"
-    trials = load_trials(experiment)
-    assert len(trials) == 2
-    # The study journal reached the storage too.
-    assert (tmp_path / "bucket" / "remote" / STUDY_FILE).stat().st_size > 0
-    result = export_experiment(experiment, str(tmp_path / "out"), with_model=True)
-    assert "best_model.keras" in result.files
 
 
 def test_describe_prints_summary_and_exact_counts():
