@@ -38,6 +38,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _environment_restored():
+    """Whatever a test (or the library code it runs: Ray's init, the driver's connect) puts in
+    ``os.environ`` is undone after it, so no test depends on another's leftovers. Tests set
+    variables through ``monkeypatch`` in any case."""
+    before = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
