@@ -120,14 +120,11 @@ def sync_journal(experiment_dir: str, local_dir: str) -> bool:
     return True
 
 
-def fetch_journal(experiment_dir: str, local_path: str, *, keep_newer: bool = True) -> bool:
+def fetch_journal(experiment_dir: str, local_path: str) -> bool:
     """Brings a cloud experiment's journal down to ``local_path``.
 
-    Args:
-        experiment_dir: The experiment folder (a URI; a local folder needs no copy).
-        local_path: Where the local copy goes.
-        keep_newer: Keep a local copy that is longer than the one in storage (this machine's
-            driver wrote it last); the copy in storage is the truth otherwise.
+    A local copy longer than the one in storage is kept: this machine's driver wrote it last
+    and was stopped before uploading (the journal only grows). Otherwise storage is the truth.
 
     Returns:
         Whether a journal exists at ``local_path`` afterwards.
@@ -137,8 +134,6 @@ def fetch_journal(experiment_dir: str, local_path: str, *, keep_newer: bool = Tr
     if not storage.exists(fs, remote):
         return os.path.exists(local_path)
     data = storage.read_bytes(fs, remote)
-    if not keep_newer or not os.path.exists(local_path) or (
-        os.path.getsize(local_path) <= len(data)
-    ):
+    if not os.path.exists(local_path) or os.path.getsize(local_path) <= len(data):
         storage.write_atomic(local_path, data)
     return True
