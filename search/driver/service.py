@@ -6,7 +6,8 @@ A search is one ``tune.Tuner``: :class:`~search.driver.searcher.AshaAwareOptunaS
 (``time_attr="epoch"``, ``max_t = train.epochs``), each trial trains through
 :func:`search.trial.trainable.train_trial` with the dataset shared through the object store.
 ``run``, ``resume`` and ``extend`` differ only in how they make the tuner; :func:`_drive` does
-the rest (data, cluster checks, lock, fit, journal sync, shut-down) once for all three.
+the rest (lock, data, cluster checks, study, fit, journal upload, shut-down) once for all
+three.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def _fit(tuner: tune.Tuner) -> bool:
 def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, *,
            address: str | None, num_cpus: int | None, force: bool = False,
            continued_round: str | None = None) -> SearchSummary:
-    """The sequence every search runs: data, cluster checks, lock, journal, fit, journal sync.
+    """The sequence every search runs: lock, data, cluster checks, study reconciled with Ray's
+    results, fit (the journal mirrored to cloud storage as trials finish), last upload.
 
     Args:
         spec: The experiment's spec.
