@@ -92,13 +92,19 @@ def _lock_path(experiment_dir: str) -> tuple[storage.pafs.FileSystem, str]:
     return fs, storage.join(root, LOCK_FILE)
 
 
-def read_owner(experiment_dir: str) -> LockOwner | None:
-    """The holder named by the experiment's lock (``None``: no lock, or an unreadable one)."""
+def _read_lock(experiment_dir: str) -> str | None:
+    """The lock file's text, or ``None`` when there is none."""
     fs, path = _lock_path(experiment_dir)
     try:
-        return LockOwner.parse(storage.read_text(fs, path))
+        return storage.read_text(fs, path)
     except (FileNotFoundError, OSError):
         return None
+
+
+def read_owner(experiment_dir: str) -> LockOwner | None:
+    """The holder named by the experiment's lock (``None``: no lock, or an unreadable one)."""
+    text = _read_lock(experiment_dir)
+    return LockOwner.parse(text) if text is not None else None
 
 
 def is_running(experiment_dir: str) -> bool:
@@ -128,6 +134,9 @@ class DriverLock:
         self.settle_s = settle_s
         self.owner = LockOwner.me()
         self.fs, self.path = _lock_path(experiment_dir)
+        # Folders the lock had to create: removed again if the driver leaves nothing in them
+        # (a search refused before it started leaves no trace).
+        self._created: list[str] = []
 
     # -- taking it --------------------------------------------------------------------------
 
@@ -163,6 +172,10 @@ class DriverLock:
 
     def _acquire_local(self) -> None:
         folder = os.path.dirname(self.path)
+        missing = folder
+        while missing and not os.path.isdir(missing):
+            self._created.append(missing)
+            missing = os.path.dirname(missing)
         os.makedirs(folder, exist_ok=True)
         payload = self.owner.to_json().encode("utf-8")
         for _ in range(5):
@@ -206,8 +219,9 @@ class DriverLock:
             os.close(directory)  # releases the flock
 
     def _acquire_object_store(self) -> None:
-        if storage.exists(self.fs, self.path):
-            self._may_take(read_owner(self.experiment_dir))
+        existing = _read_lock(self.experiment_dir)
+        if existing is not None:
+            self._may_take(LockOwner.parse(existing))
         storage.write_atomic(storage.join(self.experiment_dir, LOCK_FILE), self.owner.to_json())
         time.sleep(self.settle_s)
         holder = read_owner(self.experiment_dir)
@@ -228,6 +242,11 @@ class DriverLock:
         if self.still_held():
             with contextlib.suppress(OSError):
                 self.fs.delete_file(self.path)
+        for folder in self._created:  # deepest first; stops at the first one in use
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
 
 
 @contextlib.contextmanager

@@ -71,9 +71,11 @@ def probed_search(tmp_path, name: str, gpus_per_trial: float, trials: int,
                   **settings: Any) -> tuple[list, dict[str, dict]]:
     import ray.cloudpickle as cloudpickle
 
-    from tests.search.driver.fault_trainables import with_settings
+    from tests.search.driver import fault_trainables
 
+    # Ray's workers cannot import `tests`: ship this module and the wrapper by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    fault_trainables.ship_by_value()
     probe = tmp_path / f"probe-{name}"
     probe.mkdir()
     spec = tiny_spec(tmp_path, name, train__epochs=1,
@@ -81,7 +83,7 @@ def probed_search(tmp_path, name: str, gpus_per_trial: float, trials: int,
                              "baseline": False},
                      scheduler={"name": "fifo"},
                      resources={"cpus_per_trial": 1, "gpus_per_trial": gpus_per_trial})
-    trainable = with_settings(record_devices, probe_dir=str(probe), **settings)
+    trainable = fault_trainables.with_settings(record_devices, probe_dir=str(probe), **settings)
     summary = run_search(spec, num_cpus=max(2, trials), trainable=trainable)
     trials_ = load_trials(summary.experiment_dir)
     seen = {t.trial_id: json.loads((probe / f"{t.trial_id}.json").read_text())
