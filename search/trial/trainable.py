@@ -66,11 +66,23 @@ class _EpochTimer:
 class _Attempt:
     """Where this attempt runs and what it has done: the fields every report repeats."""
 
-    def __init__(self, state: TrainingState, gpu_ids: list[str], precision: str) -> None:
+    def __init__(self, state: TrainingState, gpu_ids: list[str], precision: str, *,
+                 gpu_count: float, began: float) -> None:
         self.state = state
         self.gpu_ids = gpu_ids
         self.precision = precision
         self.started_at = time.time()
+        self.gpu_count = gpu_count
+        self.began = began
+        # What earlier attempts held (from the checkpoint this one started from).
+        self.carried = (state.wall_seconds, state.gpu_seconds)
+
+    def count_held_time(self) -> None:
+        """Brings the state's times up to now: everything since the attempt began (devices,
+        model build, training, validation, checkpoints), after what earlier attempts held."""
+        held = time.perf_counter() - self.began
+        self.state.wall_seconds = self.carried[0] + held
+        self.state.gpu_seconds = self.carried[1] + held * self.gpu_count
 
     def report(self, **fields: Any) -> EpochReport:
         state = self.state
@@ -86,6 +98,7 @@ class _Attempt:
         """Ends the trial as failed, without a retry: Ray's retries cannot fix a NaN or an
         OOM."""
         last = self.state.last_metrics
+        self.count_held_time()
         tune.report(self.report(epoch=max(self.state.epoch, 1), trial_failed=True,
                                 failure_reason=str(TrialFailure(reason, message)),
                                 **{m: last.get(m, float("nan")) for m in METRICS}).as_dict())
@@ -100,6 +113,7 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
         fixed: The settings every trial shares (``ExperimentSpec.fixed_config()``), including
             ``epochs``, ``batch_size``, ``seed`` and, from the driver, ``gpus_per_trial``.
     """
+    attempt_began = time.perf_counter()  # the trial holds its devices from here
     params = {**fixed, **config}
     gpu_count = float(params.get("gpus_per_trial", 0) or 0)
     gpu_ids = assigned_gpu_ids()
@@ -110,7 +124,8 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
     state = TrainingState.from_json(
         read_state(restore_dir) if restore_dir else {},
         batch_size=int(params["batch_size"]), learning_rate=float(params["learning_rate"]))
-    attempt = _Attempt(state, gpu_ids, run.precision)
+    attempt = _Attempt(state, gpu_ids, run.precision, gpu_count=gpu_count,
+                       began=attempt_began)
 
     def build() -> tuple[Any, Any, Any]:
         if restore_dir is not None:
@@ -149,8 +164,6 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
             model.optimizer.learning_rate.assign(state.learning_rate)
             continue
         elapsed = time.perf_counter() - began
-        state.wall_seconds += elapsed
-        state.gpu_seconds += elapsed * gpu_count
         state.epoch += 1
         logs = {k: float(v[-1]) for k, v in history.history.items()}
         train_seconds = timer.train_seconds or elapsed
@@ -159,9 +172,11 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
             attempt.fail("nan_loss", f"loss became {metrics['loss']} at epoch {state.epoch}")
             return
         state.last_metrics = metrics
+        attempt.count_held_time()
+        checkpoint_dir = write_checkpoint(model, state)
+        attempt.count_held_time()  # the report counts the checkpoint's writing too
         report = attempt.report(epoch=state.epoch, **metrics,
                                 images_per_s=len(data.x_train) / max(train_seconds, 1e-9))
-        checkpoint_dir = write_checkpoint(model, state)
         tune.report(report.as_dict(), checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if restore_dir is not None:
