@@ -19,6 +19,7 @@ class EpochReport:
         epoch: Epochs trained so far (Ray's time attribute for ASHA).
         val_accuracy, val_loss, accuracy, loss: Keras's metrics of the epoch.
         images_per_s: Training images per second (validation excluded).
+        epoch_seconds: The epoch's own ``fit`` (training and validation).
         wall_seconds: Seconds the trial has held its resources so far, all attempts together:
             from the start of each attempt (device set-up, model build or restore) through
             training, validation and checkpoints, to this report.
@@ -36,6 +37,7 @@ class EpochReport:
     accuracy: float = NAN
     loss: float = NAN
     images_per_s: float = 0.0
+    epoch_seconds: float = 0.0
     gpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     batch_size: int = 0

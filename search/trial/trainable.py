@@ -175,7 +175,7 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
         attempt.count_held_time()
         checkpoint_dir = write_checkpoint(model, state)
         attempt.count_held_time()  # the report counts the checkpoint's writing too
-        report = attempt.report(epoch=state.epoch, **metrics,
+        report = attempt.report(epoch=state.epoch, **metrics, epoch_seconds=elapsed,
                                 images_per_s=len(data.x_train) / max(train_seconds, 1e-9))
         tune.report(report.as_dict(), checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
