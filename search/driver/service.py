@@ -232,7 +232,9 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
 
     Finished trials are neither lost nor run again; the searcher's study is reattached to the
     experiment's journal, and trials a killed driver had suggested but Ray never recorded are
-    marked FAIL there so Ray and Optuna agree.
+    marked FAIL there so Ray and Optuna agree. ASHA's rungs and the budget's total are rebuilt
+    from the recorded results; a trial the study had already finished that trains on gets a
+    new study trial (see :class:`~search.driver.searcher.AshaAwareOptunaSearch`).
 
     Raises:
         SpecError: When the folder is not an experiment or holds no Ray state to resume.
@@ -260,7 +262,8 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
     alone cannot do: a new ``Tuner`` starts a new searcher.
 
     Raises:
-        SpecError: When ``more`` is not a positive int, or the search is still running.
+        SpecError: When ``more`` is not a positive int, the search is still running, or the
+            experiment has spent its budget.
     """
     if isinstance(more, bool) or not isinstance(more, int) or more < 1:
         raise SpecError(f"more: must be an int >= 1, got {more!r}", key="more")

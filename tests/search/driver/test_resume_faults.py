@@ -4,6 +4,7 @@ After ``resume`` the study must say what really happened to every Ray trial."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -155,7 +156,7 @@ def test_driver_sigkilled_after_an_asha_stop_newer_than_the_snapshot_then_resume
                            model={"backbone": "small_cnn", "weights": "none",
                                   "dense_units": 32, "upsample": 1},
                            space={"learning_rate": {"choice": [0.003, 0.00001]}},
-                           search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
+                           search={"num_samples": 2, "max_concurrent": 1, "seed": 0},
                            scheduler={"grace_period": 2, "reduction_factor": 2})
     experiment = tmp_path / "results" / "stale"
     log_path = tmp_path / "run.log"
@@ -178,7 +179,8 @@ def test_driver_sigkilled_after_an_asha_stop_newer_than_the_snapshot_then_resume
         stopped = next((line.split()[2] for line in log_path.read_text().splitlines()
                         if "stopped by ASHA at epoch 2" in line), None)
         time.sleep(0.05)
-    os.killpg(driver.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # the search may just have ended
+        os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     assert stopped in saved, f"no snapshot of trial {stopped} at epoch 1 was caught"
     assert study_trials(experiment)[stopped].state == TrialState.PRUNED
