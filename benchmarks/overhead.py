@@ -191,7 +191,7 @@ def cli_time_to_first_epoch(raw: Mapping[str, Any], ctx: Context, log: Path) -> 
     if first_epoch_s is None:
         raise RuntimeError(f"no `trial <id> epoch 1/N` line in the CLI's output (see {log})")
     trials = load_trials(str(Path(raw["storage"]) / name))
-    epoch1 = float(trials[0].history[0]["wall_seconds"]) if trials else float("nan")
+    epoch1 = float(trials[0].history[0]["epoch_seconds"]) if trials else float("nan")
     return {"command": " ".join(command[1:]), "launch_to_started_s": started_s,
             "launch_to_first_epoch_s": first_epoch_s, "cli_total_s": total_s,
             "trial_epoch1_s": epoch1, "startup_s": first_epoch_s - epoch1}

@@ -25,6 +25,13 @@ CONDITIONS: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
 }
 
 
+def condition_holds(key: str, values: Mapping[str, Any]) -> bool:
+    """Whether conditional ``key`` matters given a trial's ``values``, which must hold the
+    parent's effective value (drawn, written, or the default)."""
+    parent, _, test = CONDITIONS[key]
+    return test(values[parent])
+
+
 @dataclass(frozen=True)
 class Distribution:
     """One searched setting: ``kind`` is uniform, loguniform, int, choice or fixed."""
@@ -111,3 +118,31 @@ def parse_distribution(value: Any, where: str) -> Distribution:
     if kind == "loguniform" and low <= 0:
         raise SpecError(f"{where}.loguniform: `low > 0` must hold, got low={low}, high={high}")
     return Distribution(kind, low=low, high=high)
+
+
+def check_conditions(space: Mapping[str, Distribution], written: Mapping[str, Any],
+                     defaults: Mapping[str, Any]) -> None:
+    """Refuses a searched conditional key that no trial would use.
+
+    Args:
+        space: The searched settings.
+        written: The settings written under ``model``/``train``.
+        defaults: Every setting's default (what a trial uses for a key nobody set).
+
+    Raises:
+        SpecError: When the parent's fixed value, or every value its range allows, fails the
+            condition (the rules are thresholds and equalities, so a range's endpoints decide).
+    """
+    for key, (parent, rule, test) in CONDITIONS.items():
+        if key not in space:
+            continue
+        if parent in space:
+            candidates = space[parent].endpoints()
+            why = f"space.{parent} allows only {', '.join(echo(v) for v in candidates)}"
+        else:
+            value = written.get(parent, defaults[parent])
+            candidates = (value,)
+            why = f"{parent} is {echo(value)}" + ("" if parent in written else " (the default)")
+        if not any(test(candidate) for candidate in candidates):
+            raise SpecError(f"space.{key}: only drawn when `{rule}`, but {why}; search or set "
+                            f"{parent}, or remove space.{key}")

@@ -29,7 +29,7 @@ from search.data.pipeline import AUGMENT_CHOICES
 from search.data.spec import DatasetSpec
 from search.errors import SpecError
 from search.outputs import storage
-from search.space import Distribution, parse_distribution
+from search.space import Distribution, check_conditions, parse_distribution
 
 SECTIONS = (
     "name", "dataset", "model", "train", "space", "search", "scheduler", "resources", "storage",
@@ -95,6 +95,11 @@ class TrainSpec:
 
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainSpec))
+
+
+def setting_defaults() -> dict[str, Any]:
+    """Every model and train setting's default: what a trial uses for a key nobody set."""
+    return {**{f.name: f.default for f in fields(ModelConfig)}, **asdict(TrainSpec())}
 # Keys a trial's config may hold: the model's and the training loop's.
 SEARCHABLE_KEYS = tuple(MODEL_KEYS) + tuple(k for k in TRAIN_KEYS if k not in ("epochs", "seed"))
 
@@ -109,6 +114,7 @@ class SearchSpec:
     algorithm: str = "tpe"
     time_budget_s: float | None = None
     budget_gpu_hours: float | None = None
+    budget_device_hours: float | None = None
     baseline: bool = True
     max_failures: int = 3
 
@@ -121,7 +127,7 @@ class SearchSpec:
             check_int(spec.max_concurrent, f"{where}.max_concurrent", 1)
         check_int(spec.seed, f"{where}.seed", 0)
         check_one_of(spec.algorithm, SEARCHERS, f"{where}.algorithm")
-        for key in ("time_budget_s", "budget_gpu_hours"):
+        for key in ("time_budget_s", "budget_gpu_hours", "budget_device_hours"):
             if getattr(spec, key) is not None:
                 check_float(getattr(spec, key), f"{where}.{key}", positive=True)
         if not isinstance(spec.baseline, bool):
@@ -308,6 +314,7 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     train_raw = raw.get("train") or {}
     train = TrainSpec.from_mapping(train_raw)
     space = _parse_space(raw.get("space") or {}, model, train_raw)
+    check_conditions(space, {**model, **train_raw}, setting_defaults())
     # A key both written under model/train and searched is searched; the written value is
     # where the baseline trial starts.
     baseline_values = {k: model.pop(k) for k in list(model) if k in space}
@@ -320,6 +327,10 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
                         f"(max_t = train.epochs), got grace_period={scheduler.grace_period}, "
                         f"max_t={train.epochs}")
     resources = ResourcesSpec.from_mapping(raw.get("resources") or {})
+    if search.budget_gpu_hours is not None and resources.gpus_per_trial == 0:
+        raise SpecError(f"search.budget_gpu_hours: trials hold no GPU (resources.gpus_per_trial"
+                        f" is 0), so GPU-hours never accrue; use search.budget_device_hours, "
+                        f"got budget_gpu_hours={echo(search.budget_gpu_hours)}")
     location = raw.get("storage", "./results")
     if not isinstance(location, str) or not location:
         raise SpecError(f"storage: must be a path or URI string, got {echo(location)}")

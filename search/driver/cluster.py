@@ -63,7 +63,8 @@ def resolve_gpus(spec: ExperimentSpec) -> float:
     """``gpus_per_trial`` for this cluster, checked against what it has.
 
     Raises:
-        SpecError: When trials ask for GPUs or CPUs that no node can give.
+        SpecError: When trials ask for GPUs or CPUs that no node can give, or a GPU-hour budget
+            could never be spent (trials hold no GPU here).
     """
     total = ray.cluster_resources()
     gpus_in_cluster = float(total.get("GPU", 0))
@@ -83,6 +84,11 @@ def resolve_gpus(spec: ExperimentSpec) -> float:
             raise SpecError(f"resources.cpus_per_trial: no node has {cpus:g} CPUs and "
                             f"{requested:g} GPUs for one trial (largest node: {largest:g} "
                             f"CPUs), got cpus_per_trial={cpus:g}")
+    if requested == 0 and spec.search.budget_gpu_hours is not None:
+        raise SpecError(f"search.budget_gpu_hours: trials hold no GPU on this cluster "
+                        f"(gpus_per_trial resolves to 0), so GPU-hours never accrue; use "
+                        f"search.budget_device_hours, got "
+                        f"budget_gpu_hours={spec.search.budget_gpu_hours!r}")
     return requested
 
 

@@ -8,7 +8,14 @@ from typing import Any
 
 from ray import tune
 
-from search.driver.study import METRIC, TIME_ATTR, TrialStatus, is_better
+from search.driver.study import (
+    METRIC,
+    REASON_BUDGET,
+    STOP_REASON,
+    TIME_ATTR,
+    TrialStatus,
+    is_better,
+)
 from search.outputs.report_text import format_value
 
 TALLY = (TrialStatus.RUNNING, TrialStatus.STOPPED, TrialStatus.COMPLETE, TrialStatus.FAILED)
@@ -57,12 +64,16 @@ class ProgressPrinter(tune.Callback):
         epoch = self.last_epoch.get(trial.trial_id, 0)
         if self.states.get(trial.trial_id) == TrialStatus.FAILED:
             return
-        if epoch >= self.max_t:
+        if not trial.last_result:
+            # Only the device budget ends a trial that never reported.
+            self._say(f"trial {trial.trial_id} not started: the budget is spent")
+        elif epoch >= self.max_t:
             self.states[trial.trial_id] = TrialStatus.COMPLETE
             self._say(f"trial {trial.trial_id} complete at epoch {epoch}")
         else:
             self.states[trial.trial_id] = TrialStatus.STOPPED
-            self._say(f"trial {trial.trial_id} stopped by ASHA at epoch {epoch}/{self.max_t}")
+            by = "the budget" if trial.last_result.get(STOP_REASON) == REASON_BUDGET else "ASHA"
+            self._say(f"trial {trial.trial_id} stopped by {by} at epoch {epoch}/{self.max_t}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.states[trial.trial_id] = TrialStatus.FAILED

@@ -17,23 +17,26 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.driver.study import (
+    ATTR_CONTINUES,
     ATTR_END,
     ATTR_RAY_TRIAL,
     METRIC,
     MODE,
+    REASON_BUDGET,
     REASON_ERROR,
     REASON_MAX_T,
     REASON_NO_METRIC,
     REASON_ORPHANED,
+    STOP_REASON,
     TIME_ATTR,
     asha_stop_reason,
     open_study,
 )
-from search.space import CONDITIONS, Distribution
+from search.space import CONDITIONS, Distribution, condition_holds
+from search.spec import setting_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +77,9 @@ class define_by_run:  # noqa: N801 - used like a function; a class so the search
     """Optuna's define-by-run function for ``space``.
 
     A conditional key (``input_conv_filters`` needs ``input_convs > 1``) is suggested only when
-    its condition holds, so TPE never learns from values that had no effect. Fixed values in
-    the space are returned (merged into the config without being Optuna parameters).
+    its condition holds for the value the trial will really use (drawn, fixed, or the default),
+    so TPE never learns from values that had no effect. Fixed values in the space are returned
+    (merged into the config without being Optuna parameters).
 
     Args:
         space: The searched settings.
@@ -85,7 +89,8 @@ class define_by_run:  # noqa: N801 - used like a function; a class so the search
     def __init__(self, space: Mapping[str, Distribution],
                  fixed_config: Mapping[str, Any] | None = None) -> None:
         self.space = dict(space)
-        self.base = dict(fixed_config or {})
+        # A key nobody set takes model_zoo's or the train section's default.
+        self.base = {**setting_defaults(), **dict(fixed_config or {})}
         # Parents first so a condition can read the value already drawn.
         self.order = sorted(self.space, key=lambda k: k in CONDITIONS)
 
@@ -94,8 +99,7 @@ class define_by_run:  # noqa: N801 - used like a function; a class so the search
         fixed: dict[str, Any] = {}
         for key in self.order:
             dist = self.space[key]
-            if key in CONDITIONS and not self._condition_holds(key, {**self.base, **fixed,
-                                                                     **drawn}):
+            if key in CONDITIONS and not condition_holds(key, {**self.base, **fixed, **drawn}):
                 continue
             if dist.kind == "fixed":
                 fixed[key] = dist.values[0]
@@ -103,14 +107,14 @@ class define_by_run:  # noqa: N801 - used like a function; a class so the search
                 drawn[key] = _suggest(trial, key, dist)
         return fixed
 
-    @staticmethod
-    def _condition_holds(key: str, values: Mapping[str, Any]) -> bool:
-        parent, _, test = CONDITIONS[key]
-        return parent not in values or test(values[parent])
-
 
 class AshaAwareOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` whose study states follow ASHA's decisions, with a GPU-hour budget.
+    """``OptunaSearch`` whose study states follow ASHA's decisions.
+
+    A Ray trial that goes on after the study recorded it as finished (``resume`` restarts an
+    errored trial, or one that a stale snapshot still shows running) gets a new study trial
+    with the same parameters, the epochs already recorded and the new ones, linked by the Ray
+    trial id; the finished one stays as it was, so the study tells what really happened.
 
     Args:
         space: The searched settings.
@@ -120,8 +124,6 @@ class AshaAwareOptunaSearch(OptunaSearch):
         seed: The sampler's seed.
         algorithm: ``tpe`` or ``random``.
         points_to_evaluate: Configurations to try first (the baseline).
-        budget_gpu_seconds: Stop suggesting new trials once the trials' GPU-seconds sum to
-            this; ``None`` for no budget.
         fixed_config: The settings every trial shares (they decide conditional keys).
         num_samples: Trials in this run; sizes TPE's random start-up.
     """
@@ -136,17 +138,15 @@ class AshaAwareOptunaSearch(OptunaSearch):
         seed: int = 0,
         algorithm: str = "tpe",
         points_to_evaluate: list[dict[str, Any]] | None = None,
-        budget_gpu_seconds: float | None = None,
         fixed_config: Mapping[str, Any] | None = None,
         num_samples: int | None = None,
     ) -> None:
         self._journal_path = journal_path
         self._max_t = max_t
-        self._budget_gpu_seconds = budget_gpu_seconds
-        self._gpu_seconds: dict[str, float] = {}
         self._algorithm = algorithm
         self._sampler_seed = seed
         self._num_samples = num_samples
+        self._max_concurrent: int | None = None
         study = open_study(journal_path, study_name, seed, algorithm, num_samples)
         super().__init__(
             space=define_by_run(space, fixed_config),
@@ -158,19 +158,18 @@ class AshaAwareOptunaSearch(OptunaSearch):
             storage=study._storage,
         )
 
-    # -- budget ---------------------------------------------------------------------------
-
-    @property
-    def gpu_seconds_used(self) -> float:
-        """GPU-seconds that the trials of this search have held so far."""
-        return sum(self._gpu_seconds.values())
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        # The searcher keeps the limit itself, so Ray's ConcurrencyLimiter passes every call
+        # through: the limiter forgets a trial once it completed, and when resume restarts an
+        # errored trial its completion would never reach the study.
+        self._max_concurrent = max_concurrent
+        return True
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self._budget_gpu_seconds is not None and (
-            self.gpu_seconds_used >= self._budget_gpu_seconds
-        ):
-            logger.info("GPU-hour budget reached: no new trials")
-            return Searcher.FINISHED
+        limit = getattr(self, "_max_concurrent", None)  # None in searchers pickled before it
+        live = sum(1 for known in self._ot_trials if known not in self._completed_trials)
+        if limit and trial_id not in self._ot_trials and live >= limit:
+            return None  # Ray asks again when a trial ends
         config = super().suggest(trial_id)
         self._ot_study._storage.set_trial_user_attr(
             self._ot_trials[trial_id]._trial_id, ATTR_RAY_TRIAL, trial_id
@@ -180,55 +179,84 @@ class AshaAwareOptunaSearch(OptunaSearch):
     # -- results --------------------------------------------------------------------------
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._gpu_seconds[trial_id] = float(result.get("gpu_seconds", 0.0))
         if result.get("trial_failed") or trial_id not in self._ot_trials:
             return
         value = result.get(METRIC)
         if value is None or not math.isfinite(value):
             return
-        ot_trial = self._ot_trials[trial_id]
         step = int(result[TIME_ATTR])
+        storage = self._ot_study._storage
+        frozen = storage.get_trial(self._ot_trials[trial_id]._trial_id)
         # A trial resumed from a checkpoint reports its epochs again only from where it left;
         # Optuna refuses a second value for a step, so keep the first.
-        if step not in ot_trial.study._storage.get_trial(ot_trial._trial_id).intermediate_values:
-            ot_trial.report(value, step)
+        if step in frozen.intermediate_values:
+            return
+        if frozen.state.is_finished():
+            frozen = self._continue(trial_id, frozen)
+        storage.set_trial_intermediate_value(frozen._trial_id, step, value)
+
+    def _continue(self, trial_id: str, finished: optuna.trial.FrozenTrial
+                  ) -> optuna.trial.FrozenTrial:
+        """A new study trial for a Ray trial that goes on after its study trial finished."""
+        storage = self._ot_study._storage
+        template = optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=finished.params,
+            distributions=finished.distributions,
+            intermediate_values=finished.intermediate_values,
+            user_attrs={ATTR_RAY_TRIAL: trial_id, ATTR_CONTINUES: finished.number})
+        study_id = storage.get_study_id_from_name(self._ot_study.study_name)
+        new_id = storage.create_new_trial(study_id, template_trial=template)
+        self._ot_trials[trial_id] = optuna.Trial(self._ot_study, new_id)
+        self._completed_trials.discard(trial_id)
+        logger.info("Ray trial %s goes on after study trial %d finished (%s): recorded as "
+                    "study trial %d", trial_id, finished.number, finished.state.name,
+                    storage.get_trial_number_from_id(new_id))
+        return storage.get_trial(new_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials:
             return
-        if result:
-            self._gpu_seconds[trial_id] = float(result.get("gpu_seconds", 0.0))
+        if result and not result.get("trial_failed"):
+            # Ray hands a trial's last result to on_trial_complete only, never to
+            # on_trial_result: record it as that epoch's intermediate value first (this may
+            # continue a study trial that had finished).
+            self.on_trial_result(trial_id, result)
         ot_trial = self._ot_trials[trial_id]
         storage = self._ot_study._storage
         frozen = storage.get_trial(ot_trial._trial_id)
         if frozen.state.is_finished():
+            # Told already (this run, or before a resume), and nothing new since.
             self._completed_trials.add(trial_id)
             return
-        value = None if not result else result.get(METRIC)
-        epoch = 0 if not result else int(result.get(TIME_ATTR, 0))
-        if result and not result.get("trial_failed"):
-            # Ray hands a trial's last result to on_trial_complete only, never to
-            # on_trial_result: record it as that epoch's intermediate value first.
-            self.on_trial_result(trial_id, result)
-        if error or not result or result.get("trial_failed"):
-            state = TrialState.FAIL
-            reason = (result or {}).get("failure_reason") or REASON_ERROR
-            value = None
-        elif value is None or not math.isfinite(value):
-            state, reason, value = TrialState.FAIL, REASON_NO_METRIC, None
-        elif epoch >= self._max_t:
-            state, reason = TrialState.COMPLETE, REASON_MAX_T
-        else:
-            # Stopped before max_t: ASHA's decision (or a time budget). Optuna records the
-            # last intermediate value as a pruned trial's value.
-            state, reason, value = TrialState.PRUNED, asha_stop_reason(epoch), None
+        state, reason, value = self._outcome(result, error, frozen)
         storage.set_trial_user_attr(ot_trial._trial_id, ATTR_END, reason)
         try:
             self._ot_study.tell(ot_trial, value, state=state)
         except (ValueError, RuntimeError) as err:
             logger.warning("Optuna refused the result of %s: %s", trial_id, err)
         self._completed_trials.add(trial_id)
+
+    def _outcome(self, result: dict | None, error: bool, frozen: optuna.trial.FrozenTrial
+                 ) -> tuple[TrialState, str, float | None]:
+        """The study state, the reason and the value a finished Ray trial gets."""
+        if result is None and not error:
+            # Ray passes no result only for a trial it removed before it ran again; our
+            # scheduler does that only once the budget is spent.
+            if frozen.intermediate_values:
+                return TrialState.PRUNED, REASON_BUDGET, None
+            return TrialState.FAIL, REASON_BUDGET, None
+        if error or not result or result.get("trial_failed"):
+            return TrialState.FAIL, (result or {}).get("failure_reason") or REASON_ERROR, None
+        value = result.get(METRIC)
+        if value is None or not math.isfinite(value):
+            return TrialState.FAIL, REASON_NO_METRIC, None
+        epoch = int(result.get(TIME_ATTR, 0))
+        if epoch >= self._max_t:
+            return TrialState.COMPLETE, REASON_MAX_T, value
+        # Stopped before max_t: by ASHA, the budget (the driver wrote why into the result) or
+        # a time budget. Optuna records the last intermediate value as a pruned trial's value.
+        return TrialState.PRUNED, result.get(STOP_REASON) or asha_stop_reason(epoch), None
 
     # -- persistence ----------------------------------------------------------------------
 

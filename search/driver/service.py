@@ -2,8 +2,9 @@
 submissions and tests all call.
 
 A search is one ``tune.Tuner``: :class:`~search.driver.searcher.AshaAwareOptunaSearch` suggests
-(TPE, seeded, its study in the experiment folder's Optuna journal), ``ASHAScheduler`` stops
-(``time_attr="epoch"``, ``max_t = train.epochs``), each trial trains through
+(TPE, seeded, its study in the experiment folder's Optuna journal), ASHA stops
+(:mod:`search.driver.scheduling`: ``time_attr="epoch"``, ``max_t = train.epochs``, rungs that
+survive a resume, the device budget), each trial trains through
 :func:`search.trial.trainable.train_trial` with the dataset shared through the object store.
 ``run``, ``resume`` and ``extend`` differ only in how they make the tuner; :func:`_drive` does
 the rest (lock, data, cluster checks, study, fit, journal upload, shut-down) once for all
@@ -24,11 +25,11 @@ from search.driver.cluster import check_shared_storage, connect, resolve_gpus
 from search.driver.mirror import JournalMirror, mirroring
 from search.driver.progress import ProgressPrinter
 from search.driver.reconcile import ray_trials, reconcile_study
+from search.driver.scheduling import budget_for, check_budget_left, make_scheduler
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
 from search.driver.study import (
     METRIC,
     MODE,
-    TIME_ATTR,
     TrialStatus,
     journal_path_for,
     open_study,
@@ -114,10 +115,7 @@ def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
 def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
                  storage_path: str, local_dir: str, num_samples: int, seed: int,
                  baseline: bool, trainable: Trainable | None = None) -> tune.Tuner:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     points = [spec.baseline_point()] if baseline and spec.baseline_point() else None
-    budget = spec.search.budget_gpu_hours
     search_alg = AshaAwareOptunaSearch(
         spec.space,
         journal_path=journal_path_for(local_dir),
@@ -126,21 +124,17 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
         seed=seed,
         algorithm=spec.search.algorithm,
         points_to_evaluate=points,
-        budget_gpu_seconds=budget * 3600 if budget is not None else None,
         fixed_config=spec.fixed_config(),
         num_samples=num_samples,
     )
-    if spec.scheduler.name == "asha":
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE,
-                                  max_t=spec.max_t, grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    # One budget object, pickled with the tuner: the stopper that ends running trials and
+    # the scheduler that keeps new ones from starting share it (also after a resume).
+    budget = budget_for(spec)
     return tune.Tuner(
         _wrap_trainable(spec, data, gpus, trainable),
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
-            scheduler=scheduler,
+            scheduler=make_scheduler(spec, budget),
             num_samples=num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
             time_budget_s=spec.search.time_budget_s,
@@ -152,6 +146,7 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
             name=run_name,
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            stop=budget,
             # The best checkpoint is what export takes; Ray also keeps the latest to resume.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
@@ -274,7 +269,9 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
 
     Finished trials are neither lost nor run again; the searcher's study is reattached to the
     experiment's journal, and trials a killed driver had suggested but Ray never recorded are
-    marked FAIL there so Ray and Optuna agree.
+    marked FAIL there so Ray and Optuna agree. ASHA's rungs and the budget's total are rebuilt
+    from the recorded results; a trial the study had already finished that trains on gets a
+    new study trial (see :class:`~search.driver.searcher.AshaAwareOptunaSearch`).
 
     Raises:
         SpecError: When the folder is not an experiment or holds no Ray state to resume.
@@ -306,11 +303,14 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
     alone cannot do: a new ``Tuner`` starts a new searcher.
 
     Raises:
-        SpecError: When ``more`` is not a positive int, or the search is still running.
+        SpecError: When ``more`` is not a positive int, the search is still running, or the
+            experiment has spent its budget.
     """
     if isinstance(more, bool) or not isinstance(more, int) or more < 1:
         raise SpecError(f"more: must be an int >= 1, got {more!r}", key="more")
     spec = folder.load_experiment_spec(experiment_dir)
+    check_budget_left(spec, load_trials(experiment_dir),
+                      storage.join(experiment_dir, folder.SPEC_FILE))
     fs, root = storage.filesystem(experiment_dir)
     index = len(folder.round_dirs(fs, root))
 

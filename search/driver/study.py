@@ -33,6 +33,14 @@ REASON_ERROR = "error"
 REASON_NO_METRIC = "no finite metric"
 REASON_ORPHANED = "orphaned: driver stopped before Ray recorded the trial"
 REASON_UNFINISHED = "unfinished: left running by an interrupted driver, never resumed"
+REASON_BUDGET = "budget"  # stopped at an epoch boundary (or before it started): budget spent
+
+# The result key in which the driver records why it stopped a trial (a trial's own reports
+# never carry it), so the trial's result.json says it too.
+STOP_REASON = "stop_reason"
+# Optuna user attribute of a study trial that continues another one (its number): Ray resumed
+# a trial after the study had already recorded it as finished.
+ATTR_CONTINUES = "continues_trial"
 
 
 class TrialStatus(str, Enum):

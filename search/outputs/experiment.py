@@ -83,6 +83,14 @@ def round_name(index: int) -> str:
     return f"{ROUND_PREFIX}{index}"
 
 
+def experiment_root(fs: storage.pafs.FileSystem, round_path: str) -> str:
+    """The experiment folder that holds the Ray experiment at ``round_path``: the folder
+    itself (the first run), or the parent of an ``extend`` round."""
+    if storage.exists(fs, storage.join(round_path, SPEC_FILE)):
+        return round_path
+    return round_path.rstrip("/").rsplit("/", 1)[0]
+
+
 # --------------------------------------------------------------------------------------------
 # the study journal (a local file: Optuna's journal appends under file locks, which object
 # stores do not have, so a cloud experiment's journal is mirrored on the driver's machine)

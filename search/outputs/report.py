@@ -13,7 +13,7 @@ import io
 import os
 from typing import Any
 
-from search.driver.study import METRIC, MODE, TIME_ATTR, TrialStatus
+from search.driver.study import METRIC, MODE, REASON_BUDGET, TIME_ATTR, TrialStatus
 from search.outputs import storage
 from search.outputs.export import load_experiment
 from search.outputs.report_text import format_value
@@ -204,10 +204,19 @@ def write_report(experiment_dir: str, out_dir: str | None = None) -> str:
         counts[status] = counts.get(status, 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     gpu_hours = sum(t.gpu_seconds for t in trials) / 3600
+    device_hours = sum(t.wall_seconds for t in trials) / 3600
     lines = [
         f"<p>{len(trials)} trials ({summary}); max_t = {spec.max_t} epochs; "
-        f"{gpu_hours:.2f} GPU-hours. Metric: {METRIC} ({MODE}).</p>",
+        f"{gpu_hours:.2f} GPU-hours, {device_hours:.2f} device-hours (trials' time holding "
+        f"their devices). Metric: {METRIC} ({MODE}).</p>",
     ]
+    budgets = [f"{limit:g} {unit}" for limit, unit in (
+        (spec.search.budget_gpu_hours, "GPU-hours"),
+        (spec.search.budget_device_hours, "device-hours")) if limit is not None]
+    if budgets:
+        by_budget = sum(t.stop_reason(spec.max_t) == REASON_BUDGET for t in trials)
+        lines.append(f"<p><b>Budget:</b> {' and '.join(budgets)}; {by_budget} trial(s) "
+                     f"stopped by it at an epoch boundary.</p>")
     if best:
         lines.append(f"<p><b>Best:</b> trial {html.escape(best.trial_id)}, {METRIC} "
                      f"{best.best_value:.4f} at epoch {best.best.get(TIME_ATTR)}.</p>")

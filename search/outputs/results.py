@@ -17,6 +17,7 @@ from search.driver.study import (
     MODE,
     REASON_ERROR,
     REASON_MAX_T,
+    STOP_REASON,
     TIME_ATTR,
     TrialStatus,
     asha_stop_reason,
@@ -101,12 +102,14 @@ class TrialRecord:
         return TrialStatus.STOPPED
 
     def stop_reason(self, max_t: int) -> str:
-        """Why the trial ended: its failure, ``max_t``, or ASHA's rung (``asha@<epoch>``)."""
+        """Why the trial ended: its failure, ``max_t``, the reason the driver recorded when it
+        stopped the trial (``budget``), or ASHA's rung (``asha@<epoch>``)."""
         if self.failed:
             return self.failure_reason or REASON_ERROR
         if self.epochs_run >= max_t:
             return REASON_MAX_T
-        return asha_stop_reason(self.epochs_run)
+        recorded = self.final.get(STOP_REASON)
+        return str(recorded) if recorded else asha_stop_reason(self.epochs_run)
 
 
 def _finite(value: Any) -> bool:
@@ -189,6 +192,12 @@ def load_trials(path: str) -> list[TrialRecord]:
         One record per trial with its config and per-epoch history.
     """
     fs, root = check_experiment_dir(path)
+    return read_trials(fs, root)
+
+
+def read_trials(fs: storage.pafs.FileSystem, root: str) -> list[TrialRecord]:
+    """Every trial of the experiment folder at ``root`` on ``fs``, in the order they started
+    (:func:`load_trials` for a folder already checked)."""
     records = []
     for round_name, round_path in round_dirs(fs, root):
         statuses = ray_statuses(fs, round_path)

@@ -21,7 +21,8 @@ class TrainingState:
         epoch: Epochs completed.
         batch_size, learning_rate: What training uses now (an OOM retry halves both).
         oom_retried: Whether the half-batch retry was already used.
-        gpu_seconds, wall_seconds: Time spent so far, so budgets count every attempt.
+        gpu_seconds, wall_seconds: Time held so far (see ``EpochReport``), so budgets count
+            every attempt.
         last_metrics: The last completed epoch's metrics (what a failure report repeats).
     """
 

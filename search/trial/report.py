@@ -19,8 +19,11 @@ class EpochReport:
         epoch: Epochs trained so far (Ray's time attribute for ASHA).
         val_accuracy, val_loss, accuracy, loss: Keras's metrics of the epoch.
         images_per_s: Training images per second (validation excluded).
-        gpu_seconds: Device-seconds the trial has held so far, all attempts together.
-        wall_seconds: Training seconds so far, all attempts together.
+        epoch_seconds: The epoch's own ``fit`` (training and validation).
+        wall_seconds: Seconds the trial has held its resources so far, all attempts together:
+            from the start of each attempt (device set-up, model build or restore) through
+            training, validation and checkpoints, to this report.
+        gpu_seconds: ``wall_seconds`` times the GPUs the trial holds (GPU-seconds).
         batch_size, learning_rate_used: What the epoch trained with (an OOM retry halves both).
         oom_retried: Whether the trial was retried at half batch after running out of memory.
         trial_failed, failure_reason: A failure that a retry cannot fix (``nan_loss: ...``).
@@ -34,6 +37,7 @@ class EpochReport:
     accuracy: float = NAN
     loss: float = NAN
     images_per_s: float = 0.0
+    epoch_seconds: float = 0.0
     gpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     batch_size: int = 0

@@ -66,11 +66,23 @@ class _EpochTimer:
 class _Attempt:
     """Where this attempt runs and what it has done: the fields every report repeats."""
 
-    def __init__(self, state: TrainingState, gpu_ids: list[str], precision: str) -> None:
+    def __init__(self, state: TrainingState, gpu_ids: list[str], precision: str, *,
+                 gpu_count: float, began: float) -> None:
         self.state = state
         self.gpu_ids = gpu_ids
         self.precision = precision
         self.started_at = time.time()
+        self.gpu_count = gpu_count
+        self.began = began
+        # What earlier attempts held (from the checkpoint this one started from).
+        self.carried = (state.wall_seconds, state.gpu_seconds)
+
+    def count_held_time(self) -> None:
+        """Brings the state's times up to now: everything since the attempt began (devices,
+        model build, training, validation, checkpoints), after what earlier attempts held."""
+        held = time.perf_counter() - self.began
+        self.state.wall_seconds = self.carried[0] + held
+        self.state.gpu_seconds = self.carried[1] + held * self.gpu_count
 
     def report(self, **fields: Any) -> EpochReport:
         state = self.state
@@ -86,6 +98,7 @@ class _Attempt:
         """Ends the trial as failed, without a retry: Ray's retries cannot fix a NaN or an
         OOM."""
         last = self.state.last_metrics
+        self.count_held_time()
         tune.report(self.report(epoch=max(self.state.epoch, 1), trial_failed=True,
                                 failure_reason=str(TrialFailure(reason, message)),
                                 **{m: last.get(m, float("nan")) for m in METRICS}).as_dict())
@@ -133,25 +146,27 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
         fixed: The settings every trial shares (``ExperimentSpec.fixed_config()``), including
             ``epochs``, ``batch_size``, ``seed`` and, from the driver, ``gpus_per_trial``.
     """
+    attempt_began = time.perf_counter()  # the trial holds its devices from here
     params = {**fixed, **config}
     gpu_count = float(params.get("gpus_per_trial", 0) or 0)
     gpu_ids = assigned_gpu_ids()
     run = runtime.prepare(params, gpu_fraction=gpu_count, gpu_ids=gpu_ids)
     checkpoints = _LocalCheckpoints(restore_to_temp(tune.get_checkpoint()))
     try:
-        _train(run, params, data, gpu_count, gpu_ids, checkpoints)
+        _train(run, params, data, gpu_count, gpu_ids, checkpoints, attempt_began)
     finally:
         checkpoints.remove_all()
 
 
 def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: float,
-           gpu_ids: list[str], checkpoints: _LocalCheckpoints) -> None:
+           gpu_ids: list[str], checkpoints: _LocalCheckpoints, attempt_began: float) -> None:
     keras, tf = run.keras, run.tf
     restored = checkpoints.restored
     state = TrainingState.from_json(
         read_state(restored) if restored else {},
         batch_size=int(params["batch_size"]), learning_rate=float(params["learning_rate"]))
-    attempt = _Attempt(state, gpu_ids, run.precision)
+    attempt = _Attempt(state, gpu_ids, run.precision, gpu_count=gpu_count,
+                       began=attempt_began)
 
     def build() -> tuple[Any, Any, Any]:
         # From the last completed epoch's weights and optimizer state when there is one.
@@ -195,8 +210,6 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
             model.optimizer.learning_rate.assign(state.learning_rate)
             continue
         elapsed = time.perf_counter() - began
-        state.wall_seconds += elapsed
-        state.gpu_seconds += elapsed * gpu_count
         state.epoch += 1
         logs = {k: float(v[-1]) for k, v in history.history.items()}
         train_seconds = timer.train_seconds or elapsed
@@ -205,8 +218,10 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
             attempt.fail("nan_loss", f"loss became {metrics['loss']} at epoch {state.epoch}")
             return
         state.last_metrics = metrics
-        report = attempt.report(epoch=state.epoch, **metrics,
-                                images_per_s=len(data.x_train) / max(train_seconds, 1e-9))
+        attempt.count_held_time()
         checkpoints.replace_latest(write_checkpoint(model, state))
+        attempt.count_held_time()  # the report counts the checkpoint's writing too
+        report = attempt.report(epoch=state.epoch, **metrics, epoch_seconds=elapsed,
+                                images_per_s=len(data.x_train) / max(train_seconds, 1e-9))
         tune.report(report.as_dict(),
                     checkpoint=tune.Checkpoint.from_directory(checkpoints.latest))

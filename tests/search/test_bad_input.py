@@ -32,7 +32,7 @@ KEYS = {
     "train": ["epochs", "batch_size", "optimizer", "learning_rate", "augment",
               "mixed_precision", "momentum"],
     "search": ["num_samples", "max_concurrent", "seed", "baseline", "budget_gpu_hours",
-               "max_failures", "algorithm", "time_budget_s"],
+               "budget_device_hours", "max_failures", "algorithm", "time_budget_s"],
     "scheduler": ["grace_period", "reduction_factor", "name"],
     "resources": ["cpus_per_trial", "gpus_per_trial"],
     "space": ["upsample", "noise_std", "freeze", "dropout", "learning_rate", "bogus"],

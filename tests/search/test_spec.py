@@ -112,6 +112,12 @@ def test_dump_round_trips():
         ({"space__upsample": {"choice": [3, 4]}}, r"search\.baseline: the original method's "
                                                   r"upsample=2 must lie in space\.upsample"),
         ({"storage": 3}, r"storage: must be a path or URI string, got 3"),
+        ({"search__budget_gpu_hours": 1, "resources__gpus_per_trial": 0},
+         r"search\.budget_gpu_hours: trials hold no GPU \(resources\.gpus_per_trial is 0\), "
+         r"so GPU-hours never accrue; use search\.budget_device_hours, got "
+         r"budget_gpu_hours=1"),
+        ({"search__budget_device_hours": -1},
+         r"search\.budget_device_hours: must be"),
     ],
 )
 def test_bad_spec_gets_one_line_error(changes, message):

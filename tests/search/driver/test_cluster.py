@@ -87,6 +87,12 @@ def test_gpus_requested_on_a_cluster_without_gpus_is_a_clear_error(tmp_path, ray
     with pytest.raises(SpecError, match=r"resources\.gpus_per_trial: the Ray cluster has no "
                                         r"GPU.*got 1"):
         run_search(spec)
+    # A GPU-hour budget on a cluster whose trials hold no GPU would never be spent.
+    gpu_budget = tiny_spec(tmp_path, name="gpubudget", search={"budget_gpu_hours": 1.0})
+    with pytest.raises(SpecError, match=r"search\.budget_gpu_hours: trials hold no GPU on this "
+                                        r"cluster .* use search\.budget_device_hours"):
+        run_search(gpu_budget)
+    assert not (tmp_path / "results" / "gpubudget").exists()
     auto = tiny_spec(tmp_path, name="auto", search={"num_samples": 1},
                      train={"epochs": 1, "batch_size": 32, "optimizer": "adam"})
     summary = run_search(auto)
@@ -103,7 +109,8 @@ def test_gpus_requested_on_a_cluster_without_gpus_is_a_clear_error(tmp_path, ray
 def test_gpu_hour_budget_stops_new_trials_and_every_trial_reports_gpu_seconds(tmp_path,
                                                                              gpu_cluster):
     cluster, _ = gpu_cluster
-    # 1.8 GPU-seconds: spent by the first trials' first epochs, so no more trials start.
+    # 1.8 GPU-seconds: spent by the first trials' first epochs (their set-up counts too), so
+    # they stop at that epoch's end and no more trials start.
     spec = tiny_spec(tmp_path, name="budget",
                      search={"num_samples": 12, "max_concurrent": 2, "seed": 0,
                              "budget_gpu_hours": 0.0005},
@@ -112,8 +119,9 @@ def test_gpu_hour_budget_stops_new_trials_and_every_trial_reports_gpu_seconds(tm
                      resources={"cpus_per_trial": 0.5, "gpus_per_trial": 1})
     summary = run_search(spec, address=cluster.address)
     trials = load_trials(summary.experiment_dir)
-    assert 1 <= len(trials) < 12
+    assert 1 <= len(trials) <= 2
     assert all(t.gpu_seconds > 0 for t in trials)
+    assert {t.stop_reason(2) for t in trials} == {"budget"}
     # GPU-seconds are the trial's wall time on its one GPU.
     for trial in trials:
         assert trial.gpu_seconds == pytest.approx(trial.wall_seconds)

@@ -44,6 +44,46 @@ def test_conditional_key_only_sampled_when_it_matters(tmp_path):
         study.tell(trial, 0.5)
 
 
+def test_conditional_key_whose_parent_is_left_at_its_default_is_not_drawn(tmp_path):
+    # input_convs is neither searched nor written: its default (0) decides, so
+    # input_conv_kernel (needs input_convs > 0) is never drawn. momentum needs optimizer sgd,
+    # which is the train section's default: drawn unless adam is written.
+    study = open_study(str(tmp_path / "j"), "c", seed=1)
+    space = {"input_conv_kernel": parse_distribution({"choice": [3, 5]}, "s"),
+             "momentum": parse_distribution({"uniform": [0.5, 0.95]}, "s")}
+    for _ in range(3):
+        trial = study.ask()
+        define_by_run(space)(trial)
+        assert set(trial.params) == {"momentum"}
+    trial = study.ask()
+    define_by_run(space, {"optimizer": "adam"})(trial)
+    assert trial.params == {}
+
+
+def test_spec_refuses_a_conditional_key_no_trial_would_use(tmp_path):
+    from search.errors import SpecError
+    from search.spec import load_spec_dict
+
+    base = {"name": "c", "dataset": {"name": "digits"}, "model": {"weights": "none"}}
+    with pytest.raises(SpecError, match=r"space\.input_conv_filters: only drawn when "
+                                        r"`input_convs > 1`, but input_convs is 0 \(the "
+                                        r"default\); search or set input_convs"):
+        load_spec_dict({**base, "space": {"input_conv_filters": {"choice": [8, 16]}}})
+    with pytest.raises(SpecError, match=r"space\.input_conv_filters: .* but space\.input_convs "
+                                        r"allows only 0, 1;"):
+        load_spec_dict({**base, "space": {"input_conv_filters": {"choice": [8, 16]},
+                                          "input_convs": {"int": [0, 1]}}})
+    with pytest.raises(SpecError, match=r"space\.momentum: .* but optimizer is 'adam';"):
+        load_spec_dict({**base, "train": {"optimizer": "adam"},
+                        "space": {"momentum": {"uniform": [0.5, 0.9]}}})
+    written = load_spec_dict({**base, "model": {"weights": "none", "input_convs": 2},
+                              "space": {"input_conv_filters": {"choice": [8, 16]}}})
+    study = open_study(str(tmp_path / "j"), "c", seed=0)
+    trial = study.ask()
+    define_by_run(written.space, written.fixed_config())(trial)
+    assert "input_conv_filters" in trial.params
+
+
 def test_condition_read_from_fixed_settings(tmp_path):
     study = open_study(str(tmp_path / "j"), "c", seed=1)
     space = {"input_conv_filters": SPACE["input_conv_filters"]}
@@ -125,15 +165,6 @@ def test_baseline_is_the_first_suggestion(tmp_path):
     assert config["input_convs"] == 0 and "input_conv_filters" not in config
 
 
-def test_gpu_budget_stops_new_suggestions(tmp_path):
-    searcher = make_searcher(tmp_path, budget_gpu_seconds=100.0)
-    searcher.suggest("a")
-    searcher.on_trial_result("a", {"epoch": 1, "val_accuracy": 0.5, "gpu_seconds": 60.0})
-    assert searcher.suggest("b") is not None and searcher.suggest("b") != "FINISHED"
-    searcher.on_trial_result("b", {"epoch": 1, "val_accuracy": 0.5, "gpu_seconds": 50.0})
-    assert searcher.suggest("c") == AshaAwareOptunaSearch.FINISHED
-
-
 def test_study_survives_in_the_journal(tmp_path):
     searcher = make_searcher(tmp_path)
     searcher.suggest("a")
@@ -167,3 +198,104 @@ def test_tpe_random_startup_is_a_quarter_of_small_searches(tmp_path):
     assert [startup_trials(n) for n in (4, 16, 32, 64, None)] == [2, 4, 8, 10, 10]
     study = open_study(str(tmp_path / "j"), "s", seed=0, num_samples=16)
     assert study.sampler._n_startup_trials == 4
+
+
+def _restored(tmp_path, searcher):
+    """The searcher as Ray restores it on resume: from its saved state, study reattached."""
+    checkpoint = tmp_path / "searcher-state.pkl"
+    searcher.save(str(checkpoint))
+    restored = make_searcher(tmp_path)
+    restored.restore(str(checkpoint))
+    return restored
+
+
+def _by_number(searcher):
+    return sorted(searcher._ot_study.trials, key=lambda t: t.number)
+
+
+def test_errored_trial_restarted_by_resume_gets_a_new_study_trial(tmp_path):
+    # Case (a): the trial's worker died after epoch 1 (FAIL in the study); resume restarts it
+    # from its checkpoint and it trains on. Optuna refuses values for a finished trial, so the
+    # searcher records the continuation as a new study trial with the same parameters.
+    searcher = make_searcher(tmp_path)
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {"epoch": 1, "val_accuracy": 0.4})
+    searcher.on_trial_complete("a", None, error=True)
+    restored = _restored(tmp_path, searcher)
+    restored.on_trial_result("a", {"epoch": 1, "val_accuracy": 0.41})  # re-run, known epoch
+    assert len(restored._ot_study.trials) == 1
+    restored.on_trial_result("a", {"epoch": 2, "val_accuracy": 0.5})
+    restored.on_trial_complete("a", {"epoch": 3, "val_accuracy": 0.6})
+    failed, continued = _by_number(restored)
+    assert failed.state == TrialState.FAIL
+    assert continued.state == TrialState.COMPLETE and continued.value == pytest.approx(0.6)
+    assert continued.params == failed.params
+    assert continued.user_attrs[ATTR_RAY_TRIAL] == "a"
+    assert continued.user_attrs["continues_trial"] == failed.number
+    assert continued.intermediate_values == {1: 0.4, 2: 0.5, 3: 0.6}
+
+
+def test_finished_trial_rerun_from_a_stale_snapshot_keeps_its_study_record(tmp_path):
+    # Case (b): the study recorded the trial (PRUNED at epoch 1, COMPLETE at 3) after Ray's
+    # last snapshot; resume runs its epochs again. Known epochs change nothing; a pruned trial
+    # that the scheduler lets go on is recorded as what really happened.
+    searcher = make_searcher(tmp_path)
+    searcher.suggest("done")
+    searcher.suggest("pruned")
+    state = tmp_path / "snapshot.pkl"
+    searcher.save(str(state))  # Ray's last snapshot: both trials still running
+    for epoch in (1, 2, 3):
+        searcher.on_trial_result("done", {"epoch": epoch, "val_accuracy": 0.5 + epoch / 10})
+    searcher.on_trial_complete("done", {"epoch": 3, "val_accuracy": 0.8})
+    searcher.on_trial_complete("pruned", {"epoch": 1, "val_accuracy": 0.2})
+    restored = make_searcher(tmp_path)
+    restored.restore(str(state))
+    for epoch in (2, 3):
+        restored.on_trial_result("done", {"epoch": epoch, "val_accuracy": 0.1})
+    restored.on_trial_complete("done", {"epoch": 3, "val_accuracy": 0.1})
+    restored.on_trial_result("pruned", {"epoch": 1, "val_accuracy": 0.2})
+    restored.on_trial_complete("pruned", {"epoch": 2, "val_accuracy": 0.3})
+    done, pruned, continued = _by_number(restored)
+    assert done.state == TrialState.COMPLETE and done.value == pytest.approx(0.8)
+    assert pruned.state == TrialState.PRUNED and pruned.intermediate_values == {1: 0.2}
+    assert continued.state == TrialState.PRUNED
+    assert continued.user_attrs[ATTR_END] == "asha@2"
+    assert continued.intermediate_values == {1: 0.2, 2: 0.3}
+    assert not [t for t in restored._ot_study.trials if t.state == TrialState.RUNNING]
+
+
+def test_trial_stopped_by_the_budget_is_pruned_with_reason_budget(tmp_path):
+    searcher = make_searcher(tmp_path)
+    for trial_id in ("stopped", "never_ran", "interrupted"):
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("stopped", {"epoch": 1, "val_accuracy": 0.3,
+                                           "stop_reason": "budget"})
+    searcher.on_trial_result("interrupted", {"epoch": 1, "val_accuracy": 0.2})
+    # Ray passes no result for a trial it removed before it ran (again).
+    searcher.on_trial_complete("never_ran")
+    searcher.on_trial_complete("interrupted")
+    trials = {t.user_attrs[ATTR_RAY_TRIAL]: t for t in searcher._ot_study.trials}
+    assert trials["stopped"].state == TrialState.PRUNED
+    assert trials["stopped"].value == pytest.approx(0.3)
+    assert trials["interrupted"].state == TrialState.PRUNED
+    assert trials["never_ran"].state == TrialState.FAIL
+    assert {t.user_attrs[ATTR_END] for t in trials.values()} == {"budget"}
+
+
+def test_searcher_keeps_the_concurrency_limit_and_hears_every_completion(tmp_path):
+    from ray.tune.search import ConcurrencyLimiter
+
+    searcher = make_searcher(tmp_path)
+    limited = ConcurrencyLimiter(searcher, max_concurrent=2)
+    assert limited.suggest("a") and limited.suggest("b")
+    assert limited.suggest("c") is None
+    limited.on_trial_complete("a", {"epoch": 3, "val_accuracy": 0.5})
+    assert limited.suggest("c")
+    # Ray's limiter drops completions of trials it no longer counts as live (a trial that
+    # errored, then was restarted by resume); ours reach the study.
+    limited.on_trial_complete("b", None, error=True)
+    limited.on_trial_result("b", {"epoch": 1, "val_accuracy": 0.3})
+    limited.on_trial_complete("b", {"epoch": 3, "val_accuracy": 0.6})
+    states = [t.state for t in _by_number(searcher)]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
+                      TrialState.COMPLETE]

@@ -1,0 +1,251 @@
+"""ASHA that remembers, and the device budget: what Ray's schedulers forget or cannot do.
+
+Ray restores a scheduler from the pickle made when the tuner was created, so after ``resume``
+ASHA's rungs would be empty and every resumed or new trial would pass them until they refilled.
+The schedulers here read the experiment's recorded results once, when the first trial of a run
+is added (fresh, extended or resumed). ASHA replays them through its own rules in the order
+they were reported, so its rungs, and where it stopped which trial, are as if the search had
+never stopped; a resumed trial that ASHA had already stopped is stopped again at that rung.
+
+:class:`DeviceBudget` counts the time every trial of the experiment held its devices (all
+rounds, all attempts, read back from the results) and, once it is spent, stops running trials
+at their next epoch boundary (a Ray ``Stopper``, recorded with reason ``budget``), while the
+scheduler keeps new trials from starting and ends the searcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune import Stopper
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from search._validate import is_finite
+from search.driver.study import METRIC, MODE, REASON_BUDGET, STOP_REASON, TIME_ATTR
+from search.errors import SpecError
+from search.outputs.experiment import experiment_root
+from search.outputs.results import TrialRecord, read_trials
+from search.spec import ExperimentSpec
+
+# The spec's budgets and the result field each one counts (both are seconds a trial held its
+# resources, from the start of its attempt to each report, all attempts together).
+BUDGET_FIELDS = {"budget_gpu_hours": "gpu_seconds", "budget_device_hours": "wall_seconds"}
+
+
+class DeviceBudget(Stopper):
+    """Budgets of device time over every trial of an experiment.
+
+    A trial's time is the largest total it reported (its reports are cumulative over its
+    attempts), so a resumed or retried trial is not counted twice.
+
+    Args:
+        limits: Result field (``gpu_seconds`` or ``wall_seconds``) -> seconds allowed.
+        max_t: ASHA's ``max_t``: a trial reporting this epoch ends anyway and is not marked.
+    """
+
+    def __init__(self, limits: Mapping[str, float], max_t: int) -> None:
+        self.limits = dict(limits)
+        self.max_t = max_t
+        self._held: dict[str, dict[str, float]] = {}
+
+    def record(self, trial_id: str, values: Mapping[str, Any]) -> None:
+        """Counts a trial's cumulative times from one of its reports (or its record)."""
+        held = self._held.setdefault(trial_id, {})
+        for field in self.limits:
+            value = values.get(field)
+            if is_finite(value):
+                held[field] = max(held.get(field, 0.0), float(value))
+
+    def load_recorded(self, records: Iterable[TrialRecord]) -> None:
+        """Counts what the experiment's trials already spent (earlier runs and rounds)."""
+        for record in records:
+            self.record(record.trial_id, {"gpu_seconds": record.gpu_seconds,
+                                          "wall_seconds": record.wall_seconds})
+
+    def spent(self, field: str) -> float:
+        """Seconds of ``field`` spent by all trials so far."""
+        return sum(held.get(field, 0.0) for held in self._held.values())
+
+    @property
+    def reached(self) -> bool:
+        """Whether any budget is spent."""
+        return any(self.spent(field) >= limit for field, limit in self.limits.items())
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.record(trial_id, result)
+        if not self.reached or result.get("trial_failed") or int(
+            result.get(TIME_ATTR, 0)
+        ) >= self.max_t:
+            return False
+        # Ray hands a stopper the very dict that its loggers then write to result.json and
+        # that becomes the trial's last result (what the searcher receives): the reason
+        # travels with the results.
+        result[STOP_REASON] = REASON_BUDGET
+        return True
+
+    def stop_all(self) -> bool:
+        # Never the whole experiment at once: that would cut running trials mid-epoch.
+        return False
+
+
+def budget_for(spec: ExperimentSpec) -> DeviceBudget | None:
+    """The spec's device budgets, or ``None`` when it sets none."""
+    limits = {field: getattr(spec.search, key) * 3600 for key, field in BUDGET_FIELDS.items()
+              if getattr(spec.search, key) is not None}
+    return DeviceBudget(limits, spec.max_t) if limits else None
+
+
+def check_budget_left(spec: ExperimentSpec, records: list[TrialRecord], spec_path: str) -> None:
+    """Refuses to add trials to an experiment that has already spent a budget.
+
+    Raises:
+        SpecError: Naming the budget, what was spent and where to raise it.
+    """
+    budget = budget_for(spec)
+    if budget is None:
+        return
+    budget.load_recorded(records)
+    for key, field in BUDGET_FIELDS.items():
+        if field in budget.limits and budget.spent(field) >= budget.limits[field]:
+            raise SpecError(f"search.{key}: the experiment has spent "
+                            f"{budget.spent(field) / 3600:.4g} of its "
+                            f"{budget.limits[field] / 3600:.4g} hours, so no trial could start; "
+                            f"raise it in {spec_path} to extend the search")
+
+
+def recorded_trials(trial: Any) -> list[TrialRecord]:
+    """Every trial recorded in the experiment that ``trial`` belongs to (all rounds), read
+    through the storage Ray gave the trial (right even when the folder has moved)."""
+    fs = trial.storage.storage_filesystem
+    return read_trials(fs, experiment_root(fs, trial.storage.experiment_fs_path))
+
+
+class _RemembersExperiment:
+    """What both schedulers add to Ray's: the experiment's records, read once per run, and a
+    gate that keeps new trials from starting once the budget is spent."""
+
+    budget: DeviceBudget | None
+    _records_read: bool
+
+    def _needs_records(self) -> bool:
+        return self.budget is not None
+
+    def remember(self, records: list[TrialRecord]) -> None:
+        """Takes in what the experiment recorded before this run (tests call it directly)."""
+        self._records_read = True
+        if self.budget is not None:
+            self.budget.load_recorded(records)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_records_read"] = False  # a restored scheduler reads the records again
+        return state
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        if not self._records_read and self._needs_records():
+            self.remember(recorded_trials(trial))
+        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        if self.budget is not None and self.budget.reached:
+            tune_controller.search_alg.set_finished()
+            for trial in list(tune_controller.get_trials()):
+                # A trial that never reported must not start. One with results was
+                # interrupted mid-epoch: it resumes and the budget stops it at the epoch's end.
+                if trial.status == Trial.PENDING and not trial.last_result:
+                    tune_controller.stop_trial(trial)
+        return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
+        # Ray 2.60 skips re-saving a trial whose worker process died (SIGKILL, the OOM
+        # killer): its snapshot kept saying RUNNING, so the results called the trial
+        # unfinished while the study said FAIL. Have it saved with the status it ends with
+        # (a private hook: if a later Ray drops it, the resume test's status check says so).
+        mark = getattr(tune_controller, "_mark_trial_to_checkpoint", None)
+        if mark is not None:
+            mark(trial)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)  # type: ignore[misc]
+        if self.budget is not None and self.budget.reached:
+            # Before Ray asks the searcher to fill the slot this trial freed.
+            tune_controller.search_alg.set_finished()
+
+
+@dataclass(frozen=True)
+class _RecordedTrial:
+    """Stands for a recorded trial while ASHA replays its results (ASHA reads only the id)."""
+
+    trial_id: str
+
+
+class RememberingASHA(_RemembersExperiment, ASHAScheduler):
+    """Ray's ASHA whose rungs survive ``resume`` (and span ``extend`` rounds).
+
+    Args:
+        budget: The device budget, or ``None``.
+        **asha: ``ASHAScheduler``'s arguments.
+    """
+
+    def __init__(self, *, budget: DeviceBudget | None = None, **asha: Any) -> None:
+        super().__init__(**asha)
+        self.budget = budget
+        self._records_read = False
+        self._stopped_at: dict[str, int] = {}
+
+    def _needs_records(self) -> bool:
+        return True
+
+    def remember(self, records: list[TrialRecord]) -> None:
+        super().remember(records)
+        self._stopped_at = self._replay(records)
+
+    def _replay(self, records: list[TrialRecord]) -> dict[str, int]:
+        """Feeds every recorded epoch to ASHA in the order reported; returns where it
+        stopped which trial."""
+        rows = sorted(((row.get("timestamp", 0), record.trial_id, row) for record in records
+                       for row in record.good_rows if is_finite(row.get(METRIC))),
+                      key=lambda item: (item[0], item[1], item[2].get(TIME_ATTR, 0)))
+        stopped: dict[str, int] = {}
+        for _, trial_id, row in rows:
+            if trial_id in stopped:
+                continue  # epochs a stale resume ran past ASHA's stop never counted
+            stand_in = _RecordedTrial(trial_id)
+            if trial_id not in self._trial_info:
+                ASHAScheduler.on_trial_add(self, None, stand_in)
+            action = ASHAScheduler.on_trial_result(self, None, stand_in, row)
+            if action == TrialScheduler.STOP and int(row[TIME_ATTR]) < self._max_t:
+                stopped[trial_id] = int(row[TIME_ATTR])
+        # Live trials are added again by Ray; the rungs keep every recorded value.
+        self._trial_info.clear()
+        return stopped
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        stopped_at = self._stopped_at.get(trial.trial_id)
+        if stopped_at is not None and int(result.get(TIME_ATTR, 0)) >= stopped_at:
+            # ASHA stopped this trial here before the search was interrupted, and Ray's last
+            # snapshot missed it: stop it again where it was stopped.
+            return TrialScheduler.STOP
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+class BudgetFIFO(_RemembersExperiment, FIFOScheduler):
+    """Ray's FIFO scheduler (no early stopping) with the budget gate."""
+
+    def __init__(self, *, budget: DeviceBudget | None = None) -> None:
+        super().__init__()
+        self.budget = budget
+        self._records_read = False
+
+
+def make_scheduler(spec: ExperimentSpec, budget: DeviceBudget | None) -> TrialScheduler:
+    """The spec's scheduler (ASHA or FIFO) over ``budget``."""
+    if spec.scheduler.name == "asha":
+        return RememberingASHA(budget=budget, time_attr=TIME_ATTR, metric=METRIC, mode=MODE,
+                               max_t=spec.max_t, grace_period=spec.scheduler.grace_period,
+                               reduction_factor=spec.scheduler.reduction_factor)
+    return BudgetFIFO(budget=budget)

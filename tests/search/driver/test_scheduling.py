@@ -1,0 +1,200 @@
+"""The scheduler contract, fed fake results (no TensorFlow, no Ray cluster), as Syne Tune tests
+its schedulers: ASHA after a resume decides as if the search had never stopped, and the device
+budget stops trials at epoch boundaries and keeps new ones from starting."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import ray.cloudpickle as pickle
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from search.driver.scheduling import BudgetFIFO, DeviceBudget, RememberingASHA
+from search.outputs.results import TrialRecord
+
+ASHA_ARGS = dict(time_attr="epoch", metric="val_accuracy", mode="max", max_t=9, grace_period=1,
+                 reduction_factor=3)
+
+
+class FakeTrial:
+    def __init__(self, trial_id, status=Trial.RUNNING, last_result=None):
+        self.trial_id = trial_id
+        self.status = status
+        self.last_result = last_result or {}
+
+
+def events(seed=0, trials=12, concurrent=3):
+    """Results as a search reports them: ``concurrent`` trials at a time, epochs interleaved,
+    each trial with its own level of accuracy."""
+    rng = random.Random(seed)
+    level = {f"t{i}": rng.random() for i in range(trials)}
+    waiting, running, order = list(level), [], []
+    clock = 0.0
+    while waiting or running:
+        while waiting and len(running) < concurrent:
+            running.append([waiting.pop(0), 0])
+        slot = rng.randrange(len(running))
+        running[slot][1] += 1
+        trial_id, epoch = running[slot]
+        clock += 1.0
+        order.append((trial_id, {"epoch": epoch, "timestamp": clock,
+                                 "val_accuracy": level[trial_id] + 0.01 * epoch}))
+        if epoch == ASHA_ARGS["max_t"]:
+            running.pop(slot)
+    return order
+
+
+def drive(scheduler, order, stopped):
+    """Feeds results in order, as Ray does; returns each decision. Trials in ``stopped`` are
+    over (their later results never come)."""
+    decisions = []
+    for trial_id, result in order:
+        if trial_id in stopped:
+            continue
+        trial = FakeTrial(trial_id)
+        if trial_id not in scheduler._trial_info:
+            scheduler.on_trial_add(None, trial)
+        decision = scheduler.on_trial_result(None, trial, result)
+        decisions.append((trial_id, result["epoch"], decision))
+        if decision == TrialScheduler.STOP:
+            stopped.add(trial_id)
+            scheduler.on_trial_complete(None, trial, result)
+    return decisions
+
+
+def records_of(order, trial_ids):
+    rows: dict[str, list] = {t: [] for t in trial_ids}
+    for trial_id, result in order:
+        if trial_id in rows:
+            rows[trial_id].append({**result, "trial_id": trial_id})
+    return [TrialRecord(trial_id=t, round="main", path="", config={}, history=h)
+            for t, h in rows.items()]
+
+
+def started(scheduler, records=()):
+    """The scheduler once the run's first trial is added: it has read the experiment's
+    records (none for a new search)."""
+    scheduler.remember(list(records))
+    return scheduler
+
+
+def restored(scheduler):
+    """The scheduler as ``Tuner.restore`` gives it back: unpickled from ``tuner.pkl``."""
+    return pickle.loads(pickle.dumps(scheduler))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_asha_resumed_mid_search_decides_as_if_it_never_stopped(seed):
+    order = events(seed)
+    uninterrupted = drive(started(RememberingASHA(**ASHA_ARGS)), order, set())
+    cut = len(order) // 2
+    before, after = order[:cut], order[cut:]
+    first = RememberingASHA(**ASHA_ARGS)
+    pickled_at_start = restored(first)  # what tuner.pkl holds: empty rungs
+    stopped: set[str] = set()
+    decisions = drive(started(first), before, stopped)
+    # The driver is killed here, after Ray's snapshot of every trial that reported.
+    resumed = started(pickled_at_start, records_of(before, {t for t, _ in before}))
+    decisions += drive(resumed, after, set(stopped))
+    assert decisions == uninterrupted
+
+
+def test_trial_resumed_below_the_rung_cutoff_is_stopped_at_that_rung():
+    asha = dict(ASHA_ARGS, max_t=3)  # rungs at epochs 1 and 3
+    strong = [(f"s{i}", {"epoch": 1, "timestamp": i, "val_accuracy": 0.9}) for i in range(4)]
+    weak = ("weak", {"epoch": 1, "timestamp": 10, "val_accuracy": 0.1})
+    # Before the interruption the weak trial had not reached rung 1: it resumes from epoch 0
+    # and reports epoch 1 only after the resume.
+    records = records_of(strong, {t for t, _ in strong})
+    forgetful = restored(ASHAScheduler(**asha))  # Ray's own ASHA, as restore gives it back
+    forgetful.on_trial_add(None, FakeTrial("weak"))
+    assert forgetful.on_trial_result(None, FakeTrial("weak"), weak[1]) == TrialScheduler.CONTINUE
+    remembering = started(restored(RememberingASHA(**asha)), records)
+    remembering.on_trial_add(None, FakeTrial("weak"))
+    assert remembering.on_trial_result(None, FakeTrial("weak"), weak[1]) == TrialScheduler.STOP
+
+
+def test_trial_stopped_after_the_last_snapshot_is_stopped_again_at_its_rung():
+    asha = dict(ASHA_ARGS, max_t=4, grace_period=2, reduction_factor=2)
+    order = [("good", {"epoch": 1, "timestamp": 1, "val_accuracy": 0.8}),
+             ("good", {"epoch": 2, "timestamp": 2, "val_accuracy": 0.9}),
+             ("late", {"epoch": 1, "timestamp": 3, "val_accuracy": 0.1}),
+             ("late", {"epoch": 2, "timestamp": 4, "val_accuracy": 0.2})]
+    live = started(RememberingASHA(**asha))
+    assert drive(live, order, set())[-1] == ("late", 2, TrialScheduler.STOP)
+    # The snapshot still shows "late" running from its epoch-1 checkpoint: Ray runs epoch 2
+    # again, even better this time; ASHA stopped it there before, so it stops it again.
+    resumed = started(restored(RememberingASHA(**asha)), records_of(order, {"good", "late"}))
+    resumed.on_trial_add(None, FakeTrial("late"))
+    again = {"epoch": 2, "timestamp": 9, "val_accuracy": 0.95}
+    assert resumed.on_trial_result(None, FakeTrial("late"), again) == TrialScheduler.STOP
+    resumed.on_trial_add(None, FakeTrial("good"))
+    assert resumed.on_trial_result(None, FakeTrial("good"), {
+        "epoch": 3, "timestamp": 9, "val_accuracy": 0.9}) == TrialScheduler.CONTINUE
+
+
+def test_budget_stops_running_trials_at_their_epoch_boundary_and_marks_them():
+    budget = DeviceBudget({"wall_seconds": 100.0}, max_t=3)
+    assert not budget("a", {"epoch": 1, "wall_seconds": 60.0})
+    result = {"epoch": 1, "wall_seconds": 45.0}
+    assert budget("b", result) and result["stop_reason"] == "budget"
+    # A trial reporting max_t ends anyway: not marked.
+    last = {"epoch": 3, "wall_seconds": 70.0}
+    assert not budget("a", last) and "stop_reason" not in last
+    # Cumulative reports: a trial resumed from an earlier checkpoint is not counted twice.
+    assert budget.spent("wall_seconds") == pytest.approx(115.0)
+    budget("a", {"epoch": 2, "wall_seconds": 65.0})
+    assert budget.spent("wall_seconds") == pytest.approx(115.0)
+
+
+def test_budget_counts_what_the_experiment_spent_before_this_run():
+    previous = [TrialRecord(trial_id=t, round="main", path="", config={},
+                            history=[{"epoch": 1, "gpu_seconds": 30.0, "wall_seconds": 30.0}])
+                for t in ("x", "y")]
+    budget = DeviceBudget({"gpu_seconds": 100.0}, max_t=3)
+    started(BudgetFIFO(budget=budget), previous)
+    assert budget.spent("gpu_seconds") == pytest.approx(60.0) and not budget.reached
+    assert budget("z", {"epoch": 1, "gpu_seconds": 41.0})
+
+
+def test_spent_budget_starts_no_new_trial_and_ends_the_searcher():
+    class SearchAlg:
+        finished = False
+
+        def set_finished(self):
+            self.finished = True
+
+    class Controller:
+        def __init__(self, trials):
+            self.search_alg = SearchAlg()
+            self.trials = trials
+            self.stopped = []
+
+        def get_trials(self):
+            return self.trials
+
+        def stop_trial(self, trial):
+            self.stopped.append(trial.trial_id)
+            trial.status = Trial.TERMINATED
+
+    budget = DeviceBudget({"wall_seconds": 10.0}, max_t=3)
+    scheduler = started(RememberingASHA(budget=budget, **ASHA_ARGS))
+    new, interrupted = FakeTrial("new", Trial.PENDING), FakeTrial(
+        "interrupted", Trial.PENDING, last_result={"epoch": 1})
+    running = FakeTrial("running", Trial.RUNNING)
+    controller = Controller([new, interrupted, running])
+    for trial in controller.trials:
+        scheduler.on_trial_add(controller, trial)
+    assert scheduler.choose_trial_to_run(controller) is not None  # budget not spent yet
+    budget("running", {"epoch": 1, "wall_seconds": 12.0})
+    assert scheduler.choose_trial_to_run(controller) is interrupted
+    # The new trial never starts; the interrupted one resumes to its next epoch boundary.
+    assert controller.stopped == ["new"] and controller.search_alg.finished
+
+
+def test_budget_shared_by_scheduler_and_stopper_survives_the_tuner_pickle():
+    budget = DeviceBudget({"gpu_seconds": 10.0}, max_t=3)
+    scheduler, stopper = pickle.loads(pickle.dumps((BudgetFIFO(budget=budget), budget)))
+    assert scheduler.budget is stopper
