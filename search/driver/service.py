@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from search.driver.cluster import check_shared_storage, connect, resolve_gpus
+from search.driver.cluster import WaitReporter, check_shared_storage, connect, resolve_gpus
 from search.driver.progress import ProgressPrinter
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
 from search.driver.study import METRIC, MODE, TIME_ATTR, TrialStatus, journal_path_for
@@ -144,7 +144,7 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
             # The best checkpoint is what export takes; Ray also keeps the latest to resume.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            callbacks=[ProgressPrinter(spec.max_t)],
+            callbacks=[ProgressPrinter(spec.max_t), WaitReporter()],
             verbose=0,
         ),
     )

@@ -111,6 +111,12 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
         read_state(restore_dir) if restore_dir else {},
         batch_size=int(params["batch_size"]), learning_rate=float(params["learning_rate"]))
     attempt = _Attempt(state, gpu_ids, run.precision)
+    missing = runtime.missing_gpu_message(gpu_ids, run.gpus)
+    if missing is not None:
+        attempt.fail("no_gpu", missing)
+        if restore_dir is not None:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+        return
 
     def build() -> tuple[Any, Any, Any]:
         if restore_dir is not None:
