@@ -15,7 +15,12 @@ from model_zoo.backbones import (
     register_backbone,
 )
 from model_zoo.builder import MAX_IMAGE_SIZE, build_model, describe_model, model_summary
-from model_zoo.config import MODEL_KEYS, ModelConfig
+from model_zoo.config import (
+    MODEL_KEYS,
+    UPSAMPLE_INTERPOLATIONS,
+    XLA_INTERPOLATIONS,
+    ModelConfig,
+)
 from model_zoo.errors import ModelConfigError, WeightsFallbackWarning, WeightsUnavailableError
 from model_zoo.weights import cached_weights_path, keras_cache_dir, weights_status
 
@@ -24,6 +29,8 @@ __all__ = [
     "MAX_IMAGE_SIZE",
     "MODEL_KEYS",
     "PREPROCESSING",
+    "UPSAMPLE_INTERPOLATIONS",
+    "XLA_INTERPOLATIONS",
     "BackboneSpec",
     "ModelConfig",
     "ModelConfigError",

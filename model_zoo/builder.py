@@ -3,7 +3,8 @@
 The model takes [0, 1] RGB (or grayscale) images and lays out, in order:
 
 - ``input_noise`` GaussianNoise (omitted when ``noise_std == 0``),
-- ``input_upsample`` UpSampling2D (omitted when ``upsample == 1``),
+- ``input_upsample`` UpSampling2D with ``upsample_interpolation`` (omitted when
+  ``upsample == 1``),
 - ``input_rgb`` (grayscale inputs without input convs only: the channel repeated three times),
 - ``input_conv_1`` ... ``input_conv_N`` ("same" Conv2D; the last has 3 filters and a sigmoid),
 - ``preprocess_bgr`` / ``preprocess_<mode>``: the backbone's preprocessing, zero parameters,
@@ -191,7 +192,14 @@ def build_model(
     if config.noise_std > 0:
         x = keras.layers.GaussianNoise(config.noise_std, name="input_noise")(x)
     if up > 1:
-        x = keras.layers.UpSampling2D(up, name="input_upsample")(x)
+        upsample = keras.layers.UpSampling2D(
+            up, interpolation=config.upsample_interpolation, name="input_upsample"
+        )
+        # Keras's jit_compile="auto" turns XLA on for GPUs unless a layer says it cannot be
+        # compiled (as Keras's own RandomZoom does); a smooth resize without an XLA kernel
+        # would otherwise fail at the first step.
+        upsample.supports_jit = config.xla_compatible
+        x = upsample(x)
     if channels == 1 and config.input_convs == 0:
         x = keras.layers.Concatenate(name="input_rgb")([x, x, x])
     for i in range(1, config.input_convs + 1):

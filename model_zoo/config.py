@@ -17,6 +17,13 @@ from model_zoo.errors import ModelConfigError
 
 WEIGHTS_CHOICES = ("imagenet", "auto", "none")
 POOLINGS = ("flatten", "avg")
+# What keras.layers.UpSampling2D accepts as `interpolation` (Keras 3.15 with TensorFlow): nearest
+# repeats pixels (the original method); the others resize smoothly, as a resize before the model
+# would.
+UPSAMPLE_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos3", "lanczos5", "area")
+# The ones TensorFlow's XLA compiler has a kernel for; the others (ResizeBicubic, ResizeArea,
+# ScaleAndTranslate) fail to compile, so a model using them must run without XLA.
+XLA_INTERPOLATIONS = ("nearest", "bilinear")
 
 
 def _is_int(value: Any) -> bool:
@@ -44,6 +51,10 @@ class ModelConfig:
             of the backbone's notop weights file (``.h5``), for clusters without internet.
         noise_std: Standard deviation of the GaussianNoise on the [0, 1] input; 0 omits it.
         upsample: Integer UpSampling2D factor; 1 omits it.
+        upsample_interpolation: How UpSampling2D enlarges the image: ``nearest`` (repeats
+            pixels, the original method) or a smooth resize (``bilinear``, ``bicubic``,
+            ``lanczos3``, ``lanczos5``, ``area``). No parameters either way; unused when
+            ``upsample == 1``.
         input_convs: Number of "same"-padded Conv2D layers before the backbone. Convs 1..N-1
             have ``input_conv_filters`` filters and ReLU; conv N has 3 filters and a sigmoid so
             that it hands the backbone an RGB image in [0, 1], which is what the backbone's
@@ -62,6 +73,7 @@ class ModelConfig:
     weights: str = "imagenet"
     noise_std: float = 0.01
     upsample: int = 2
+    upsample_interpolation: str = "nearest"
     input_convs: int = 0
     input_conv_filters: int = 16
     input_conv_kernel: int = 3
@@ -95,6 +107,12 @@ class ModelConfig:
         object.__setattr__(self, "noise_std", float(self.noise_std))
 
         _check_int("upsample", self.upsample, 1)
+        # Checked even when upsample is 1: a typo should not wait until upsample is searched.
+        if self.upsample_interpolation not in UPSAMPLE_INTERPOLATIONS:
+            raise ModelConfigError(
+                f"upsample_interpolation: must be one of {list(UPSAMPLE_INTERPOLATIONS)}, "
+                f"got {self.upsample_interpolation!r}"
+            )
         _check_int("input_convs", self.input_convs, 0)
         _check_int("input_conv_filters", self.input_conv_filters, 1)
         _check_int("input_conv_kernel", self.input_conv_kernel, 1)
@@ -130,6 +148,11 @@ class ModelConfig:
                 f"freeze: must be in [0, {spec.max_freeze}] for backbone {self.backbone}, "
                 f"got {self.freeze!r}"
             )
+
+    @property
+    def xla_compatible(self) -> bool:
+        """Whether XLA can compile the model: no UpSampling2D, or one XLA has a kernel for."""
+        return self.upsample == 1 or self.upsample_interpolation in XLA_INTERPOLATIONS
 
     @property
     def freeze_depth(self) -> int:

@@ -5,12 +5,14 @@ Made for ``ray submit``, which uploads this one file to the head node and runs i
     ray up cluster.yaml
     ray submit cluster.yaml scripts/cluster_search.py -- configs/cifar10.yaml \\
         --storage s3://YOUR_BUCKET/finetune-search
-    ray submit cluster.yaml scripts/cluster_search.py -- --smoke-test
+    ray submit cluster.yaml scripts/cluster_search.py -- --smoke-test \\
+        --storage s3://YOUR_BUCKET/finetune-search
 
 The package is installed on every node by cluster.yaml's setup_commands, and the repository is
 mounted at ~/finetune-search, so a relative CONFIG is looked up in the current directory first,
-then there. ``--smoke-test`` runs the packaged offline quickstart with 2 trials of 1 epoch.
-The search itself is ``finetune-search run CONFIG --address auto ...``.
+then there. ``--smoke-test`` runs the packaged offline quickstart with 2 trials of 1 epoch, each
+on a GPU: it proves that a GPU worker starts, that TensorFlow uses its GPU and that the worker
+writes to the shared storage. The search itself is ``finetune-search run CONFIG --address auto``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import sys
 from collections.abc import Sequence
 
 REPO_ON_CLUSTER = "~/finetune-search"  # cluster.yaml's file_mounts puts the repository here
-SMOKE_TEST_OVERRIDES = ["search.num_samples=2", "train.epochs=1"]
+# A GPU per trial, whatever the cluster has when the search starts (its GPU workers scale from
+# zero): the smoke test must exercise the GPU path, never fall back to the head's CPUs.
+SMOKE_TEST_OVERRIDES = ["search.num_samples=2", "train.epochs=1", "resources.gpus_per_trial=1"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY.PATH=VALUE", help="override one spec value (repeatable)")
     parser.add_argument("--smoke-test", action="store_true",
-                        help="run the packaged quickstart with 2 trials of 1 epoch")
+                        help="run the packaged quickstart with 2 trials of 1 epoch on GPUs")
     return parser
 
 

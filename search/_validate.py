@@ -53,7 +53,9 @@ def did_you_mean(key: str, valid: Sequence[str]) -> str:
 
 def unknown_key(where: str, key: Any, valid: Sequence[str]) -> SpecError:
     """The one phrasing of an unknown key."""
-    return SpecError(f"{where}: unknown key `{key}`{did_you_mean(str(key), valid)}")
+    # A key with a line break or other control character is echoed, so the error stays one line.
+    shown = key if isinstance(key, str) and key.isprintable() else echo(key)
+    return SpecError(f"{where}: unknown key `{shown}`{did_you_mean(str(key), valid)}")
 
 
 def check_keys(mapping: Any, valid: Sequence[str], where: str) -> Mapping:

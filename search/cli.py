@@ -284,6 +284,8 @@ class Describe(Command):
                             f"got {args.input_shape!r}") from None
         described = describe_model_settings(settings, input_shape=shape,
                                             num_classes=args.classes)
+        # The summary's layer table does not show settings such as upsample_interpolation.
+        print("model settings: " + ", ".join(f"{k}={v}" for k, v in described.settings.items()))
         print(described.summary)
         print(f"total parameters:         {described.total_params:,}")
         print(f"trainable parameters:     {described.trainable_params:,}")

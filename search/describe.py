@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from search._validate import echo
@@ -12,8 +12,9 @@ from search.errors import SpecError
 
 @dataclass
 class ModelDescription:
-    """A built model's summary and its parameter counts."""
+    """A built model's settings (defaults filled in), summary and parameter counts."""
 
+    settings: dict[str, Any]
     summary: str
     total_params: int
     trainable_params: int
@@ -50,7 +51,9 @@ def describe_settings(source: str) -> dict[str, Any]:
         from search.spec import load_spec
 
         spec = load_spec(source)
-        value = {**spec.model, **spec.baseline_point()}
+        # The baseline also holds searched training settings (learning_rate...): not the model's.
+        value = {**spec.model, **{k: v for k, v in spec.baseline_point().items()
+                                  if k in MODEL_KEYS}}
         # A searched key without an original-method value: describe its first candidate.
         for key, dist in spec.space.items():
             if key not in value and key in MODEL_KEYS:
@@ -75,10 +78,12 @@ def describe_model_settings(settings: dict[str, Any], *, input_shape: tuple[int,
     if num_classes < 2:
         raise SpecError(f"num_classes: must be an int >= 2, got {num_classes}",
                         key="num_classes")
-    from model_zoo import build_model, describe_model, model_summary
+    from model_zoo import ModelConfig, build_model, describe_model, model_summary
 
-    model = build_model(settings, input_shape=input_shape, num_classes=num_classes)
+    config = ModelConfig.from_mapping(settings)
+    model = build_model(config, input_shape=input_shape, num_classes=num_classes)
     counts = describe_model(model)
-    return ModelDescription(summary=model_summary(model), total_params=counts["total_params"],
+    return ModelDescription(settings=asdict(config), summary=model_summary(model),
+                            total_params=counts["total_params"],
                             trainable_params=counts["trainable_params"],
                             non_trainable_params=counts["non_trainable_params"])

@@ -17,10 +17,12 @@ DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
 # Settings that only matter when another one allows them: key -> (parent, rule, test). Optuna's
 # define-by-run API samples them only then, so TPE does not learn from values that had no
-# effect. (The last input conv always has 3 filters, so `input_conv_filters` needs two convs.)
+# effect. (The last input conv always has 3 filters, so `input_conv_filters` needs two convs;
+# `upsample: 1` has no UpSampling2D layer to interpolate.)
 CONDITIONS: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
     "input_conv_filters": ("input_convs", "input_convs > 1", lambda convs: convs > 1),
     "input_conv_kernel": ("input_convs", "input_convs > 0", lambda convs: convs > 0),
+    "upsample_interpolation": ("upsample", "upsample > 1", lambda factor: factor > 1),
     "momentum": ("optimizer", "optimizer == 'sgd'", lambda optimizer: optimizer == "sgd"),
 }
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from model_zoo import MODEL_KEYS, ModelConfig, ModelConfigError
+from model_zoo import MODEL_KEYS, XLA_INTERPOLATIONS, ModelConfig, ModelConfigError
 from search._validate import (
     check_float,
     check_int,
@@ -39,11 +39,12 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("tpe", "random")
 
-# The original method's settings (GaussianNoise 0.01, x2 upsampling, no input convs, nothing
-# frozen, a 256/0.75 head): the baseline trial every search is measured against.
+# The original method's settings (GaussianNoise 0.01, x2 nearest-neighbour upsampling, no input
+# convs, nothing frozen, a 256/0.75 head): the baseline trial every search is measured against.
 ORIGINAL_METHOD: dict[str, Any] = {
     "noise_std": 0.01,
     "upsample": 2,
+    "upsample_interpolation": "nearest",
     "input_convs": 0,
     "freeze": 0,
     "dense_units": 256,
@@ -283,6 +284,28 @@ def _parse_space(raw: Any, model: Mapping[str, Any], train_raw: Mapping) -> dict
     return space
 
 
+def _candidates(key: str, fixed: Any, space: Mapping[str, Distribution]) -> tuple:
+    """The values ``key`` can take in a trial: its searched candidates, or its fixed value."""
+    return space[key].endpoints() if key in space else (fixed,)
+
+
+def _check_jit_compile(model: Mapping[str, Any], train: TrainSpec,
+                       space: Mapping[str, Distribution]) -> None:
+    """``jit_compile: true`` asks for XLA, which has no kernel for a smooth resize other than
+    bilinear: refused here rather than at a trial's first step (``auto`` simply goes without)."""
+    if True not in _candidates("jit_compile", train.jit_compile, space):
+        return
+    if _candidates("upsample", model.get("upsample", 2), space) == (1,):
+        return
+    interpolations = _candidates("upsample_interpolation",
+                                 model.get("upsample_interpolation", "nearest"), space)
+    for value in interpolations:
+        if value not in XLA_INTERPOLATIONS:
+            raise SpecError(f"train.jit_compile: true needs upsample_interpolation in "
+                            f"{list(XLA_INTERPOLATIONS)} (XLA has no kernel for the others; "
+                            f"use jit_compile: auto), got upsample_interpolation={echo(value)}")
+
+
 def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     """Validates a spec given as plain data (what YAML gives) and freezes it.
 
@@ -315,6 +338,7 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     train = TrainSpec.from_mapping(train_raw)
     space = _parse_space(raw.get("space") or {}, model, train_raw)
     check_conditions(space, {**model, **train_raw}, setting_defaults())
+    _check_jit_compile(model, train, space)
     # A key both written under model/train and searched is searched; the written value is
     # where the baseline trial starts.
     baseline_values = {k: model.pop(k) for k in list(model) if k in space}

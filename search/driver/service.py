@@ -21,7 +21,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from search.driver.cluster import check_shared_storage, connect, resolve_gpus
+from search.driver.cluster import WaitReporter, check_shared_storage, connect, resolve_gpus
 from search.driver.mirror import JournalMirror, mirroring
 from search.driver.progress import ProgressPrinter
 from search.driver.reconcile import ray_trials, reconcile_study
@@ -150,7 +150,7 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
             # The best checkpoint is what export takes; Ray also keeps the latest to resume.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            callbacks=[ProgressPrinter(spec.max_t), JournalMirror()],
+            callbacks=[ProgressPrinter(spec.max_t), JournalMirror(), WaitReporter()],
             verbose=0,
         ),
     )

@@ -18,6 +18,11 @@ from typing import Any
 # (before first use), and a trial process is reused for many trials.
 _CONFIGURED_GPUS: list[Any] | None = None
 
+# Set to 1 only where Ray's GPUs are declared but not real (tests on a CPU machine with
+# `ray.init(num_gpus=...)` or `Cluster.add_node(num_gpus=...)`): a trial holding one then trains
+# on the CPU instead of failing with `no_gpu`. Never set on a real cluster.
+FAKE_GPUS_ENV = "FINETUNE_SEARCH_FAKE_GPUS"
+
 
 @dataclass
 class Runtime:
@@ -79,6 +84,25 @@ def configure_gpus(tf: Any, gpu_fraction: float) -> list[Any]:
         tf.config.experimental.set_memory_growth(gpu, True)
     _CONFIGURED_GPUS = list(gpus)
     return list(gpus)
+
+
+def missing_gpu_message(gpu_ids: list[str], visible_gpus: list[Any]) -> str | None:
+    """Why a trial cannot use the GPUs it holds, or ``None`` when it can.
+
+    Ray assigns GPUs by what a node declares; TensorFlow finds none when the driver, the
+    container's ``--gpus all`` or the CUDA wheels are missing, and would then train on the CPU
+    without a word (float32, hours). Such a trial must end instead, naming the cause.
+
+    Args:
+        gpu_ids: The GPUs Ray assigned to the trial.
+        visible_gpus: The GPUs TensorFlow lists in the trial's process.
+    """
+    if not gpu_ids or visible_gpus or os.environ.get(FAKE_GPUS_ENV) == "1":
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    return (f"Ray assigned GPU {','.join(gpu_ids)} but TensorFlow sees no GPU "
+            f"(CUDA_VISIBLE_DEVICES={visible}); check the NVIDIA driver, the container's "
+            f"--gpus all and tensorflow[and-cuda]")
 
 
 def resolve_precision(tf: Any, requested: str, gpus: list[Any]) -> str:

@@ -167,6 +167,10 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
         batch_size=int(params["batch_size"]), learning_rate=float(params["learning_rate"]))
     attempt = _Attempt(state, gpu_ids, run.precision, gpu_count=gpu_count,
                        began=attempt_began)
+    missing = runtime.missing_gpu_message(gpu_ids, run.gpus)
+    if missing is not None:
+        attempt.fail("no_gpu", missing)
+        return
 
     def build() -> tuple[Any, Any, Any]:
         # From the last completed epoch's weights and optimizer state when there is one.

@@ -18,6 +18,8 @@ import pytest
 
 from model_zoo import (
     BACKBONES,
+    UPSAMPLE_INTERPOLATIONS,
+    XLA_INTERPOLATIONS,
     BackboneSpec,
     ModelConfig,
     ModelConfigError,
@@ -137,6 +139,63 @@ def test_parameter_counts(config: dict, num_classes: int, expected: int) -> None
     model = build_model({**ORIGINAL, **config}, input_shape=SHAPE, num_classes=num_classes)
     assert model.count_params() == expected
     assert describe_model(model)["non_trainable_params"] == 0
+
+
+@pytest.mark.parametrize("interpolation", UPSAMPLE_INTERPOLATIONS)
+def test_every_interpolation_keeps_the_original_parameter_counts(interpolation: str) -> None:
+    model = build_model({**ORIGINAL, "upsample_interpolation": interpolation},
+                        input_shape=SHAPE, num_classes=10)
+    assert model.count_params() == 15_241_802
+    upsample = model.get_layer("input_upsample")
+    assert upsample.interpolation == interpolation
+    assert upsample.output.shape == (None, 64, 64, 3)
+
+
+def test_nearest_and_bilinear_give_different_outputs_on_the_same_input() -> None:
+    nearest = build_model(ORIGINAL, input_shape=SHAPE, num_classes=10)
+    bilinear = build_model({**ORIGINAL, "upsample_interpolation": "bilinear"},
+                           input_shape=SHAPE, num_classes=10)
+    bilinear.set_weights(nearest.get_weights())  # the same weights: only the resize differs
+    images = np.random.default_rng(0).random((4, *SHAPE), dtype=np.float32)
+
+    def enlarged(model: keras.Model) -> np.ndarray:
+        return keras.Model(model.input, model.get_layer("input_upsample").output)(images).numpy()
+
+    # nearest repeats every pixel 2x2 (the original method); bilinear blends neighbours.
+    np.testing.assert_array_equal(enlarged(nearest), images.repeat(2, axis=1).repeat(2, axis=2))
+    assert not np.allclose(enlarged(bilinear), enlarged(nearest), atol=1e-3)
+    assert not np.allclose(bilinear.predict(images, verbose=0),
+                           nearest.predict(images, verbose=0), atol=1e-6)
+
+
+def test_upsample_1_has_no_upsampling_layer_whatever_the_interpolation() -> None:
+    model = build_model({**ORIGINAL, "upsample": 1, "upsample_interpolation": "bicubic"},
+                        input_shape=SHAPE, num_classes=10)
+    assert "input_upsample" not in [layer.name for layer in model.layers]
+    assert model.count_params() == VGG16_PARAMS + dense(512, 256) + dense(256, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interpolation", UPSAMPLE_INTERPOLATIONS)
+def test_jit_compile_true_trains_every_interpolation_with_xla_where_it_has_a_kernel(
+    interpolation: str,
+) -> None:
+    # XLA has no kernel for bicubic, lanczos or area resizes: the layer says so, Keras then
+    # trains without XLA (with a warning) instead of failing at the first step.
+    model = build_model({"backbone": "small_cnn", "weights": "none", "upsample": 2,
+                         "upsample_interpolation": interpolation},
+                        input_shape=(8, 8, 3), num_classes=3)
+    compile_args = dict(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=True)
+    if interpolation in XLA_INTERPOLATIONS:
+        model.compile(**compile_args)
+        assert model.jit_compile is True
+    else:
+        with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
+            model.compile(**compile_args)
+        assert model.jit_compile is False
+    history = model.fit(np.full((4, 8, 8, 3), 0.5, "float32"), np.zeros(4), epochs=1,
+                        verbose=0)
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_x5_upsampling_gives_5x5_block5_pool() -> None:
@@ -366,9 +425,15 @@ def test_describe_and_summary_text() -> None:
     assert f"{conv(3, 3, 64) + conv(3, 64, 64):,}" in text  # non-trainable: block1
 
 
-def test_saved_model_loads_where_model_zoo_cannot_be_imported(tmp_path: Path) -> None:
-    model = build_model(ORIGINAL, input_shape=SHAPE, num_classes=10)
-    model.save(tmp_path / "model.keras")
+def test_saved_models_load_where_model_zoo_cannot_be_imported(tmp_path: Path) -> None:
+    # The original model, and one with a smooth resize (a searched upsample_interpolation).
+    models = {
+        "nearest": build_model(ORIGINAL, input_shape=SHAPE, num_classes=10),
+        "bicubic": build_model({**ORIGINAL, "upsample_interpolation": "bicubic"},
+                               input_shape=SHAPE, num_classes=10),
+    }
+    for name, model in models.items():
+        model.save(tmp_path / f"{name}.keras")
     images = np.random.default_rng(1).random((4, *SHAPE), dtype=np.float32)
     np.save(tmp_path / "images.npy", images)
 
@@ -387,8 +452,9 @@ def test_saved_model_loads_where_model_zoo_cannot_be_imported(tmp_path: Path) ->
             raise SystemExit("model_zoo is importable")
         import keras
         import numpy as np
-        model = keras.saving.load_model("model.keras")
-        np.save("loaded.npy", model.predict(np.load("images.npy"), verbose=0))
+        for name in ("nearest", "bicubic"):
+            model = keras.saving.load_model(f"{name}.keras")
+            np.save(f"{name}-loaded.npy", model.predict(np.load("images.npy"), verbose=0))
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -397,9 +463,10 @@ def test_saved_model_loads_where_model_zoo_cannot_be_imported(tmp_path: Path) ->
         timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    loaded = np.load(tmp_path / "loaded.npy")
-    assert loaded.shape == (4, 10)
-    np.testing.assert_allclose(loaded, model.predict(images, verbose=0), atol=1e-5)
+    for name, model in models.items():
+        loaded = np.load(tmp_path / f"{name}-loaded.npy")
+        assert loaded.shape == (4, 10)
+        np.testing.assert_allclose(loaded, model.predict(images, verbose=0), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ def test_defaults_are_the_original_method() -> None:
         "weights": "imagenet",
         "noise_std": 0.01,
         "upsample": 2,
+        "upsample_interpolation": "nearest",
         "input_convs": 0,
         "input_conv_filters": 16,
         "input_conv_kernel": 3,
@@ -111,6 +112,13 @@ def test_direct_construction_is_validated_too() -> None:
         ({"upsample": 2.0}, r"^upsample: must be an int >= 1, got 2\.0$"),
         ({"upsample": True}, r"^upsample: must be an int >= 1, got True$"),
         ({"upsample": "2"}, r"^upsample: must be an int >= 1, got '2'$"),
+        ({"upsample_interpolation": "linear"},
+         r"^upsample_interpolation: must be one of \['nearest', 'bilinear', 'bicubic', "
+         r"'lanczos3', 'lanczos5', 'area'\], got 'linear'$"),
+        ({"upsample_interpolation": None}, r"^upsample_interpolation: must be one of .*, "
+                                           r"got None$"),
+        ({"upsample": 1, "upsample_interpolation": "cubic"},
+         r"^upsample_interpolation: must be one of .*, got 'cubic'$"),
         ({"input_convs": -1}, r"^input_convs: must be an int >= 0, got -1$"),
         ({"input_convs": 1.5}, r"^input_convs: must be an int >= 0, got 1\.5$"),
         ({"input_conv_filters": 0}, r"^input_conv_filters: must be an int >= 1, got 0$"),

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from search.cli import main
 from search.errors import SpecError
 from search.spec import load_spec_dict
-from tests.helpers import tree_digest
+from tests.helpers import REPO, tree_digest
 from tests.search.test_spec import BASE
+
+CIFAR10 = str(REPO / "configs" / "cifar10.yaml")
 
 junk = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
@@ -123,6 +125,14 @@ def test_any_cli_arguments_exit_2_with_one_line_and_leave_the_experiment_alone(
         (["describe", '{"upsample": 64}', "--input-shape", "32,32,3"], "upsample"),
         (["describe", '{"backbone": "vgg16", "freeze": 40, "weights": "none"}'], "freeze"),
         (["describe", '{"noise_std": -1}'], "noise_std"),
+        (["describe", '{"upsample_interpolation": "cubic"}'],
+         "upsample_interpolation: must be one of ['nearest', 'bilinear', 'bicubic', 'lanczos3', "
+         "'lanczos5', 'area'], got 'cubic'"),
+        (["validate", CIFAR10, "--set",
+          "space.upsample_interpolation={choice: [nearest, trilinear]}"],
+         "space.upsample_interpolation: must be one of"),
+        (["validate", CIFAR10, "--set", "model.upsample_interpolation=Bilinear"],
+         "model.upsample_interpolation: must be one of"),
         (["validate", "/"], "is a folder"),
         (["export", "/nonexistent"], "experiment folder not found"),
         (["extend", "/nonexistent", "--more", "0"], "--more: must be an int >= 1"),

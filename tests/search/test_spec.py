@@ -64,6 +64,19 @@ def test_baseline_point_is_the_original_method_for_searched_keys():
                                      "freeze": 0, "dropout": 0.75}
 
 
+def test_searched_upsample_interpolation_starts_the_baseline_at_nearest():
+    spec = load_spec_dict(spec_with(
+        space__upsample_interpolation={"choice": ["nearest", "bilinear", "bicubic"]}))
+    assert spec.baseline_point()["upsample_interpolation"] == "nearest"
+    assert spec.space["upsample_interpolation"].values == ("nearest", "bilinear", "bicubic")
+
+
+def test_jit_compile_true_is_fine_with_xla_interpolations_or_without_upsampling():
+    load_spec_dict(spec_with(train__jit_compile=True, model__upsample_interpolation="bilinear"))
+    load_spec_dict(spec_with(train__jit_compile=True, space__upsample=KeyError, model__upsample=1,
+                             model__upsample_interpolation="bicubic"))
+
+
 def test_dump_round_trips():
     spec = load_spec_dict(BASE)
     again = load_spec_dict(yaml.safe_load(dump_spec(spec)))
@@ -118,6 +131,19 @@ def test_dump_round_trips():
          r"budget_gpu_hours=1"),
         ({"search__budget_device_hours": -1},
          r"search\.budget_device_hours: must be"),
+        ({"space__upsample_interpolation": {"choice": ["nearest", "cubic"]}},
+         r"^space\.upsample_interpolation: must be one of \['nearest', 'bilinear', 'bicubic', "
+         r"'lanczos3', 'lanczos5', 'area'\], got 'cubic'$"),
+        ({"model__upsample_interpolation": "linear"},
+         r"^model\.upsample_interpolation: must be one of .*, got 'linear'$"),
+        ({"space__upsample_interpolation": {"choice": ["bilinear", "bicubic"]}},
+         r"^search\.baseline: the original method's upsample_interpolation='nearest' must lie "
+         r"in space\.upsample_interpolation"),
+        ({"space__upsample_interpolation": {"choice": ["nearest", "lanczos3"]},
+          "train__jit_compile": True},
+         r"^train\.jit_compile: true needs upsample_interpolation in \['nearest', 'bilinear'\] "
+         r"\(XLA has no kernel for the others; use jit_compile: auto\), "
+         r"got upsample_interpolation='lanczos3'$"),
     ],
 )
 def test_bad_spec_gets_one_line_error(changes, message):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from search.driver.cluster import AUTOSCALING_ENV, SHARED_FS_ENV
 from search.driver.service import run_search
 from search.outputs.results import load_trials
 from search.spec import load_spec_dict
-from tests.helpers import TINY_SPEC
+from search.trial.runtime import FAKE_GPUS_ENV
+from tests.helpers import TINY_SPEC, cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +26,10 @@ def gpu_cluster(monkeypatch):
     from ray.cluster_utils import Cluster
 
     # Every node of this test cluster sees the same local folder.
-    monkeypatch.setenv("FINETUNE_SEARCH_SHARED_FS", "1")
+    monkeypatch.setenv(SHARED_FS_ENV, "1")
+    # The GPUs the workers declare are fake: trials holding one train on this machine's CPU.
+    # The nodes (and so the trials) inherit the variable.
+    monkeypatch.setenv(FAKE_GPUS_ENV, "1")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     workers = [cluster.add_node(num_cpus=2, num_gpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -125,3 +130,44 @@ def test_gpu_hour_budget_stops_new_trials_and_every_trial_reports_gpu_seconds(tm
     # GPU-seconds are the trial's wall time on its one GPU.
     for trial in trials:
         assert trial.gpu_seconds == pytest.approx(trial.wall_seconds)
+
+
+@pytest.fixture
+def ray_with_one_undeclared_gpu(monkeypatch):
+    """A local Ray that declares one GPU this machine does not have, without the opt-out."""
+    import ray
+
+    monkeypatch.delenv(FAKE_GPUS_ENV, raising=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+             _node_ip_address="127.0.0.1", configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_trial_holding_a_gpu_tensorflow_cannot_see_fails_with_no_gpu(tmp_path,
+                                                                      ray_with_one_undeclared_gpu):
+    spec = tiny_spec(tmp_path, name="nogpu",
+                     search={"num_samples": 1, "max_concurrent": 1, "seed": 0},
+                     resources={"cpus_per_trial": 1, "gpus_per_trial": 1})
+    summary = run_search(spec)
+    (trial,) = load_trials(summary.experiment_dir)
+    assert trial.status(spec.max_t) == "failed"
+    assert trial.failure_reason.startswith("no_gpu: Ray assigned GPU 0 but TensorFlow sees no "
+                                           "GPU"), trial.failure_reason
+    assert trial.epochs_run <= 1  # it ended at once, it did not train on the CPU
+
+
+def test_local_storage_on_an_autoscaling_cluster_is_refused_before_any_trial(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv(AUTOSCALING_ENV, "1")
+    monkeypatch.delenv(SHARED_FS_ENV, raising=False)
+    spec_path = write_spec(tmp_path, name="autoscaled")
+    done = cli("run", str(spec_path), "--num-cpus", "2")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: storage: a cluster that adds nodes ({AUTOSCALING_ENV}=1, a cluster "
+                      f"launcher or KubeRay) needs shared storage for checkpoints (s3://..., "
+                      f"gs://..., or an NFS path with {SHARED_FS_ENV}=1), got local path "
+                      f"{str(tmp_path / 'results')!r}"]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results" / "autoscaled").exists()

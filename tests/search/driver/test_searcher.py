@@ -13,6 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from search.driver.searcher import AshaAwareOptunaSearch, define_by_run
 from search.driver.study import ATTR_END, ATTR_RAY_TRIAL, open_study
 from search.space import parse_distribution
+from tests.helpers import tiny_spec
 
 SPACE = {
     "noise_std": parse_distribution({"loguniform": [0.001, 0.1]}, "s"),
@@ -93,6 +94,28 @@ def test_condition_read_from_fixed_settings(tmp_path):
     trial = study.ask()
     define_by_run(space, {"input_convs": 2})(trial)
     assert "input_conv_filters" in trial.params
+
+
+def test_searched_spec_draws_upsample_interpolation_only_when_upsample_is_above_1(tmp_path):
+    # `upsample` set explicitly in the space: the condition reads the value drawn for it.
+    spec = tiny_spec(tmp_path, space={
+        "upsample": {"choice": [1, 2, 3]},
+        "upsample_interpolation": {"choice": ["nearest", "bilinear", "bicubic"]},
+    })
+    sample = define_by_run(spec.space, spec.fixed_config())
+    study = open_study(str(tmp_path / "j"), "interp", seed=3)
+    seen = set()
+    for _ in range(15):
+        trial = study.ask()
+        sample(trial)
+        params = trial.params
+        seen.add(params["upsample"])
+        if params["upsample"] == 1:
+            assert "upsample_interpolation" not in params
+        else:
+            assert params["upsample_interpolation"] in ("nearest", "bilinear", "bicubic")
+        study.tell(trial, 0.5)
+    assert seen == {1, 2, 3}
 
 
 def test_study_states_follow_asha_decisions(tmp_path):

@@ -137,6 +137,7 @@ def test_describe_prints_summary_and_exact_counts():
                            '"upsample": 2}')
     assert done.returncode == 0, done.stderr[-2000:]
     assert "total parameters:         15,241,802" in done.stdout
+    assert "upsample=2, upsample_interpolation=nearest," in done.stdout  # not in the layer table
     for name in ("input_noise", "input_upsample", "block5_pool", "head_dense", "predictions"):
         assert name in done.stdout
     frozen = cli("describe", '{"backbone": "vgg16", "weights": "none", "freeze": "block4_pool"}',

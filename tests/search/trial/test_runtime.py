@@ -97,3 +97,21 @@ def test_auto_precision_follows_the_device(gpus, capability, expected):
     assert runtime.resolve_precision(fake_tf(gpus, capability), "auto",
                                        gpus) == expected
     assert runtime.resolve_precision(fake_tf(gpus, capability), "float32", gpus) == "float32"
+
+
+def test_trial_holding_a_gpu_tensorflow_cannot_see_gets_a_no_gpu_reason(monkeypatch):
+    monkeypatch.delenv(runtime.FAKE_GPUS_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    message = runtime.missing_gpu_message(["0"], [])
+    assert message == ("Ray assigned GPU 0 but TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES=0); "
+                       "check the NVIDIA driver, the container's --gpus all and "
+                       "tensorflow[and-cuda]")
+    assert runtime.missing_gpu_message(["0"], ["gpu0"]) is None  # it sees its GPU
+    assert runtime.missing_gpu_message([], []) is None  # a CPU trial
+
+
+def test_fake_gpus_are_allowed_only_when_declared_fake(monkeypatch):
+    monkeypatch.setenv(runtime.FAKE_GPUS_ENV, "1")
+    assert runtime.missing_gpu_message(["0"], []) is None
+    monkeypatch.setenv(runtime.FAKE_GPUS_ENV, "0")
+    assert runtime.missing_gpu_message(["0"], []) is not None
