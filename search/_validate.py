@@ -52,8 +52,10 @@ def did_you_mean(key: str, valid: Sequence[str]) -> str:
 
 
 def unknown_key(where: str, key: Any, valid: Sequence[str]) -> SpecError:
-    """The one phrasing of an unknown key."""
-    return SpecError(f"{where}: unknown key `{key}`{did_you_mean(str(key), valid)}")
+    """The one phrasing of an unknown key (a huge key is cut like an echoed value)."""
+    text = str(key)
+    shown = text if len(text) <= MAX_ECHO else echo(text)
+    return SpecError(f"{where}: unknown key `{shown}`{did_you_mean(text[:MAX_ECHO], valid)}")
 
 
 def check_keys(mapping: Any, valid: Sequence[str], where: str) -> Mapping:

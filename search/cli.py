@@ -15,8 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from search._validate import echo
 from search.driver.study import METRIC
-from search.errors import SpecError
+from search.errors import SpecError, shorten
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -34,7 +35,8 @@ def _int_at_least(low: int):  # noqa: ANN202 - an argparse type
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"must be an int >= {low}, got {echo(text)}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {value}")
         return value
@@ -269,7 +271,7 @@ class Describe(Command):
             shape = tuple(int(p) for p in args.input_shape.split(","))
         except ValueError:
             raise SpecError(f"--input-shape: must be H,W,C integers, "
-                            f"got {args.input_shape!r}") from None
+                            f"got {echo(args.input_shape)}") from None
         described = describe_model_settings(settings, input_shape=shape,
                                             num_classes=args.classes)
         print(described.summary)
@@ -296,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _message(err: Exception, command: Command | None) -> str:
     """The error's one line, naming the command's flag where the library named a parameter."""
-    message = " ".join(str(err).split("\n"))
+    # SpecError cuts its own message; model_zoo's errors and argparse's are cut here.
+    message = shorten(str(err))
     key = getattr(err, "key", None)
     if command is not None and key in command.flags and message.startswith(f"{key}:"):
         message = command.flags[key] + message[len(key):]

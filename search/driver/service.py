@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from search._validate import echo
 from search.driver.cluster import check_shared_storage, connect, resolve_gpus
 from search.driver.progress import ProgressPrinter
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
@@ -267,7 +268,7 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
         SpecError: When ``more`` is not a positive int, or the search is still running.
     """
     if isinstance(more, bool) or not isinstance(more, int) or more < 1:
-        raise SpecError(f"more: must be an int >= 1, got {more!r}", key="more")
+        raise SpecError(f"more: must be an int >= 1, got {echo(more)}", key="more")
     spec = folder.load_experiment_spec(experiment_dir)
     if folder.is_running(experiment_dir):
         raise SpecError(f"{experiment_dir}: the search is still running; extend it when it ends")

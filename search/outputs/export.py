@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import yaml
 
 import search
+from search._validate import echo
 from search.driver.study import METRIC, MODE, TIME_ATTR
 from search.errors import SpecError
 from search.outputs import storage
@@ -276,7 +277,7 @@ def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int 
         SpecError: On a missing/empty/running experiment, or a bad ``top``.
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise SpecError(f"top: must be an int >= 1, got {top!r}", key="top")
+        raise SpecError(f"top: must be an int >= 1, got {echo(top)}", key="top")
     spec, trials = load_experiment(experiment_dir)
     if out_dir is None:
         out_dir = (os.path.abspath(f"{spec.name}-export") if storage.is_remote(experiment_dir)
