@@ -63,6 +63,11 @@ def _add_out(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--out", default=None, help=f"output folder (default {default})")
 
 
+def _print_notes(spec: Any) -> None:
+    for note in spec.notes:
+        print(f"note: {note}", flush=True)
+
+
 def _print_summary(summary: Any) -> int:
     from search.outputs.report_text import results_table
 
@@ -124,6 +129,7 @@ class Run(Command):
         if args.name is None:
             # Without an explicit --name, a second run of the same spec gets its own folder.
             spec = with_fresh_name(spec)
+        _print_notes(spec)
         print(f"experiment {spec.name}: {spec.search.num_samples} trials, max_t={spec.max_t} "
               f"epochs, searching {', '.join(spec.space) or 'nothing'} -> "
               f"{spec.experiment_path}", flush=True)
@@ -182,6 +188,7 @@ class Validate(Command):
         from search.spec import load_spec
 
         spec = load_spec(args.config, args.overrides)
+        _print_notes(spec)
         print(f"{args.config}: valid. experiment {spec.name}: {spec.search.num_samples} trials, "
               f"max_t={spec.max_t}, searching {', '.join(spec.space) or 'nothing'}")
         return 0

@@ -187,6 +187,8 @@ class ExperimentSpec:
     storage: str = "./results"
     # Values given under model/train for keys that are also searched: the baseline trial's.
     baseline_values: Mapping[str, Any] = field(default_factory=dict)
+    # One-line notes for the user about what loading decided (not part of the spec's data).
+    notes: tuple[str, ...] = ()
 
     @property
     def max_t(self) -> int:
@@ -327,13 +329,20 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     spec = ExperimentSpec(name=name, dataset=dataset, model=model, train=train, space=space,
                           search=search, scheduler=scheduler, resources=resources,
                           storage=location, baseline_values=baseline_values)
-    if search.baseline:
-        for key, value in spec.baseline_point().items():
-            if not space[key].contains(value):
-                whose = "the original method's" if key in ORIGINAL_METHOD else "the baseline's"
-                raise SpecError(f"search.baseline: {whose} {key}={echo(value)} must "
-                                f"lie in space.{key} ({space[key].to_yaml()}); widen the space "
-                                f"or set search.baseline: false")
+    outside = [k for k, v in spec.baseline_point().items() if not space[k].contains(v)]
+    if search.baseline and outside:
+        key = outside[0]
+        value = spec.baseline_point()[key]
+        whose = "the original method's" if key in ORIGINAL_METHOD else "the baseline's"
+        if "baseline" in (raw.get("search") or {}):
+            raise SpecError(f"search.baseline: {whose} {key}={echo(value)} must "
+                            f"lie in space.{key} ({space[key].to_yaml()}); widen the space "
+                            f"or set search.baseline: false")
+        # The baseline is on by default, not by request: a space that leaves it out is a
+        # choice, so the search runs without it and says so.
+        note = (f"search.baseline: running without the baseline trial, {whose} "
+                f"{key}={echo(value)} lies outside space.{key} ({space[key].to_yaml()})")
+        spec = replace(spec, search=replace(search, baseline=False), notes=(note,))
     return spec
 
 
