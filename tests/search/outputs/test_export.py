@@ -125,7 +125,7 @@ def test_report_names_every_trial(experiment, tmp_path):
     for trial in load_trials(str(experiment)):
         assert trial.trial_id in page
     assert "(baseline)" in page
-    baseline_line = next(line for line in page.splitlines() if "<b>Baseline</b>" in line)
+    baseline_line = next(p for p in page.split("<p") if "<b>Baseline</b>" in p)
     assert "dense_units=32" in baseline_line  # the tiny spec's fixed value, not the method's 256
     assert (tmp_path / "rep" / "learning_curves.png").stat().st_size > 1000
 
