@@ -25,13 +25,10 @@ from search.driver.study import (
     ATTR_RAY_TRIAL,
     METRIC,
     MODE,
-    REASON_ERROR,
-    REASON_MAX_T,
-    REASON_NO_METRIC,
     REASON_ORPHANED,
     TIME_ATTR,
-    asha_stop_reason,
     open_study,
+    trial_outcome,
 )
 from search.space import CONDITIONS, Distribution
 
@@ -205,24 +202,15 @@ class AshaAwareOptunaSearch(OptunaSearch):
         if frozen.state.is_finished():
             self._completed_trials.add(trial_id)
             return
-        value = None if not result else result.get(METRIC)
-        epoch = 0 if not result else int(result.get(TIME_ATTR, 0))
         if result and not result.get("trial_failed"):
             # Ray hands a trial's last result to on_trial_complete only, never to
             # on_trial_result: record it as that epoch's intermediate value first.
             self.on_trial_result(trial_id, result)
-        if error or not result or result.get("trial_failed"):
-            state = TrialState.FAIL
-            reason = (result or {}).get("failure_reason") or REASON_ERROR
-            value = None
-        elif value is None or not math.isfinite(value):
-            state, reason, value = TrialState.FAIL, REASON_NO_METRIC, None
-        elif epoch >= self._max_t:
-            state, reason = TrialState.COMPLETE, REASON_MAX_T
-        else:
-            # Stopped before max_t: ASHA's decision (or a time budget). Optuna records the
-            # last intermediate value as a pruned trial's value.
-            state, reason, value = TrialState.PRUNED, asha_stop_reason(epoch), None
+        state_name, reason = trial_outcome(result, error, self._max_t)
+        state = TrialState[state_name]
+        # A pruned trial's value is its last intermediate value (Optuna takes it, as its own
+        # pruners do); a failed trial has none.
+        value = result.get(METRIC) if result and state == TrialState.COMPLETE else None
         storage.set_trial_user_attr(ot_trial._trial_id, ATTR_END, reason)
         try:
             self._ot_study.tell(ot_trial, value, state=state)

@@ -21,9 +21,11 @@ from ray import tune
 
 from search._validate import echo
 from search.driver.cluster import check_shared_storage, connect, resolve_gpus
+from search.driver.console import search_console
 from search.driver.progress import ProgressPrinter
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
 from search.driver.study import METRIC, MODE, TIME_ATTR, TrialStatus, journal_path_for
+from search.driver.tracking import MlflowTracker, check_tracking
 from search.errors import SpecError
 from search.outputs import experiment as folder
 from search.outputs import storage
@@ -101,8 +103,8 @@ def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
     )
 
 
-def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
-                 storage_path: str, local_dir: str, num_samples: int, seed: int,
+def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir: str,
+                 run_name: str, storage_path: str, local_dir: str, num_samples: int, seed: int,
                  baseline: bool, trainable: Trainable | None = None) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -145,7 +147,8 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
             # The best checkpoint is what export takes; Ray also keeps the latest to resume.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            callbacks=[ProgressPrinter(spec.max_t)],
+            callbacks=[ProgressPrinter(spec.max_t, experiment_dir),
+                       *([MlflowTracker(spec, experiment_dir)] if spec.tracking else [])],
             verbose=0,
         ),
     )
@@ -173,21 +176,28 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
     """
     from search.data import load_dataset
 
+    if spec.tracking is not None:
+        check_tracking(spec, experiment_dir)
     data = load_dataset(spec.dataset)
-    started = connect(address, num_cpus)
-    try:
-        gpus = resolve_gpus(spec)
-        check_shared_storage(spec)
-        local_dir = folder.local_mirror_dir(experiment_dir)
-        journal = journal_path_for(local_dir)
-        if storage.is_remote(experiment_dir):
-            folder.fetch_journal(experiment_dir, journal)
-        with folder.driver_lock(experiment_dir), relocated_journal(journal):
-            interrupted = _fit(make_tuner(data, gpus, local_dir))
-            folder.sync_journal(experiment_dir, local_dir)
-    finally:
-        if started:
-            ray.shutdown()
+    # The console shows the search; the stack's start-up and shut-down chatter stays in the
+    # logs (Ray's shut-down of its workers included).
+    with search_console():
+        started = connect(address, num_cpus)
+        try:
+            gpus = resolve_gpus(spec)
+            check_shared_storage(spec)
+            local_dir = folder.local_mirror_dir(experiment_dir)
+            journal = journal_path_for(local_dir)
+            if storage.is_remote(experiment_dir):
+                folder.fetch_journal(experiment_dir, journal)
+            with folder.driver_lock(experiment_dir), relocated_journal(journal):
+                # What the model's outputs mean, for export and predict to name them.
+                folder.write_class_names(experiment_dir, data.class_names)
+                interrupted = _fit(make_tuner(data, gpus, local_dir))
+                folder.sync_journal(experiment_dir, local_dir)
+        finally:
+            if started:
+                ray.shutdown()
     return summarize(experiment_dir, spec.max_t, interrupted)
 
 
@@ -222,7 +232,8 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
         storage.write_atomic(storage.join(experiment_dir, folder.SPEC_FILE), dump_spec(spec))
-        return _build_tuner(spec, data, gpus, run_name=run_name, storage_path=storage_path,
+        return _build_tuner(spec, data, gpus, experiment_dir=experiment_dir,
+                            run_name=run_name, storage_path=storage_path,
                             local_dir=local_dir, num_samples=spec.search.num_samples,
                             seed=spec.search.seed, baseline=spec.search.baseline,
                             trainable=trainable)
@@ -276,7 +287,8 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
     index = len(folder.round_dirs(fs, root))
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
-        return _build_tuner(spec, data, gpus, run_name=folder.round_name(index),
+        return _build_tuner(spec, data, gpus, experiment_dir=experiment_dir,
+                            run_name=folder.round_name(index),
                             storage_path=experiment_dir, local_dir=local_dir, num_samples=more,
                             seed=spec.search.seed + index, baseline=False)
 

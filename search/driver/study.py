@@ -7,6 +7,7 @@ and ASHA's stop reason are each spelled once.
 
 from __future__ import annotations
 
+import math
 import os
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -46,6 +47,28 @@ class TrialStatus(str, Enum):
 def asha_stop_reason(epoch: int) -> str:
     """The stop reason of a trial ASHA stopped after ``epoch`` epochs."""
     return f"asha@{epoch}"
+
+
+# A finished trial's state, in Optuna's words (the study, and MLflow's tags, say these).
+STATE_COMPLETE, STATE_PRUNED, STATE_FAIL = "COMPLETE", "PRUNED", "FAIL"
+
+
+def trial_outcome(result: dict | None, error: bool, max_t: int) -> tuple[str, str]:
+    """How a finished trial ended, from its last result: ``(state, reason)``.
+
+    COMPLETE when it reached ``max_t`` with a finite metric, PRUNED when it stopped before
+    (ASHA's decision, or a time budget), FAIL when it crashed, failed (NaN loss, OOM) or has
+    no finite metric.
+    """
+    if error or not result or result.get("trial_failed"):
+        return STATE_FAIL, str((result or {}).get("failure_reason") or REASON_ERROR)
+    value = result.get(METRIC)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return STATE_FAIL, REASON_NO_METRIC
+    epoch = int(result.get(TIME_ATTR, 0))
+    if epoch >= max_t:
+        return STATE_COMPLETE, REASON_MAX_T
+    return STATE_PRUNED, asha_stop_reason(epoch)
 
 
 def is_better(value: float, than: float | None) -> bool:

@@ -20,6 +20,9 @@ from search.errors import SpecError
 from search.outputs import storage
 
 SPEC_FILE = "spec.yaml"
+# The dataset's class names, in label order: in the experiment folder (the driver writes it),
+# and beside every model that export and retrain write (predict reads it there).
+CLASS_NAMES_FILE = "class_names.json"
 LOCK_FILE = "driver.lock"
 ROUND_PREFIX = "extend-"  # `extend` runs live in sub-folders named extend-1, extend-2, ...
 MAIN_ROUND = "main"
@@ -73,6 +76,31 @@ def load_experiment_spec(experiment_dir: str):  # -> ExperimentSpec (import kept
     return load_spec_dict(raw, source=source)
 
 
+def write_class_names(folder: str, class_names: list[str] | tuple[str, ...]) -> None:
+    """Writes ``class_names.json`` (label order) into a folder (local path or URI)."""
+    storage.write_atomic(storage.join(folder, CLASS_NAMES_FILE),
+                         json.dumps(list(class_names)) + "\n")
+
+
+def read_class_names(folder: str) -> list[str] | None:
+    """The ``class_names.json`` of a folder, or ``None`` when it has none.
+
+    Raises:
+        SpecError: When the file is there but is not a JSON list of names.
+    """
+    fs, root = storage.filesystem(folder)
+    path = storage.join(root, CLASS_NAMES_FILE)
+    if not storage.exists(fs, path):
+        return None
+    try:
+        names = json.loads(storage.read_text(fs, path))
+    except (ValueError, UnicodeDecodeError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SpecError(f"{path}: must be a JSON list of class names")
+    return names
+
+
 def round_dirs(fs: storage.pafs.FileSystem, root: str) -> list[tuple[str, str]]:
     """The Ray experiments inside the folder: the first run, then each ``extend`` round."""
     rounds = [(MAIN_ROUND, root)]
@@ -93,23 +121,31 @@ def round_name(index: int) -> str:
 # the driver's lock
 
 
-def is_running(path: str) -> bool:
-    """Whether a driver still holds the experiment (its lock file names a live process)."""
+def driver_owner(path: str) -> dict | None:
+    """The driver holding the experiment (its lock: ``pid``, ``host``, ``since``), or ``None``
+    when no live driver does. Reads only."""
     fs, root = storage.filesystem(path)
     lock = storage.join(root, LOCK_FILE)
     if not storage.exists(fs, lock):
-        return False
+        return None
     try:
         owner = json.loads(storage.read_text(fs, lock))
     except (ValueError, OSError):
-        return False
+        return None
+    if not isinstance(owner, dict):
+        return None
     if owner.get("host") != socket.gethostname():
-        return True  # another machine's driver: trust the lock
+        return owner  # another machine's driver: trust the lock
     try:
         os.kill(int(owner.get("pid", -1)), 0)
-    except (OSError, ValueError):
-        return False
-    return True
+    except (OSError, ValueError, TypeError):
+        return None
+    return owner
+
+
+def is_running(path: str) -> bool:
+    """Whether a driver still holds the experiment (its lock file names a live process)."""
+    return driver_owner(path) is not None
 
 
 @contextlib.contextmanager
