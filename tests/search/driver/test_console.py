@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from search.driver.console import ConsoleFilter, is_chatter, worker_message
 
 C, R = "\x1b[36m", "\x1b[0m"
@@ -64,3 +66,22 @@ def test_driver_lines_pass_unchanged_and_chatter_is_recognised():
     assert out.getvalue() == "[12:00:00] trial a started: x=1\nWARNING same\nWARNING same\n"
     assert is_chatter("SystemExit: 1") and is_chatter("Checkpoint successfully created at: x")
     assert not is_chatter("UserWarning: your data has one class")
+
+
+# What a user saw before: the stack's chatter, none of which is the search's.
+CHATTER_SEEN = ("oneDNN", "cuInit", "absl::", "This TensorFlow binary", "Configuration for "
+                "experiment", "/tmp/ray/session", "To visualize your results",
+                "Checkpoint successfully created", "A new study created",
+                "Using an existing study", "SystemExit", "Traceback", "pid=")
+
+
+@pytest.mark.slow
+def test_a_cli_search_shows_its_progress_and_none_of_the_stacks_chatter(tracked_search):
+    console = tracked_search.stdout + tracked_search.stderr
+    assert tracked_search.returncode == 0, console[-3000:]
+    assert [c for c in CHATTER_SEEN if c in console] == []
+    experiment = tracked_search.experiment
+    assert f"tensorboard --logdir {experiment}" in tracked_search.stdout
+    assert f"finetune-search status {experiment} --watch" in tracked_search.stdout
+    assert " epoch 1/3 val_accuracy=" in tracked_search.stdout
+    assert "best trial: " in tracked_search.stdout

@@ -35,7 +35,7 @@ def test_export_writes_every_file_and_tables_agree_with_the_search(experiment, t
     done = cli("export", str(experiment), "--out", str(out), "--top", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("best_config.yaml", "top_configs.yaml", "trials.parquet", "trials.csv",
-                 "history.parquet", "history.csv", "best_model.keras"):
+                 "history.parquet", "history.csv", "best_model.keras", "class_names.json"):
         assert (out / name).is_file(), name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -56,6 +56,7 @@ def test_export_writes_every_file_and_tables_agree_with_the_search(experiment, t
     meta = read_metadata(text)
     assert meta["trial_id"] == best.trial_id and meta["metric"] == "val_accuracy"
     assert set(meta["versions"]) >= {"finetune-search", "tensorflow", "ray"}
+    assert meta["class_names"] == [str(i) for i in range(10)]  # digits, in label order
     config = yaml.safe_load(text)
     assert config["space"] == {}
     assert config["model"]["upsample"] == best.config["upsample"]
@@ -110,6 +111,9 @@ def test_retrain_runs_the_exported_config_and_is_deterministic(experiment, tmp_p
     assert metrics["test_examples"] > 0
     assert (tmp_path / "r1" / "model.keras").is_file()
     assert (tmp_path / "r1" / "history.csv").read_text().startswith("epoch,")
+    # predict names a retrained model's classes from the file beside it
+    assert json.loads((tmp_path / "r1" / "class_names.json").read_text()) == [
+        str(i) for i in range(10)]
     second = cli("retrain", str(out / "best_config.yaml"), "--epochs", "1", "--out",
                  str(tmp_path / "r2"))
     assert second.returncode == 0, second.stderr[-3000:]
