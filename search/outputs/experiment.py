@@ -88,17 +88,28 @@ def read_class_names(folder: str) -> list[str] | None:
     Raises:
         SpecError: When the file is there but is not a JSON list of names.
     """
-    fs, root = storage.filesystem(folder)
-    path = storage.join(root, CLASS_NAMES_FILE)
-    if not storage.exists(fs, path):
+    path, names = _read_json(folder, CLASS_NAMES_FILE)
+    if names is None:
         return None
-    try:
-        names = json.loads(storage.read_text(fs, path))
-    except (ValueError, UnicodeDecodeError):
-        names = None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise SpecError(f"{path}: must be a JSON list of class names")
     return names
+
+
+_INVALID = object()  # a JSON file that is there but cannot be parsed
+
+
+def _read_json(folder: str, file_name: str) -> tuple[str, object]:
+    """``(path, value)`` of a JSON file in a folder: ``None`` when missing, ``_INVALID`` when
+    it cannot be read or parsed."""
+    fs, root = storage.filesystem(folder)
+    path = storage.join(root, file_name)
+    if not storage.exists(fs, path):
+        return path, None
+    try:
+        return path, json.loads(storage.read_text(fs, path))
+    except (ValueError, UnicodeDecodeError, OSError):
+        return path, _INVALID
 
 
 def round_dirs(fs: storage.pafs.FileSystem, root: str) -> list[tuple[str, str]]:
@@ -124,14 +135,7 @@ def round_name(index: int) -> str:
 def driver_owner(path: str) -> dict | None:
     """The driver holding the experiment (its lock: ``pid``, ``host``, ``since``), or ``None``
     when no live driver does. Reads only."""
-    fs, root = storage.filesystem(path)
-    lock = storage.join(root, LOCK_FILE)
-    if not storage.exists(fs, lock):
-        return None
-    try:
-        owner = json.loads(storage.read_text(fs, lock))
-    except (ValueError, OSError):
-        return None
+    _, owner = _read_json(path, LOCK_FILE)
     if not isinstance(owner, dict):
         return None
     if owner.get("host") != socket.gethostname():

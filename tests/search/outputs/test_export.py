@@ -16,18 +16,17 @@ from search.errors import SpecError
 from search.outputs.export import export_experiment, read_metadata
 from search.outputs.results import load_trials
 from search.outputs.storage import confined
-from tests.helpers import cli, write_spec
+from tests.helpers import cli
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Path:
-    tmp_path = tmp_path_factory.mktemp("export")
-    spec_path = write_spec(tmp_path, search__num_samples=4)
-    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "exp")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return tmp_path / "results" / "exp"
+def experiment(tracked_search) -> Path:
+    # The session's one real tracked search (tests/search/conftest.py): 2 trials, baseline
+    # first; exporting it also logs to its MLflow server.
+    assert tracked_search.returncode == 0, tracked_search.stderr[-3000:]
+    return tracked_search.experiment
 
 
 def test_export_writes_every_file_and_tables_agree_with_the_search(experiment, tmp_path):
