@@ -71,16 +71,21 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
     return found
 
 
+def check_model_file(model_path: str) -> None:
+    """Raises ``SpecError`` when ``model_path`` is not a file (before anything slow runs)."""
+    if not os.path.isfile(model_path):
+        raise SpecError(f"model: {echo(model_path)} is not a file (expected the "
+                        f"best_model.keras of an export, or a retrain's model.keras)",
+                        key="model")
+
+
 def load_model(model_path: str) -> Any:
     """Loads a ``.keras`` model with plain Keras, as a deployment would.
 
     Raises:
         SpecError: When the file is missing or is not a Keras model with a fixed image size.
     """
-    if not os.path.isfile(model_path):
-        raise SpecError(f"model: {echo(model_path)} is not a file (expected the "
-                        f"best_model.keras of an export, or a retrain's model.keras)",
-                        key="model")
+    check_model_file(model_path)
     import keras
 
     try:
@@ -129,6 +134,7 @@ def predict_images(model_path: str, inputs: Sequence[str], *, top: int = 3,
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise SpecError(f"top: must be an int >= 1, got {echo(top)}", key="top")
+    check_model_file(model_path)
     files = collect_images(inputs)
     model = load_model(model_path)
     size = (int(model.input_shape[1]), int(model.input_shape[2]))

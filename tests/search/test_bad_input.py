@@ -93,9 +93,10 @@ def fake_experiment(tmp_path_factory) -> Path:
 
 
 words = st.sampled_from([
-    "run", "resume", "extend", "validate", "describe", "export", "report", "retrain",
-    "--more", "--top", "--out", "--epochs", "--set", "--num-cpus", "--address", "--classes",
-    "--input-shape", "0", "-3", "x", "nan", "1e9", "train.epochs=oops", "space.upsample=[5]",
+    "run", "resume", "extend", "validate", "describe", "export", "report", "retrain", "status",
+    "--watch", "--more", "--top", "--out", "--epochs", "--set", "--num-cpus", "--address",
+    "--classes", "--input-shape", "0", "-3", "x", "nan", "1e9", "train.epochs=oops",
+    "space.upsample=[5]",
     "{\"upsample\": 99}", "{\"freeze\": \"nope\"}", "{\"noise_std\": -1}", "/nonexistent",
     "EXP", "EXP/spec.yaml", "EXP/missing", "/", "a=b",
 ])
