@@ -110,7 +110,12 @@ class ConsoleFilter(io.TextIOBase):
         self.target.flush()
 
     def isatty(self) -> bool:
-        return self.target.isatty()
+        # Ray's colorama keeps the stream it found at start-up and asks it at exit, perhaps
+        # after the target was closed.
+        try:
+            return self.target.isatty()
+        except ValueError:
+            return False
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
