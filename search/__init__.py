@@ -6,7 +6,8 @@ when called.
 
 - :func:`load_spec` reads and validates an experiment spec.
 - :func:`run_search`, :func:`resume_search` and :func:`extend_search` run searches.
-- :func:`export_experiment`, :func:`retrain` and :func:`write_report` use their results.
+- :func:`export_experiment`, :func:`retrain` and :func:`write_report` use their results;
+  :func:`experiment_status` reads where a search stands; :func:`predict_images` runs a model.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _EXPORTS = {
     "retrain": "search.outputs.retrain",
     "write_report": "search.outputs.report",
     "load_trials": "search.outputs.results",
+    "experiment_status": "search.outputs.status",
+    "predict_images": "search.outputs.predict",
     "SpecError": "search.errors",
 }
 

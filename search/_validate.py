@@ -52,10 +52,12 @@ def did_you_mean(key: str, valid: Sequence[str]) -> str:
 
 
 def unknown_key(where: str, key: Any, valid: Sequence[str]) -> SpecError:
-    """The one phrasing of an unknown key."""
-    # A key with a line break or other control character is echoed, so the error stays one line.
-    shown = key if isinstance(key, str) and key.isprintable() else echo(key)
-    return SpecError(f"{where}: unknown key `{shown}`{did_you_mean(str(key), valid)}")
+    """The one phrasing of an unknown key (a huge key, or one with a line break or other
+    control character, is echoed like a value so the error stays one short line)."""
+    text = str(key)
+    printable = isinstance(key, str) and key.isprintable()
+    shown = text if printable and len(text) <= MAX_ECHO else echo(key)
+    return SpecError(f"{where}: unknown key `{shown}`{did_you_mean(text[:MAX_ECHO], valid)}")
 
 
 def check_keys(mapping: Any, valid: Sequence[str], where: str) -> Mapping:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from search._validate import echo
+from search._validate import echo, one_line
 from search.errors import SpecError
 
 
@@ -25,7 +25,8 @@ def read_yaml(path: str | os.PathLike) -> Any:
     except IsADirectoryError:
         raise SpecError(f"{path}: is a folder, expected a YAML file") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"{path}: cannot be read ({err.__class__.__name__}: {err})") from None
+        raise SpecError(f"{path}: cannot be read "
+                        f"({err.__class__.__name__}: {one_line(err)})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -12,11 +12,13 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from search._validate import echo
 from search.driver.study import METRIC
-from search.errors import SpecError
+from search.errors import SpecError, shorten
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -34,13 +36,24 @@ def _int_at_least(low: int):  # noqa: ANN202 - an argparse type
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"must be an int >= {low}, got {echo(text)}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {value}")
         return value
 
     parse.__name__ = f"int >= {low}"
     return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {echo(text)}")
+    return value
 
 
 def _local_or_uri(path: str) -> str:
@@ -65,6 +78,11 @@ def _add_force(parser: argparse.ArgumentParser) -> None:
 
 def _add_out(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--out", default=None, help=f"output folder (default {default})")
+
+
+def _print_notes(spec: Any) -> None:
+    for note in spec.notes:
+        print(f"note: {note}", flush=True)
 
 
 def _print_summary(summary: Any) -> int:
@@ -129,6 +147,7 @@ class Run(Command):
         if args.name is None:
             # Without an explicit --name, a second run of the same spec gets its own folder.
             spec = with_fresh_name(spec)
+        _print_notes(spec)
         print(f"experiment {spec.name}: {spec.search.num_samples} trials, max_t={spec.max_t} "
               f"epochs, searching {', '.join(spec.space) or 'nothing'} -> "
               f"{spec.experiment_path}", flush=True)
@@ -192,6 +211,7 @@ class Validate(Command):
         from search.spec import load_spec
 
         spec = load_spec(args.config, args.overrides)
+        _print_notes(spec)
         print(f"{args.config}: valid. experiment {spec.name}: {spec.search.num_samples} trials, "
               f"max_t={spec.max_t}, searching {', '.join(spec.space) or 'nothing'}")
         return 0
@@ -221,6 +241,8 @@ class Export(Command):
         else:
             print(f"best trial: {result.best.trial_id} "
                   f"{METRIC}={result.best.best_value:.4f}")
+        if result.tracked:
+            print(result.tracked)
         return 0
 
 
@@ -260,6 +282,76 @@ class Report(Command):
         return 0
 
 
+class Status(Command):
+    name = "status"
+    help = "where a search stands: trials, best, driver, GPU-hours (reads only)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
+        parser.add_argument("--watch", nargs="?", type=_seconds, const=10.0, default=None,
+                            metavar="SECONDS",
+                            help="refresh every SECONDS (default 10) until the search ends")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from search.outputs.status import experiment_status, format_status, watch_status
+
+        path = _local_or_uri(args.experiment_dir)
+        if args.watch is None:
+            print(format_status(experiment_status(path)))
+            return 0
+
+        def show(text: str) -> None:
+            if sys.stdout.isatty():
+                print("\033[H\033[J", end="")  # clear the screen: one table, refreshed
+            print(f"[{time.strftime('%H:%M:%S')}] {text}\n", flush=True)
+
+        try:
+            watch_status(path, args.watch, show)
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+
+class Predict(Command):
+    name = "predict"
+    help = "run an exported (or retrained) model on image files or folders"
+    flags = {"top": "--top", "out": "--out", "model": "MODEL", "images": "IMAGES"}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="best_model.keras of an export, or a retrain's "
+                                          "model.keras")
+        parser.add_argument("images", nargs="+", help="image files (png, jpg) or folders")
+        parser.add_argument("--out", default=None,
+                            help="write a .csv or .json file (default: CSV on stdout)")
+        parser.add_argument("--top", type=_int_at_least(1), default=3,
+                            help="classes per image, most probable first (default 3)")
+        parser.add_argument("--batch-size", type=_int_at_least(1), default=64)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from search.outputs.predict import (
+            check_output_path,
+            predict_images,
+            predictions_csv,
+            write_predictions,
+        )
+
+        if args.out is not None:
+            check_output_path(args.out)
+        result = predict_images(
+            args.model, args.images, top=args.top, batch_size=args.batch_size,
+            on_skip=lambda path, reason: print(f"skipped: {reason}", file=sys.stderr))
+        if not result.named_classes:
+            print(f"note: no class_names.json beside {args.model}: classes are label ids",
+                  file=sys.stderr)
+        if args.out is None:
+            print(predictions_csv(result, args.top), end="")
+        else:
+            write_predictions(result, args.out, args.top)
+            print(f"{len(result.predictions)} images predicted, {len(result.skipped)} "
+                  f"skipped -> {args.out}")
+        return 0
+
+
 class Describe(Command):
     name = "describe"
     help = "print one model's summary and parameter counts"
@@ -281,7 +373,7 @@ class Describe(Command):
             shape = tuple(int(p) for p in args.input_shape.split(","))
         except ValueError:
             raise SpecError(f"--input-shape: must be H,W,C integers, "
-                            f"got {args.input_shape!r}") from None
+                            f"got {echo(args.input_shape)}") from None
         described = describe_model_settings(settings, input_shape=shape,
                                             num_classes=args.classes)
         # The summary's layer table does not show settings such as upsample_interpolation.
@@ -293,8 +385,8 @@ class Describe(Command):
         return 0
 
 
-COMMANDS: tuple[Command, ...] = (Run(), Resume(), Extend(), Validate(), Describe(), Export(),
-                                 Retrain(), Report())
+COMMANDS: tuple[Command, ...] = (Run(), Resume(), Extend(), Status(), Validate(), Describe(),
+                                 Export(), Retrain(), Report(), Predict())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _message(err: Exception, command: Command | None) -> str:
     """The error's one line, naming the command's flag where the library named a parameter."""
-    message = " ".join(str(err).split("\n"))
+    # SpecError cuts its own message; model_zoo's errors and argparse's are cut here.
+    message = shorten(str(err))
     key = getattr(err, "key", None)
     if command is not None and key in command.flags and message.startswith(f"{key}:"):
         message = command.flags[key] + message[len(key):]

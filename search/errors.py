@@ -6,6 +6,23 @@ status 2. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+# A message longer than this is cut in the middle: an error stays one readable line even when
+# a value somewhere in it is huge (a whole file read as YAML, a giant --set value).
+MAX_MESSAGE = 400
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` on one line, its middle cut when longer than ``limit``.
+
+    The start (the key or path and the rule) and the end (often the value's closing part or
+    the hint) both stay; the cut says how much is missing.
+    """
+    text = " ".join(message.split())
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 4
+    return f"{text[:head]} ...({len(text) - head - tail} characters cut)... {text[-tail:]}"
+
 
 class SpecError(ValueError):
     """A value the user supplied breaks a rule (spec key, CLI argument, file, experiment folder).
@@ -20,7 +37,7 @@ class SpecError(ValueError):
     """
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(shorten(message))
         self.key = key
 
 

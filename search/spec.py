@@ -33,11 +33,13 @@ from search.space import Distribution, check_conditions, parse_distribution
 
 SECTIONS = (
     "name", "dataset", "model", "train", "space", "search", "scheduler", "resources", "storage",
+    "tracking",
 )
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("tpe", "random")
+TRACKERS = ("mlflow",)
 
 # The original method's settings (GaussianNoise 0.01, x2 nearest-neighbour upsampling, no input
 # convs, nothing frozen, a 256/0.75 head): the baseline trial every search is measured against.
@@ -180,6 +182,29 @@ class ResourcesSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """Where every trial is also tracked: an MLflow tracking server by ``uri``, or (no uri) a
+    local store in the experiment folder. MLflow experiment: ``experiment`` or the spec's name.
+    """
+
+    backend: str = "mlflow"
+    uri: str | None = None
+    experiment: str | None = None
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, where: str = "tracking") -> TrackingSpec:
+        check_keys(mapping, tuple(f.name for f in fields(cls)), where)
+        spec = cls(**mapping)
+        check_one_of(spec.backend, TRACKERS, f"{where}.backend")
+        for key in ("uri", "experiment"):
+            value = getattr(spec, key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise SpecError(f"{where}.{key}: must be a non-empty string or null, "
+                                f"got {echo(value)}")
+        return spec
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     """A whole experiment: what data, which fixed settings, what to search, how, where."""
 
@@ -192,8 +217,11 @@ class ExperimentSpec:
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     storage: str = "./results"
+    tracking: TrackingSpec | None = None
     # Values given under model/train for keys that are also searched: the baseline trial's.
     baseline_values: Mapping[str, Any] = field(default_factory=dict)
+    # One-line notes for the user about what loading decided (not part of the spec's data).
+    notes: tuple[str, ...] = ()
 
     @property
     def max_t(self) -> int:
@@ -235,6 +263,7 @@ class ExperimentSpec:
             "scheduler": asdict(self.scheduler),
             "resources": asdict(self.resources),
             "storage": self.storage,
+            **({"tracking": asdict(self.tracking)} if self.tracking else {}),
         }
 
 
@@ -359,16 +388,25 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     if not isinstance(location, str) or not location:
         raise SpecError(f"storage: must be a path or URI string, got {echo(location)}")
 
+    tracking = (None if raw.get("tracking") is None
+                else TrackingSpec.from_mapping(raw["tracking"]))
     spec = ExperimentSpec(name=name, dataset=dataset, model=model, train=train, space=space,
                           search=search, scheduler=scheduler, resources=resources,
-                          storage=location, baseline_values=baseline_values)
-    if search.baseline:
-        for key, value in spec.baseline_point().items():
-            if not space[key].contains(value):
-                whose = "the original method's" if key in ORIGINAL_METHOD else "the baseline's"
-                raise SpecError(f"search.baseline: {whose} {key}={echo(value)} must "
-                                f"lie in space.{key} ({space[key].to_yaml()}); widen the space "
-                                f"or set search.baseline: false")
+                          storage=location, tracking=tracking, baseline_values=baseline_values)
+    outside = [k for k, v in spec.baseline_point().items() if not space[k].contains(v)]
+    if search.baseline and outside:
+        key = outside[0]
+        value = spec.baseline_point()[key]
+        whose = "the original method's" if key in ORIGINAL_METHOD else "the baseline's"
+        if "baseline" in (raw.get("search") or {}):
+            raise SpecError(f"search.baseline: {whose} {key}={echo(value)} must "
+                            f"lie in space.{key} ({space[key].to_yaml()}); widen the space "
+                            f"or set search.baseline: false")
+        # The baseline is on by default, not by request: a space that leaves it out is a
+        # choice, so the search runs without it and says so.
+        note = (f"search.baseline: running without the baseline trial, {whose} "
+                f"{key}={echo(value)} lies outside space.{key} ({space[key].to_yaml()})")
+        spec = replace(spec, search=replace(search, baseline=False), notes=(note,))
     return spec
 
 

@@ -84,3 +84,59 @@ def study_trials(experiment_dir: Path | str, study_name: str | None = None) -> d
     study = load_study_readonly(str(experiment_dir), name)
     assert study is not None, f"no study {name!r} in {experiment_dir}"
     return {t.user_attrs.get(ATTR_RAY_TRIAL, f"#{t.number}"): t for t in study.trials}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_mlflow_server(folder: Path, timeout: float = 600) -> tuple[subprocess.Popen, str]:
+    """A real ``mlflow server`` (SQLite backend, artifacts in ``folder``) on a free port.
+
+    Returns:
+        The server process (its own process group: stop it with ``stop_process_group``) and
+        its tracking URI, once its health check answers.
+    """
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(folder / "mlflow-server.log", "w")  # noqa: SIM115 - the server holds it
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log_text = (folder / "mlflow-server.log").read_text()
+            raise RuntimeError(f"mlflow server exited: {log_text[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=5):
+                return server, uri
+        except OSError:
+            time.sleep(1)
+    stop_process_group(server)
+    raise RuntimeError(f"mlflow server did not answer within {timeout} s")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Ends a process started with ``start_new_session=True`` and its children."""
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)

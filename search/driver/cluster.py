@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from search._validate import echo
 from search.errors import SpecError
 from search.outputs import storage
 from search.spec import ExperimentSpec
@@ -46,7 +47,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         try:
             ray.init(address=address, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise SpecError(f"--address: cannot join the Ray cluster at {address!r} "
+            raise SpecError(f"--address: cannot join the Ray cluster at {echo(address)} "
                             f"({str(err).splitlines()[0]})") from None
         return True
     # Every epoch checkpoints by design; Ray's advice to checkpoint less is noise here.

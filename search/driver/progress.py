@@ -24,8 +24,9 @@ TALLY = (TrialStatus.RUNNING, TrialStatus.STOPPED, TrialStatus.COMPLETE, TrialSt
 class ProgressPrinter(tune.Callback):
     """One line per event: trials started, epochs, ASHA stops, failures, best so far."""
 
-    def __init__(self, max_t: int) -> None:
+    def __init__(self, max_t: int, experiment_dir: str) -> None:
         self.max_t = max_t
+        self.experiment_dir = experiment_dir
         self.best: tuple[float, str] | None = None
         self.last_epoch: dict[str, int] = {}
         self.states: dict[str, TrialStatus] = {}
@@ -37,6 +38,12 @@ class ProgressPrinter(tune.Callback):
         # sys.stdout is looked up each time: the tuner pickles its callbacks.
         print(f"[{time.strftime('%H:%M:%S')}] {text}  |  {tally}{best}", file=sys.stdout,
               flush=True)
+
+    def setup(self, **info: Any) -> None:
+        # Where to look while it runs (Ray's own hint names a folder under /tmp/ray instead).
+        print(f"[{time.strftime('%H:%M:%S')}] watch it: finetune-search status "
+              f"{self.experiment_dir} --watch  |  tensorboard --logdir {self.experiment_dir}",
+              file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.states[trial.trial_id] = TrialStatus.RUNNING

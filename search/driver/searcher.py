@@ -25,15 +25,10 @@ from search.driver.study import (
     ATTR_RAY_TRIAL,
     METRIC,
     MODE,
-    REASON_BUDGET,
-    REASON_ERROR,
-    REASON_MAX_T,
-    REASON_NO_METRIC,
     REASON_ORPHANED,
-    STOP_REASON,
     TIME_ATTR,
-    asha_stop_reason,
     open_study,
+    trial_outcome,
 )
 from search.space import CONDITIONS, Distribution, condition_holds
 from search.spec import setting_defaults
@@ -229,34 +224,18 @@ class AshaAwareOptunaSearch(OptunaSearch):
             # Told already (this run, or before a resume), and nothing new since.
             self._completed_trials.add(trial_id)
             return
-        state, reason, value = self._outcome(result, error, frozen)
+        state_name, reason = trial_outcome(result, error, self._max_t,
+                                           trained=bool(frozen.intermediate_values))
+        state = TrialState[state_name]
+        # A pruned trial's value is its last intermediate value (Optuna takes it, as its own
+        # pruners do); a failed trial has none.
+        value = result.get(METRIC) if result and state == TrialState.COMPLETE else None
         storage.set_trial_user_attr(ot_trial._trial_id, ATTR_END, reason)
         try:
             self._ot_study.tell(ot_trial, value, state=state)
         except (ValueError, RuntimeError) as err:
             logger.warning("Optuna refused the result of %s: %s", trial_id, err)
         self._completed_trials.add(trial_id)
-
-    def _outcome(self, result: dict | None, error: bool, frozen: optuna.trial.FrozenTrial
-                 ) -> tuple[TrialState, str, float | None]:
-        """The study state, the reason and the value a finished Ray trial gets."""
-        if result is None and not error:
-            # Ray passes no result only for a trial it removed before it ran again; our
-            # scheduler does that only once the budget is spent.
-            if frozen.intermediate_values:
-                return TrialState.PRUNED, REASON_BUDGET, None
-            return TrialState.FAIL, REASON_BUDGET, None
-        if error or not result or result.get("trial_failed"):
-            return TrialState.FAIL, (result or {}).get("failure_reason") or REASON_ERROR, None
-        value = result.get(METRIC)
-        if value is None or not math.isfinite(value):
-            return TrialState.FAIL, REASON_NO_METRIC, None
-        epoch = int(result.get(TIME_ATTR, 0))
-        if epoch >= self._max_t:
-            return TrialState.COMPLETE, REASON_MAX_T, value
-        # Stopped before max_t: by ASHA, the budget (the driver wrote why into the result) or
-        # a time budget. Optuna records the last intermediate value as a pruned trial's value.
-        return TrialState.PRUNED, result.get(STOP_REASON) or asha_stop_reason(epoch), None
 
     # -- persistence ----------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ from typing import Any
 import ray
 from ray import tune
 
+from search._validate import echo
 from search.driver.cluster import WaitReporter, check_shared_storage, connect, resolve_gpus
+from search.driver.console import search_console
 from search.driver.mirror import JournalMirror, mirroring
 from search.driver.progress import ProgressPrinter
 from search.driver.reconcile import ray_trials, reconcile_study
@@ -34,6 +36,7 @@ from search.driver.study import (
     journal_path_for,
     open_study,
 )
+from search.driver.tracking import MlflowTracker, check_tracking
 from search.errors import SpecError
 from search.outputs import experiment as folder
 from search.outputs import storage
@@ -112,8 +115,8 @@ def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
     )
 
 
-def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
-                 storage_path: str, local_dir: str, num_samples: int, seed: int,
+def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir: str,
+                 run_name: str, storage_path: str, local_dir: str, num_samples: int, seed: int,
                  baseline: bool, trainable: Trainable | None = None) -> tune.Tuner:
     points = [spec.baseline_point()] if baseline and spec.baseline_point() else None
     search_alg = AshaAwareOptunaSearch(
@@ -150,7 +153,9 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, run_name: str,
             # The best checkpoint is what export takes; Ray also keeps the latest to resume.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            callbacks=[ProgressPrinter(spec.max_t), JournalMirror(), WaitReporter()],
+            callbacks=[ProgressPrinter(spec.max_t, experiment_dir), JournalMirror(),
+                       WaitReporter(),
+                       *([MlflowTracker(spec, experiment_dir)] if spec.tracking else [])],
             verbose=0,
         ),
     )
@@ -183,8 +188,12 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
     """
     from search.data import load_dataset
 
-    # The lock first: a second driver stops before loading data or starting Ray.
-    with driver_lock(experiment_dir, force=force) as lock:
+    if spec.tracking is not None:
+        check_tracking(spec, experiment_dir)
+    # The lock first: a second driver stops before loading data or starting Ray. The console
+    # shows the search; the stack's start-up and shut-down chatter stays in the logs (Ray's
+    # shut-down of its workers included).
+    with driver_lock(experiment_dir, force=force) as lock, search_console():
         data = load_dataset(spec.dataset)
         started = connect(address, num_cpus)
         try:
@@ -196,6 +205,8 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
                 folder.fetch_journal(experiment_dir, journal)
             if storage.path_exists(storage.join(experiment_dir, folder.SPEC_FILE)):
                 _reconcile(spec, experiment_dir, journal, continued_round)
+            # What the model's outputs mean, for export and predict to name them.
+            folder.write_class_names(experiment_dir, data.class_names)
             with mirroring(experiment_dir, local_dir, lock) as upload, \
                     relocated_journal(journal):
                 interrupted = _fit(make_tuner(data, gpus, local_dir))
@@ -253,7 +264,8 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
         storage.write_atomic(storage.join(experiment_dir, folder.SPEC_FILE), dump_spec(spec))
-        return _build_tuner(spec, data, gpus, run_name=run_name, storage_path=storage_path,
+        return _build_tuner(spec, data, gpus, experiment_dir=experiment_dir,
+                            run_name=run_name, storage_path=storage_path,
                             local_dir=local_dir, num_samples=spec.search.num_samples,
                             seed=spec.search.seed, baseline=spec.search.baseline,
                             trainable=trainable)
@@ -307,7 +319,7 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
             experiment has spent its budget.
     """
     if isinstance(more, bool) or not isinstance(more, int) or more < 1:
-        raise SpecError(f"more: must be an int >= 1, got {more!r}", key="more")
+        raise SpecError(f"more: must be an int >= 1, got {echo(more)}", key="more")
     spec = folder.load_experiment_spec(experiment_dir)
     check_budget_left(spec, load_trials(experiment_dir),
                       storage.join(experiment_dir, folder.SPEC_FILE))
@@ -315,7 +327,8 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
     index = len(folder.round_dirs(fs, root))
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
-        return _build_tuner(spec, data, gpus, run_name=folder.round_name(index),
+        return _build_tuner(spec, data, gpus, experiment_dir=experiment_dir,
+                            run_name=folder.round_name(index),
                             storage_path=experiment_dir, local_dir=local_dir, num_samples=more,
                             seed=spec.search.seed + index, baseline=False)
 

@@ -8,6 +8,7 @@ and ASHA's stop reason are each spelled once.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from enum import Enum
@@ -59,6 +60,40 @@ class TrialStatus(str, Enum):
 def asha_stop_reason(epoch: int) -> str:
     """The stop reason of a trial ASHA stopped after ``epoch`` epochs."""
     return f"asha@{epoch}"
+
+
+# A finished trial's state, in Optuna's words (the study, and MLflow's tags, say these).
+STATE_COMPLETE, STATE_PRUNED, STATE_FAIL = "COMPLETE", "PRUNED", "FAIL"
+
+
+def trial_outcome(result: dict | None, error: bool, max_t: int, *,
+                  trained: bool = False) -> tuple[str, str]:
+    """How a finished trial ended, from its last result: ``(state, reason)``.
+
+    COMPLETE when it reached ``max_t`` with a finite metric, PRUNED when it stopped before
+    (ASHA's decision, the device budget or a time budget: the driver writes why into the
+    result's ``stop_reason``), FAIL when it crashed, failed (NaN loss, OOM) or has no finite
+    metric.
+
+    Args:
+        result: The trial's last result, ``None`` when Ray hands none.
+        error: Whether Ray ended the trial as errored.
+        max_t: The epochs a complete trial trains.
+        trained: Whether the trial reported any epoch (asked only when ``result`` is ``None``).
+    """
+    if result is None and not error:
+        # Ray hands no result only for a trial it removed before it ran again; our scheduler
+        # does that only once the budget is spent.
+        return (STATE_PRUNED if trained else STATE_FAIL), REASON_BUDGET
+    if error or not result or result.get("trial_failed"):
+        return STATE_FAIL, str((result or {}).get("failure_reason") or REASON_ERROR)
+    value = result.get(METRIC)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return STATE_FAIL, REASON_NO_METRIC
+    epoch = int(result.get(TIME_ATTR, 0))
+    if epoch >= max_t:
+        return STATE_COMPLETE, REASON_MAX_T
+    return STATE_PRUNED, str(result.get(STOP_REASON) or asha_stop_reason(epoch))
 
 
 def is_better(value: float, than: float | None) -> bool:

@@ -8,6 +8,7 @@ or on cloud storage; everything goes through :mod:`search.outputs.storage`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 from search.driver.study import STUDY_FILE, journal_path_for
@@ -15,6 +16,9 @@ from search.errors import SpecError
 from search.outputs import storage
 
 SPEC_FILE = "spec.yaml"
+# The dataset's class names, in label order: in the experiment folder (the driver writes it),
+# and beside every model that export and retrain write (predict reads it there).
+CLASS_NAMES_FILE = "class_names.json"
 ROUND_PREFIX = "extend-"  # `extend` runs live in sub-folders named extend-1, extend-2, ...
 MAIN_ROUND = "main"
 
@@ -65,6 +69,42 @@ def load_experiment_spec(experiment_dir: str):  # -> ExperimentSpec (import kept
     except yaml.YAMLError:
         raise SpecError(f"{source}: invalid YAML") from None
     return load_spec_dict(raw, source=source)
+
+
+def write_class_names(folder: str, class_names: list[str] | tuple[str, ...]) -> None:
+    """Writes ``class_names.json`` (label order) into a folder (local path or URI)."""
+    storage.write_atomic(storage.join(folder, CLASS_NAMES_FILE),
+                         json.dumps(list(class_names)) + "\n")
+
+
+def read_class_names(folder: str) -> list[str] | None:
+    """The ``class_names.json`` of a folder, or ``None`` when it has none.
+
+    Raises:
+        SpecError: When the file is there but is not a JSON list of names.
+    """
+    path, names = _read_json(folder, CLASS_NAMES_FILE)
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SpecError(f"{path}: must be a JSON list of class names")
+    return names
+
+
+_INVALID = object()  # a JSON file that is there but cannot be parsed
+
+
+def _read_json(folder: str, file_name: str) -> tuple[str, object]:
+    """``(path, value)`` of a JSON file in a folder: ``None`` when missing, ``_INVALID`` when
+    it cannot be read or parsed."""
+    fs, root = storage.filesystem(folder)
+    path = storage.join(root, file_name)
+    if not storage.exists(fs, path):
+        return path, None
+    try:
+        return path, json.loads(storage.read_text(fs, path))
+    except (ValueError, UnicodeDecodeError, OSError):
+        return path, _INVALID
 
 
 def round_dirs(fs: storage.pafs.FileSystem, root: str) -> list[tuple[str, str]]:

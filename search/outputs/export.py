@@ -26,10 +26,16 @@ import pyarrow.parquet as pq
 import yaml
 
 import search
+from search._validate import echo
 from search.driver.study import METRIC, MODE, TIME_ATTR
 from search.errors import SpecError
 from search.outputs import storage
-from search.outputs.experiment import load_experiment_spec
+from search.outputs.experiment import (
+    CLASS_NAMES_FILE,
+    load_experiment_spec,
+    read_class_names,
+    write_class_names,
+)
 from search.outputs.lock import is_running
 from search.outputs.results import TrialRecord, load_trials, rank_trials
 from search.spec import ExperimentSpec
@@ -47,6 +53,7 @@ class ExportResult:
     out_dir: str
     files: list[str] = field(default_factory=list)
     best: TrialRecord | None = None
+    tracked: str = ""  # where the files were logged (MLflow), when the spec tracks
 
 
 def _write_text(out_dir: str, file_name: str, text: str) -> str:
@@ -76,6 +83,7 @@ def fixed_spec(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, Any]:
         else:
             train[key] = value
     data.update(model=model, train=train, space={})
+    data.pop("tracking", None)  # a retrain of one config is not a search to track
     data["search"] = {**data["search"], "num_samples": 1, "baseline": False}
     return data
 
@@ -92,9 +100,10 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _metadata(spec: ExperimentSpec, trial: TrialRecord, rank: int, max_t: int) -> dict:
+def _metadata(spec: ExperimentSpec, trial: TrialRecord, rank: int, max_t: int,
+              class_names: list[str] | None = None) -> dict:
     best = trial.best
-    return {
+    meta = {
         "experiment": spec.name,
         "trial_id": trial.trial_id,
         "rank": rank,
@@ -107,11 +116,16 @@ def _metadata(spec: ExperimentSpec, trial: TrialRecord, rank: int, max_t: int) -
         "status": trial.status(max_t).value,
         "versions": _versions(),
     }
+    if class_names is not None:
+        meta["class_names"] = list(class_names)
+    return meta
 
 
-def config_document(spec: ExperimentSpec, trial: TrialRecord, rank: int) -> str:
-    """One runnable spec as YAML, with its provenance as a comment block."""
-    meta = _metadata(spec, trial, rank, spec.max_t)
+def config_document(spec: ExperimentSpec, trial: TrialRecord, rank: int,
+                    class_names: list[str] | None = None) -> str:
+    """One runnable spec as YAML, with its provenance (and the model's class names, in label
+    order, when known) as a comment block."""
+    meta = _metadata(spec, trial, rank, spec.max_t, class_names)
     header = "\n".join(f"# {line}" for line in yaml.safe_dump(
         {"finetune_search_export": meta}, sort_keys=False).splitlines())
     body = yaml.safe_dump(fixed_spec(spec, trial.config), sort_keys=False)
@@ -277,7 +291,7 @@ def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int 
         SpecError: On a missing/empty/running experiment, or a bad ``top``.
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise SpecError(f"top: must be an int >= 1, got {top!r}", key="top")
+        raise SpecError(f"top: must be an int >= 1, got {echo(top)}", key="top")
     spec, trials = load_experiment(experiment_dir)
     if out_dir is None:
         out_dir = (os.path.abspath(f"{spec.name}-export") if storage.is_remote(experiment_dir)
@@ -292,10 +306,22 @@ def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int 
     result.files += _write_table(out_dir, "history", history_table(trials))
     if not ranked:
         return result
+    class_names = read_class_names(experiment_dir)
     result.files.append(_write_text(out_dir, "best_config.yaml",
-                                    config_document(spec, ranked[0], 1)))
-    documents = [config_document(spec, t, i + 1) for i, t in enumerate(ranked[:top])]
+                                    config_document(spec, ranked[0], 1, class_names)))
+    documents = [config_document(spec, t, i + 1, class_names)
+                 for i, t in enumerate(ranked[:top])]
     result.files.append(_write_text(out_dir, "top_configs.yaml", "---\n".join(documents)))
     if with_model:
         result.files.append(_copy_model(ranked[0], experiment_dir, out_dir))
+        if class_names is not None:
+            # Beside the model, so `predict` names its outputs wherever the folder goes.
+            write_class_names(out_dir, class_names)
+            result.files.append(CLASS_NAMES_FILE)
+    if spec.tracking is not None:
+        from search.driver.tracking import log_export
+
+        logged = [f for f in result.files if f.endswith((".keras", ".yaml", ".json"))]
+        result.tracked = log_export(spec, experiment_dir, out_dir, logged,
+                                    ranked[0].trial_id, float(ranked[0].best_value))
     return result

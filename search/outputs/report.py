@@ -31,13 +31,32 @@ def is_baseline(trial: TrialRecord, spec: ExperimentSpec) -> bool:
     return bool(point) and all(trial.config.get(k) == v for k, v in point.items())
 
 
+def trained_values(trial: TrialRecord, spec: ExperimentSpec) -> dict[str, Any]:
+    """What ``trial`` actually trained with for the original method's settings and its
+    searched ones: its drawn values over the spec's fixed ones over the model's defaults."""
+    from dataclasses import fields
+
+    from model_zoo import ModelConfig
+
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    trained = {**defaults, **spec.fixed_config(), **trial.config}
+    return {k: trained[k] for k in dict.fromkeys([*ORIGINAL_METHOD, *sorted(trial.config)])
+            if k in trained}
+
+
 def _figure_png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
 
-def learning_curves(trials: list[TrialRecord], spec: ExperimentSpec) -> bytes:
+# Drawing order of the learning curves: trial labels at the bottom, then the trials' lines,
+# then the baseline on top, so overlapping labels never hide its green.
+LABEL_ZORDER, TRIAL_ZORDER, BASELINE_ZORDER = 1, 2, 3
+
+
+def learning_curves_figure(trials: list[TrialRecord], spec: ExperimentSpec) -> Any:
+    """The learning-curves figure (one line per trial, the baseline drawn above the rest)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -50,11 +69,13 @@ def learning_curves(trials: list[TrialRecord], spec: ExperimentSpec) -> bytes:
         status = trial.status(spec.max_t)
         base = is_baseline(trial, spec)
         color = BASELINE_COLOR if base else STATUS_COLORS.get(status, "#333333")
+        zorder = BASELINE_ZORDER if base else TRIAL_ZORDER
         ax.plot(xs, ys, color=color, lw=2.5 if base else 1, alpha=1 if base else 0.7,
-                label="baseline (original method)" if base else None)
+                label="baseline (original method)" if base else None, zorder=zorder)
         if status == TrialStatus.STOPPED:  # cut at its ASHA rung: mark the cut
-            ax.plot(xs[-1], ys[-1], marker="x", color=color, ms=7)
-        ax.annotate(trial.trial_id, (xs[-1], ys[-1]), fontsize=6, alpha=0.7)
+            ax.plot(xs[-1], ys[-1], marker="x", color=color, ms=7, zorder=zorder)
+        ax.annotate(trial.trial_id, (xs[-1], ys[-1]), fontsize=6, alpha=0.7,
+                    zorder=LABEL_ZORDER)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -64,7 +85,11 @@ def learning_curves(trials: list[TrialRecord], spec: ExperimentSpec) -> bytes:
     if any(is_baseline(t, spec) for t in trials):
         ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    return _figure_png(fig)
+    return fig
+
+
+def learning_curves(trials: list[TrialRecord], spec: ExperimentSpec) -> bytes:
+    return _figure_png(learning_curves_figure(trials, spec))
 
 
 def best_so_far(trials: list[TrialRecord]) -> bytes:
@@ -221,8 +246,10 @@ def write_report(experiment_dir: str, out_dir: str | None = None) -> str:
         lines.append(f"<p><b>Best:</b> trial {html.escape(best.trial_id)}, {METRIC} "
                      f"{best.best_value:.4f} at epoch {best.best.get(TIME_ATTR)}.</p>")
     if baseline and baseline.best:
-        lines.append(f"<p class='baseline'><b>Baseline</b> (original method: "
-                     f"{html.escape(str(ORIGINAL_METHOD))}): trial "
+        values = ", ".join(f"{k}={format_value(v)}"
+                           for k, v in trained_values(baseline, spec).items())
+        lines.append(f"<p class='baseline'><b>Baseline</b> (the original method, as it "
+                     f"trained: {html.escape(values)}): trial "
                      f"{html.escape(baseline.trial_id)}, {METRIC} "
                      f"{baseline.best_value:.4f}.</p>")
     importance_html = ("<ul>" + "".join(

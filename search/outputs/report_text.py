@@ -13,6 +13,12 @@ def format_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def format_table(rows: list[list[str]]) -> list[str]:
+    """Rows of cells (the first the header) as left-aligned fixed-width lines."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
 def results_table(summary: Any, limit: int = 30) -> str:
     """The trials as a fixed-width table, best first (failed trials last).
 
@@ -31,8 +37,7 @@ def results_table(summary: Any, limit: int = 30) -> str:
             format_value(trial.final.get(METRIC, "-")),
             *(format_value(trial.config.get(k, "-")) for k in params),
         ])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = format_table(rows)
     if len(trials) > limit:
         lines.append(f"... {len(trials) - limit} more")
     return "\n".join(lines)

@@ -207,7 +207,12 @@ def read_trials(fs: storage.pafs.FileSystem, root: str) -> list[TrialRecord]:
             params_path = storage.join(info.path, "params.json")
             if not storage.exists(fs, params_path):
                 continue
-            config = json.loads(storage.read_text(fs, params_path))
+            try:
+                config = json.loads(storage.read_text(fs, params_path))
+            except ValueError:
+                # Half-written by a driver that is starting this trial right now (`status`
+                # reads while the search runs); the next read finds it whole.
+                continue
             result_path = storage.join(info.path, "result.json")
             history = _parse_json_lines(storage.read_text(fs, result_path)) if storage.exists(
                 fs, result_path) else []

@@ -23,6 +23,7 @@ import numpy as np
 
 from search.errors import SpecError
 from search.outputs import storage
+from search.outputs.experiment import write_class_names
 from search.spec import ExperimentSpec, load_spec
 from search.trial import runtime
 
@@ -43,7 +44,8 @@ def retrain(config_path: str, *, epochs: int | None = None, out_dir: str | None 
     Args:
         config_path: A spec with no searched settings (``best_config.yaml``).
         epochs: Override ``train.epochs``.
-        out_dir: Where to write ``model.keras``, ``metrics.json`` and ``history.csv``;
+        out_dir: Where to write ``model.keras``, ``class_names.json``, ``metrics.json`` and
+            ``history.csv``;
             default ``retrain-<name>`` beside the config.
         deterministic: Turn on TensorFlow's op determinism.
 
@@ -102,6 +104,7 @@ def _train_and_test(spec: ExperimentSpec, data: Any, out_dir: str,
     with storage.atomic_path(storage.confined(out_dir, "model.keras")) as tmp:
         # Keras insists on the .keras suffix, which the temp path keeps.
         model.save(tmp)
+    write_class_names(out_dir, data.class_names)
     with storage.atomic_path(storage.confined(out_dir, "metrics.json")) as tmp, \
             open(tmp, "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)

@@ -86,9 +86,10 @@ def fake_experiment(tmp_path_factory) -> Path:
 
 
 words = st.sampled_from([
-    "run", "resume", "extend", "validate", "describe", "export", "report", "retrain",
-    "--more", "--top", "--out", "--epochs", "--set", "--num-cpus", "--address", "--classes",
-    "--input-shape", "0", "-3", "x", "nan", "1e9", "train.epochs=oops", "space.upsample=[5]",
+    "run", "resume", "extend", "validate", "describe", "export", "report", "retrain", "status",
+    "--watch", "--more", "--top", "--out", "--epochs", "--set", "--num-cpus", "--address",
+    "--classes", "--input-shape", "0", "-3", "x", "nan", "1e9", "train.epochs=oops",
+    "space.upsample=[5]",
     "{\"upsample\": 99}", "{\"freeze\": \"nope\"}", "{\"noise_std\": -1}", "/nonexistent",
     "EXP", "EXP/spec.yaml", "EXP/missing", "/", "a=b",
 ])
@@ -164,3 +165,38 @@ def test_unreadable_config_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot be read" in err and len(err.strip().splitlines()) == 1
     assert os.path.exists(path)
+
+
+HUGE = "x" * 20_000
+
+
+@pytest.mark.parametrize("case", ["text_file", "unknown_key", "model_value", "set_value",
+                                  "argparse_value", "describe_value", "baseline_value"])
+def test_a_huge_value_is_cut_on_every_error_path(case, tmp_path, capsys):
+    from search.errors import MAX_MESSAGE
+
+    spec = tmp_path / "spec.yaml"
+    raw = copy.deepcopy(BASE)
+    if case == "text_file":  # what `validate /etc/passwd` did: the whole file echoed
+        spec.write_text("\n".join(f"user{i}:x:{i}:{i}::/home/user{i}:/bin/sh"
+                                  for i in range(2000)))
+    elif case == "unknown_key":
+        spec.write_text(yaml.safe_dump({**raw, HUGE: 1}))
+    elif case == "model_value":
+        spec.write_text(yaml.safe_dump({**raw, "model": {**raw["model"], "pooling": HUGE}}))
+    elif case == "baseline_value":
+        raw["space"]["dense_units"] = {"choice": [8, 16]}
+        raw["model"]["dense_units"] = 10**4000 // 3  # a 4000-digit int, outside the space
+        raw["search"] = {"baseline": True}
+        spec.write_text(yaml.safe_dump(raw))
+    else:
+        spec.write_text(yaml.safe_dump(raw))
+    argv = {"set_value": ["validate", str(spec), "--set", f"train.epochs={HUGE}"],
+            "argparse_value": ["extend", str(tmp_path), "--more", HUGE],
+            "describe_value": ["describe", f'{{"noise_std": "{HUGE}"}}']}.get(
+        case, ["validate", str(spec)])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[:500]
+    assert len(lines[0]) <= len("error: ") + MAX_MESSAGE, lines[0]

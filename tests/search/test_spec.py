@@ -119,11 +119,12 @@ def test_dump_round_trips():
         ({"model__pooling": "max"}, r"model\.pooling"),
         ({"name": "a/b"}, r"name: must be a non-empty string without '/'"),
         ({"dataset": KeyError}, r"dataset: is required"),
-        ({"space__learning_rate": {"uniform": [0.1, 0.2]}, "train__learning_rate": 0.01},
+        ({"space__learning_rate": {"uniform": [0.1, 0.2]}, "train__learning_rate": 0.01,
+          "search": {"baseline": True}},
          r"search\.baseline: the baseline's learning_rate=0\.01 must lie in "
          r"space\.learning_rate"),
-        ({"space__upsample": {"choice": [3, 4]}}, r"search\.baseline: the original method's "
-                                                  r"upsample=2 must lie in space\.upsample"),
+        ({"space__upsample": {"choice": [3, 4]}, "search": {"baseline": True}},
+         r"search\.baseline: the original method's upsample=2 must lie in space\.upsample"),
         ({"storage": 3}, r"storage: must be a path or URI string, got 3"),
         ({"search__budget_gpu_hours": 1, "resources__gpus_per_trial": 0},
          r"search\.budget_gpu_hours: trials hold no GPU \(resources\.gpus_per_trial is 0\), "
@@ -158,6 +159,17 @@ def test_conditional_keys_are_accepted_and_baseline_can_be_turned_off():
     spec = load_spec_dict(raw)
     assert spec.baseline_point()["upsample"] == 2  # defined, but not used with baseline off
     assert spec.search.baseline is False
+
+
+def test_default_baseline_outside_the_space_is_dropped_with_one_note():
+    spec = load_spec_dict(spec_with(space__upsample={"choice": [3, 4]}))
+    assert spec.search.baseline is False
+    assert spec.notes == ("search.baseline: running without the baseline trial, the original "
+                          "method's upsample=2 lies outside space.upsample "
+                          "({'choice': [3, 4]})",)
+    # Written down, the spec's own search.baseline: false round-trips without a note.
+    assert load_spec_dict(spec.to_dict()).notes == ()
+    assert load_spec_dict(BASE).notes == () and load_spec_dict(BASE).search.baseline is True
 
 
 def test_value_written_and_searched_is_searched_and_starts_the_baseline():
@@ -225,3 +237,16 @@ def test_shipped_configs_validate():
     # The quickstart in configs/ is the one shipped inside the package.
     assert (root / "configs" / "quickstart.yaml").read_text() == QUICKSTART_PATH.read_text()
     assert load_spec(None).name == "quickstart"
+
+
+def test_validate_says_in_one_line_that_the_baseline_is_dropped_and_refuses_when_asked(
+        tmp_path, capsys):
+    from search.cli import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_with(space__upsample={"choice": [3, 4]})))
+    assert main(["validate", str(path)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "running without the baseline trial" in notes[0]
+    assert main(["validate", str(path), "--set", "search.baseline=true"]) == 2
+    assert "must lie in space.upsample" in capsys.readouterr().err

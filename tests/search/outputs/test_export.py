@@ -16,18 +16,17 @@ from search.errors import SpecError
 from search.outputs.export import export_experiment, read_metadata
 from search.outputs.results import load_trials
 from search.outputs.storage import confined
-from tests.helpers import cli, write_spec
+from tests.helpers import cli
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Path:
-    tmp_path = tmp_path_factory.mktemp("export")
-    spec_path = write_spec(tmp_path, search__num_samples=4)
-    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "exp")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return tmp_path / "results" / "exp"
+def experiment(tracked_search) -> Path:
+    # The session's one real tracked search (tests/search/conftest.py): 2 trials, baseline
+    # first; exporting it also logs to its MLflow server.
+    assert tracked_search.returncode == 0, tracked_search.stderr[-3000:]
+    return tracked_search.experiment
 
 
 def test_export_writes_every_file_and_tables_agree_with_the_search(experiment, tmp_path):
@@ -35,7 +34,7 @@ def test_export_writes_every_file_and_tables_agree_with_the_search(experiment, t
     done = cli("export", str(experiment), "--out", str(out), "--top", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("best_config.yaml", "top_configs.yaml", "trials.parquet", "trials.csv",
-                 "history.parquet", "history.csv", "best_model.keras"):
+                 "history.parquet", "history.csv", "best_model.keras", "class_names.json"):
         assert (out / name).is_file(), name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -56,6 +55,7 @@ def test_export_writes_every_file_and_tables_agree_with_the_search(experiment, t
     meta = read_metadata(text)
     assert meta["trial_id"] == best.trial_id and meta["metric"] == "val_accuracy"
     assert set(meta["versions"]) >= {"finetune-search", "tensorflow", "ray"}
+    assert meta["class_names"] == [str(i) for i in range(10)]  # digits, in label order
     config = yaml.safe_load(text)
     assert config["space"] == {}
     assert config["model"]["upsample"] == best.config["upsample"]
@@ -110,6 +110,9 @@ def test_retrain_runs_the_exported_config_and_is_deterministic(experiment, tmp_p
     assert metrics["test_examples"] > 0
     assert (tmp_path / "r1" / "model.keras").is_file()
     assert (tmp_path / "r1" / "history.csv").read_text().startswith("epoch,")
+    # predict names a retrained model's classes from the file beside it
+    assert json.loads((tmp_path / "r1" / "class_names.json").read_text()) == [
+        str(i) for i in range(10)]
     second = cli("retrain", str(out / "best_config.yaml"), "--epochs", "1", "--out",
                  str(tmp_path / "r2"))
     assert second.returncode == 0, second.stderr[-3000:]
@@ -125,6 +128,8 @@ def test_report_names_every_trial(experiment, tmp_path):
     for trial in load_trials(str(experiment)):
         assert trial.trial_id in page
     assert "(baseline)" in page
+    baseline_line = next(p for p in page.split("<p") if "<b>Baseline</b>" in p)
+    assert "dense_units=32" in baseline_line  # the tiny spec's fixed value, not the method's 256
     assert (tmp_path / "rep" / "learning_curves.png").stat().st_size > 1000
 
 
