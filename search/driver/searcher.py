@@ -31,6 +31,7 @@ from search.driver.study import (
     REASON_ORPHANED,
     TIME_ATTR,
     asha_stop_reason,
+    make_sampler,
     open_study,
 )
 from search.space import CONDITIONS, Distribution
@@ -157,6 +158,25 @@ class AshaAwareOptunaSearch(OptunaSearch):
             study_name=study_name,
             storage=study._storage,
         )
+
+    # -- suggestions ----------------------------------------------------------------------
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Ray says how many trials run at once (``max_concurrent_trials``), before the first
+        suggestion: TPE then takes the constant liar when that is more than one.
+
+        Returns:
+            False: Ray's ``ConcurrencyLimiter`` still does the limiting.
+        """
+        if self._ot_trials:
+            # A restored search keeps the sampler (and random state) it was pickled with; a
+            # fresh one would draw the start-up configs it already tried.
+            return False
+        sampler = make_sampler(self._sampler_seed, self._algorithm, self._num_samples,
+                               max_concurrent)
+        self._sampler = sampler
+        self._ot_study.sampler = sampler
+        return False
 
     # -- budget ---------------------------------------------------------------------------
 
