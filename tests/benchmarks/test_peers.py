@@ -9,15 +9,10 @@ import math
 
 import pytest
 from common import REDUCED, Context
-from peer_methods import (
-    METHODS,
-    VARIANTS,
-    MethodRun,
-    Task,
-    asha_trials,
-    hyperband_iteration_epochs,
-)
-from peers import digits_task, paired, run_figures, summarize, to_target
+from peer_methods import METHODS, VARIANTS
+from peer_report import paired, run_figures, summarize, to_target
+from peer_task import MethodRun, Task, asha_trials, hyperband_iteration_epochs
+from peers import digits_task
 
 
 def _row(trial, epoch, value, t, fit_s=1.0, test=None):
