@@ -7,10 +7,11 @@ with the seconds the trial measured itself. The Ray-based methods train through 
 own trainable (``search.trial.trainable.train_trial``), the others through
 ``peer_trial.train_epochs`` or its Keras callback, which share the project's set-up sequence.
 
-How each method stops at the budget is its own: a trial count for the Ray-based methods (set
-so that ASHA's expected spend exceeds the budget), ``study.stop()`` from a callback for
-Optuna, whole Hyperband iterations for Keras Tuner, ``StoppingCriterion(max_num_evaluations)``
-for Syne Tune. ``peers.py`` then counts only the first ``budget`` trial-epochs of each.
+How each method stops at the budget is its own: a ``Stopper`` for Ray Tune, a trial count for
+``run_search`` (set so that ASHA's expected spend exceeds the budget; it has no stop hook),
+``study.stop()`` from a callback for Optuna, whole Hyperband iterations for Keras Tuner,
+``StoppingCriterion(max_num_evaluations)`` for Syne Tune. ``peers.py`` then counts only the
+first ``budget`` trial-epochs of each.
 """
 
 from __future__ import annotations
@@ -43,10 +44,27 @@ from peer_trial import (
     task_data,
     train_epochs,
 )
+from ray.tune import Stopper
 
 from search.driver.study import METRIC, MODE
 
 PEER_TRIAL = Path(__file__).resolve().parent / "peer_trial.py"
+
+
+class TrialEpochBudget(Stopper):
+    """Ray Tune's documented way to end an experiment: every trial stops once the trials have
+    reported ``budget`` epochs together (one report per epoch)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.reported = 0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.reported += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reported >= self.budget
 
 
 def _rows_since(rows: list[dict[str, Any]], began: float) -> list[dict[str, Any]]:
@@ -139,6 +157,7 @@ def _run_ray_tuner(task: Task, seed: int, workdir: Path, ctx: Context, name: str
                                             **make_config(spec)),
                 run_config=tune.RunConfig(
                     name=name, storage_path=str(workdir / "experiments"), verbose=0,
+                    stop=TrialEpochBudget(task.budget),
                     checkpoint_config=tune.CheckpointConfig(
                         num_to_keep=1, checkpoint_score_attribute=METRIC,
                         checkpoint_score_order=MODE)))
