@@ -289,8 +289,13 @@ def _version(*packages: str) -> str:
     return "not installed"
 
 
-def machine_info() -> dict[str, Any]:
-    """The machine and the versions the numbers were measured with."""
+def machine_info(*packages: str) -> dict[str, Any]:
+    """The machine and the versions the numbers were measured with.
+
+    Args:
+        packages: Further distributions whose versions to list (e.g. the peers a benchmark
+            compares against), after the standard ones.
+    """
     gpus = gpu_names()
     return {
         "cpu": _cpu_model(),
@@ -303,6 +308,7 @@ def machine_info() -> dict[str, Any]:
         "ray": _version("ray"),
         "optuna": _version("optuna"),
         "platform": platform.platform(),
+        **{package: _version(package) for package in packages},
     }
 
 

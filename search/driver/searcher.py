@@ -27,6 +27,7 @@ from search.driver.study import (
     MODE,
     REASON_ORPHANED,
     TIME_ATTR,
+    make_sampler,
     open_study,
     trial_outcome,
 )
@@ -153,11 +154,25 @@ class AshaAwareOptunaSearch(OptunaSearch):
             storage=study._storage,
         )
 
+    # -- suggestions ----------------------------------------------------------------------
+
     def set_max_concurrency(self, max_concurrent: int) -> bool:
-        # The searcher keeps the limit itself, so Ray's ConcurrencyLimiter passes every call
-        # through: the limiter forgets a trial once it completed, and when resume restarts an
-        # errored trial its completion would never reach the study.
+        """Ray says how many trials run at once (``max_concurrent_trials``), before the first
+        suggestion: TPE then takes the constant liar when that is more than one.
+
+        Returns:
+            True: the searcher keeps the limit itself, so Ray's ``ConcurrencyLimiter`` passes
+            every call through (the limiter forgets a trial once it completed, and when resume
+            restarts an errored trial its completion would never reach the study).
+        """
         self._max_concurrent = max_concurrent
+        if not self._ot_trials:
+            # A restored search keeps the sampler (and random state) it was pickled with; a
+            # fresh one would draw the start-up configs it already tried.
+            sampler = make_sampler(self._sampler_seed, self._algorithm, self._num_samples,
+                                   max_concurrent)
+            self._sampler = sampler
+            self._ot_study.sampler = sampler
         return True
 
     def suggest(self, trial_id: str) -> dict | None:

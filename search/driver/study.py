@@ -116,28 +116,41 @@ def journal_path_for(experiment_dir: str) -> str:
     return os.path.join(experiment_dir, STUDY_FILE)
 
 
+def make_sampler(seed: int, algorithm: str = "tpe", num_samples: int | None = None,
+                 max_concurrent: int | None = 1) -> optuna.samplers.BaseSampler:
+    """The search's Optuna sampler: random, or TPE with a constant liar for parallel trials.
+
+    With more than one trial running at once (``max_concurrent`` > 1, or ``None``: no limit),
+    TPE counts the running trials among the bad ones while it suggests (the constant liar), so
+    the free slots are not all sent to the same promising region before any of them reports.
+    Optuna 5 turns the liar on by default and Optuna 4 off: the choice is made here, for both.
+    """
+    import optuna
+
+    if algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    parallel = max_concurrent is None or max_concurrent > 1
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(num_samples),
+                                      constant_liar=parallel)
+
+
 def open_study(journal_path: str, study_name: str, seed: int,
-               algorithm: str = "tpe", num_samples: int | None = None) -> optuna.Study:
+               algorithm: str = "tpe", num_samples: int | None = None,
+               max_concurrent: int | None = 1) -> optuna.Study:
     """Opens (or creates) the experiment's study in Optuna's journal file storage.
 
     The journal is an append-only log: a driver killed mid-write loses at most its last line,
-    and ``optuna-dashboard <journal>`` opens it as it is.
+    and ``optuna-dashboard <journal>`` opens it as it is. The sampler is :func:`make_sampler`'s.
     """
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(journal_path))
-    sampler: optuna.samplers.BaseSampler
-    if algorithm == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed,
-                                             n_startup_trials=startup_trials(num_samples))
     return optuna.create_study(
         storage=storage,
         study_name=study_name,
-        sampler=sampler,
+        sampler=make_sampler(seed, algorithm, num_samples, max_concurrent),
         # ASHA does all the stopping; Optuna's own pruner must never second-guess it.
         pruner=optuna.pruners.NopPruner(),
         direction="maximize" if MODE == "max" else "minimize",

@@ -322,3 +322,33 @@ def test_searcher_keeps_the_concurrency_limit_and_hears_every_completion(tmp_pat
     states = [t.state for t in _by_number(searcher)]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
                       TrialState.COMPLETE]
+def test_parallel_trials_give_tpe_the_constant_liar(tmp_path):
+    from search.driver.study import make_sampler
+
+    assert make_sampler(0, "tpe", 16, max_concurrent=4)._constant_liar is True
+    assert make_sampler(0, "tpe", 16, max_concurrent=None)._constant_liar is True
+    assert make_sampler(0, "tpe", 16, max_concurrent=1)._constant_liar is False
+    assert isinstance(make_sampler(0, "random", 16, 4), optuna.samplers.RandomSampler)
+    study = open_study(str(tmp_path / "j"), "s", seed=0, num_samples=16, max_concurrent=2)
+    assert study.sampler._constant_liar is True
+    assert study.sampler._n_startup_trials == 4
+
+
+def test_ray_concurrency_limit_reaches_the_searchers_sampler(tmp_path):
+    from ray.tune.search import ConcurrencyLimiter
+
+    parallel = make_searcher(tmp_path, study_name="a", num_samples=16)
+    ConcurrencyLimiter(parallel, max_concurrent=4)  # what Tuner does for max_concurrent_trials
+    assert parallel._ot_study.sampler._constant_liar is True
+    assert parallel._ot_study.sampler._n_startup_trials == 4
+    serial = make_searcher(tmp_path, study_name="b", num_samples=16)
+    ConcurrencyLimiter(serial, max_concurrent=1)
+    assert serial._ot_study.sampler._constant_liar is False
+
+
+def test_searcher_that_already_suggested_keeps_its_sampler(tmp_path):
+    searcher = make_searcher(tmp_path, num_samples=16)
+    searcher.suggest("t1")
+    sampler = searcher._ot_study.sampler
+    assert searcher.set_max_concurrency(4) is True
+    assert searcher._ot_study.sampler is sampler

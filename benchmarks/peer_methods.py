@@ -1,0 +1,403 @@
+"""The search methods ``peers.py`` compares, each set up the way its own documentation shows.
+
+Every method runs the same :class:`Task` (space, fixed settings, data split, ``max_t``, ASHA's
+``grace_period`` and ``reduction_factor``, concurrency where it has one, a budget in
+trial-epochs) and returns a :class:`MethodRun`: one row per trained epoch, in arrival order,
+with the seconds the trial measured itself. The Ray-based methods train through the project's
+own trainable (``search.trial.trainable.train_trial``), the others through
+``peer_trial.train_epochs`` or its Keras callback, which share the project's set-up sequence.
+
+How each method stops at the budget is its own: a ``Stopper`` for Ray Tune, a trial count for
+``run_search`` (set so that ASHA's expected spend exceeds the budget; it has no stop hook),
+``study.stop()`` from a callback for Optuna, whole Hyperband iterations for Keras Tuner,
+``StoppingCriterion(max_num_evaluations)`` for Syne Tune. ``peers.py`` then counts only the
+first ``budget`` trial-epochs of each.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from common import Context, logged, run_logged_search
+from peer_task import (
+    MethodRun,
+    Task,
+    asha_trials,
+    hyperband_iteration_epochs,
+    keras_tuner_config,
+    peer_gpus,
+    ray_space,
+    syne_space,
+    write_task,
+)
+from peer_trial import (
+    TASK_FILE_KEY,
+    evaluate_test,
+    keras_recorder,
+    load_task,
+    read_rows,
+    task_data,
+    train_epochs,
+)
+from ray.tune import Stopper
+
+from search.driver.study import METRIC, MODE
+
+PEER_TRIAL = Path(__file__).resolve().parent / "peer_trial.py"
+
+
+class TrialEpochBudget(Stopper):
+    """Ray Tune's documented way to end an experiment: every trial stops once the trials have
+    reported ``budget`` epochs together (one report per epoch)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.reported = 0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.reported += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reported >= self.budget
+
+
+def _rows_since(rows: list[dict[str, Any]], began: float) -> list[dict[str, Any]]:
+    for row in rows:
+        row["t"] = float(row["t"]) - began
+    return rows
+
+
+def _ray_rows(trials: list[Any], began: float) -> list[dict[str, Any]]:
+    """Rows from Ray trial records (one per reported epoch, failed epochs included)."""
+    from common import arrival_key
+
+    rows = []
+    for trial in trials:
+        previous = 0.0
+        for row in sorted(trial.history, key=lambda r: int(r.get("epoch", 0))):
+            spent = float(row.get("wall_seconds", 0.0))
+            rows.append({"trial": trial.trial_id, "epoch": int(row.get("epoch", 0)),
+                         METRIC: float(row.get(METRIC, math.nan)),
+                         "fit_s": spent - previous,
+                         "trial_failed": bool(row.get("trial_failed")),
+                         "t": float(row.get("timestamp", began)) - began,
+                         "_key": arrival_key(row)})
+            previous = spent
+    rows.sort(key=lambda r: r.pop("_key"))
+    return rows
+
+
+def _checkpoint_test(trials: list[Any], data: Any) -> Callable[[dict[str, Any]], float | None]:
+    """Test accuracy of a Ray trial's best checkpoint (the model as the search left it)."""
+    from search.outputs.export import best_checkpoint
+    from search.trial.checkpoint import MODEL_FILE
+
+    by_id = {t.trial_id: t for t in trials}
+
+    def test_of(row: dict[str, Any]) -> float | None:
+        import keras
+
+        folder = best_checkpoint(by_id[row["trial"]])
+        if folder is None:
+            return None
+        return evaluate_test(keras.saving.load_model(os.path.join(folder, MODEL_FILE)), data)
+
+    return test_of
+
+
+# --------------------------------------------------------------------------------------------
+# the methods
+
+
+def run_finetune_search(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
+    """``search.run_search`` as shipped: TPE told PRUNED for ASHA-stopped trials, ASHA."""
+    raw = task.raw_for(f"ours-seed{seed}", seed, workdir,
+                       num_samples=asha_trials(task), max_concurrent=task.concurrency)
+    began = time.time()
+    summary, wall = run_logged_search(raw, ctx, workdir / "finetune_search.log")
+    data = task_data({"dataset": raw["dataset"]})
+    return MethodRun(_ray_rows(summary.trials, began), wall, began, task.concurrency,
+                     _checkpoint_test(summary.trials, data))
+
+
+def _run_ray_tuner(task: Task, seed: int, workdir: Path, ctx: Context, name: str,
+                   num_samples: int, make_config: Callable[[Any], dict[str, Any]]) -> MethodRun:
+    """A plain ``tune.Tuner`` over the project's trainable, as Ray's docs show."""
+    import ray
+    from ray import tune
+
+    from search.data import load_dataset
+    from search.driver.cluster import connect, resolve_gpus
+    from search.outputs.experiment import SPEC_FILE
+    from search.outputs.results import load_trials
+    from search.spec import dump_spec
+    from search.trial.trainable import train_trial
+
+    spec = task.spec(name, seed, workdir)
+    began = time.time()
+    with logged(workdir / f"{name}.log"):
+        data = load_dataset(spec.dataset)
+        started = connect(None, ctx.num_cpus)
+        try:
+            gpus = resolve_gpus(spec)
+            trainable = tune.with_resources(
+                tune.with_parameters(train_trial, data=data,
+                                     fixed={**spec.fixed_config(), "gpus_per_trial": gpus}),
+                {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
+            tuner = tune.Tuner(
+                trainable, param_space=ray_space(spec.space),
+                tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=num_samples,
+                                            max_concurrent_trials=task.concurrency,
+                                            **make_config(spec)),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(workdir / "experiments"), verbose=0,
+                    stop=TrialEpochBudget(task.budget),
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=1, checkpoint_score_attribute=METRIC,
+                        checkpoint_score_order=MODE)))
+            grid = tuner.fit()
+        finally:
+            if started:
+                ray.shutdown()
+    wall = time.time() - began
+    if grid.errors:
+        raise RuntimeError(f"{name}: a trial errored: {grid.errors[0]} (see {workdir})")
+    # The trials are the project's trainable's, so the project's reader reads them; it wants
+    # the spec they trained with beside them.
+    experiment = workdir / "experiments" / name
+    (experiment / SPEC_FILE).write_text(dump_spec(spec), encoding="utf-8")
+    trials = load_trials(str(experiment))
+    return MethodRun(_ray_rows(trials, began), wall, began, task.concurrency,
+                     _checkpoint_test(trials, data))
+
+
+def run_ray_optuna(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
+    """Ray Tune with its stock ``OptunaSearch`` (TPE) and ``ASHAScheduler``: ASHA-stopped
+    trials reach the study as COMPLETE with their last value."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    return _run_ray_tuner(
+        task, seed, workdir, ctx, f"ray-optuna-seed{seed}", asha_trials(task),
+        lambda spec: {"search_alg": OptunaSearch(seed=seed),
+                      "scheduler": ASHAScheduler(max_t=task.max_t,
+                                                 grace_period=task.grace_period,
+                                                 reduction_factor=task.reduction_factor)})
+
+
+def run_random_fifo(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
+    """Ray Tune's random search, every trial trained to ``max_t`` (the floor)."""
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return _run_ray_tuner(
+        task, seed, workdir, ctx, f"random-fifo-seed{seed}", math.ceil(task.budget / task.max_t),
+        lambda spec: {"search_alg": BasicVariantGenerator(random_state=seed),
+                      "scheduler": FIFOScheduler()})
+
+
+def _optuna_worker(journal: str, study_name: str, task_file: str, seed: int, budget: int,
+                   grace_period: int, reduction_factor: int, log: str) -> None:
+    """One of the processes that share the study (Optuna's documented way to parallelise
+    across processes): TPE suggests, the Hyperband pruner prunes, a callback stops the study
+    once the trials have reported ``budget`` epochs."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from search.driver.searcher import define_by_run
+    from search.space import parse_distribution
+
+    with open(log, "a", encoding="utf-8") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+    task = load_task(task_file)
+    space = {k: parse_distribution(v, f"space.{k}") for k, v in task["space"].items()}
+    storage = JournalStorage(JournalFileBackend(journal))
+    study = optuna.load_study(
+        study_name=study_name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.HyperbandPruner(min_resource=grace_period,
+                                              max_resource=task["max_t"],
+                                              reduction_factor=reduction_factor))
+
+    def objective(trial: optuna.Trial) -> float:
+        config = {**define_by_run(space)(trial), **trial.params}
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        return train_epochs(config, task, report, trial=f"{study_name}-{trial.number}")
+
+    def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        spent = sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
+        if spent >= budget:
+            study.stop()
+
+    study.optimize(objective, callbacks=[stop_at_budget])
+
+
+def run_optuna(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
+    """Optuna alone: ``TPESampler`` + ``HyperbandPruner``, epochs reported through
+    ``trial.report``/``should_prune``, ``concurrency`` processes sharing a journal storage."""
+    import multiprocessing
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    spec = task.spec(f"optuna-seed{seed}", seed, workdir)
+    task_file = write_task(task, spec, peer_gpus(spec), workdir)
+    journal = str(workdir / "optuna.journal")
+    began = time.time()
+    optuna.create_study(study_name=spec.name, direction="maximize",
+                        storage=JournalStorage(JournalFileBackend(journal)))
+    spawn = multiprocessing.get_context("spawn")
+    # Distinct seeds: workers with one seed would draw the same start-up configs.
+    workers = [spawn.Process(target=_optuna_worker, args=(
+        journal, spec.name, str(task_file), seed * 1000 + k, task.budget, task.grace_period,
+        task.reduction_factor, str(workdir / f"optuna-worker{k}.log")))
+        for k in range(task.concurrency)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wall = time.time() - began
+    failed = [w.exitcode for w in workers if w.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"optuna: a worker exited with {failed[0]} (see {workdir})")
+    return MethodRun(_rows_since(read_rows(workdir / "rows"), began), wall, began,
+                     task.concurrency)
+
+
+def _keras_tuner_hypermodel(task_file: Path, space: Mapping[str, Any]) -> Any:
+    import keras_tuner
+
+    from search.trial import runtime
+
+    task = load_task(task_file)
+    data = task_data(task)
+
+    class HyperModel(keras_tuner.HyperModel):
+        """Builds through ``model_zoo`` and trains on the project's pipelines."""
+
+        def build(self, hp: Any) -> Any:
+            params = {**task["fixed"], **keras_tuner_config(hp, space)}
+            runtime.prepare(params, gpu_fraction=float(params["gpus_per_trial"]))
+            return runtime.build_compiled_model(params, data.input_shape, data.num_classes)
+
+        def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+            params = {**task["fixed"], **hp.values}
+            train_ds, val_ds = runtime.make_pipelines(params, data.x_train, data.y_train,
+                                                      data.x_val, data.y_val,
+                                                      int(params["batch_size"]))
+            callbacks = [*kwargs.pop("callbacks", []), keras_recorder(task, data)]
+            return model.fit(train_ds, validation_data=val_ds, callbacks=callbacks, verbose=0,
+                             shuffle=False, **kwargs)
+
+    return HyperModel()
+
+
+def _run_keras_tuner(task: Task, seed: int, workdir: Path, algorithm: str) -> MethodRun:
+    import keras_tuner
+
+    spec = task.spec(f"keras-tuner-{algorithm}-seed{seed}", seed, workdir)
+    task_file = write_task(task, spec, peer_gpus(spec), workdir)
+    began = time.time()
+    with logged(workdir / "keras_tuner.log"):
+        hypermodel = _keras_tuner_hypermodel(task_file, spec.space)
+        common = {"objective": keras_tuner.Objective(METRIC, direction="max"), "seed": seed,
+                  "directory": str(workdir / "keras_tuner"), "project_name": spec.name,
+                  "overwrite": True}
+        if algorithm == "hyperband":
+            iterations = math.ceil(task.budget / hyperband_iteration_epochs(
+                task.max_t, task.reduction_factor))
+            tuner = keras_tuner.Hyperband(hypermodel, max_epochs=task.max_t,
+                                          factor=task.reduction_factor,
+                                          hyperband_iterations=iterations, **common)
+            tuner.search()
+        else:
+            tuner = keras_tuner.BayesianOptimization(
+                hypermodel, max_trials=math.ceil(task.budget / task.max_t), **common)
+            tuner.search(epochs=task.max_t)
+    wall = time.time() - began
+    return MethodRun(_rows_since(read_rows(workdir / "rows"), began), wall, began, 1)
+
+
+def run_keras_tuner(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
+    """Keras Tuner's ``Hyperband`` (``max_epochs = max_t``, ``factor = reduction_factor``),
+    as many iterations as the budget holds; one trial at a time (Keras Tuner runs trials in
+    parallel only as a distributed chief/worker set-up)."""
+    return _run_keras_tuner(task, seed, workdir, "hyperband")
+
+
+def run_keras_tuner_bayesian(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
+    """Keras Tuner's ``BayesianOptimization`` (Gaussian process), every trial to ``max_t``."""
+    return _run_keras_tuner(task, seed, workdir, "bayesian")
+
+
+def _run_syne_tune(task: Task, seed: int, workdir: Path, scheduler_name: str) -> MethodRun:
+    saved = dict(os.environ)
+    try:
+        # Syne Tune writes under $SYNETUNE_FOLDER and sets OMP_NUM_THREADS=1 when it is
+        # unset; neither should leak into the methods that run after it.
+        os.environ["SYNETUNE_FOLDER"] = str(workdir / "syne-tune")
+        from syne_tune import StoppingCriterion, Tuner
+        from syne_tune.backend import LocalBackend
+        from syne_tune.optimizer.baselines import ASHA, BOHB
+
+        spec = task.spec(f"syne-tune-{scheduler_name}-seed{seed}", seed, workdir)
+        task_file = write_task(task, spec, peer_gpus(spec), workdir)
+        config_space = {**syne_space(spec.space), TASK_FILE_KEY: str(task_file)}
+        scheduler_class = {"asha": ASHA, "bohb": BOHB}[scheduler_name]
+        scheduler = scheduler_class(config_space, metric=METRIC, do_minimize=False,
+                                    time_attr="epoch", max_t=task.max_t,
+                                    grace_period=task.grace_period,
+                                    reduction_factor=task.reduction_factor, random_seed=seed)
+        began = time.time()
+        with logged(workdir / "syne_tune.log"):
+            tuner = Tuner(trial_backend=LocalBackend(entry_point=str(PEER_TRIAL)),
+                          scheduler=scheduler, n_workers=task.concurrency,
+                          stop_criterion=StoppingCriterion(max_num_evaluations=task.budget),
+                          tuner_name=spec.name.replace("_", "-"))
+            tuner.run()
+        wall = time.time() - began
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return MethodRun(_rows_since(read_rows(workdir / "rows"), began), wall, began,
+                     task.concurrency)
+
+
+def run_syne_tune(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
+    """Syne Tune's ``ASHA`` (random search + asynchronous successive halving, stopping
+    type) on its local backend, stopped after ``budget`` reported epochs."""
+    return _run_syne_tune(task, seed, workdir, "asha")
+
+
+def run_syne_tune_bohb(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
+    """Syne Tune's ``BOHB``: ASHA with a kernel-density model fitted on every rung."""
+    return _run_syne_tune(task, seed, workdir, "bohb")
+
+
+# The six methods of the comparison, ours first; then the peers' model-based alternatives,
+# run in the full comparison only (they need their whole budget to say anything).
+METHODS: dict[str, Callable[[Task, int, Path, Context], MethodRun]] = {
+    "finetune_search": run_finetune_search,
+    "ray_optuna": run_ray_optuna,
+    "optuna": run_optuna,
+    "keras_tuner": run_keras_tuner,
+    "syne_tune": run_syne_tune,
+    "random_fifo": run_random_fifo,
+}
+VARIANTS: dict[str, Callable[[Task, int, Path, Context], MethodRun]] = {
+    "keras_tuner_bayesian": run_keras_tuner_bayesian,
+    "syne_tune_bohb": run_syne_tune_bohb,
+}

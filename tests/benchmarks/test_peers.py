@@ -1,0 +1,98 @@
+"""benchmarks/peers.py: the figures and statistics on hand-made rows, and every method run for
+real on a tiny budget (1 seed, a few trials of 2 epochs, 150 digits) so the comparison cannot
+silently rot when a peer changes its API."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from common import REDUCED, Context
+from peer_methods import METHODS, VARIANTS
+from peer_report import paired, run_figures, summarize, to_target
+from peer_task import MethodRun, Task, asha_trials, hyperband_iteration_epochs
+from peers import digits_task
+
+
+def _row(trial, epoch, value, t, fit_s=1.0, test=None):
+    return {"trial": trial, "epoch": epoch, "val_accuracy": value, "t": t, "fit_s": fit_s,
+            "test_accuracy": test}
+
+
+def test_figures_count_only_the_budget_in_arrival_order():
+    rows = [_row("a", 1, 0.50, 1.0, test=0.45), _row("b", 1, 0.70, 2.0, test=0.66),
+            _row("a", 2, 0.70, 3.0, test=0.71), _row("b", 2, 0.95, 4.0, test=0.9)]
+    run = MethodRun(rows, wall_s=10.0, began=0.0, concurrency=2)
+    figures = run_figures(run, budget=3)
+    assert figures["best_val"] == pytest.approx(0.70)
+    assert figures["test_acc"] == pytest.approx(0.66)  # the first row that reached the best
+    assert (figures["trial_epochs"], figures["trial_epochs_run"], figures["trials"]) == (3, 4, 2)
+    # 2 slots x 10 s - 4 s the trials trained, over the 4 trial-epochs run.
+    assert figures["overhead_s_per_epoch"] == pytest.approx(4.0)
+    assert to_target(rows, 3, target=0.705) == (2, 2.0)
+    assert to_target(rows, 3, target=0.95) == (None, None)
+
+
+def test_paired_difference_has_a_t_interval_and_says_when_it_is_noise():
+    clear = paired([0.9, 0.91, 0.92], [0.8, 0.8, 0.81])
+    assert clear["diff"] == pytest.approx(0.1066667, abs=1e-6)
+    # sd of (0.1, 0.11, 0.11) = 0.005774; t(0.975, 2) = 4.303.
+    assert clear["high"] - clear["diff"] == pytest.approx(4.303 * 0.005774 / math.sqrt(3),
+                                                          rel=1e-3)
+    assert clear["verdict"] == "ours higher"
+    assert clear["ratio"] == pytest.approx(0.91 / 0.80333, rel=1e-4)
+    assert paired([0.9, 0.8], [0.85, 0.86])["verdict"] == "within noise"
+    assert paired([10, 12], [20, 21])["verdict"] == "peer higher"
+    assert paired([0.9], [0.8])["verdict"] == "within noise"  # one seed says nothing
+
+
+def test_summary_censors_a_target_never_reached_at_the_budget():
+    run = {"best_val": 0.9, "test_acc": 0.88, "seconds_to_target": None,
+           "overhead_s_per_epoch": 1.0}
+    result = summarize({"finetune_search": [{**run, "epochs_to_target": 5},
+                                            {**run, "epochs_to_target": 7}],
+                        "optuna": [{**run, "epochs_to_target": None},
+                                   {**run, "epochs_to_target": 9}]}, budget=30)
+    assert result["methods"]["optuna"]["epochs_to_target"] == [None, 9]
+    assert result["methods"]["optuna"]["epochs_to_target_censored"] == [30, 9]
+    assert result["comparisons"]["optuna"]["epochs_to_target"]["diff"] == pytest.approx(-13.5)
+
+
+def test_budget_arithmetic_of_hyperband_and_asha():
+    # Keras Tuner's Hyperband at max_epochs 9, factor 3: brackets of 9x1+3x2+1x6, 5x3+2x6, 3x9.
+    assert hyperband_iteration_epochs(9, 3) == 75
+    assert hyperband_iteration_epochs(3, 3) == 11
+    assert hyperband_iteration_epochs(2, 3) == 4
+    # ASHA at rungs 1, 3, 9 trains 1 + 2/3 + 6/9 epochs per trial on average.
+    task = digits_task(max_t=9, budget=150, concurrency=2)
+    assert asha_trials(task, margin=1.0) == math.ceil(150 / (1 + 2 / 3 + 6 / 9))
+
+
+TINY_BUDGET = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    task = digits_task(max_t=2, budget=TINY_BUDGET, concurrency=2)
+    raw = json.loads(json.dumps(task.raw))
+    raw["dataset"].update(subset=150, val_fraction=0.25)
+    return Task(raw=raw, budget=TINY_BUDGET, concurrency=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*METHODS, *VARIANTS])
+def test_every_method_searches_the_tiny_task(name, tiny_task, tmp_path):
+    ctx = Context(mode=REDUCED, workdir=tmp_path, num_cpus=2)
+    run = {**METHODS, **VARIANTS}[name](tiny_task, 0, tmp_path / name, ctx)
+    figures = run_figures(run, TINY_BUDGET)
+    assert all(1 <= r["epoch"] <= tiny_task.max_t for r in run.rows)
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["fit_s"] > 0 for r in run.rows)
+    assert [r["t"] for r in run.rows] == sorted(r["t"] for r in run.rows)
+    assert figures["trial_epochs"] == TINY_BUDGET  # every method spends at least the budget
+    assert 0.0 <= figures["test_acc"] <= 1.0
+    assert figures["overhead_s_per_epoch"] > 0
+    if name == "keras_tuner":  # one whole Hyperband iteration, as Keras Tuner counts it
+        assert figures["trial_epochs_run"] == hyperband_iteration_epochs(2, 3)
+    if name in ("random_fifo", "keras_tuner_bayesian"):  # no early stopping
+        assert figures["trial_epochs_run"] == 2 * math.ceil(TINY_BUDGET / 2)
