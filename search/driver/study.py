@@ -79,13 +79,16 @@ def open_study(journal_path: str, study_name: str, seed: int,
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    from search.driver.sampler import BoundedHistorySampler
+
     storage = JournalStorage(JournalFileBackend(journal_path))
     sampler: optuna.samplers.BaseSampler
     if algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed,
-                                             n_startup_trials=startup_trials(num_samples))
+        # TPE over a bounded history: a suggestion's cost stops growing with the study.
+        sampler = BoundedHistorySampler(optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup_trials(num_samples)))
     return optuna.create_study(
         storage=storage,
         study_name=study_name,
