@@ -1,5 +1,5 @@
-"""benchmarks/scale.py and scale_sim.py: percentiles, windows, growth checks, the simulated
-curve and the probe, on hand-made data (no Ray cluster)."""
+"""benchmarks/scale.py, scale_probe.py and scale_sim.py: percentiles, windows, growth checks,
+the simulated curve and the probe, on hand-made data (no Ray cluster)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import scale
+import scale_probe
 import scale_sim
 
 # --------------------------------------------------------------------------------------------
@@ -17,19 +18,19 @@ import scale_sim
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 99, 100])
 def test_percentile_matches_numpy_linear_interpolation(q):
     values = [0.31, 0.02, 5.0, 0.7, 0.7, 1.9, 0.05, 3.3, 0.4]
-    assert scale.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert scale_probe.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
 def test_percentile_of_one_value_and_of_none():
-    assert scale.percentile([0.25], 99) == 0.25
-    assert math.isnan(scale.percentile([], 50))
+    assert scale_probe.percentile([0.25], 99) == 0.25
+    assert math.isnan(scale_probe.percentile([], 50))
 
 
 def test_suggest_window_takes_the_last_calls_made_by_the_point():
     calls = [(0, 0.01), (0, 0.02), (1, 0.03), (2, 0.04), (2, 0.05), (3, 0.06)]
-    assert scale.suggest_window(calls, finished=2, window=3) == [0.03, 0.04, 0.05]
-    assert scale.suggest_window(calls, finished=0, window=3) == [0.01, 0.02]
-    assert scale.suggest_window(calls, finished=9, window=2) == [0.05, 0.06]
+    assert scale_probe.suggest_window(calls, finished=2, window=3) == [0.03, 0.04, 0.05]
+    assert scale_probe.suggest_window(calls, finished=0, window=3) == [0.01, 0.02]
+    assert scale_probe.suggest_window(calls, finished=9, window=2) == [0.05, 0.06]
 
 
 def test_scale_sizes_leave_suggestions_after_the_last_point():
@@ -104,7 +105,8 @@ def test_probe_times_suggest_and_counts_results_through_the_real_searcher(tmp_pa
 
     original = AshaAwareOptunaSearch.suggest
     journal = tmp_path / "study.journal"
-    probe = scale.ScaleProbe(journal=str(journal), experiment_dir=str(tmp_path), trace_every=2)
+    probe = scale_probe.ScaleProbe(journal=str(journal), experiment_dir=str(tmp_path),
+                                   trace_every=2)
     space = {k: parse_distribution(v, k) for k, v in scale.SCALE_SPACE.items()}
     with probe.installed():
         searcher = AshaAwareOptunaSearch(space, journal_path=str(journal), study_name="s",
@@ -121,11 +123,11 @@ def test_probe_times_suggest_and_counts_results_through_the_real_searcher(tmp_pa
     assert probe.results == 8  # each trial's last result counted once, through complete
     assert [s["finished"] for s in probe.trace] == [2, 4]
     assert probe.trace[-1]["journal_bytes"] > probe.trace[0]["journal_bytes"] > 0
-    rows = scale.point_rows(probe, [2, 4])
+    rows = scale_probe.point_rows(probe, [2, 4])
     assert [r["suggestions"] for r in rows] == [3, 4]
     assert rows[1]["suggest_p99_ms"] >= rows[1]["suggest_p50_ms"] > 0
     with pytest.raises(RuntimeError, match="no sample at 6 finished trials"):
-        scale.point_rows(probe, [6])
+        scale_probe.point_rows(probe, [6])
 
 
 def test_print_scale_shows_the_points_and_the_verdicts():
