@@ -50,20 +50,23 @@ class Mode:
     search_epochs: int
     search_seeds: tuple[int, ...]
     memory_args: tuple[str, ...]
-    gpu_steps: int
+    gpu_seconds: float  # timed training steps per GPU throughput case, after the warm-up
     gpu_warmup: int
     pack_images: int
     pack_epochs: int
+    scale_points: tuple[int, ...]  # finished trials at which the scale section measures
+    scale_concurrent: int  # trials at once, one logical GPU each
 
 
 FULL = Mode(name="full", overhead_subset=640, overhead_epochs=4, overhead_batch=32,
             search_trials=32, search_epochs=4, search_seeds=(0, 1, 2),
-            memory_args=("--pipeline",), gpu_steps=60, gpu_warmup=10, pack_images=16384,
-            pack_epochs=3)
+            memory_args=("--pipeline",), gpu_seconds=10.0, gpu_warmup=5, pack_images=8192,
+            pack_epochs=3, scale_points=(100, 500, 1000, 2000), scale_concurrent=64)
 REDUCED = Mode(name="reduced", overhead_subset=320, overhead_epochs=6, overhead_batch=32,
                search_trials=16, search_epochs=3, search_seeds=(0, 1),
-               memory_args=("--reduced", "--pipeline"), gpu_steps=30, gpu_warmup=5,
-               pack_images=8192, pack_epochs=2)
+               memory_args=("--reduced", "--pipeline"), gpu_seconds=5.0, gpu_warmup=3,
+               pack_images=4096, pack_epochs=2, scale_points=(100, 500),
+               scale_concurrent=16)
 
 
 @dataclass

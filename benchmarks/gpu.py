@@ -1,8 +1,14 @@
 """d. GPU throughput: VGG16 images/s, share of the GPU's peak, and trials packed on one GPU.
 
-VGG16 images/s at 64x64 and 160x160 in float32, mixed precision and XLA (each measured in a
-fresh ``benchmarks/run.py --gpu-worker`` process), the share of the GPU's peak that is, and
-trials per hour with 1, 2 and 4 trials packed on one GPU. Skipped where TensorFlow sees no GPU.
+VGG16 images/s at 160x160 in float32 and mixed precision, each with and without XLA (each
+measured in a fresh ``benchmarks/run.py --gpu-worker`` process), the share of the GPU's peak
+that is, and trials per hour with 1, 2 and 4 trials packed on one GPU. Skipped where TensorFlow
+sees no GPU.
+
+Its time is bounded, to run in one command in under 10 minutes: each throughput case times
+its steps for ``Mode.gpu_seconds`` (not a step count, which a slow GPU would stretch), a
+worker that hangs is stopped after ``WORKER_TIMEOUT_S``, and a packing search that would not
+fit in what is left of ``SECTION_BUDGET_S`` is skipped and reported as such.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +57,13 @@ GPU_PEAK_TFLOPS: tuple[tuple[str, tuple[float, float]], ...] = (
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 TRAINING_FLOPS_FACTOR = 3  # forward + backward (gradients for inputs and for weights)
 
-GPU_CASES = ((64, 256), (160, 128))  # (image size, batch size that fills a large GPU)
+GPU_CASES = ((160, 128),)  # (image size, batch size that fills a large GPU)
 GPU_MODES = (("float32", False), ("float32", True), ("mixed", False), ("mixed", True))
 PACKING = (1, 2, 4)
+MIN_TIMED_STEPS = 3
+WORKER_TIMEOUT_S = 240  # TensorFlow's start, the build, XLA's compilation and the timed steps
+SECTION_BUDGET_S = 540  # the whole section, packing searches included: under 10 minutes
+FIRST_PACKING_GUESS_S = 150  # what a packing search is expected to take before one has run
 
 
 def vgg16_flops_per_image(height: int, width: int, *, num_classes: int = 10,
@@ -104,6 +114,29 @@ def peak_tflops(gpu_name: str, mixed: bool, override: float | None = None) -> fl
     return None
 
 
+def timed_steps(step: Callable[[], Any], seconds: float, min_steps: int = MIN_TIMED_STEPS,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
+    """Runs ``step`` until ``seconds`` have passed and at least ``min_steps`` ran.
+
+    Args:
+        step: One training step that returns once the device is done (``train_on_batch``
+            returns host floats, so it waits for the device).
+        seconds: How long to keep stepping.
+        min_steps: The fewest steps, however slow each one.
+        clock: The time source.
+
+    Returns:
+        The steps run and the seconds they took.
+    """
+    steps, began = 0, clock()
+    while True:
+        step()
+        steps += 1
+        elapsed = clock() - began
+        if elapsed >= seconds and steps >= min_steps:
+            return steps, elapsed
+
+
 def tensorflow_gpus() -> list[Any]:
     """The GPUs TensorFlow sees in this process."""
     import tensorflow as tf
@@ -118,8 +151,8 @@ def gpu_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     starts from a fresh TensorFlow.
 
     Args:
-        job: ``size``, ``batch``, ``precision`` (float32 or mixed), ``xla``, ``steps``,
-            ``warmup``.
+        job: ``size``, ``batch``, ``precision`` (float32 or mixed), ``xla``, ``seconds``
+            (how long to time steps) and ``warmup`` (untimed steps first).
 
     Returns:
         The job's settings, the precision policy it ran, images/s and the device.
@@ -146,20 +179,24 @@ def gpu_worker(job: Mapping[str, Any]) -> dict[str, Any]:
         y = tf.random.uniform((batch,), maxval=10, dtype=tf.int32)
     for _ in range(int(job["warmup"])):  # tracing, XLA compilation, cuDNN autotuning
         model.train_on_batch(x, y)
-    steps = int(job["steps"])
-    began = time.perf_counter()
-    for _ in range(steps):
-        # Returns Python floats: each step waits for the device, so the timing is honest.
-        model.train_on_batch(x, y)
-    seconds = time.perf_counter() - began
+    # train_on_batch returns Python floats: each step waits for the device, so the timing is
+    # honest.
+    steps, seconds = timed_steps(lambda: model.train_on_batch(x, y), float(job["seconds"]))
     return {"size": size, "batch": batch, "precision": precision, "xla": bool(job["xla"]),
-            "steps": steps, "images_per_s": steps * batch / seconds, "device": device}
+            "steps": steps, "seconds": seconds, "images_per_s": steps * batch / seconds,
+            "device": device}
 
 
 def _run_gpu_worker(job: Mapping[str, Any], log: Path) -> dict[str, Any]:
     command = [sys.executable, str(RUN_SCRIPT), "--gpu-worker", json.dumps(job)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800,
-                          check=False)
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                              timeout=WORKER_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as err:
+        tail = err.stderr or ""
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        raise RuntimeError(f"GPU worker {job} ran past {WORKER_TIMEOUT_S} s:\n"
+                           f"{tail[-3000:]}") from None
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}\n")
     if done.returncode != 0:
@@ -192,6 +229,10 @@ def write_packing_data(path: Path, images: int, seed: int = 0) -> Path:
 
 def packing_spec(ctx: Context, per_gpu: int, data_path: Path) -> dict[str, Any]:
     """``per_gpu`` trials sharing one GPU (``gpus_per_trial = 1 / per_gpu``), two waves.
+
+    Sized to take about a minute or two on a large GPU: ``Mode.pack_images`` 32x32 images
+    (x2 upsampled to 64x64), ``Mode.pack_epochs`` epochs, batch 128; most of a trial's time
+    is TensorFlow's start and the XLA compilation, which packing overlaps.
 
     Args:
         ctx: The run's context (sizes, workdir, CPUs).
@@ -269,6 +310,7 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
     if not gpus:
         print(NO_GPU_MESSAGE, flush=True)
         return {"skipped": True, "reason": NO_GPU_MESSAGE.removeprefix("skipped: ")}
+    began = time.perf_counter()
     names = gpu_names()
     name = names[0] if names else "unknown GPU"
     log = ctx.workdir / "logs" / "gpu.log"
@@ -279,7 +321,7 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
         for precision, xla in GPU_MODES:
             progress(f"gpu: VGG16 {size}x{size} batch {batch} {precision} xla={xla}")
             job = {"size": size, "batch": batch, "precision": precision, "xla": xla,
-                   "steps": ctx.mode.gpu_steps, "warmup": ctx.mode.gpu_warmup}
+                   "seconds": ctx.mode.gpu_seconds, "warmup": ctx.mode.gpu_warmup}
             row = _run_gpu_worker(job, log)
             # The peak of the precision the worker really ran (mixed is float32 before Volta).
             peak = peak_tflops(name, row["precision"] != "float32", ctx.gpu_peak_tflops)
@@ -290,16 +332,32 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
 
     data_path = write_packing_data(ctx.workdir / "packing.npz", ctx.mode.pack_images)
     train_images = ctx.mode.pack_images - math.ceil(0.1 * ctx.mode.pack_images)  # val 10%
-    packing = []
+    packing: list[dict[str, Any]] = []
+    expected = FIRST_PACKING_GUESS_S
     for per_gpu in PACKING:
+        entry: dict[str, Any] = {"per_gpu": per_gpu, "gpus_per_trial": 1 / per_gpu}
+        left = SECTION_BUDGET_S - (time.perf_counter() - began)
+        if expected > left:
+            progress(f"gpu: {per_gpu} trial(s) per GPU skipped: ~{expected:.0f} s needed, "
+                     f"{left:.0f} s left of the section's {SECTION_BUDGET_S} s")
+            packing.append({**entry, "skipped": f"time budget ({left:.0f} s left)"})
+            continue
         raw = packing_spec(ctx, per_gpu, data_path)
+        # Ray stops the search at what is left of the budget, if it ever runs that long.
+        raw["search"]["time_budget_s"] = max(60.0, left)
         progress(f"gpu: {per_gpu} trial(s) per GPU (gpus_per_trial={1 / per_gpu:g})")
         summary, wall = run_logged_search(raw, ctx, ctx.workdir / "logs" / f"{raw['name']}.log")
         ensure_ray_stopped("gpu")
-        packing.append({"per_gpu": per_gpu, "gpus_per_trial": 1 / per_gpu,
-                        **packing_figures(summary.trials, summary.max_t, wall,
-                                          train_images)})
+        expected = 1.25 * wall  # more trials packed take a little longer than the last search
+        complete = [t for t in summary.trials if t.status(summary.max_t) == TrialStatus.COMPLETE]
+        if len(complete) < len(summary.trials):
+            packing.append({**entry, "skipped": f"cut by the time budget after {len(complete)} "
+                                                f"of {len(summary.trials)} trials"})
+            continue
+        packing.append({**entry, **packing_figures(summary.trials, summary.max_t, wall,
+                                                   train_images)})
     return {"skipped": False, "gpu": name, "throughput": rows, "packing": packing,
+            "section_budget_s": SECTION_BUDGET_S,
             "peak_source": "--gpu-peak-tflops" if ctx.gpu_peak_tflops else "datasheet table",
             "packing_spec": {k: v for k, v in packing_spec(ctx, 1, data_path).items()
                              if k in ("model", "train")}}
@@ -328,6 +386,7 @@ def print_gpu(result: Mapping[str, Any]) -> str:
     packing = format_table(
         "Trials packed on one GPU (VGG16 64x64, batch 128, two waves of trials)",
         [Column("per_gpu", "trials/GPU"), Column("gpus_per_trial", "gpus_per_trial", ".2f"),
+         Column("skipped", "skipped"),
          Column("trials", "trials"), Column("span_s", "first start->last result s", ".1f"),
          Column("trials_per_hour", "trials/hour", ".1f"),
          Column("trials_per_hour_wall", "trials/hour (incl. Ray start)", ".1f"),

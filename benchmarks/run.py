@@ -3,7 +3,7 @@
 One entry script for issue 8. Each section prints a fixed-width table and all of them go to
 one JSON file; a section that fails raises (nothing is caught and skipped silently). The
 sections live next to this file, one module each (``overhead``, ``search_efficiency``,
-``memory``, ``gpu``), with their shared helpers in ``common``.
+``memory``, ``scale``, ``gpu``), with their shared helpers in ``common``.
 
 * ``overhead``: the same trial (model, data, epochs, batch size) trained by plain
   ``model.fit`` (one call, and one call per epoch as the trial makes them; before and after
@@ -17,9 +17,14 @@ sections live next to this file, one module each (``overhead``, ``search_efficie
   Goal: ASHA + TPE needs at most a third of FIFO random's trial-epochs.
 * ``memory``: ``benchmarks/data_sharing.py`` (memory per trial with the dataset shared through
   the object store vs. a copy per trial).
-* ``gpu``: VGG16 images/s at 64x64 and 160x160 in float32, mixed precision and XLA, the share
-  of the GPU's peak that is, and trials per hour with 1, 2 and 4 trials packed on one GPU.
-  Skipped where TensorFlow sees no GPU.
+* ``scale``: thousands of simulated trials (learning curves, no TensorFlow) through the real
+  driver, searcher (TPE and its journal) and ASHA on a local Ray with many logical GPUs:
+  trials finished per minute, ``suggest`` p50/p99, driver memory, journal and Ray snapshot
+  size at 100, 500, 1,000 and 2,000 finished trials, the driver's CPU per trial-epoch.
+  Goals: p99 <= 100 ms at 2,000 trials, linear growth, the driver never the bottleneck.
+* ``gpu``: VGG16 images/s at 160x160 in float32 and mixed precision, with and without XLA,
+  the share of the GPU's peak that is, and trials per hour with 1, 2 and 4 trials packed on
+  one GPU, in under 10 minutes. Skipped where TensorFlow sees no GPU.
 
     python benchmarks/run.py --reduced --json /tmp/bench.json       # ~6 min on 2 CPU cores
     python benchmarks/run.py --only gpu --gpu-peak-tflops 989       # on a GPU machine
@@ -52,9 +57,10 @@ from common import FULL, REDUCED, Context, format_pairs, jsonable, machine_info 
 from gpu import GPU_RESULT_PREFIX, bench_gpu, gpu_worker, print_gpu  # noqa: E402
 from memory import bench_memory, print_memory  # noqa: E402
 from overhead import bench_overhead, print_overhead  # noqa: E402
+from scale import bench_scale, print_scale  # noqa: E402
 from search_efficiency import bench_search, print_search  # noqa: E402
 
-SECTIONS = ("overhead", "search", "memory", "gpu")
+SECTIONS = ("overhead", "search", "memory", "scale", "gpu")
 
 
 def parse_only(text: str | None) -> list[str]:
@@ -84,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Sections: overhead (plain fit vs. trial, CLI start-up), search (ASHA+TPE vs. "
-               "FIFO random), memory (data_sharing.py), gpu (throughput, packing; skipped "
-               "without a GPU).")
+               "FIFO random), memory (data_sharing.py), scale (simulated trials through the "
+               "driver), gpu (throughput, packing; skipped without a GPU).")
     parser.add_argument("--reduced", action="store_true",
                         help="smaller sizes, for a 2-core CPU machine in under 15 minutes")
     parser.add_argument("--json", type=Path, default=None,
@@ -109,6 +115,7 @@ SECTION_RUNNERS: dict[str, tuple[Callable[[Context], dict[str, Any]],
     "overhead": (bench_overhead, lambda r, c: print_overhead(r)),
     "search": (bench_search, lambda r, c: print_search(r, c.mode)),
     "memory": (bench_memory, lambda r, c: print_memory(r)),
+    "scale": (bench_scale, lambda r, c: print_scale(r)),
     "gpu": (bench_gpu, lambda r, c: print_gpu(r)),
 }
 

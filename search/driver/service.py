@@ -46,6 +46,14 @@ from search.spec import ExperimentSpec, dump_spec
 from search.trial.trainable import train_trial
 
 Trainable = Callable[..., None]
+
+# Ray snapshots the whole experiment (every trial's state, ~20 KB each) as soon as a trial has
+# written `num_to_keep` checkpoints since the last snapshot. With 1 that is at every
+# checkpoint: a cost per trial-epoch that grows with the number of trials (benchmarks/run.py
+# --only scale). With 2 a forced snapshot comes at most once per round of the running trials,
+# besides Ray's timed ones (at most ~5% of the driver's time); each trial keeps its two best
+# checkpoints and its latest.
+CHECKPOINTS_KEPT = 2
 # (data, gpus per trial, local folder of the journal) -> the tuner to fit
 TunerFactory = Callable[[Any, float, str], tune.Tuner]
 
@@ -152,7 +160,8 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir
             stop=budget,
             # The best checkpoint is what export takes; Ray also keeps the latest to resume.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+                num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE),
             callbacks=[ProgressPrinter(spec.max_t, experiment_dir), JournalMirror(),
                        WaitReporter(),
                        *([MlflowTracker(spec, experiment_dir)] if spec.tracking else [])],

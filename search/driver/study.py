@@ -124,14 +124,18 @@ def make_sampler(seed: int, algorithm: str = "tpe", num_samples: int | None = No
     TPE counts the running trials among the bad ones while it suggests (the constant liar), so
     the free slots are not all sent to the same promising region before any of them reports.
     Optuna 5 turns the liar on by default and Optuna 4 off: the choice is made here, for both.
+    TPE sees a bounded history (:mod:`search.driver.sampler`), so a suggestion's cost stops
+    growing with the study.
     """
     import optuna
+
+    from search.driver.sampler import BoundedHistorySampler
 
     if algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     parallel = max_concurrent is None or max_concurrent > 1
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(num_samples),
-                                      constant_liar=parallel)
+    return BoundedHistorySampler(optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup_trials(num_samples), constant_liar=parallel))
 
 
 def open_study(journal_path: str, study_name: str, seed: int,

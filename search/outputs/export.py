@@ -223,7 +223,7 @@ def _write_table(out_dir: str, stem: str, table: pa.Table) -> list[str]:
 
 
 def best_checkpoint(trial: TrialRecord) -> str | None:
-    """The trial's checkpoint folder with the best metric (Ray keeps the best and the
+    """The trial's checkpoint folder with the best metric (Ray keeps the two best and the
     latest)."""
     fs, _ = storage.filesystem(trial.path)
     best_path, best_value = None, None

@@ -55,3 +55,44 @@ def test_peak_tflops_from_the_datasheet_table_by_nvidia_smi_name(name, mixed, ex
 def test_peak_tflops_argument_overrides_the_table():
     assert gpu.peak_tflops("NVIDIA H200", True, override=700.0) == 700.0
     assert gpu.peak_tflops("Tesla T4", False, override=65.0) == 65.0
+
+
+def test_timed_steps_stop_after_the_time_not_a_step_count():
+    now = [0.0]
+
+    def step():  # each step takes 0.4 s of the fake clock
+        now[0] += 0.4
+
+    assert gpu.timed_steps(step, 2.0, clock=lambda: now[0]) == (5, pytest.approx(2.0))
+    now[0] = 0.0
+    # A slow device still gets the minimum of timed steps.
+    assert gpu.timed_steps(step, 0.1, min_steps=3, clock=lambda: now[0])[0] == 3
+
+
+def test_packing_specs_are_valid_before_any_gpu_is_used(tmp_path):
+    from common import FULL, load_spec
+
+    ctx = Context(mode=FULL, workdir=tmp_path, num_cpus=16)
+    data = gpu.write_packing_data(tmp_path / "packing.npz", images=40)
+    for per_gpu in gpu.PACKING:
+        spec = load_spec(gpu.packing_spec(ctx, per_gpu, data))
+        assert spec.resources.gpus_per_trial == 1 / per_gpu
+        assert spec.resources.cpus_per_trial * per_gpu <= 16
+        assert spec.search.num_samples == 2 * per_gpu
+
+
+def test_gpu_tables_show_a_packing_row_skipped_for_time():
+    result = {
+        "skipped": False, "gpu": "NVIDIA H200", "peak_source": "datasheet table",
+        "throughput": [{"size": 160, "batch": 128, "precision": "mixed_bfloat16", "xla": True,
+                        "images_per_s": 5000.0, "train_gflops_per_image": 23.7,
+                        "tflops": 118.5, "peak_tflops": 989.4, "share_of_peak": 0.12}],
+        "packing": [{"per_gpu": 1, "gpus_per_trial": 1.0, "trials": 2, "span_s": 80.0,
+                     "trials_per_hour": 90.0, "trials_per_hour_wall": 70.0,
+                     "aggregate_img_s": 3000.0, "trial_img_s": 4000.0},
+                    {"per_gpu": 4, "gpus_per_trial": 0.25,
+                     "skipped": "time budget (90 s left)"}],
+    }
+    text = gpu.print_gpu(result)
+    assert "12.0%" in text and "time budget (90 s left)" in text
+    assert text.splitlines()[-1].split()[:2] == ["4", "0.25"]

@@ -28,8 +28,9 @@ bench = _load_run_module()
 
 def test_only_accepts_a_subset_in_run_order_and_names_a_wrong_one():
     assert bench.parse_only("gpu,overhead") == ["overhead", "gpu"]
-    assert bench.parse_only(None) == ["overhead", "search", "memory", "gpu"]
-    with pytest.raises(Exception, match="subset of overhead,search,memory,gpu, got 'cpu'"):
+    assert bench.parse_only("scale,gpu,overhead") == ["overhead", "scale", "gpu"]
+    assert bench.parse_only(None) == ["overhead", "search", "memory", "scale", "gpu"]
+    with pytest.raises(Exception, match="subset of overhead,search,memory,scale,gpu, got 'cpu'"):
         bench.parse_only("cpu")
 
 
