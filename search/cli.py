@@ -16,68 +16,21 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from search._cli_args import (
+    Parser,
+    add_address,
+    add_force,
+    add_out,
+    int_at_least,
+    local_or_uri,
+    seconds,
+)
 from search._validate import echo
 from search.driver.study import METRIC
 from search.errors import SpecError, shorten
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line (rule and value) with exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise SpecError(f"{self.prog}: {message}")
-
-
-def _int_at_least(low: int):  # noqa: ANN202 - an argparse type
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be an int >= {low}, got {echo(text)}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {low}"
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {echo(text)}")
-    return value
-
-
-def _local_or_uri(path: str) -> str:
-    from search.outputs.storage import absolute
-
-    return absolute(path)
-
-
-def _add_address(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join (`auto` inside ray submit / ray job); "
-                             "default: start a local Ray on loopback")
-    parser.add_argument("--num-cpus", type=_int_at_least(1), default=None,
-                        help="CPUs for a local Ray (default: all)")
-
-
-def _add_force(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--force", action="store_true",
-                        help="take the experiment's driver.lock from a driver on another host "
-                             "(which this machine cannot check): only when that driver is dead")
-
-
-def _add_out(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--out", default=None, help=f"output folder (default {default})")
 
 
 def _print_notes(spec: Any) -> None:
@@ -136,8 +89,8 @@ class Run(Command):
         parser.add_argument("--storage", default=None,
                             help="results folder or URI (s3://, gs://)")
         parser.add_argument("--name", default=None, help="experiment name (its folder's name)")
-        _add_address(parser)
-        _add_force(parser)
+        add_address(parser)
+        add_force(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from search.driver.service import run_search, with_fresh_name
@@ -167,13 +120,13 @@ class Resume(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir")
-        _add_address(parser)
-        _add_force(parser)
+        add_address(parser)
+        add_force(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from search.driver.service import resume_search
 
-        return _print_summary(resume_search(_local_or_uri(args.experiment_dir),
+        return _print_summary(resume_search(local_or_uri(args.experiment_dir),
                                             address=args.address, num_cpus=args.num_cpus,
                                             force=args.force))
 
@@ -185,15 +138,15 @@ class Extend(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir")
-        parser.add_argument("--more", type=_int_at_least(1), required=True,
+        parser.add_argument("--more", type=int_at_least(1), required=True,
                             help="how many more trials")
-        _add_address(parser)
-        _add_force(parser)
+        add_address(parser)
+        add_force(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from search.driver.service import extend_search
 
-        return _print_summary(extend_search(_local_or_uri(args.experiment_dir), args.more,
+        return _print_summary(extend_search(local_or_uri(args.experiment_dir), args.more,
                                             address=args.address, num_cpus=args.num_cpus,
                                             force=args.force))
 
@@ -224,15 +177,15 @@ class Export(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir")
-        _add_out(parser, "EXPERIMENT/export")
-        parser.add_argument("--top", type=_int_at_least(1), default=5,
+        add_out(parser, "EXPERIMENT/export")
+        parser.add_argument("--top", type=int_at_least(1), default=5,
                             help="configs in top_configs.yaml")
         parser.add_argument("--no-model", action="store_true", help="skip best_model.keras")
 
     def run(self, args: argparse.Namespace) -> int:
         from search.outputs.export import export_experiment
 
-        result = export_experiment(_local_or_uri(args.experiment_dir), args.out, top=args.top,
+        result = export_experiment(local_or_uri(args.experiment_dir), args.out, top=args.top,
                                    with_model=not args.no_model)
         for name in result.files:
             print(os.path.join(result.out_dir, name))
@@ -253,9 +206,9 @@ class Retrain(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("best_config")
-        parser.add_argument("--epochs", type=_int_at_least(1), default=None,
+        parser.add_argument("--epochs", type=int_at_least(1), default=None,
                             help="override train.epochs")
-        _add_out(parser, "retrain-NAME beside BEST_CONFIG")
+        add_out(parser, "retrain-NAME beside BEST_CONFIG")
 
     def run(self, args: argparse.Namespace) -> int:
         from search.outputs.retrain import retrain
@@ -273,12 +226,12 @@ class Report(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir")
-        _add_out(parser, "EXPERIMENT/report")
+        add_out(parser, "EXPERIMENT/report")
 
     def run(self, args: argparse.Namespace) -> int:
         from search.outputs.report import write_report
 
-        print(write_report(_local_or_uri(args.experiment_dir), args.out))
+        print(write_report(local_or_uri(args.experiment_dir), args.out))
         return 0
 
 
@@ -288,14 +241,14 @@ class Status(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
-        parser.add_argument("--watch", nargs="?", type=_seconds, const=10.0, default=None,
+        parser.add_argument("--watch", nargs="?", type=seconds, const=10.0, default=None,
                             metavar="SECONDS",
                             help="refresh every SECONDS (default 10) until the search ends")
 
     def run(self, args: argparse.Namespace) -> int:
         from search.outputs.status import experiment_status, format_status, watch_status
 
-        path = _local_or_uri(args.experiment_dir)
+        path = local_or_uri(args.experiment_dir)
         if args.watch is None:
             print(format_status(experiment_status(path)))
             return 0
@@ -323,9 +276,9 @@ class Predict(Command):
         parser.add_argument("images", nargs="+", help="image files (png, jpg) or folders")
         parser.add_argument("--out", default=None,
                             help="write a .csv or .json file (default: CSV on stdout)")
-        parser.add_argument("--top", type=_int_at_least(1), default=3,
+        parser.add_argument("--top", type=int_at_least(1), default=3,
                             help="classes per image, most probable first (default 3)")
-        parser.add_argument("--batch-size", type=_int_at_least(1), default=64)
+        parser.add_argument("--batch-size", type=int_at_least(1), default=64)
 
     def run(self, args: argparse.Namespace) -> int:
         from search.outputs.predict import (
@@ -391,10 +344,10 @@ COMMANDS: tuple[Command, ...] = (Run(), Resume(), Extend(), Status(), Validate()
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``finetune-search`` parser with one sub-parser per command."""
-    parser = _Parser(prog="finetune-search",
+    parser = Parser(prog="finetune-search",
                      description="Hyperparameter search for transfer learning: an input model "
                                  "+ pretrained VGG16, tuned with Ray Tune, Optuna TPE and ASHA.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
         command.add_arguments(sub.add_parser(command.name, help=command.help))
     return parser

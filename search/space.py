@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from model_zoo import XLA_INTERPOLATIONS
 from search._validate import did_you_mean, echo, is_finite, is_int, is_number
 from search.errors import SpecError
 
@@ -148,3 +149,25 @@ def check_conditions(space: Mapping[str, Distribution], written: Mapping[str, An
         if not any(test(candidate) for candidate in candidates):
             raise SpecError(f"space.{key}: only drawn when `{rule}`, but {why}; search or set "
                             f"{parent}, or remove space.{key}")
+
+
+def candidates(key: str, fixed: Any, space: Mapping[str, Distribution]) -> tuple:
+    """The values ``key`` can take in a trial: its searched candidates, or its fixed value."""
+    return space[key].endpoints() if key in space else (fixed,)
+
+
+def check_jit_compile(model: Mapping[str, Any], jit_compile: Any,
+                      space: Mapping[str, Distribution]) -> None:
+    """``jit_compile: true`` asks for XLA, which has no kernel for a smooth resize other than
+    bilinear: refused here rather than at a trial's first step (``auto`` simply goes without)."""
+    if True not in candidates("jit_compile", jit_compile, space):
+        return
+    if candidates("upsample", model.get("upsample", 2), space) == (1,):
+        return
+    interpolations = candidates("upsample_interpolation",
+                                 model.get("upsample_interpolation", "nearest"), space)
+    for value in interpolations:
+        if value not in XLA_INTERPOLATIONS:
+            raise SpecError(f"train.jit_compile: true needs upsample_interpolation in "
+                            f"{list(XLA_INTERPOLATIONS)} (XLA has no kernel for the others; "
+                            f"use jit_compile: auto), got upsample_interpolation={echo(value)}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from model_zoo import MODEL_KEYS, XLA_INTERPOLATIONS, ModelConfig, ModelConfigError
+from model_zoo import MODEL_KEYS, ModelConfig, ModelConfigError
 from search._validate import (
     check_float,
     check_int,
@@ -29,7 +29,7 @@ from search.data.pipeline import AUGMENT_CHOICES
 from search.data.spec import DatasetSpec
 from search.errors import SpecError
 from search.outputs import storage
-from search.space import Distribution, check_conditions, parse_distribution
+from search.space import Distribution, check_conditions, check_jit_compile, parse_distribution
 
 SECTIONS = (
     "name", "dataset", "model", "train", "space", "search", "scheduler", "resources", "storage",
@@ -313,28 +313,6 @@ def _parse_space(raw: Any, model: Mapping[str, Any], train_raw: Mapping) -> dict
     return space
 
 
-def _candidates(key: str, fixed: Any, space: Mapping[str, Distribution]) -> tuple:
-    """The values ``key`` can take in a trial: its searched candidates, or its fixed value."""
-    return space[key].endpoints() if key in space else (fixed,)
-
-
-def _check_jit_compile(model: Mapping[str, Any], train: TrainSpec,
-                       space: Mapping[str, Distribution]) -> None:
-    """``jit_compile: true`` asks for XLA, which has no kernel for a smooth resize other than
-    bilinear: refused here rather than at a trial's first step (``auto`` simply goes without)."""
-    if True not in _candidates("jit_compile", train.jit_compile, space):
-        return
-    if _candidates("upsample", model.get("upsample", 2), space) == (1,):
-        return
-    interpolations = _candidates("upsample_interpolation",
-                                 model.get("upsample_interpolation", "nearest"), space)
-    for value in interpolations:
-        if value not in XLA_INTERPOLATIONS:
-            raise SpecError(f"train.jit_compile: true needs upsample_interpolation in "
-                            f"{list(XLA_INTERPOLATIONS)} (XLA has no kernel for the others; "
-                            f"use jit_compile: auto), got upsample_interpolation={echo(value)}")
-
-
 def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     """Validates a spec given as plain data (what YAML gives) and freezes it.
 
@@ -367,7 +345,7 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     train = TrainSpec.from_mapping(train_raw)
     space = _parse_space(raw.get("space") or {}, model, train_raw)
     check_conditions(space, {**model, **train_raw}, setting_defaults())
-    _check_jit_compile(model, train, space)
+    check_jit_compile(model, train.jit_compile, space)
     # A key both written under model/train and searched is searched; the written value is
     # where the baseline trial starts.
     baseline_values = {k: model.pop(k) for k in list(model) if k in space}

@@ -137,7 +137,8 @@ def test_dump_round_trips():
          r"'lanczos3', 'lanczos5', 'area'\], got 'cubic'$"),
         ({"model__upsample_interpolation": "linear"},
          r"^model\.upsample_interpolation: must be one of .*, got 'linear'$"),
-        ({"space__upsample_interpolation": {"choice": ["bilinear", "bicubic"]}},
+        ({"space__upsample_interpolation": {"choice": ["bilinear", "bicubic"]},
+          "search__baseline": True},
          r"^search\.baseline: the original method's upsample_interpolation='nearest' must lie "
          r"in space\.upsample_interpolation"),
         ({"space__upsample_interpolation": {"choice": ["nearest", "lanczos3"]},

@@ -16,8 +16,7 @@ from search.cli import main
 from search.outputs.results import best_trial, load_trials
 from search.outputs.status import experiment_status, format_status, watch_status
 from search.spec import dump_spec
-from tests.helpers import cli, tiny_spec
-from tests.search.test_bad_input import _tree_digest
+from tests.helpers import cli, tiny_spec, tree_digest
 
 REFRESH = re.compile(r"^\[\d\d:\d\d:\d\d\] experiment ", re.M)
 
@@ -94,10 +93,10 @@ def test_status_watch_follows_a_search_another_process_runs(tracked_search):
 @pytest.mark.slow
 def test_status_after_a_search_matches_its_results_and_changes_nothing(tracked_search):
     experiment = tracked_search.experiment
-    before = _tree_digest(experiment)
+    before = tree_digest(experiment)
     done = cli("status", str(experiment))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _tree_digest(experiment) == before
+    assert tree_digest(experiment) == before
     trials = load_trials(str(experiment))
     for trial in trials:
         status = trial.status(3).value
