@@ -53,7 +53,9 @@ PEER_TRIAL = Path(__file__).resolve().parent / "peer_trial.py"
 
 class TrialEpochBudget(Stopper):
     """Ray Tune's documented way to end an experiment: every trial stops once the trials have
-    reported ``budget`` epochs together (one report per epoch)."""
+    reported more than ``budget`` epochs together (one report per epoch). Not at ``budget``
+    itself: Ray ends the experiment before it logs the result that reached the stop, so the
+    budget's last epoch would be trained but missing from the results."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -64,7 +66,7 @@ class TrialEpochBudget(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self.reported >= self.budget
+        return self.reported > self.budget
 
 
 def _rows_since(rows: list[dict[str, Any]], began: float) -> list[dict[str, Any]]:

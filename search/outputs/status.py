@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search.driver.study import METRIC, TrialStatus
+from search.errors import SpecError
 from search.outputs.experiment import load_experiment_spec
 from search.outputs.lock import read_owner
 from search.outputs.report_text import format_table
@@ -165,7 +166,17 @@ def watch_status(experiment_dir: str, interval: float, show: Callable[[str], Non
         The last status read: no driver holds the search any more.
     """
     while True:
-        status = experiment_status(experiment_dir)
+        try:
+            status = experiment_status(experiment_dir)
+        except SpecError:
+            # A driver that has just taken the lock writes spec.yaml a moment later.
+            owner = read_owner(experiment_dir)
+            if owner is None or not owner.is_alive():
+                raise
+            show(f"experiment {experiment_dir}: starting (driver {owner.describe()}; "
+                 f"no spec.yaml yet)")
+            sleep(interval)
+            continue
         show(format_status(status))
         if not status.running:
             return status

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
-from common import REDUCED, Context
 from peer_methods import METHODS, VARIANTS
 from peer_report import paired, run_figures, summarize, to_target
-from peer_task import MethodRun, Task, asha_trials, hyperband_iteration_epochs
+from peer_task import MethodRun, asha_trials, hyperband_iteration_epochs
 from peers import digits_task
 
 
@@ -71,24 +71,51 @@ def test_budget_arithmetic_of_hyperband_and_asha():
 
 TINY_BUDGET = 4
 
+# One method on the tiny task, in a fresh process: each method starts (and stops) its own Ray,
+# TensorFlow or worker processes, and nothing of that may leak into the next test.
+RUN_ONE_METHOD = """
+import json, sys
+from common import REDUCED, Context
+from peer_methods import METHODS, VARIANTS
+from peer_report import run_figures
+from peer_task import Task
+from peers import digits_task
+from pathlib import Path
 
-@pytest.fixture(scope="module")
-def tiny_task():
-    task = digits_task(max_t=2, budget=TINY_BUDGET, concurrency=2)
-    raw = json.loads(json.dumps(task.raw))
-    raw["dataset"].update(subset=150, val_fraction=0.25)
-    return Task(raw=raw, budget=TINY_BUDGET, concurrency=2)
+name, workdir, budget = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+task = digits_task(max_t=2, budget=budget, concurrency=2)
+raw = json.loads(json.dumps(task.raw))
+raw["dataset"].update(subset=150, val_fraction=0.25)
+task = Task(raw=raw, budget=budget, concurrency=2)
+run = {**METHODS, **VARIANTS}[name](task, 0, workdir / name, Context(REDUCED, workdir, 2))
+figures = run_figures(run, budget)
+rows = [{k: r[k] for k in ("epoch", "val_accuracy", "fit_s", "t")} for r in run.rows]
+print("RESULT " + json.dumps({"figures": figures, "rows": rows}, default=float))
+"""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [*METHODS, *VARIANTS])
-def test_every_method_searches_the_tiny_task(name, tiny_task, tmp_path):
-    ctx = Context(mode=REDUCED, workdir=tmp_path, num_cpus=2)
-    run = {**METHODS, **VARIANTS}[name](tiny_task, 0, tmp_path / name, ctx)
-    figures = run_figures(run, TINY_BUDGET)
-    assert all(1 <= r["epoch"] <= tiny_task.max_t for r in run.rows)
-    assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["fit_s"] > 0 for r in run.rows)
-    assert [r["t"] for r in run.rows] == sorted(r["t"] for r in run.rows)
+def test_every_method_searches_the_tiny_task(name, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(benchmarks), str(benchmarks.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", RUN_ONE_METHOD, name, str(tmp_path),
+                           str(TINY_BUDGET)], capture_output=True, text=True, env=env,
+                          timeout=900)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, (done.stdout + done.stderr)[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    figures, rows = result["figures"], result["rows"]
+    max_t = 2
+    assert all(1 <= r["epoch"] <= max_t for r in rows)
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["fit_s"] > 0 for r in rows)
+    assert [r["t"] for r in rows] == sorted(r["t"] for r in rows)
     assert figures["trial_epochs"] == TINY_BUDGET  # every method spends at least the budget
     assert 0.0 <= figures["test_acc"] <= 1.0
     assert figures["overhead_s_per_epoch"] > 0

@@ -42,7 +42,9 @@ def tracked_search(tmp_path_factory) -> TrackedSearch:
                  "--name", "tracked"], stdout=out, stderr=err, cwd=REPO,
                 env={**env, "PYTHONUNBUFFERED": "1"})
             deadline = time.monotonic() + 600
-            while not (experiment / "driver.lock").exists() and run.poll() is None and (
+            # The driver takes its lock, then writes spec.yaml (status --watch says "starting"
+            # in between; tests/search/outputs/test_status.py covers that).
+            while not (experiment / "spec.yaml").exists() and run.poll() is None and (
                     time.monotonic() < deadline):
                 time.sleep(0.5)
             # Watched from another process while the driver holds the experiment; the watch

@@ -28,7 +28,10 @@ STATE_SUFFIXES = (".json", ".pkl")  # Ray's experiment snapshot: what `resume` r
 
 
 def start_driver(spec_path: Path, name: str, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Ray snapshots the experiment on a timer (and when a trial has written CHECKPOINTS_KEPT
+    # checkpoints since the last one); a period of 0 snapshots at every step of its loop, so the
+    # tests can catch the snapshot a real driver might die with.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     with open(log_path, "w") as log:
         return subprocess.Popen([sys.executable, "-m", "search", "run", str(spec_path),
                                  "--num-cpus", "2", "--name", name], cwd=REPO, env=env,
@@ -161,8 +164,8 @@ def test_driver_sigkilled_after_an_asha_stop_newer_than_the_snapshot_then_resume
     experiment = tmp_path / "results" / "stale"
     log_path = tmp_path / "run.log"
     driver = start_driver(spec_path, "stale", log_path)
-    # Ray snapshots its experiment after every checkpoint, milliseconds after the study
-    # records a stop: killing the driver inside that window cannot be timed. So the test keeps
+    # Ray snapshots its experiment (here: at every step), milliseconds after the study records
+    # a stop: killing the driver inside that window cannot be timed. So the test keeps
     # each trial's last snapshot at epoch 1 and, after the kill, puts back the one taken before
     # ASHA's stop: exactly what Ray leaves when the driver dies inside the window.
     saved: set[str] = set()

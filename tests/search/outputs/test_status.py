@@ -65,6 +65,34 @@ def test_status_watch_refreshes_until_the_driver_lets_go(tmp_path):
     assert "driver: none" in shown[2] and "(running 0," in shown[2]
 
 
+def test_status_watch_of_a_search_still_starting_waits_for_its_spec(tmp_path):
+    # The driver takes the lock first and writes spec.yaml a moment later.
+    root = _experiment(tmp_path)
+    spec_text = (root / "spec.yaml").read_text()
+    (root / "spec.yaml").unlink()
+    shown: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        if len(shown) == 1:
+            (root / "spec.yaml").write_text(spec_text)
+        elif len(shown) == 2:
+            (root / "driver.lock").unlink()
+
+    last = watch_status(str(root), 5, shown.append, sleep=sleep)
+    assert "starting (driver pid" in shown[0] and "no spec.yaml yet" in shown[0]
+    assert "driver: running" in shown[1] and not last.running
+
+
+def test_status_watch_of_a_folder_without_spec_or_driver_is_an_error(tmp_path):
+    from search.errors import SpecError
+
+    root = _experiment(tmp_path)
+    (root / "spec.yaml").unlink()
+    (root / "driver.lock").unlink()
+    with pytest.raises(SpecError, match="no spec.yaml"):
+        watch_status(str(root), 5, print, sleep=lambda seconds: None)
+
+
 def test_status_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "file.txt").write_text("x")
     root = _experiment(tmp_path)
