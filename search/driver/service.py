@@ -47,13 +47,13 @@ from search.trial.trainable import train_trial
 
 Trainable = Callable[..., None]
 
-# Ray snapshots the whole experiment (every trial's state, ~20 KB each) as soon as a trial has
+# Ray snapshots the whole experiment (and uploads it, on cloud storage) as soon as a trial has
 # written `num_to_keep` checkpoints since the last snapshot. With 1 that is at every
-# checkpoint: a cost per trial-epoch that grows with the number of trials (benchmarks/run.py
-# --only scale). With 2 a forced snapshot comes at most once per round of the running trials,
-# besides Ray's timed ones (at most ~5% of the driver's time); each trial keeps its two best
-# checkpoints and its latest.
-CHECKPOINTS_KEPT = 2
+# checkpoint: the state a resume (perhaps on a fresh machine) starts from then knows every
+# checkpoint a trial wrote, so no finished epoch is trained again. Keeping 2 halves the
+# snapshots but left a cloud experiment's state up to ~10 s behind its checkpoints, and a
+# resume re-ran trials that had finished (tests/search/driver/test_cloud.py).
+CHECKPOINTS_KEPT = 1
 # (data, gpus per trial, local folder of the journal) -> the tuner to fit
 TunerFactory = Callable[[Any, float, str], tune.Tuner]
 

@@ -222,10 +222,18 @@ def _write_table(out_dir: str, stem: str, table: pa.Table) -> list[str]:
 # the best model
 
 
-def best_checkpoint(trial: TrialRecord) -> str | None:
-    """The trial's checkpoint folder with the best metric (Ray keeps the two best and the
-    latest)."""
-    fs, _ = storage.filesystem(trial.path)
+def best_checkpoint(trial: TrialRecord,
+                    fs: storage.pafs.FileSystem | None = None) -> str | None:
+    """The trial's checkpoint folder with the best metric (Ray keeps the best and the
+    latest).
+
+    Args:
+        trial: A trial record; its ``path`` is a path on ``fs``.
+        fs: The experiment's filesystem (a cloud experiment's paths carry no scheme, so
+            they cannot tell it); ``None`` for a local experiment.
+    """
+    if fs is None:
+        fs, _ = storage.filesystem(trial.path)
     best_path, best_value = None, None
     for info in storage.list_dir(fs, trial.path):
         if not info.base_name.startswith("checkpoint_"):
@@ -242,10 +250,10 @@ def best_checkpoint(trial: TrialRecord) -> str | None:
 
 
 def _copy_model(trial: TrialRecord, experiment_dir: str, out_dir: str) -> str:
-    checkpoint = best_checkpoint(trial)
+    fs, _ = storage.filesystem(experiment_dir)
+    checkpoint = best_checkpoint(trial, fs)
     if checkpoint is None:
         raise SpecError(f"{experiment_dir}: trial {trial.trial_id} has no checkpoint to export")
-    fs, _ = storage.filesystem(experiment_dir)
     with storage.atomic_path(storage.confined(out_dir, BEST_MODEL_FILE)) as tmp:
         with fs.open_input_stream(storage.join(checkpoint, MODEL_FILE)) as src, \
                 open(tmp, "wb") as dst:

@@ -84,7 +84,7 @@ def test_driver_sigkilled_on_s3_then_resumed_on_a_fresh_machine_with_an_older_jo
     done = cli("resume", experiment, "--num-cpus", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "is stale (no such process: that driver died); taking it over" in done.stderr
-    assert "rebuilt from Ray's results" in done.stdout
+    assert "rebuilt from Ray's results" in done.stdout, done.stdout + "\n----\n" + done.stderr
     assert not storage.exists(fs, storage.join(root, LOCK_FILE))
 
     trials = load_trials(experiment)
