@@ -53,20 +53,22 @@ PEER_TRIAL = Path(__file__).resolve().parent / "peer_trial.py"
 
 class TrialEpochBudget(Stopper):
     """Ray Tune's documented way to end an experiment: every trial stops once the trials have
-    reported more than ``budget`` epochs together (one report per epoch). Not at ``budget``
-    itself: Ray ends the experiment before it logs the result that reached the stop, so the
-    budget's last epoch would be trained but missing from the results."""
+    reported ``budget`` epochs together (one report per epoch)."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.reported = 0
+        self.seen: set[tuple[str, Any]] = set()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self.reported += 1
+        # Ray hands the stopper a trial's last result again (done) when its function
+        # returns: count each trial's epoch once.
+        self.seen.add((trial_id, result.get("epoch")))
+        self.reported = len(self.seen)
         return False
 
     def stop_all(self) -> bool:
-        return self.reported > self.budget
+        return self.reported >= self.budget
 
 
 def _rows_since(rows: list[dict[str, Any]], began: float) -> list[dict[str, Any]]:
