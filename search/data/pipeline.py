@@ -16,7 +16,7 @@ PIPELINE_PARALLELISM = 2  # batches gathered/augmented at once
 PIPELINE_PREFETCH = 2  # batches ready ahead of the device
 
 
-def _check_augment(augment: str | None) -> str:
+def check_augment(augment: str | None) -> str:
     augment = "none" if augment is None else augment
     if augment not in AUGMENT_CHOICES:
         raise SpecError(f"augment: must be one of {', '.join(AUGMENT_CHOICES)}, got {augment!r}")
@@ -46,7 +46,7 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
     Raises:
         SpecError: For an unknown ``augment`` or a ``batch_size`` below 1.
     """
-    augment = _check_augment(augment)
+    augment = check_augment(augment)
     if not is_int(batch_size) or batch_size < 1:
         raise SpecError(f"batch_size: must be a positive int, got {batch_size!r}")
     if len(x) != len(y):

@@ -134,12 +134,18 @@ def build_compiled_model(params: Mapping[str, Any], input_shape: tuple[int, ...]
 def make_pipelines(params: Mapping[str, Any], x_train: Any, y_train: Any, x_eval: Any,
                    y_eval: Any, batch_size: int) -> tuple[Any, Any]:
     """The training pipeline (shuffled, augmented as ``params["augment"]`` says) and the
-    evaluation pipeline (in order), both seeded from ``params["seed"]``."""
-    from search.data import make_input_pipeline
+    evaluation pipeline (in order), both seeded from ``params["seed"]``.
+
+    TensorFlow trains from ``tf.data`` (:func:`search.data.make_input_pipeline`); JAX and
+    PyTorch from NumPy batches (:func:`search.data.batches.make_batches`), with no TensorFlow.
+    """
+    if params.get("backend", backends.DEFAULT_BACKEND) == "tensorflow":
+        from search.data import make_input_pipeline as make
+    else:
+        from search.data.batches import make_batches as make
 
     seed = int(params["seed"])
-    train = make_input_pipeline(x_train, y_train, batch_size=batch_size, training=True,
-                                seed=seed, augment=params.get("augment", "none"))
-    evaluation = make_input_pipeline(x_eval, y_eval, batch_size=batch_size, training=False,
-                                     seed=seed)
+    train = make(x_train, y_train, batch_size=batch_size, training=True, seed=seed,
+                 augment=params.get("augment", "none"))
+    evaluation = make(x_eval, y_eval, batch_size=batch_size, training=False, seed=seed)
     return train, evaluation
