@@ -17,14 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from search._validate import is_int
 from search.data.pipeline import (
     CROP_PADDING,
     PIPELINE_PARALLELISM,
     PIPELINE_PREFETCH,
-    check_augment,
+    check_pipeline_args,
 )
-from search.errors import SpecError
 
 UINT8_SCALE = np.float32(1 / 255)
 
@@ -77,11 +75,7 @@ def make_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, training: boo
     Raises:
         SpecError: For an unknown ``augment`` or a ``batch_size`` below 1.
     """
-    augment = check_augment(augment)
-    if not is_int(batch_size) or batch_size < 1:
-        raise SpecError(f"batch_size: must be a positive int, got {batch_size!r}")
-    if len(x) != len(y):
-        raise ValueError(f"x and y differ in length: {len(x)} != {len(y)}")
+    augment = check_pipeline_args(x, y, batch_size, augment)
     import keras
 
     ops = augment.split("+") if training and augment != "none" else []

@@ -138,3 +138,20 @@ def test_fractional_trial_on_a_real_gpu_is_capped_and_sees_it(backend):
     gpus, precision, fraction = done.stdout.split()[-3:]
     assert int(gpus) >= 1 and precision.startswith("mixed")
     assert fraction == ("0.475" if backend == "jax" else "None")
+
+
+def test_run_with_a_backend_not_installed_exits_2_before_anything_starts(tmp_path,
+                                                                         monkeypatch):
+    from tests.helpers import cli, write_spec
+
+    spec_path = write_spec(tmp_path, train__backend="jax")
+    # A site hook makes `jax` unimportable in the CLI's process only.
+    hook = tmp_path / "hide" / "sitecustomize.py"
+    hook.parent.mkdir()
+    hook.write_text("import sys\nsys.modules['jax'] = None\n")
+    monkeypatch.setenv("PYTHONPATH", str(hook.parent))
+    done = cli("run", str(spec_path), "--num-cpus", "2")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: train.backend: jax is not installed on ")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()  # no experiment folder, no Ray
