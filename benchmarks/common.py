@@ -77,6 +77,7 @@ class Context:
     workdir: Path
     num_cpus: int
     gpu_peak_tflops: float | None = None
+    backend: str = "tensorflow"  # the Keras backend of the gpu section (``--backend``)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,6 +309,8 @@ def machine_info(*packages: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "tensorflow": _version("tensorflow", "tensorflow-cpu", "tf-nightly"),
         "keras": _version("keras"),
+        "jax": _version("jax"),
+        "torch": _version("torch"),
         "ray": _version("ray"),
         "optuna": _version("optuna"),
         "platform": platform.platform(),

@@ -2,8 +2,11 @@
 
 VGG16 images/s at 160x160 in float32 and mixed precision, each with and without XLA (each
 measured in a fresh ``benchmarks/run.py --gpu-worker`` process), the share of the GPU's peak
-that is, and trials per hour with 1, 2 and 4 trials packed on one GPU. Skipped where TensorFlow
-sees no GPU.
+that is, and trials per hour with 1, 2 and 4 trials packed on one GPU. Skipped where the
+backend sees no GPU. ``--backend jax`` or ``torch`` runs the same section on that Keras backend
+(workers, synthetic data and the packed trials alike); the section's own code and its workers
+import no TensorFlow then (a packed trial's ``keras.utils.set_random_seed`` still seeds
+TensorFlow where it is installed: Keras's behaviour).
 
 Its time is bounded, to run in one command in under 10 minutes: each throughput case times
 its steps for ``Mode.gpu_seconds`` (not a step count, which a slow GPU would stretch), a
@@ -36,8 +39,10 @@ from common import (
 )
 
 from search.driver.study import TrialStatus
+from search.trial import backends
+from search.trial.runtime import BACKEND_GPU_BUILDS
 
-NO_GPU_MESSAGE = "skipped: no GPU visible to TensorFlow"
+NO_GPU_MESSAGE = "skipped: no GPU visible to {}"
 GPU_RESULT_PREFIX = "GPU_RESULT "
 RUN_SCRIPT = BENCHMARKS / "run.py"  # its hidden --gpu-worker runs gpu_worker
 
@@ -137,35 +142,41 @@ def timed_steps(step: Callable[[], Any], seconds: float, min_steps: int = MIN_TI
             return steps, elapsed
 
 
-def tensorflow_gpus() -> list[Any]:
-    """The GPUs TensorFlow sees in this process."""
-    import tensorflow as tf
+def no_gpu_message(backend: str) -> str:
+    """The section's skip line for ``backend`` (one of ``backends.BACKENDS``)."""
+    return NO_GPU_MESSAGE.format(BACKEND_GPU_BUILDS[backend][0])
 
-    return tf.config.list_physical_devices("GPU")
+
+def backend_gpus(backend: str) -> list[Any]:
+    """The GPUs ``backend`` sees in this process (JAX without preallocating their memory)."""
+    chosen = backends.get_backend(backend)
+    chosen.set_environment(1.0, deterministic=False)
+    return chosen.configure_gpus(1.0)
 
 
 def gpu_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     """Images/s of VGG16 training steps on synthetic data that stays on the device.
 
     Runs in its own process (``--gpu-worker``) so that every precision policy and XLA setting
-    starts from a fresh TensorFlow.
+    starts from a fresh framework.
 
     Args:
-        job: ``size``, ``batch``, ``precision`` (float32 or mixed), ``xla``, ``seconds``
-            (how long to time steps) and ``warmup`` (untimed steps first).
+        job: ``backend``, ``size``, ``batch``, ``precision`` (float32 or mixed), ``xla``
+            (``jit_compile``: XLA on TensorFlow and JAX, ``torch.compile`` on PyTorch),
+            ``seconds`` (how long to time steps) and ``warmup`` (untimed steps first).
 
     Returns:
         The job's settings, the precision policy it ran, images/s and the device.
     """
+    backend = backends.activate(job.get("backend", "tensorflow"), gpu_fraction=1.0)
     import keras
-    import tensorflow as tf
 
     from model_zoo import build_model
-    from search.trial.runtime import resolve_precision
 
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = backend.configure_gpus(1.0)
     # mixed: bfloat16 from compute capability 8 on, float16 before (the trials' `auto`).
-    precision = resolve_precision(tf, "auto", gpus) if job["precision"] == "mixed" else "float32"
+    precision = (backends.resolve_precision("auto", backend.compute_capability(gpus))
+                 if job["precision"] == "mixed" else "float32")
     keras.mixed_precision.set_global_policy(precision)
     size, batch = int(job["size"]), int(job["batch"])
     model = build_model({"backbone": "vgg16", "weights": "none", "upsample": 1,
@@ -173,18 +184,18 @@ def gpu_worker(job: Mapping[str, Any]) -> dict[str, Any]:
                         input_shape=(size, size, 3), num_classes=10)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
                   loss="sparse_categorical_crossentropy", jit_compile=bool(job["xla"]))
-    device = "/GPU:0" if gpus else "/CPU:0"
-    with tf.device(device):
-        x = tf.random.uniform((batch, size, size, 3))
-        y = tf.random.uniform((batch,), maxval=10, dtype=tf.int32)
+    # Keras's random ops make the tensors on the backend's default device: the GPU when there
+    # is one, so no step copies its batch from the host.
+    x = keras.random.uniform((batch, size, size, 3), seed=0)
+    y = keras.random.randint((batch,), 0, 10, seed=1)
     for _ in range(int(job["warmup"])):  # tracing, XLA compilation, cuDNN autotuning
         model.train_on_batch(x, y)
     # train_on_batch returns Python floats: each step waits for the device, so the timing is
     # honest.
     steps, seconds = timed_steps(lambda: model.train_on_batch(x, y), float(job["seconds"]))
-    return {"size": size, "batch": batch, "precision": precision, "xla": bool(job["xla"]),
-            "steps": steps, "seconds": seconds, "images_per_s": steps * batch / seconds,
-            "device": device}
+    return {"backend": backend.name, "size": size, "batch": batch, "precision": precision,
+            "xla": bool(job["xla"]), "steps": steps, "seconds": seconds,
+            "images_per_s": steps * batch / seconds, "device": "GPU:0" if gpus else "CPU"}
 
 
 def _run_gpu_worker(job: Mapping[str, Any], log: Path) -> dict[str, Any]:
@@ -248,7 +259,8 @@ def packing_spec(ctx: Context, per_gpu: int, data_path: Path) -> dict[str, Any]:
         "model": {"backbone": "vgg16", "weights": "none", "upsample": 2, "noise_std": 0.01,
                   "dense_units": 256, "dropout": 0.5},
         "train": {"epochs": ctx.mode.pack_epochs, "batch_size": 128, "optimizer": "sgd",
-                  "momentum": 0.9, "mixed_precision": "auto", "jit_compile": "auto"},
+                  "momentum": 0.9, "mixed_precision": "auto", "jit_compile": "auto",
+                  "backend": ctx.backend},
         "space": {"learning_rate": {"loguniform": [0.001, 0.01]}},
         "search": {"num_samples": 2 * per_gpu, "max_concurrent": per_gpu, "seed": 0,
                    "algorithm": "random", "baseline": False, "max_failures": 0},
@@ -296,20 +308,22 @@ def packing_figures(trials: Sequence[Any], max_t: int, wall_s: float,
 
 
 def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[str, Any]:
-    """GPU throughput and packing; skipped (with a message) where TensorFlow sees no GPU.
+    """GPU throughput and packing; skipped (with a message) where the backend sees no GPU.
 
     Args:
-        ctx: The run's context.
-        visible_gpus: The GPUs TensorFlow sees; ``None`` asks TensorFlow.
+        ctx: The run's context (``ctx.backend``: the Keras backend).
+        visible_gpus: The GPUs the backend sees; ``None`` asks the backend.
 
     Returns:
         ``{"skipped": True, "reason": ...}`` without a GPU; else the GPU's name, a throughput
         row per case and precision, and a packing row per trials-per-GPU.
     """
-    gpus = tensorflow_gpus() if visible_gpus is None else list(visible_gpus)
+    gpus = backend_gpus(ctx.backend) if visible_gpus is None else list(visible_gpus)
     if not gpus:
-        print(NO_GPU_MESSAGE, flush=True)
-        return {"skipped": True, "reason": NO_GPU_MESSAGE.removeprefix("skipped: ")}
+        message = no_gpu_message(ctx.backend)
+        print(message, flush=True)
+        return {"skipped": True, "reason": message.removeprefix("skipped: "),
+                "backend": ctx.backend}
     began = time.perf_counter()
     names = gpu_names()
     name = names[0] if names else "unknown GPU"
@@ -320,7 +334,8 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
         flops = vgg16_flops_per_image(size, size)
         for precision, xla in GPU_MODES:
             progress(f"gpu: VGG16 {size}x{size} batch {batch} {precision} xla={xla}")
-            job = {"size": size, "batch": batch, "precision": precision, "xla": xla,
+            job = {"backend": ctx.backend, "size": size, "batch": batch,
+                   "precision": precision, "xla": xla,
                    "seconds": ctx.mode.gpu_seconds, "warmup": ctx.mode.gpu_warmup}
             row = _run_gpu_worker(job, log)
             # The peak of the precision the worker really ran (mixed is float32 before Volta).
@@ -356,7 +371,8 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
             continue
         packing.append({**entry, **packing_figures(summary.trials, summary.max_t, wall,
                                                    train_images)})
-    return {"skipped": False, "gpu": name, "throughput": rows, "packing": packing,
+    return {"skipped": False, "backend": ctx.backend, "gpu": name, "throughput": rows,
+            "packing": packing,
             "section_budget_s": SECTION_BUDGET_S,
             "peak_source": "--gpu-peak-tflops" if ctx.gpu_peak_tflops else "datasheet table",
             "packing_spec": {k: v for k, v in packing_spec(ctx, 1, data_path).items()
@@ -372,11 +388,12 @@ def print_gpu(result: Mapping[str, Any]) -> str:
     Returns:
         The text to print.
     """
+    backend = result.get("backend", "tensorflow")
     if result["skipped"]:
-        return f"d. GPU throughput\n{NO_GPU_MESSAGE}"
+        return f"d. GPU throughput ({backend})\n{no_gpu_message(backend)}"
     throughput = format_table(
-        f"d. GPU throughput: VGG16 (weights none) on {result['gpu']}, synthetic data on the "
-        f"device (peak: {result['peak_source']})",
+        f"d. GPU throughput: VGG16 (weights none) on {result['gpu']}, Keras on {backend}, "
+        f"synthetic data on the device (peak: {result['peak_source']})",
         [Column("size", "size"), Column("batch", "batch"), Column("precision", "precision"),
          Column("xla", "XLA"), Column("images_per_s", "img/s", ".0f"),
          Column("train_gflops_per_image", "GFLOP/img (train)", ".2f"),

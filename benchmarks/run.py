@@ -24,10 +24,12 @@ sections live next to this file, one module each (``overhead``, ``search_efficie
   Goals: p99 <= 100 ms at 2,000 trials, linear growth, the driver never the bottleneck.
 * ``gpu``: VGG16 images/s at 160x160 in float32 and mixed precision, with and without XLA,
   the share of the GPU's peak that is, and trials per hour with 1, 2 and 4 trials packed on
-  one GPU, in under 10 minutes. Skipped where TensorFlow sees no GPU.
+  one GPU, in under 10 minutes, on ``--backend`` (tensorflow, jax or torch). Skipped where the
+  backend sees no GPU.
 
     python benchmarks/run.py --reduced --json /tmp/bench.json       # ~6 min on 2 CPU cores
     python benchmarks/run.py --only gpu --gpu-peak-tflops 989       # on a GPU machine
+    python benchmarks/run.py --only gpu --backend jax               # the same on JAX (or torch)
 
 Experiment folders and logs go to a temporary folder (``--workdir`` keeps them). Progress goes
 to stderr, tables to stdout.
@@ -59,6 +61,8 @@ from memory import bench_memory, print_memory  # noqa: E402
 from overhead import bench_overhead, print_overhead  # noqa: E402
 from scale import bench_scale, print_scale  # noqa: E402
 from search_efficiency import bench_search, print_search  # noqa: E402
+
+from search.trial.backends import BACKENDS  # noqa: E402
 
 SECTIONS = ("overhead", "search", "memory", "scale", "gpu")
 
@@ -103,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-peak-tflops", type=float, default=None,
                         help="the GPU's peak TFLOP/s for the share-of-peak column (default: "
                              "datasheet table for H100/H200/A100/A10G by nvidia-smi's name)")
+    parser.add_argument("--backend", choices=BACKENDS, default="tensorflow",
+                        help="the Keras backend of the gpu section (default: tensorflow); "
+                             "jax and torch never import TensorFlow there")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep experiment folders and logs here (default: a temp folder, "
                              "removed at the end)")
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(mode=mode, workdir=workdir.resolve(), num_cpus=args.num_cpus,
-                  gpu_peak_tflops=args.gpu_peak_tflops)
+                  gpu_peak_tflops=args.gpu_peak_tflops, backend=args.backend)
 
     began = time.perf_counter()
     machine = machine_info()

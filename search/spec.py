@@ -16,20 +16,14 @@ from typing import Any
 import yaml
 
 from model_zoo import MODEL_KEYS, ModelConfig, ModelConfigError
-from search._validate import (
-    check_float,
-    check_int,
-    check_keys,
-    check_one_of,
-    echo,
-    is_number,
-)
+from search._validate import check_float, check_int, check_keys, check_one_of, echo, is_number
 from search._yaml import apply_overrides, read_yaml
 from search.data.pipeline import AUGMENT_CHOICES
 from search.data.spec import DatasetSpec
 from search.errors import SpecError
 from search.outputs import storage
 from search.space import Distribution, check_conditions, check_jit_compile, parse_distribution
+from search.trial.backends import BACKENDS
 
 SECTIONS = (
     "name", "dataset", "model", "train", "space", "search", "scheduler", "resources", "storage",
@@ -73,6 +67,7 @@ class TrainSpec:
     mixed_precision: str = "auto"
     jit_compile: bool | str = "auto"
     seed: int = 0
+    backend: str = "tensorflow"  # the Keras backend, one per search (search/trial/backends.py)
 
     @classmethod
     def from_mapping(cls, mapping: Any, where: str = "train") -> TrainSpec:
@@ -95,6 +90,7 @@ class TrainSpec:
             raise SpecError(f"{where}.jit_compile: must be auto, true or false, "
                             f"got {echo(self.jit_compile)}")
         check_int(self.seed, f"{where}.seed", 0)
+        check_one_of(self.backend, BACKENDS, f"{where}.backend")
 
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainSpec))
@@ -104,7 +100,9 @@ def setting_defaults() -> dict[str, Any]:
     """Every model and train setting's default: what a trial uses for a key nobody set."""
     return {**{f.name: f.default for f in fields(ModelConfig)}, **asdict(TrainSpec())}
 # Keys a trial's config may hold: the model's and the training loop's.
-SEARCHABLE_KEYS = tuple(MODEL_KEYS) + tuple(k for k in TRAIN_KEYS if k not in ("epochs", "seed"))
+# A search trains on one backend (one Keras per trial process): `backend` is never searched.
+SEARCHABLE_KEYS = tuple(MODEL_KEYS) + tuple(
+    k for k in TRAIN_KEYS if k not in ("epochs", "seed", "backend"))
 
 
 @dataclass(frozen=True)
@@ -302,6 +300,8 @@ def _check_value(key: str, value: Any, where: str, model: Mapping[str, Any]) -> 
 
 
 def _parse_space(raw: Any, model: Mapping[str, Any], train_raw: Mapping) -> dict:
+    if isinstance(raw, Mapping) and "backend" in raw:
+        raise SpecError("space.backend: a search trains on one backend; set train.backend")
     check_keys(raw, SEARCHABLE_KEYS, "space")
     space: dict[str, Distribution] = {}
     for key, value in raw.items():

@@ -16,10 +16,17 @@ PIPELINE_PARALLELISM = 2  # batches gathered/augmented at once
 PIPELINE_PREFETCH = 2  # batches ready ahead of the device
 
 
-def _check_augment(augment: str | None) -> str:
+def check_pipeline_args(x: np.ndarray, y: np.ndarray, batch_size: int,
+                        augment: str | None) -> str:
+    """Checks a pipeline's arguments (every backend's); returns ``augment`` (``none`` for
+    ``None``)."""
     augment = "none" if augment is None else augment
     if augment not in AUGMENT_CHOICES:
         raise SpecError(f"augment: must be one of {', '.join(AUGMENT_CHOICES)}, got {augment!r}")
+    if not is_int(batch_size) or batch_size < 1:
+        raise SpecError(f"batch_size: must be a positive int, got {batch_size!r}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} != {len(y)}")
     return augment
 
 
@@ -46,11 +53,7 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
     Raises:
         SpecError: For an unknown ``augment`` or a ``batch_size`` below 1.
     """
-    augment = _check_augment(augment)
-    if not is_int(batch_size) or batch_size < 1:
-        raise SpecError(f"batch_size: must be a positive int, got {batch_size!r}")
-    if len(x) != len(y):
-        raise ValueError(f"x and y differ in length: {len(x)} != {len(y)}")
+    augment = check_pipeline_args(x, y, batch_size, augment)
 
     import tensorflow as tf
 

@@ -43,6 +43,7 @@ from search.outputs import storage
 from search.outputs.lock import driver_lock
 from search.outputs.results import TRIAL_DIR_PREFIX, TrialRecord, best_trial, load_trials
 from search.spec import ExperimentSpec, dump_spec
+from search.trial import backends
 from search.trial.trainable import train_trial
 
 Trainable = Callable[..., None]
@@ -197,6 +198,8 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
     """
     from search.data import load_dataset
 
+    # Before the lock, Ray or any trial: a backend this Python lacks is the user's to install.
+    backends.check_installed(spec.train.backend)
     if spec.tracking is not None:
         check_tracking(spec, experiment_dir)
     # The lock first: a second driver stops before loading data or starting Ray. The console

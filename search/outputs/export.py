@@ -169,6 +169,7 @@ def trials_table(trials: list[TrialRecord], max_t: int) -> pa.Table:
             "gpu_seconds": trial.gpu_seconds,
             "oom_retried": any(bool(r.get("oom_retried")) for r in trial.history),
             "batch_size": int(final.get("batch_size", 0) or 0) or None,
+            "backend": final.get("backend") or None,  # the Keras backend it trained on
         }
         for key in keys:
             row[CONFIG_COLUMNS_PREFIX + key] = _cell(trial.config.get(key))
@@ -189,6 +190,7 @@ def history_table(trials: list[TrialRecord]) -> pa.Table:
                 "wall_seconds": row.get("wall_seconds"),
                 "gpu_seconds": row.get("gpu_seconds"),
                 "trial_failed": bool(row.get("trial_failed", False)),
+                "backend": row.get("backend") or None,
                 "timestamp": row.get("timestamp"),
             })
     return _table(rows)

@@ -231,7 +231,8 @@ def write_report(experiment_dir: str, out_dir: str | None = None) -> str:
     gpu_hours = sum(t.gpu_seconds for t in trials) / 3600
     device_hours = sum(t.wall_seconds for t in trials) / 3600
     lines = [
-        f"<p>{len(trials)} trials ({summary}); max_t = {spec.max_t} epochs; "
+        f"<p>{len(trials)} trials ({summary}); max_t = {spec.max_t} epochs; Keras backend "
+        f"{html.escape(spec.train.backend)}; "
         f"{gpu_hours:.2f} GPU-hours, {device_hours:.2f} device-hours (trials' time holding "
         f"their devices). Metric: {METRIC} ({MODE}).</p>",
     ]

@@ -27,8 +27,8 @@ class EpochReport:
         batch_size, learning_rate_used: What the epoch trained with (an OOM retry halves both).
         oom_retried: Whether the trial was retried at half batch after running out of memory.
         trial_failed, failure_reason: A failure that a retry cannot fix (``nan_loss: ...``).
-        gpu_ids, cuda_visible_devices, node_id, precision, attempt_started_at: Where and how
-            the attempt ran.
+        gpu_ids, cuda_visible_devices, node_id, precision, backend, attempt_started_at: Where
+            and how the attempt ran (``backend``: the Keras backend, ``train.backend``).
     """
 
     epoch: int
@@ -49,6 +49,7 @@ class EpochReport:
     cuda_visible_devices: str = ""
     node_id: str = ""
     precision: str = ""
+    backend: str = ""
     attempt_started_at: float = 0.0
 
     def metrics(self) -> dict[str, float]:

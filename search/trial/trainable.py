@@ -20,6 +20,7 @@ from ray import tune
 
 from search.errors import TrialFailure
 from search.trial import runtime
+from search.trial.backends import active_backend
 from search.trial.checkpoint import (
     MODEL_FILE,
     TrainingState,
@@ -91,7 +92,7 @@ class _Attempt:
             batch_size=state.batch_size, learning_rate_used=state.learning_rate,
             oom_retried=state.oom_retried, gpu_ids=",".join(self.gpu_ids),
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
-            node_id=_node_id(), precision=self.precision,
+            node_id=_node_id(), precision=self.precision, backend=active_backend(),
             attempt_started_at=self.started_at, **fields)
 
     def fail(self, reason: str, message: str) -> None:
@@ -160,14 +161,14 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
 
 def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: float,
            gpu_ids: list[str], checkpoints: _LocalCheckpoints, attempt_began: float) -> None:
-    keras, tf = run.keras, run.tf
+    keras = run.keras
     restored = checkpoints.restored
     state = TrainingState.from_json(
         read_state(restored) if restored else {},
         batch_size=int(params["batch_size"]), learning_rate=float(params["learning_rate"]))
     attempt = _Attempt(state, gpu_ids, run.precision, gpu_count=gpu_count,
                        began=attempt_began)
-    missing = runtime.missing_gpu_message(gpu_ids, run.gpus)
+    missing = runtime.missing_gpu_message(gpu_ids, run.gpus, run.backend.name)
     if missing is not None:
         attempt.fail("no_gpu", missing)
         return
@@ -195,7 +196,7 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
                                 epochs=state.epoch + 1, verbose=0, shuffle=False,
                                 callbacks=[timer.callback, keras.callbacks.TerminateOnNaN()])
         except Exception as err:  # noqa: BLE001 - only device OOM is handled, the rest re-raised
-            if not runtime.is_out_of_memory(tf, err):
+            if not run.backend.is_out_of_memory(err):
                 raise
             if state.oom_retried or state.batch_size < 2:
                 attempt.fail("oom", f"out of device memory at batch_size={state.batch_size}: "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gpu
 import pytest
-from common import REDUCED, Context
+from common import BENCHMARKS, REDUCED, REPO, Context
 
 
 def _ctx(tmp_path: Path) -> Context:
@@ -16,7 +19,8 @@ def _ctx(tmp_path: Path) -> Context:
 
 def test_gpu_section_skips_with_message_when_no_gpu_is_visible(tmp_path, capsys):
     result = gpu.bench_gpu(_ctx(tmp_path), visible_gpus=[])
-    assert result == {"skipped": True, "reason": "no GPU visible to TensorFlow"}
+    assert result == {"skipped": True, "reason": "no GPU visible to TensorFlow",
+                      "backend": "tensorflow"}
     assert "skipped: no GPU visible to TensorFlow" in capsys.readouterr().out
     assert gpu.print_gpu(result).splitlines()[-1] == "skipped: no GPU visible to TensorFlow"
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
@@ -27,6 +31,22 @@ def test_gpu_section_asks_tensorflow_and_skips_on_a_cpu_machine(tmp_path, capsys
     result = gpu.bench_gpu(_ctx(tmp_path))
     assert result["skipped"] is True
     assert "skipped: no GPU visible to TensorFlow" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
+@pytest.mark.parametrize(("backend", "name"), [("jax", "JAX"), ("torch", "PyTorch")])
+def test_gpu_section_on_another_backend_asks_it_and_never_imports_tensorflow(backend, name):
+    code = ("import sys, gpu; from common import REDUCED, Context; from pathlib import Path; "
+            "import tempfile; "
+            "r = gpu.bench_gpu(Context(mode=REDUCED, workdir=Path(tempfile.mkdtemp()), "
+            f"num_cpus=2, backend={backend!r})); "
+            "print(gpu.print_gpu(r)); print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=BENCHMARKS, timeout=300,
+                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{BENCHMARKS}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-3:] == [f"d. GPU throughput ({backend})",
+                                             f"skipped: no GPU visible to {name}", "False"]
 
 
 def test_vgg16_training_flops_match_the_published_forward_count():

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from search.trial import runtime
+from search.trial import backends, runtime
 
 
 class FakeConfig:
@@ -37,7 +37,7 @@ class FakeConfig:
 @pytest.fixture(autouse=True)
 def _devices_not_yet_configured(monkeypatch):
     # A process configures its devices once; each test here is a fresh process's first time.
-    monkeypatch.setattr(runtime, "_CONFIGURED_GPUS", None)
+    monkeypatch.setattr(backends, "_CONFIGURED_GPUS", None)
 
 
 def fake_tf(gpus: list[str], capability: tuple[int, int] = (8, 0)) -> SimpleNamespace:
@@ -58,15 +58,15 @@ def test_trial_with_gpus_keeps_rays_assignment(monkeypatch):
 
 def test_whole_gpu_trial_gets_memory_growth():
     tf = fake_tf(["gpu0"])
-    runtime.configure_gpus(tf, 1.0)
+    backends.TensorFlowBackend(tf).configure_gpus(1.0)
     assert tf.config.growth == ["gpu0"] and tf.config.limits == {}
 
 
 def test_a_reused_trial_process_configures_its_devices_only_once():
     first, second = fake_tf(["gpu0"]), fake_tf(["gpu0"])
-    assert runtime.configure_gpus(first, 1.0) == ["gpu0"]
+    assert backends.TensorFlowBackend(first).configure_gpus(1.0) == ["gpu0"]
     # TensorFlow refuses a second configuration once the devices are in use.
-    assert runtime.configure_gpus(second, 1.0) == ["gpu0"]
+    assert backends.TensorFlowBackend(second).configure_gpus(1.0) == ["gpu0"]
     assert second.config.growth == []
 
 
@@ -78,9 +78,9 @@ def test_fractional_gpu_trial_gets_a_hard_memory_share(monkeypatch):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 0, stdout="81920\n", stderr="")
 
-    monkeypatch.setattr(runtime.subprocess, "run", fake_smi)
+    monkeypatch.setattr(backends.subprocess, "run", fake_smi)
     tf = fake_tf(["gpu0"])
-    runtime.configure_gpus(tf, 0.25)
+    backends.TensorFlowBackend(tf).configure_gpus(0.25)
     assert tf.config.limits == {"gpu0": int(81920 * 0.25 * 0.95)}
     assert calls[0][-1] == "1"  # asked about the physical GPU Ray assigned
     assert tf.config.growth == []
@@ -94,9 +94,9 @@ def test_fractional_gpu_trial_gets_a_hard_memory_share(monkeypatch):
     (["gpu0"], (6, 1), "float32"),
 ])
 def test_auto_precision_follows_the_device(gpus, capability, expected):
-    assert runtime.resolve_precision(fake_tf(gpus, capability), "auto",
-                                       gpus) == expected
-    assert runtime.resolve_precision(fake_tf(gpus, capability), "float32", gpus) == "float32"
+    found = backends.TensorFlowBackend(fake_tf(gpus, capability)).compute_capability(gpus)
+    assert backends.resolve_precision("auto", found) == expected
+    assert backends.resolve_precision("float32", found) == "float32"
 
 
 def test_trial_holding_a_gpu_tensorflow_cannot_see_gets_a_no_gpu_reason(monkeypatch):
