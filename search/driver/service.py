@@ -23,7 +23,13 @@ from ray import tune
 
 from search._validate import echo
 from search.checkpoint_policy import RUNG_EPOCHS_KEY
-from search.driver.cluster import WaitReporter, check_shared_storage, connect, resolve_gpus
+from search.driver.cluster import (
+    WaitReporter,
+    check_object_store,
+    check_shared_storage,
+    connect,
+    resolve_gpus,
+)
 from search.driver.console import search_console
 from search.driver.mirror import JournalMirror, mirroring
 from search.driver.progress import ProgressPrinter
@@ -217,6 +223,7 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
         try:
             gpus = resolve_gpus(spec)
             check_shared_storage(spec)
+            check_object_store(data.nbytes)
             local_dir = folder.local_mirror_dir(experiment_dir)
             journal = journal_path_for(local_dir)
             if storage.is_remote(experiment_dir):
