@@ -201,6 +201,8 @@ def test_injected_out_of_memory_at_a_later_epoch_retries_from_the_last_checkpoin
     (trial,) = load_trials(summary.experiment_dir)
     assert trial.status(3) == "complete"
     assert raw_epochs(trial.path) == [1, 2, 3]  # the epochs ran on, none trained twice
+    # The default train.checkpoint: ASHA's rung (epoch 1) and the last epoch, not epoch 2.
+    assert sorted(p.name for p in probe.glob("epoch-*")) == ["epoch-1", "epoch-3"]
     first, last = trial.history[0], trial.history[-1]
     assert first["batch_size"] == 32 and first["oom_retried"] is False
     assert last["oom_retried"] is True and last["batch_size"] == 16
