@@ -58,9 +58,13 @@ class TrialEpochBudget(Stopper):
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.reported = 0
+        self.seen: set[tuple[str, Any]] = set()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self.reported += 1
+        # Ray hands the stopper a trial's last result again (done) when its function
+        # returns: count each trial's epoch once.
+        self.seen.add((trial_id, result.get("epoch")))
+        self.reported = len(self.seen)
         return False
 
     def stop_all(self) -> bool:
