@@ -61,8 +61,7 @@ class TrialEpochBudget(Stopper):
         self.seen: set[tuple[str, Any]] = set()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        # Ray hands the stopper a trial's last result again (done) when its function
-        # returns: count each trial's epoch once.
+        # A finished trial's last result comes again (done): count each epoch once.
         self.seen.add((trial_id, result.get("epoch")))
         self.reported = len(self.seen)
         return False
@@ -121,8 +120,7 @@ def _checkpoint_test(trials: list[Any], data: Any) -> Callable[[dict[str, Any]],
 
 def run_finetune_search(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
     """``search.run_search`` as shipped: TPE told PRUNED for ASHA-stopped trials, ASHA."""
-    # Every trial keeps its checkpoints (as shipped, only the best 3 would): figure 2 tests
-    # the best trial within the budget, which need not be among the best 3 of the whole run.
+    # Every trial keeps its checkpoints: figure 2 tests the best one within the budget.
     raw = task.raw_for(f"ours-seed{seed}", seed, workdir,
                        num_samples=asha_trials(task), max_concurrent=task.concurrency,
                        keep_checkpoints=asha_trials(task))

@@ -72,9 +72,13 @@ class CheckpointPruner(tune.Callback):
             self._fs = trial.storage.storage_filesystem
             self.remember([r for r in recorded_trials(trial) if r.trial_id != trial.trial_id])
         last = trial.last_result or {}
-        value = trial.metric_analysis.get(METRIC, {}).get(MODE)
         failed = bool(last.get("trial_failed"))
-        self._values[trial.trial_id] = None if failed else value
+        # A trial resumed at its last epoch reports nothing in this run: its value is then
+        # only in the result Ray restored with it.
+        value = trial.metric_analysis.get(METRIC, {}).get(MODE, last.get(METRIC))
+        if not failed and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return  # no value to rank it by: its checkpoints stay
+        self._values[trial.trial_id] = None if failed else float(value)
         self._holding[trial.trial_id] = trial.path
         self.prune()
 

@@ -64,6 +64,16 @@ def test_finished_trials_outside_the_best_k_lose_their_checkpoints(tmp_path, mon
     pruner.on_trial_complete(0, [], ray_trial(tmp_path, "nan", 0.99, failed=True))
     assert not has_checkpoints(tmp_path, "nan")  # a failed trial is never exported
     assert pruner.kept() == ["old_best", "b"]
+    # A trial resumed at its last epoch reports nothing: ranked by the result Ray restored;
+    # one with no value at all keeps its checkpoints.
+    restored = ray_trial(tmp_path, "restored", 0.0)
+    restored.metric_analysis, restored.last_result = {}, {"val_accuracy": 0.9}
+    pruner.on_trial_complete(0, [], restored)
+    assert has_checkpoints(tmp_path, "restored") and not has_checkpoints(tmp_path, "b")
+    unknown = ray_trial(tmp_path, "unknown", 0.0)
+    unknown.metric_analysis, unknown.last_result = {}, {}
+    pruner.on_trial_complete(0, [], unknown)
+    assert has_checkpoints(tmp_path, "unknown")
     # The rest of each folder (results, params) stays.
     assert (tmp_path / "trial_a" / "result.json").exists()
 
