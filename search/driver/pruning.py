@@ -22,7 +22,7 @@ from search.driver.scheduling import recorded_trials
 from search.driver.study import METRIC, MODE
 from search.driver.study import TrialStatus as Status
 from search.outputs import storage
-from search.outputs.results import RAY_UNFINISHED, TrialRecord
+from search.outputs.results import RAY_UNFINISHED, TrialRecord, read_result_rows
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray's checkpoint folders inside a trial's folder
 
@@ -73,12 +73,17 @@ class CheckpointPruner(tune.Callback):
             self.remember([r for r in recorded_trials(trial) if r.trial_id != trial.trial_id])
         last = trial.last_result or {}
         failed = bool(last.get("trial_failed"))
-        # A trial resumed at its last epoch reports nothing in this run: its value is then
-        # only in the result Ray restored with it.
-        value = trial.metric_analysis.get(METRIC, {}).get(MODE, last.get(METRIC))
-        if not failed and not (isinstance(value, (int, float)) and math.isfinite(value)):
+        # What this run saw (a trial resumed at its last epoch reports nothing: then only the
+        # result Ray restored with it) and what the trial's results hold (what export ranks
+        # by; a resumed trial's earlier epochs may be only there): its best of all.
+        seen = [trial.metric_analysis.get(METRIC, {}).get(MODE), last.get(METRIC),
+                *(row.get(METRIC) for row in read_result_rows(self._fs, trial.path)
+                  if not row.get("trial_failed"))]
+        values = [float(v) for v in seen if isinstance(v, (int, float)) and math.isfinite(v)]
+        if not failed and not values:
             return  # no value to rank it by: its checkpoints stay
-        self._values[trial.trial_id] = None if failed else float(value)
+        pick = max if MODE == "max" else min
+        self._values[trial.trial_id] = None if failed else pick(values)
         self._holding[trial.trial_id] = trial.path
         self.prune()
 

@@ -74,6 +74,12 @@ def test_finished_trials_outside_the_best_k_lose_their_checkpoints(tmp_path, mon
     unknown.metric_analysis, unknown.last_result = {}, {}
     pruner.on_trial_complete(0, [], unknown)
     assert has_checkpoints(tmp_path, "unknown")
+    # A trial resumed from a stale snapshot: its best epoch is only in its results.
+    stale = ray_trial(tmp_path, "stale", 0.1)
+    (tmp_path / "trial_stale" / "result.json").write_text(
+        '{"epoch": 1, "val_accuracy": 0.1}\n{"epoch": 2, "val_accuracy": 0.97}\n')
+    pruner.on_trial_complete(0, [], stale)
+    assert has_checkpoints(tmp_path, "stale") and pruner.kept()[0] == "stale"
     # The rest of each folder (results, params) stays.
     assert (tmp_path / "trial_a" / "result.json").exists()
 
