@@ -71,7 +71,9 @@ def restore_to_temp(checkpoint: Any) -> str | None:
         return None
     from search.outputs import storage
 
-    if not storage.exists(checkpoint.filesystem, checkpoint.path):
+    # Its state file, not the folder: object stores (S3) have no folders to ask about.
+    state = storage.join(checkpoint.path, STATE_FILE)
+    if not storage.exists(checkpoint.filesystem, state):
         print(f"warning: checkpoint {checkpoint.path} was pruned after the trial ended; "
               f"training it again from epoch 0", flush=True)
         return None
