@@ -46,6 +46,8 @@ class Mode:
     overhead_subset: int  # digits images, split 80/20 into train/validation
     overhead_epochs: int
     overhead_batch: int
+    overhead_short_subset: int  # the short size: epochs of a second or two on this machine
+    storage_trials: int  # trials of the checkpoint-storage search (small_cnn on digits)
     search_trials: int
     search_epochs: int
     search_seeds: tuple[int, ...]
@@ -59,10 +61,12 @@ class Mode:
 
 
 FULL = Mode(name="full", overhead_subset=640, overhead_epochs=4, overhead_batch=32,
+            overhead_short_subset=100, storage_trials=64,
             search_trials=32, search_epochs=4, search_seeds=(0, 1, 2),
             memory_args=("--pipeline",), gpu_seconds=10.0, gpu_warmup=5, pack_images=8192,
             pack_epochs=3, scale_points=(100, 500, 1000, 2000), scale_concurrent=64)
 REDUCED = Mode(name="reduced", overhead_subset=320, overhead_epochs=6, overhead_batch=32,
+               overhead_short_subset=100, storage_trials=12,
                search_trials=16, search_epochs=3, search_seeds=(0, 1),
                memory_args=("--reduced", "--pipeline"), gpu_seconds=5.0, gpu_warmup=3,
                pack_images=4096, pack_epochs=2, scale_points=(100, 500),

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from checkpoint_storage import bench_checkpoint_storage, print_checkpoint_storage
 from common import (
     REPO,
     Column,
@@ -35,18 +36,23 @@ from common import (
 
 from search.driver.study import TrialStatus
 
-OVERHEAD_GOAL = 0.97  # the trial's images/s at least 97% of plain model.fit's
+OVERHEAD_GOAL = 0.97  # the trial's images/s at least 97% of plain per-epoch model.fit calls
+ONE_FIT_GOAL = 0.99  # the trial's images/s (epochs 2+) at least 99% of one plain fit call's
+WHOLE_EPOCH_GOAL = 1.05  # a whole trial epoch at most 1.05x a plain epoch with validation
 EPOCH_LINE = re.compile(r"\] trial (\S+) epoch 1/\d+ ")
 STARTED_LINE = re.compile(r"\] trial (\S+) started")
 PLAIN_RUNS = (("plain fit, one call", False), ("plain fit, a call per epoch", True))
 
 
-def overhead_spec(ctx: Context, name: str) -> dict[str, Any]:
-    """One fixed trial: VGG16 (random init) at 32x32 on a few hundred digits images.
+def overhead_spec(ctx: Context, name: str, subset: int | None = None) -> dict[str, Any]:
+    """One fixed trial: VGG16 (random init) at 32x32 on a few hundred digits images, under
+    ASHA (grace period 1, reduction factor 3), so it checkpoints as a search's trials do by
+    default: at ASHA's rungs and the last epoch (alone, ASHA never stops it).
 
     Args:
         ctx: The run's context (sizes, workdir, CPUs).
         name: The experiment's name.
+        subset: Digits images (default: the mode's ``overhead_subset``).
 
     Returns:
         The raw experiment spec.
@@ -54,7 +60,8 @@ def overhead_spec(ctx: Context, name: str) -> dict[str, Any]:
     mode = ctx.mode
     return {
         "name": name,
-        "dataset": {"name": "digits", "subset": mode.overhead_subset, "val_fraction": 0.2,
+        "dataset": {"name": "digits", "subset": subset or mode.overhead_subset,
+                    "val_fraction": 0.2,
                     "seed": 0},
         "model": {"backbone": "vgg16", "weights": "none", "upsample": 1, "noise_std": 0.01,
                   "dense_units": 256, "dropout": 0.5, "pooling": "flatten"},
@@ -64,7 +71,7 @@ def overhead_spec(ctx: Context, name: str) -> dict[str, Any]:
         "space": {},
         "search": {"num_samples": 1, "max_concurrent": 1, "seed": 0, "algorithm": "random",
                    "baseline": False, "max_failures": 0},
-        "scheduler": {"name": "fifo"},
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
         # The whole machine for the one trial, as the plain fit has it.
         "resources": {"cpus_per_trial": ctx.num_cpus, "gpus_per_trial": "auto"},
         "storage": str(ctx.workdir / "experiments"),
@@ -273,7 +280,24 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
     noise = max(spread(plain_later), spread(trial_later))
     plain_epoch_s = mean([s for label, run in runs if label.startswith(PLAIN_RUNS[1][0])
                           for s in run["epoch_seconds"][1:]])
+    normal = one_fit_ratios(runs)
+    short = short_epochs(ctx)
+    storage = bench_checkpoint_storage(ctx)
     return {
+        "one_fit_ratio": normal["one_fit_ratio"],
+        "whole_epoch_ratio": normal["whole_epoch_ratio"],
+        "one_fit_ratio_short": short["one_fit_ratio"],
+        "whole_epoch_ratio_short": short["whole_epoch_ratio"],
+        "short": short,
+        "checkpoints_kept": storage["checkpoints_kept"],
+        "storage_bytes": storage["storage_bytes"],
+        "storage": storage,
+        "one_fit_goal": f"trial images/s (epochs 2+) >= {ONE_FIT_GOAL} of one plain fit call; "
+                        f"a whole epoch <= {WHOLE_EPOCH_GOAL}x plain's with validation; both "
+                        f"sizes",
+        "one_fit_goal_met": all(r["one_fit_ratio"] >= ONE_FIT_GOAL
+                                and r["whole_epoch_ratio"] <= WHOLE_EPOCH_GOAL
+                                for r in (normal, short)),
         "spec": {k: raw[k] for k in ("dataset", "model", "train", "resources")},
         "rows": rows,
         "plain_img_s": harmonic_rate(plain_later),
@@ -295,6 +319,39 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
         "load_avg_before": load_before,
         "load_avg_after": load_average(),
     }
+
+
+def one_fit_ratios(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, float]:
+    """The trial against one plain ``fit`` call (the plain one-call runs pooled), epochs 2+:
+    images/s of training, and the whole epoch (the trial's: Ray's time between reports, so
+    training, validation, report and checkpoints amortised; plain: epoch begin to end with
+    validation)."""
+    plain = [run for label, run in runs if label.startswith(PLAIN_RUNS[0][0])]
+    (trial,) = [run for label, run in runs if label.startswith("trial")]
+    plain_img_s = harmonic_rate([r for run in plain for r in run["images_per_s"][1:]])
+    plain_epoch_s = mean([s for run in plain for s in run["epoch_seconds"][1:]])
+    return {"one_fit_ratio": harmonic_rate(trial["images_per_s"][1:]) / plain_img_s,
+            "whole_epoch_ratio": mean(trial["epoch_seconds"][1:]) / plain_epoch_s,
+            "plain_epoch_s": plain_epoch_s, "trial_epoch_s": mean(trial["epoch_seconds"][1:])}
+
+
+def short_epochs(ctx: Context) -> dict[str, Any]:
+    """The same comparison with short epochs (``overhead_short_subset`` images: a second or
+    two per epoch here, what a fast GPU makes of a CIFAR epoch): one plain ``fit`` call before
+    and after the trial."""
+    raw = overhead_spec(ctx, "overhead-short", ctx.mode.overhead_short_subset)
+    spec = load_spec(raw)
+    progress("overhead: short epochs, plain fit (before the trial)")
+    runs = [("plain fit, one call (before)", plain_fit(spec))]
+    ensure_ray_stopped("overhead")
+    progress("overhead: short epochs, the trial under run_search")
+    summary, _ = run_logged_search(raw, ctx, ctx.workdir / "logs" / "overhead-short.log")
+    runs.append(("trial (run_search)",
+                 _trial_run(summary.trials[0].history, runs[0][1]["images_per_epoch"])))
+    ensure_ray_stopped("overhead")
+    progress("overhead: short epochs, plain fit (after the trial)")
+    runs.append(("plain fit, one call (after)", plain_fit(spec)))
+    return {"images": runs[0][1]["images_per_epoch"], **one_fit_ratios(runs)}
 
 
 def print_overhead(result: Mapping[str, Any]) -> str:
@@ -335,6 +392,13 @@ def print_overhead(result: Mapping[str, Any]) -> str:
         f"all-in epoch time, epochs 2+ (plain a call per epoch: epoch begin to end incl. "
         f"validation; trial: Ray's time_this_iter_s, also fit set-up, checkpoint, report): "
         f"trial / plain = {result['epoch_time_ratio']:.3f}",
+        f"one fit call: trial / plain img/s (epochs 2+) = {result['one_fit_ratio']:.3f}, "
+        f"whole epoch trial / plain = {result['whole_epoch_ratio']:.3f}; short epochs "
+        f"({result['short']['images']} images, plain {result['short']['plain_epoch_s']:.2f} "
+        f"s/epoch): {result['one_fit_ratio_short']:.3f} and "
+        f"{result['whole_epoch_ratio_short']:.3f}. Goal: {result['one_fit_goal']}: "
+        f"{'met' if result['one_fit_goal_met'] else 'NOT met'}",
+        print_checkpoint_storage(result["storage"]),
         f"load average (1 min) before/after: {result['load_avg_before']} / "
         f"{result['load_avg_after']} on {os.cpu_count()} cores",
         "",

@@ -108,7 +108,10 @@ def evaluate_test(model: Any, data: Any) -> float | None:
     """The model's accuracy on the test split (``None`` where the source has none)."""
     if data.x_test is None:
         return None
-    _, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=256, verbose=0)
+    from search.data.split import to_unit_float  # uint8 sources stay uint8 in the Dataset
+
+    _, accuracy = model.evaluate(to_unit_float(data.x_test), data.y_test, batch_size=256,
+                                 verbose=0)
     return float(accuracy)
 
 

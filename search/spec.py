@@ -18,6 +18,7 @@ import yaml
 from model_zoo import MODEL_KEYS, ModelConfig, ModelConfigError
 from search._validate import check_float, check_int, check_keys, check_one_of, echo, is_number
 from search._yaml import apply_overrides, read_yaml
+from search.checkpoint_policy import CHECKPOINT_KEYS, check_checkpoint_settings
 from search.data.pipeline import AUGMENT_CHOICES
 from search.data.spec import DatasetSpec
 from search.errors import SpecError
@@ -25,10 +26,8 @@ from search.outputs import storage
 from search.space import Distribution, check_conditions, check_jit_compile, parse_distribution
 from search.trial.backends import BACKENDS
 
-SECTIONS = (
-    "name", "dataset", "model", "train", "space", "search", "scheduler", "resources", "storage",
-    "tracking",
-)
+SECTIONS = ("name", "dataset", "model", "train", "space", "search", "scheduler", "resources",
+            "storage", "tracking")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULERS = ("asha", "fifo")
@@ -68,6 +67,8 @@ class TrainSpec:
     jit_compile: bool | str = "auto"
     seed: int = 0
     backend: str = "tensorflow"  # the Keras backend, one per search (search/trial/backends.py)
+    checkpoint: str = "asha_rungs"  # see search.checkpoint_policy
+    checkpoint_minutes: float = 10.0
 
     @classmethod
     def from_mapping(cls, mapping: Any, where: str = "train") -> TrainSpec:
@@ -91,6 +92,7 @@ class TrainSpec:
                             f"got {echo(self.jit_compile)}")
         check_int(self.seed, f"{where}.seed", 0)
         check_one_of(self.backend, BACKENDS, f"{where}.backend")
+        check_checkpoint_settings(self.checkpoint, self.checkpoint_minutes, where)
 
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainSpec))
@@ -102,7 +104,7 @@ def setting_defaults() -> dict[str, Any]:
 # Keys a trial's config may hold: the model's and the training loop's.
 # A search trains on one backend (one Keras per trial process): `backend` is never searched.
 SEARCHABLE_KEYS = tuple(MODEL_KEYS) + tuple(
-    k for k in TRAIN_KEYS if k not in ("epochs", "seed", "backend"))
+    k for k in TRAIN_KEYS if k not in ("epochs", "seed", "backend", *CHECKPOINT_KEYS))
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class SearchSpec:
     budget_device_hours: float | None = None
     baseline: bool = True
     max_failures: int = 3
+    keep_checkpoints: int = 3  # finished trials that keep theirs (search.driver.pruning)
 
     @classmethod
     def from_mapping(cls, mapping: Any, where: str = "search") -> SearchSpec:
@@ -134,6 +137,7 @@ class SearchSpec:
         if not isinstance(spec.baseline, bool):
             raise SpecError(f"{where}.baseline: must be true or false, got {echo(spec.baseline)}")
         check_int(spec.max_failures, f"{where}.max_failures", 0)
+        check_int(spec.keep_checkpoints, f"{where}.keep_checkpoints", 1)
         return spec
 
 
@@ -245,8 +249,6 @@ class ExperimentSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain YAML-ready data; ``load_spec_dict(spec.to_dict())`` round-trips."""
-        from model_zoo import MODEL_KEYS
-
         train = {k: v for k, v in asdict(self.train).items()
                  if k not in self.space or k in self.baseline_values}
         model = {**self.model,
@@ -330,9 +332,7 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
         raise SpecError(f"{source}: must be a YAML mapping of sections, got {echo(raw)}")
     check_keys(raw, SECTIONS, "spec")
     name = raw.get("name", None)
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\:") or name in (
-        ".", ".."
-    ):
+    if not isinstance(name, str) or any(c in name for c in "/\\:") or name in ("", ".", ".."):
         raise SpecError(f"name: must be a non-empty string without '/', '\\' or ':', "
                         f"got {echo(name)}")
     if "dataset" not in raw:

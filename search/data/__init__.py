@@ -1,7 +1,8 @@
 """Image-classification datasets, loaded once as NumPy arrays that every trial shares.
 
 ``DatasetSpec`` is the ``dataset:`` section of an experiment spec; :func:`load_dataset` turns it
-into a :class:`Dataset` of float32 NHWC images in [0, 1] with 3 channels and int32 labels, split
+into a :class:`Dataset` of NHWC images with 3 channels (uint8 0..255 where the source is uint8,
+float32 in [0, 1] otherwise; the input pipeline scales uint8 to [0, 1]) and int32 labels, split
 into train / validation (stratified, from ``seed``) and, where the source has one, test. The
 driver hands the ``Dataset`` to ``tune.with_parameters``, which puts it in Ray's object store
 once; workers then read the arrays zero-copy (read-only) instead of each holding a copy.

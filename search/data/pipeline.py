@@ -30,6 +30,20 @@ def check_pipeline_args(x: np.ndarray, y: np.ndarray, batch_size: int,
     return augment
 
 
+def scale_to_unit(tf: Any, images: Any) -> Any:
+    """A batch of images as float32 in [0, 1]: uint8 (0..255, how uint8 sources stay in the
+    object store, a quarter of float32's bytes) divided by 255; float images are already
+    [0, 1] and pass as they are.
+
+    The same float32 division as :func:`search.data.split.to_unit_float` (IEEE division is
+    correctly rounded, so 255 -> exactly 1.0 and each value is bit-identical to scaling the
+    array in NumPy first): a model sees the same inputs whichever way the data came.
+    """
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) / tf.constant(255, tf.float32)
+    return images
+
+
 def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, training: bool,
                         seed: int, augment: str | None = None) -> Any:
     """Builds a trial's ``tf.data`` pipeline over (possibly shared, read-only) arrays.
@@ -39,7 +53,8 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
     object store (``from_tensor_slices`` would).
 
     Args:
-        x: Images, float32 NHWC.
+        x: Images NHWC: uint8 0..255 (scaled to [0, 1] float32 batch by batch, by
+            :func:`scale_to_unit`) or float32 in [0, 1].
         y: Labels, 1-D.
         batch_size: Examples per batch (the last batch may be smaller).
         training: Shuffle every epoch and augment; ``False`` keeps the order, no augmentation.
@@ -68,7 +83,7 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
                                            stateful=False)
         images.set_shape((None, *image_shape))
         labels.set_shape((None,))
-        return images, labels
+        return scale_to_unit(tf, images), labels
 
     pipeline = tf.data.Dataset.range(len(y))
     if training:

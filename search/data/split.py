@@ -20,8 +20,11 @@ STREAM_TEST, STREAM_SUBSET, STREAM_VAL = 0, 1, 2
 class Dataset:
     """Images and labels ready for training; plain NumPy so it pickles cheaply.
 
-    Images are float32 NHWC in [0, 1] with 3 channels; labels are int32 class ids, 1-D. The
-    arrays are read-only, as they are in Ray workers that read them from the object store.
+    Images are NHWC with 3 channels: uint8 0..255 where the source is uint8 (CIFAR, folders,
+    Parquet and npz of integer pixels; a quarter of float32's bytes in the object store, scaled
+    to [0, 1] batch by batch in the input pipeline), otherwise float32 in [0, 1]; labels are
+    int32 class ids, 1-D. The arrays are read-only, as they are in Ray workers that read them
+    from the object store.
 
     Attributes:
         x_train: Training images.
@@ -118,11 +121,11 @@ def split_pool(pool: Pool, spec: DatasetSpec) -> Dataset:
     train_idx, val_idx = keep[train_local], keep[val_local]
     has_test = pool.x_test is not None and pool.y_test is not None
     return Dataset(
-        x_train=frozen(to_unit_float(pool.x[train_idx])),
+        x_train=frozen(stored_pixels(pool.x[train_idx])),
         y_train=frozen(pool.y[train_idx].astype(np.int32)),
-        x_val=frozen(to_unit_float(pool.x[val_idx])),
+        x_val=frozen(stored_pixels(pool.x[val_idx])),
         y_val=frozen(pool.y[val_idx].astype(np.int32)),
-        x_test=frozen(to_unit_float(pool.x_test)) if has_test else None,
+        x_test=frozen(stored_pixels(pool.x_test)) if has_test else None,
         y_test=frozen(np.asarray(pool.y_test).astype(np.int32)) if has_test else None,
         class_names=tuple(pool.class_names),
     )
@@ -138,7 +141,13 @@ def frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def stored_pixels(x: np.ndarray) -> np.ndarray:
+    """Pixels as the object store keeps them: uint8 stays uint8, floats become float32."""
+    return x if x.dtype == np.uint8 else to_unit_float(x)
+
+
 def to_unit_float(x: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1] (uint8 divided by 255, as the input pipeline does)."""
     if x.dtype == np.float32:
         return x
     if x.dtype.kind == "f":

@@ -130,6 +130,23 @@ def check_shared_storage(spec: ExperimentSpec) -> None:
                     f"{spec.storage!r}")
 
 
+def check_object_store(dataset_bytes: int) -> None:
+    """Refuses, before any trial starts, a dataset larger than Ray's object store on the
+    driver's node, where ``tune.with_parameters`` puts it once for every trial.
+
+    Raises:
+        SpecError: With both sizes and what to change.
+    """
+    node_id = ray.get_runtime_context().get_node_id()
+    capacity = next((node["Resources"].get("object_store_memory") for node in ray.nodes()
+                     if node.get("NodeID") == node_id), None)
+    if capacity is not None and dataset_bytes > capacity:
+        raise SpecError(f"dataset: needs {dataset_bytes / 2**20:,.0f} MiB in Ray's object store, "
+                        f"which holds {capacity / 2**20:,.0f} MiB on this node; lower "
+                        f"dataset.subset or dataset.image_size, store uint8 pixels, or give Ray "
+                        f"more (ray start --object-store-memory)")
+
+
 def _format_resources(resources: Mapping[str, float]) -> str:
     shown = {k: v for k, v in sorted(resources.items())
              if k in ("CPU", "GPU") or k.startswith("accelerator_type")}

@@ -24,6 +24,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search._validate import is_finite
+from search.checkpoint_policy import asha_rung_epochs
 from search.driver.study import METRIC, MODE, REASON_BUDGET, STOP_REASON, TIME_ATTR
 from search.errors import SpecError
 from search.outputs.experiment import experiment_root
@@ -240,6 +241,15 @@ class BudgetFIFO(_RemembersExperiment, FIFOScheduler):
         super().__init__()
         self.budget = budget
         self._records_read = False
+
+
+def checkpoint_rungs(spec: ExperimentSpec) -> tuple[int, ...]:
+    """The epochs below ``max_t`` where the spec's scheduler decides (none for FIFO): where
+    ``train.checkpoint: asha_rungs`` writes checkpoints."""
+    if spec.scheduler.name != "asha":
+        return ()
+    return asha_rung_epochs(spec.scheduler.grace_period, spec.scheduler.reduction_factor,
+                            spec.max_t)
 
 
 def make_scheduler(spec: ExperimentSpec, budget: DeviceBudget | None) -> TrialScheduler:

@@ -22,12 +22,25 @@ import ray
 from ray import tune
 
 from search._validate import echo
-from search.driver.cluster import WaitReporter, check_shared_storage, connect, resolve_gpus
+from search.checkpoint_policy import RUNG_EPOCHS_KEY
+from search.driver.cluster import (
+    WaitReporter,
+    check_object_store,
+    check_shared_storage,
+    connect,
+    resolve_gpus,
+)
 from search.driver.console import search_console
 from search.driver.mirror import JournalMirror, mirroring
 from search.driver.progress import ProgressPrinter
+from search.driver.pruning import CheckpointPruner
 from search.driver.reconcile import ray_trials, reconcile_study
-from search.driver.scheduling import budget_for, check_budget_left, make_scheduler
+from search.driver.scheduling import (
+    budget_for,
+    check_budget_left,
+    checkpoint_rungs,
+    make_scheduler,
+)
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
 from search.driver.study import (
     METRIC,
@@ -117,7 +130,8 @@ def _trial_dirname(trial: Any) -> str:
 def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
                     trainable: Trainable | None) -> Any:
     """The trainable with its resources, and the dataset put in the object store once."""
-    fixed = {**spec.fixed_config(), "gpus_per_trial": gpus}
+    fixed = {**spec.fixed_config(), "gpus_per_trial": gpus,
+             RUNG_EPOCHS_KEY: checkpoint_rungs(spec)}
     return tune.with_resources(
         tune.with_parameters(trainable or train_trial, data=data, fixed=fixed),
         {"cpu": spec.resources.cpus_per_trial, "gpu": gpus},
@@ -164,7 +178,8 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir
                 num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=METRIC,
                 checkpoint_score_order=MODE),
             callbacks=[ProgressPrinter(spec.max_t, experiment_dir), JournalMirror(),
-                       WaitReporter(),
+                       WaitReporter(), CheckpointPruner(spec.search.keep_checkpoints,
+                                                        spec.max_t),
                        *([MlflowTracker(spec, experiment_dir)] if spec.tracking else [])],
             verbose=0,
         ),
@@ -211,6 +226,7 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
         try:
             gpus = resolve_gpus(spec)
             check_shared_storage(spec)
+            check_object_store(data.nbytes)
             local_dir = folder.local_mirror_dir(experiment_dir)
             journal = journal_path_for(local_dir)
             if storage.is_remote(experiment_dir):

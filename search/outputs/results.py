@@ -195,6 +195,13 @@ def load_trials(path: str) -> list[TrialRecord]:
     return read_trials(fs, root)
 
 
+def read_result_rows(fs: storage.pafs.FileSystem, trial_path: str) -> list[dict[str, Any]]:
+    """A trial folder's ``result.json`` rows as written ([] without one)."""
+    result_path = storage.join(trial_path, "result.json")
+    return _parse_json_lines(storage.read_text(fs, result_path)) if storage.exists(
+        fs, result_path) else []
+
+
 def read_trials(fs: storage.pafs.FileSystem, root: str) -> list[TrialRecord]:
     """Every trial of the experiment folder at ``root`` on ``fs``, in the order they started
     (:func:`load_trials` for a folder already checked)."""
@@ -213,9 +220,7 @@ def read_trials(fs: storage.pafs.FileSystem, root: str) -> list[TrialRecord]:
                 # Half-written by a driver that is starting this trial right now (`status`
                 # reads while the search runs); the next read finds it whole.
                 continue
-            result_path = storage.join(info.path, "result.json")
-            history = _parse_json_lines(storage.read_text(fs, result_path)) if storage.exists(
-                fs, result_path) else []
+            history = read_result_rows(fs, info.path)
             # A trial retried after a crash reports its epochs again from its checkpoint;
             # keep the last report of each epoch.
             by_epoch: dict[int, dict[str, Any]] = {}

@@ -94,6 +94,20 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
         return stream.read()
 
 
+def tree_bytes(fs: pafs.FileSystem, path: str) -> int:
+    """Bytes of every file under ``path`` (0 when it does not exist)."""
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    return sum(info.size or 0 for info in fs.get_file_info(selector)
+               if info.type == pafs.FileType.File)
+
+
+def remove_tree(fs: pafs.FileSystem, path: str) -> None:
+    """Deletes a folder and everything in it (local or in object storage); gone already is
+    fine."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_dir(path)
+
+
 def path_exists(path: str) -> bool:
     """Whether a local path or URI exists."""
     fs, inner = filesystem(path)

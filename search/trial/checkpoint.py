@@ -60,8 +60,22 @@ def write_checkpoint(model: Any, state: TrainingState) -> str:
 
 
 def restore_to_temp(checkpoint: Any) -> str | None:
-    """Copies a ``tune.Checkpoint`` to a local temporary folder (``None`` without one)."""
+    """Copies a ``tune.Checkpoint`` to a local temporary folder (``None`` without one).
+
+    A checkpoint that is gone is ``None`` too, with a warning: the pruning of finished trials'
+    checkpoints (:mod:`search.driver.pruning`) removed it, and only a trial that had already
+    ended when Ray's last snapshot was taken gets it back (``resume`` reruns it from scratch,
+    and ASHA stops it again where it was stopped).
+    """
     if checkpoint is None:
+        return None
+    from search.outputs import storage
+
+    # Its state file, not the folder: object stores (S3) have no folders to ask about.
+    state = storage.join(checkpoint.path, STATE_FILE)
+    if not storage.exists(checkpoint.filesystem, state):
+        print(f"warning: checkpoint {checkpoint.path} was pruned after the trial ended; "
+              f"training it again from epoch 0", flush=True)
         return None
     local = tempfile.mkdtemp(prefix="trial-restore-")
     checkpoint.to_directory(local)

@@ -19,7 +19,8 @@ class EpochReport:
         epoch: Epochs trained so far (Ray's time attribute for ASHA).
         val_accuracy, val_loss, accuracy, loss: Keras's metrics of the epoch.
         images_per_s: Training images per second (validation excluded).
-        epoch_seconds: The epoch's own ``fit`` (training and validation).
+        epoch_seconds: The epoch inside the trial's ``fit`` (training and validation; the
+            checkpoint and the report not included).
         wall_seconds: Seconds the trial has held its resources so far, all attempts together:
             from the start of each attempt (device set-up, model build or restore) through
             training, validation and checkpoints, to this report.

@@ -1,10 +1,13 @@
-"""One trial: build the model through ``model_zoo``, train it epoch by epoch, report each epoch.
+"""One trial: build the model through ``model_zoo``, train it in one ``fit``, report each epoch.
 
 Thin on purpose. TensorFlow is imported inside the trial (the driver never pays for it and the
 GPU environment is settled first, by :func:`search.trial.runtime.prepare`); the dataset arrives
-once through Ray's object store (``tune.with_parameters``); every epoch ends in exactly one
-``tune.report`` with a checkpoint (weights and optimizer state) so ``training_iteration`` equals
-the epoch and a restarted trial continues where it stopped.
+once through Ray's object store (``tune.with_parameters``); all remaining epochs train in one
+``model.fit`` call (one per attempt; an OOM retry starts another), and every epoch ends in
+exactly one ``tune.report`` from a Keras callback, so ``training_iteration`` equals the epoch.
+A checkpoint (weights and optimizer state) goes with the reports the policy picks
+(:mod:`search.checkpoint_policy`: ASHA's rungs, the last epoch, every ``checkpoint_minutes``),
+and a restarted trial continues from the last one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from ray import tune
 
+from search.checkpoint_policy import CheckpointPolicy
 from search.errors import TrialFailure
 from search.trial import runtime
 from search.trial.backends import active_backend
@@ -42,26 +46,6 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
-
-
-class _EpochTimer:
-    """Measures the training part of an epoch (validation excluded) for ``images_per_s``."""
-
-    def __init__(self, keras: Any) -> None:
-        timer = self
-
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                timer.start = time.perf_counter()
-                timer.train_seconds = None
-
-            def on_test_begin(self, logs: Any = None) -> None:
-                if timer.train_seconds is None:
-                    timer.train_seconds = time.perf_counter() - timer.start
-
-        self.start = 0.0
-        self.train_seconds: float | None = None
-        self.callback = Callback()
 
 
 class _Attempt:
@@ -113,8 +97,8 @@ class _LocalCheckpoints:
     Attributes:
         restored: The copy of Ray's checkpoint this attempt started from (``None``: a new
             trial).
-        latest: The checkpoint of the last epoch this attempt completed, kept until the next
-            one so an OOM retry can continue from it.
+        latest: The last checkpoint this attempt wrote, kept until the next one so an OOM
+            retry can continue from it.
     """
 
     def __init__(self, restored: str | None) -> None:
@@ -123,7 +107,7 @@ class _LocalCheckpoints:
 
     @property
     def last_completed(self) -> str | None:
-        """The folder holding the weights and optimizer state of the last completed epoch."""
+        """The folder of the last checkpoint (weights, optimizer state, state.json)."""
         return self.latest or self.restored
 
     def replace_latest(self, checkpoint_dir: str) -> None:
@@ -174,7 +158,7 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
         return
 
     def build() -> tuple[Any, Any, Any]:
-        # From the last completed epoch's weights and optimizer state when there is one.
+        # From the last checkpoint's weights and optimizer state when there is one.
         source = checkpoints.last_completed
         if source is not None:
             model = keras.saving.load_model(os.path.join(source, MODEL_FILE))
@@ -186,15 +170,17 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
                                                   data.x_val, data.y_val, state.batch_size)
         return model, train_ds, val_ds
 
-    timer = _EpochTimer(keras)
+    reporter = _EpochReporter(keras, attempt, checkpoints, CheckpointPolicy.from_settings(params),
+                              len(data.x_train))
     model, train_ds, val_ds = build()
     epochs = int(params["epochs"])
-    while state.epoch < epochs:
-        began = time.perf_counter()
+    while state.epoch < epochs and not reporter.failed:
         try:
-            history = model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epoch,
-                                epochs=state.epoch + 1, verbose=0, shuffle=False,
-                                callbacks=[timer.callback, keras.callbacks.TerminateOnNaN()])
+            # One fit for every remaining epoch: each epoch's end reports (and checkpoints
+            # when the policy says so) from inside it, through the reporter.
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epoch,
+                      epochs=epochs, verbose=0, shuffle=False,
+                      callbacks=[keras.callbacks.TerminateOnNaN(), reporter.callback])
         except Exception as err:  # noqa: BLE001 - only device OOM is handled, the rest re-raised
             if not run.backend.is_out_of_memory(err):
                 raise
@@ -204,8 +190,12 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
                 return
             # Retry once with half the batch; the learning rate follows linearly so the
             # update size per example stays the same. The failed epoch may have changed some
-            # weights before running out of memory: continue from the last completed epoch's
-            # checkpoint, not from the model in memory.
+            # weights before running out of memory: continue from the last checkpoint (its
+            # weights, optimizer state and epoch), not from the model in memory; the epochs
+            # since it are trained again.
+            source = checkpoints.last_completed
+            saved = TrainingState.from_json(read_state(source)) if source else TrainingState()
+            state.epoch, state.last_metrics = saved.epoch, saved.last_metrics
             state.oom_retried = True
             state.batch_size //= 2
             state.learning_rate /= 2
@@ -213,20 +203,60 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
             keras.backend.clear_session()
             model, train_ds, val_ds = build()
             model.optimizer.learning_rate.assign(state.learning_rate)
-            continue
-        elapsed = time.perf_counter() - began
+
+
+class _EpochReporter:
+    """Reports each epoch of a ``fit`` to Ray Tune from Keras's ``on_epoch_end``, writing a
+    checkpoint (weights and optimizer state) when the policy says so, and ends the trial on a
+    NaN/inf loss.
+
+    ``tune.report`` runs inside ``fit``: when ASHA stops the trial, Ray ends the trial's
+    thread from inside that call (``SystemExit``), which leaves ``fit`` and the trial.
+    """
+
+    def __init__(self, keras: Any, attempt: _Attempt, checkpoints: _LocalCheckpoints,
+                 policy: CheckpointPolicy, train_images: int) -> None:
+        self.failed = False
+        self.epoch_began = self.train_seconds = 0.0
+        self.last_checkpoint_at = attempt.began  # the attempt's start counts as one
+        reporter = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                reporter.epoch_began = time.perf_counter()
+                reporter.train_seconds = 0.0
+
+            def on_test_begin(self, logs: Any = None) -> None:
+                # Validation starts: the epoch's training part ends (for images_per_s).
+                if not reporter.train_seconds:
+                    reporter.train_seconds = time.perf_counter() - reporter.epoch_began
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                reporter.epoch_end(self.model, dict(logs or {}))
+
+        self.callback = Callback()
+        self.attempt, self.checkpoints, self.policy = attempt, checkpoints, policy
+        self.train_images = train_images
+
+    def epoch_end(self, model: Any, logs: dict[str, Any]) -> None:
+        state, attempt = self.attempt.state, self.attempt
+        elapsed = time.perf_counter() - self.epoch_began
         state.epoch += 1
-        logs = {k: float(v[-1]) for k, v in history.history.items()}
-        train_seconds = timer.train_seconds or elapsed
-        metrics = {m: logs.get(m, float("nan")) for m in METRICS}
+        metrics = {m: float(logs.get(m, float("nan"))) for m in METRICS}
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
+            self.failed = True
+            model.stop_training = True
             attempt.fail("nan_loss", f"loss became {metrics['loss']} at epoch {state.epoch}")
             return
         state.last_metrics = metrics
         attempt.count_held_time()
-        checkpoints.replace_latest(write_checkpoint(model, state))
-        attempt.count_held_time()  # the report counts the checkpoint's writing too
+        checkpoint = None
+        if self.policy.due(state.epoch, time.perf_counter() - self.last_checkpoint_at):
+            self.checkpoints.replace_latest(write_checkpoint(model, state))
+            self.last_checkpoint_at = time.perf_counter()
+            attempt.count_held_time()  # the report counts the checkpoint's writing too
+            checkpoint = tune.Checkpoint.from_directory(self.checkpoints.latest)
         report = attempt.report(epoch=state.epoch, **metrics, epoch_seconds=elapsed,
-                                images_per_s=len(data.x_train) / max(train_seconds, 1e-9))
-        tune.report(report.as_dict(),
-                    checkpoint=tune.Checkpoint.from_directory(checkpoints.latest))
+                                images_per_s=self.train_images / max(
+                                    self.train_seconds or elapsed, 1e-9))
+        tune.report(report.as_dict(), checkpoint=checkpoint)

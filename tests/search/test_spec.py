@@ -126,6 +126,15 @@ def test_dump_round_trips():
         ({"space__upsample": {"choice": [3, 4]}, "search": {"baseline": True}},
          r"search\.baseline: the original method's upsample=2 must lie in space\.upsample"),
         ({"storage": 3}, r"storage: must be a path or URI string, got 3"),
+        ({"train__checkpoint": "rungs"}, r"^train\.checkpoint: must be one of asha_rungs, "
+                                         r"every_epoch, got 'rungs'$"),
+        ({"train__checkpoint_minutes": 0}, r"^train\.checkpoint_minutes: must be a float > 0, "
+                                           r"got 0$"),
+        ({"search__keep_checkpoints": 0}, r"^search\.keep_checkpoints: must be an int >= 1, "
+                                          r"got 0$"),
+        ({"space__checkpoint": {"choice": ["asha_rungs", "every_epoch"]}},
+         r"^space: unknown key `checkpoint`"),
+        ({"name": ""}, r"name: must be a non-empty string without '/'"),
         ({"search__budget_gpu_hours": 1, "resources__gpus_per_trial": 0},
          r"search\.budget_gpu_hours: trials hold no GPU \(resources\.gpus_per_trial is 0\), "
          r"so GPU-hours never accrue; use search\.budget_device_hours, got "

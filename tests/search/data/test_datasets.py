@@ -44,8 +44,9 @@ def one_line(excinfo: pytest.ExceptionInfo) -> str:
 def assert_dataset(data: Dataset, *, classes: int, image_shape: tuple[int, int, int] = (32, 32, 3),
                    total: int | None = None) -> None:
     for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
-        assert x.dtype == np.float32 and x.shape[1:] == image_shape and len(x) == len(y)
-        assert 0.0 <= x.min() and x.max() <= 1.0
+        assert x.dtype in (np.uint8, np.float32), x.dtype
+        assert x.shape[1:] == image_shape and len(x) == len(y)
+        assert x.dtype == np.uint8 or 0.0 <= x.min() and x.max() <= 1.0
         assert y.ndim == 1 and y.dtype == np.int32
         assert not x.flags.writeable
     assert data.num_classes == classes and data.input_shape == image_shape
@@ -201,8 +202,10 @@ def test_cifar10_python_format_loads(cifar10_path: Path) -> None:
     assert np.bincount(data.y_val).tolist() == [1] * 10
     # test_batch is kept whole and in order; rows are CHW planes, the arrays are HWC.
     row = f.cifar_rows(4, seed=99)[1]
-    assert np.array_equal(data.x_test[1] * 255, row.reshape(3, 32, 32).transpose(1, 2, 0))
-    assert data.x_test[1, 0, 1, 2] * 255 == row[2 * 1024 + 0 * 32 + 1]
+    # uint8 end to end: the source's bytes, unscaled (the input pipeline scales them).
+    assert data.x_test.dtype == data.x_train.dtype == np.uint8
+    assert np.array_equal(data.x_test[1], row.reshape(3, 32, 32).transpose(1, 2, 0))
+    assert data.x_test[1, 0, 1, 2] == row[2 * 1024 + 0 * 32 + 1]
     assert data.y_test.tolist() == [0, 1, 2, 3]
 
 
@@ -413,7 +416,7 @@ def test_folder_of_png_and_jpeg_loads_resized_with_sorted_classes(tmp_path: Path
     x = np.concatenate([data.x_train, data.x_val])
     y = np.concatenate([data.y_train, data.y_val])
     for label, colour in enumerate((BLUE, GREEN, RED)):
-        mean = x[y == label].mean(axis=(0, 1, 2)) * 255
+        mean = x[y == label].mean(axis=(0, 1, 2))  # uint8 0..255
         assert np.abs(mean - colour).max() < 8
 
 
@@ -490,7 +493,7 @@ def test_parquet_encoded_images_with_int_labels(tmp_path: Path) -> None:
     })
     data = load(name="parquet", path=str(path), val_fraction=0.25, image_size=[8, 8])
     assert_dataset(data, classes=2, image_shape=(8, 8, 3), total=8)
-    assert np.abs(data.x_train[data.y_train == 1].mean(axis=(0, 1, 2)) * 255 - BLUE).max() < 2
+    assert np.abs(data.x_train[data.y_train == 1].mean(axis=(0, 1, 2)) - BLUE).max() < 2
 
 
 def test_parquet_hugging_face_image_structs_with_a_split_column(tmp_path: Path) -> None:
@@ -530,7 +533,9 @@ def test_parquet_pixel_arrays(tmp_path: Path, layout: str) -> None:
                                                     "split": ["train"] * 4 + ["test"] * 2})
     data = load(name="parquet", path=str(path), image_size=[4, 5], val_fraction=0.5)
     assert data.x_test.shape == (2, 4, 5, 3)
-    assert np.allclose(data.x_test * 255, pixels[4:], atol=1e-3)
+    scale = 1 if data.x_test.dtype == np.uint8 else 255  # uint8 columns stay uint8
+    assert (data.x_test.dtype == np.uint8) == (layout != "nested float")
+    assert np.allclose(data.x_test * scale, pixels[4:], atol=1e-3)
 
 
 @pytest.mark.parametrize(("fault", "match"), [
@@ -588,7 +593,7 @@ def test_npz_uint8_with_test_split_and_class_names(tmp_path: Path) -> None:
     data = load(name="npz", path=str(path), val_fraction=0.25)
     assert_dataset(data, classes=3, image_shape=(6, 7, 3), total=12)
     assert data.class_names == ("a", "b", "c") and data.y_test.tolist() == [2, 0]
-    assert data.x_test.max() == 1.0
+    assert data.x_test.dtype == np.uint8 and data.x_test.max() == 255
 
 
 def test_npz_grayscale_floats_repeat_to_three_channels_and_no_test(tmp_path: Path) -> None:
@@ -722,3 +727,25 @@ def test_pipeline_rejects_unknown_augment_and_batch_size(digits: Dataset) -> Non
                             augment="mixup")
     with pytest.raises(SpecError, match=r"^batch_size: must be a positive int, got 0$"):
         make_input_pipeline(digits.x_val, digits.y_val, batch_size=0, training=True, seed=0)
+
+
+@pytest.mark.parametrize("training, augment", [(False, "none"), (True, "flip+crop")])
+def test_uint8_images_scaled_in_the_pipeline_are_bit_identical_to_float_images(
+        training: bool, augment: str) -> None:
+    from search.data.split import to_unit_float
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 6, 5, 3), dtype=np.uint8)
+    x[0], x[1] = 255, 0
+    y = np.arange(20) % 3
+
+    def batches(images: np.ndarray) -> list[np.ndarray]:
+        pipeline = make_input_pipeline(images, y, batch_size=8, training=training, seed=1,
+                                       augment=augment)
+        return [batch.numpy() for batch, _ in pipeline]
+
+    from_uint8, from_float = batches(x), batches(to_unit_float(x))
+    assert [b.dtype for b in from_uint8] == [np.float32] * 3
+    for scaled, float_input in zip(from_uint8, from_float, strict=True):
+        np.testing.assert_array_equal(scaled, float_input)
+    assert max(b.max() for b in from_uint8) == 1.0 and min(b.min() for b in from_uint8) == 0.0

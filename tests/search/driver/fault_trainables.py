@@ -77,9 +77,10 @@ def slow_epochs(config: dict, *, data: Any, fixed: dict) -> None:
 
 
 def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
-    """Raises TensorFlow's device OOM error in ``fit`` while the batch is above a limit, from
-    epoch ``oom_from_epoch + 1`` on (default: from the first epoch), after running part of
-    that epoch (so the weights in memory are no longer the last checkpoint's).
+    """Raises TensorFlow's device OOM error inside ``fit`` while the batch is above a limit,
+    in epoch ``oom_from_epoch + 1`` or later (default: from the first epoch); in a later epoch
+    after training its first batch (so the weights in memory are no longer the last
+    checkpoint's), as a real OOM mid-epoch would.
 
     With ``probe_dir`` set, it keeps what the test compares: a copy of every checkpoint the
     trial writes (``epoch-N/``) and, at the first ``fit`` after an OOM, the weights and
@@ -105,17 +106,22 @@ def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
             seen["batch_size"] = batch_size
         return original_pipeline(x, y, batch_size=batch_size, training=training, **kwargs)
 
+    class RunOutOfMemory(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if seen.get("batch_size", 0) > limit and self.epoch >= from_epoch and (
+                    batch == (1 if self.epoch > 0 else 0)):
+                seen["after_oom"] = True
+                raise tf.errors.ResourceExhaustedError(
+                    None, None, f"OOM when allocating tensor with batch {seen['batch_size']}")
+
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         if seen.pop("after_oom", False) and probe_dir:
             np.savez(os.path.join(probe_dir, "retry_start.npz"),
                      **variables_by_name(self))
-        if seen.get("batch_size", 0) > limit and kwargs.get("initial_epoch", 0) >= from_epoch:
-            if kwargs.get("initial_epoch", 0) > 0:
-                # Run part of the epoch first, as a real OOM mid-epoch would.
-                original_fit(self, args[0].take(1), epochs=1, verbose=0)
-            seen["after_oom"] = True
-            raise tf.errors.ResourceExhaustedError(
-                None, None, f"OOM when allocating tensor with batch {seen['batch_size']}")
+        kwargs["callbacks"] = [RunOutOfMemory(), *kwargs.get("callbacks", [])]
         return original_fit(self, *args, **kwargs)
 
     def write_checkpoint(model: Any, state: Any) -> str:
@@ -179,12 +185,15 @@ def fault_per_trial(config: dict, *, data: Any, fixed: dict) -> None:
         return
     original_fit = keras.Model.fit
 
+    class NanLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs["loss"] = float("nan")  # the same dict the trial's reporter reads next
+
     def faulty_fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         if attempt == 2:
             raise RuntimeError("injected crash in fit")
-        history = original_fit(self, *args, **kwargs)
-        history.history["loss"][-1] = float("nan")
-        return history
+        kwargs["callbacks"] = [NanLoss(), *kwargs.get("callbacks", [])]
+        return original_fit(self, *args, **kwargs)
 
     keras.Model.fit = faulty_fit
     try:

@@ -11,6 +11,7 @@ from search.driver.cluster import (
     AUTOSCALING_ENV,
     SHARED_FS_ENV,
     WaitReporter,
+    check_object_store,
     check_shared_storage,
     resolve_gpus,
 )
@@ -126,3 +127,16 @@ def test_nothing_is_said_while_a_trial_runs_and_the_wait_restarts_after(capsys):
     say.on_step_end(iteration=5, trials=[trial("TERMINATED")])  # nothing pending: no wait
     assert say.waiting_since is None
 
+
+
+def test_dataset_larger_than_the_object_store_is_refused_with_both_sizes(monkeypatch):
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: SimpleNamespace(get_node_id=lambda: "driver"))
+    monkeypatch.setattr(ray, "nodes", lambda: [
+        {"NodeID": "worker", "Resources": {"object_store_memory": 8 * 2**30}},
+        {"NodeID": "driver", "Resources": {"object_store_memory": 100 * 2**20}}])
+    check_object_store(100 * 2**20)  # exactly fits
+    with pytest.raises(SpecError, match=r"^dataset: needs 154 MiB in Ray's object store, "
+                                        r"which holds 100 MiB on this node; ") as info:
+        check_object_store(154 * 2**20)
+    assert "\n" not in str(info.value)

@@ -38,8 +38,8 @@ def raw_epochs(trial_path: str) -> list[int]:
 
 def assert_continues_from_checkpoints(epochs: list[int], last: int) -> None:
     """Epochs run 1..last; after an interruption a trial resumes from its last checkpoint, so
-    it may repeat the one epoch in flight (Ray's checkpoints are at-least-once), but never goes
-    back further, and never restarts from epoch 1."""
+    with a checkpoint every epoch (or, as here, at every other one) it may repeat the one
+    epoch in flight (Ray's checkpoints are at-least-once), but never goes back further."""
     assert epochs[0] == 1 and epochs[-1] == last, epochs
     for before, after in zip(epochs, epochs[1:]):
         assert after in (before, before + 1), epochs
@@ -120,7 +120,7 @@ def test_worker_node_removed_mid_search_trials_move_to_remaining_nodes(tmp_path,
         spec = spec_for(tmp_path, "nodelost", train__epochs=4,
                         search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
                                 "baseline": False, "max_failures": 3},
-                        scheduler={"name": "fifo"},
+                        scheduler={"name": "fifo"}, train__checkpoint="every_epoch",
                         resources={"cpus_per_trial": 1, "gpus_per_trial": 0})
         outcome: dict = {}
         worker = threading.Thread(target=lambda: outcome.update(summary=run_search(
@@ -191,15 +191,18 @@ def test_injected_out_of_memory_at_a_later_epoch_retries_from_the_last_checkpoin
     probe.mkdir()
     spec = spec_for(tmp_path, "oom", train__epochs=3, train__batch_size=32,
                     search={"num_samples": 1, "seed": 0, "baseline": False},
-                    scheduler={"name": "fifo"})
-    # Epoch 1 trains at batch 32; epoch 2 runs out of memory part-way (weights in memory
-    # already moved on), and the half-batch retry must continue from epoch 1's checkpoint.
+                    scheduler={"grace_period": 1, "reduction_factor": 3})
+    # Epoch 1 trains at batch 32 and is checkpointed (ASHA's rung at 1: the default policy);
+    # epoch 2 runs out of memory part-way (weights in memory already moved on), and the
+    # half-batch retry must continue from epoch 1's checkpoint.
     trainable = fault_trainables.with_settings(fault_trainables.out_of_memory_above,
                                                oom_from_epoch=1, probe_dir=str(probe))
     summary = run_search(spec, num_cpus=2, trainable=trainable)
     (trial,) = load_trials(summary.experiment_dir)
     assert trial.status(3) == "complete"
     assert raw_epochs(trial.path) == [1, 2, 3]  # the epochs ran on, none trained twice
+    # The default train.checkpoint: ASHA's rung (epoch 1) and the last epoch, not epoch 2.
+    assert sorted(p.name for p in probe.glob("epoch-*")) == ["epoch-1", "epoch-3"]
     first, last = trial.history[0], trial.history[-1]
     assert first["batch_size"] == 32 and first["oom_retried"] is False
     assert last["oom_retried"] is True and last["batch_size"] == 16
@@ -265,7 +268,7 @@ def faulty_search(tmp_path_factory):
     spec = spec_for(root, "faulty", train__epochs=2,
                     search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
                             "baseline": False, "max_failures": 3},
-                    scheduler={"name": "fifo"})
+                    scheduler={"name": "fifo"}, train__checkpoint="every_epoch")
     trainable = fault_trainables.with_settings(fault_trainables.fault_per_trial,
                                                fault_dir=str(fault_dir),
                                                fault_kinds=["crash_then_nan", "oom"])

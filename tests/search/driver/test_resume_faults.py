@@ -82,7 +82,9 @@ def assert_study_tells_what_ray_did(experiment: Path, max_t: int) -> dict:
 
 
 def test_worker_sigkilled_with_no_retries_then_resume_records_the_restarted_trial(tmp_path):
-    spec_path = write_spec(tmp_path, train__epochs=3, scheduler={"name": "fifo"},
+    # A checkpoint every epoch: the worker dies after epoch 1's, and resume continues from it.
+    spec_path = write_spec(tmp_path, train__epochs=3, train__checkpoint="every_epoch",
+                           scheduler={"name": "fifo"},
                            search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
                                    "baseline": False, "max_failures": 0})
     experiment = tmp_path / "results" / "workerkill"
@@ -152,8 +154,9 @@ def test_driver_sigkilled_after_an_asha_stop_newer_than_the_snapshot_then_resume
         tmp_path):
     # One trial at a time; the baseline (learning rate 0.003) sets rung 2, then a trial with
     # learning rate 1e-5 is stopped there (rf 2: below the median is stopped).
+    # A checkpoint every epoch, so Ray snapshots each trial at epoch 1 (before ASHA's rung).
     spec_path = write_spec(tmp_path, train={"epochs": 3, "batch_size": 32, "optimizer": "adam",
-                                            "learning_rate": 0.003},
+                                            "learning_rate": 0.003, "checkpoint": "every_epoch"},
                            dataset={"name": "digits", "subset": 800, "val_fraction": 0.25,
                                     "seed": 0},
                            model={"backbone": "small_cnn", "weights": "none",
