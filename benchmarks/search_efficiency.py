@@ -23,6 +23,7 @@ from common import (
     run_logged_search,
     trial_epochs_to_within,
 )
+from liar_spread import bench_liar_spread, print_liar_spread
 
 from search.driver.study import METRIC
 
@@ -150,6 +151,8 @@ def bench_search(ctx: Context) -> dict[str, Any]:
                  if k in ("dataset", "model", "train", "space", "scheduler")},
         "load_avg_before": load_before,
         "load_avg_after": load_average(),
+        # Issue 13 item 5: the constant liar's effect on concurrent suggestions (no training).
+        "liar_spread": bench_liar_spread(),
     }
 
 
@@ -183,4 +186,6 @@ def print_search(result: Mapping[str, Any], mode: Mode) -> str:
         f"load average (1 min) before/after: {result['load_avg_before']} / "
         f"{result['load_avg_after']}",
     ]
+    if "liar_spread" in result:
+        lines.append(print_liar_spread(result["liar_spread"]))
     return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from search_efficiency import search_run_figures
 
@@ -29,3 +31,16 @@ def test_search_run_figures_on_hand_made_trial_records():
     assert figures["best"] == pytest.approx(0.905)
     # Arrival: t1e1, t3e1 (failed), t2e1 = 0.90 (within 0.01 of 0.905) -> 3 trial-epochs.
     assert figures["to_own_best"] == 3
+
+
+def test_liar_spread_measures_concurrent_suggestions_with_and_without_the_liar():
+    from liar_spread import bench_liar_spread, concurrent_spread, print_liar_spread
+
+    # The same seed gives the same suggestions: the figure is reproducible.
+    assert concurrent_spread(True, seed=3) == concurrent_spread(True, seed=3)
+    result = bench_liar_spread(seeds=2)
+    assert len(result["rows"]) == 2
+    assert all(0.0 < r["liar"] < math.sqrt(5) and 0.0 < r["plain"] < math.sqrt(5)
+               for r in result["rows"])
+    assert result["ratio"] == result["liar_mean"] / result["plain_mean"]
+    assert "constant liar" in print_liar_spread(result)
