@@ -37,6 +37,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+# What ray.init sets in the driver's own environment and Ray then holds for the whole process
+# (it reads them once): removing RAY_AUTH_MODE after a test that started a local Ray left the
+# next test's ray.cluster_utils.Cluster nodes on another authentication mode than this process,
+# and their trial actors were cancelled before they ran.
+RAY_PROCESS_SETTINGS = frozenset({"RAY_AUTH_MODE", "PYTHONBREAKPOINT", "RAY_USAGE_STATS_ENABLED"})
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """Whatever a test (or the library code it runs: Ray's init, the driver's connect) puts in
@@ -44,7 +51,7 @@ def _environment_restored():
     variables through ``monkeypatch`` in any case."""
     before = dict(os.environ)
     yield
-    for key in set(os.environ) - set(before):
+    for key in set(os.environ) - set(before) - RAY_PROCESS_SETTINGS:
         del os.environ[key]
     for key, value in before.items():
         if os.environ.get(key) != value:
