@@ -57,18 +57,16 @@ class TrialEpochBudget(Stopper):
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.reported = 0
         self.seen: set[tuple[str, Any]] = set()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         # Ray hands the stopper a trial's last result again (done) when its function
         # returns: count each trial's epoch once.
         self.seen.add((trial_id, result.get("epoch")))
-        self.reported = len(self.seen)
         return False
 
     def stop_all(self) -> bool:
-        return self.reported >= self.budget
+        return len(self.seen) >= self.budget
 
 
 def _rows_since(rows: list[dict[str, Any]], began: float) -> list[dict[str, Any]]:
