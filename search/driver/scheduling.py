@@ -22,6 +22,7 @@ from typing import Any
 from ray.tune import Stopper
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
 
 from search._validate import is_finite
 from search.checkpoint_policy import asha_rung_epochs
@@ -177,6 +178,40 @@ class _RemembersExperiment:
             tune_controller.search_alg.set_finished()
 
 
+class TieAwareBracket(_Bracket):
+    """Ray's ASHA bracket, with ties at a rung's cutoff broken by arrival.
+
+    Ray continues a trial unless its value is *below* the rung's cutoff, the
+    ``(1 - 1/reduction_factor)`` quantile of the values recorded there. When many trials share
+    one value (from scratch most configurations sit at chance after an epoch, so the cutoff
+    *is* chance), every one of them ties the cutoff and trains on: the budget goes to trials
+    that have shown nothing. Here a trial whose value equals the cutoff continues only while
+    the rung still has room in its top ``1/reduction_factor``, counting the trials recorded
+    with at least its value as ahead of it (they arrived first), as successive halving's
+    "promote the top ``1/eta``" means. Values above or below the cutoff are decided as Ray
+    decides them; the first trial at a rung always continues (there is nothing to compare).
+    """
+
+    def on_result(self, trial: Any, cur_iter: int, cur_rew: float | None) -> str:
+        rung = self._deciding_rung(trial.trial_id, cur_iter)
+        if rung and cur_rew is not None and cur_rew == self.cutoff(rung):
+            ahead = sum(1 for value in rung.values() if value >= cur_rew)
+            if ahead >= (len(rung) + 1) / self.rf:
+                rung[trial.trial_id] = cur_rew
+                return TrialScheduler.STOP
+        return super().on_result(trial, cur_iter, cur_rew)
+
+    def _deciding_rung(self, trial_id: str, cur_iter: int) -> dict[str, float] | None:
+        """The values of the rung that decides this result (Ray's walk over the rungs, from
+        the highest: the first one reached that has not recorded the trial)."""
+        if not self._stop_last_trials:
+            return None  # Ray's other walk; the project never turns it on
+        for milestone, recorded in self._rungs:
+            if cur_iter >= milestone and trial_id not in recorded:
+                return recorded
+        return None
+
+
 @dataclass(frozen=True)
 class _RecordedTrial:
     """Stands for a recorded trial while ASHA replays its results (ASHA reads only the id)."""
@@ -185,15 +220,24 @@ class _RecordedTrial:
 
 
 class RememberingASHA(_RemembersExperiment, ASHAScheduler):
-    """Ray's ASHA whose rungs survive ``resume`` (and span ``extend`` rounds).
+    """Ray's ASHA whose rungs survive ``resume`` (and span ``extend`` rounds), and whose rungs
+    stop trials that only tie the cutoff once the rung's top is full (:class:`TieAwareBracket`).
 
     Args:
+        max_t: Epochs of a complete trial.
+        grace_period: The first rung.
+        reduction_factor: Rung spacing; the top ``1/reduction_factor`` go on.
         budget: The device budget, or ``None``.
-        **asha: ``ASHAScheduler``'s arguments.
+        **asha: ``ASHAScheduler``'s other arguments.
     """
 
-    def __init__(self, *, budget: DeviceBudget | None = None, **asha: Any) -> None:
-        super().__init__(**asha)
+    def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float,
+                 budget: DeviceBudget | None = None, **asha: Any) -> None:
+        super().__init__(max_t=max_t, grace_period=grace_period,
+                         reduction_factor=reduction_factor, **asha)
+        # The same rungs as Ray builds them, deciding ties at the cutoff by arrival.
+        self._brackets = [TieAwareBracket(grace_period, max_t, reduction_factor, s)
+                          for s in range(len(self._brackets))]
         self.budget = budget
         self._records_read = False
         self._stopped_at: dict[str, int] = {}

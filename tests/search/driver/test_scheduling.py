@@ -135,6 +135,47 @@ def test_trial_stopped_after_the_last_snapshot_is_stopped_again_at_its_rung():
         "epoch": 3, "timestamp": 9, "val_accuracy": 0.9}) == TrialScheduler.CONTINUE
 
 
+def rung_one(scheduler, values):
+    """Each value reported at epoch 1 by a new trial, in order; the decisions."""
+    order = [(f"t{i}", {"epoch": 1, "timestamp": i, "val_accuracy": v})
+             for i, v in enumerate(values)]
+    if isinstance(scheduler, RememberingASHA):
+        started(scheduler)
+    return [decision for _, _, decision in drive(scheduler, order, set())]
+
+
+def test_trials_that_only_tie_the_cutoff_stop_once_the_rung_top_is_full():
+    # From scratch most trials sit at chance after one epoch: Ray's ASHA lets every trial
+    # that ties the cutoff train on; ties are broken by arrival here.
+    chance = [0.1] * 6
+    assert rung_one(ASHAScheduler(**ASHA_ARGS), chance) == [TrialScheduler.CONTINUE] * 6
+    assert rung_one(RememberingASHA(**ASHA_ARGS), chance) == (
+        [TrialScheduler.CONTINUE] + [TrialScheduler.STOP] * 5)
+    # A better trial after the ties goes on; so does one that equals the cutoff while the
+    # rung's top still has room (reduction_factor 2: 0.5 is the median of 0.25 and 0.75, and
+    # only 0.75 is ahead of it, 1 < 3/2).
+    assert rung_one(RememberingASHA(**ASHA_ARGS), [0.1, 0.1, 0.1, 0.8])[-1] == "CONTINUE"
+    halving = dict(ASHA_ARGS, reduction_factor=2)
+    assert rung_one(RememberingASHA(**halving), [0.25, 0.75, 0.5])[-1] == "CONTINUE"
+    assert rung_one(RememberingASHA(**halving), [0.25, 0.75, 0.5, 0.5])[-1] == "STOP"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_without_ties_the_rungs_decide_as_rays_asha(seed):
+    order = events(seed)  # every trial its own level: no two values tie
+    assert drive(started(RememberingASHA(**ASHA_ARGS)), order, set()) == drive(
+        ASHAScheduler(**ASHA_ARGS), order, set())
+
+
+def test_tie_aware_rungs_survive_the_tuner_pickle_and_the_replay():
+    chance = [(f"t{i}", {"epoch": 1, "timestamp": i, "val_accuracy": 0.1}) for i in range(3)]
+    resumed = started(restored(RememberingASHA(**ASHA_ARGS)), records_of(chance, {"t0", "t1",
+                                                                                  "t2"}))
+    resumed.on_trial_add(None, FakeTrial("t3"))
+    assert resumed.on_trial_result(None, FakeTrial("t3"), {
+        "epoch": 1, "timestamp": 9, "val_accuracy": 0.1}) == TrialScheduler.STOP
+
+
 def test_budget_stops_running_trials_at_their_epoch_boundary_and_marks_them():
     budget = DeviceBudget({"wall_seconds": 100.0}, max_t=3)
     assert not budget("a", {"epoch": 1, "wall_seconds": 60.0})
