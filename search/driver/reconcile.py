@@ -21,13 +21,10 @@ from search.driver.study import (
     ATTR_RAY_TRIAL,
     ATTR_REBUILT,
     METRIC,
-    REASON_ERROR,
-    REASON_MAX_T,
     REASON_NO_METRIC,
     REASON_UNFINISHED,
     TIME_ATTR,
     TrialStatus,
-    asha_stop_reason,
 )
 from search.space import Distribution
 
@@ -51,16 +48,18 @@ def _outcome(trial: TrialRecord, max_t: int, values: Mapping[int, float]
     from optuna.trial import TrialState
 
     status = trial.status(max_t)
-    if status == TrialStatus.FAILED:
-        return TrialState.FAIL, None, trial.failure_reason or REASON_ERROR
     if status == TrialStatus.UNFINISHED:
         return TrialState.FAIL, None, REASON_UNFINISHED
+    reason = trial.stop_reason(max_t)  # the results' own rule, as `export` and `status` say it
+    if status == TrialStatus.FAILED:
+        return TrialState.FAIL, None, reason
     if not values:
         return TrialState.FAIL, None, REASON_NO_METRIC
     if status == TrialStatus.COMPLETE:
-        return TrialState.COMPLETE, float(trial.final[METRIC]), REASON_MAX_T
-    # Stopped before max_t by ASHA: Optuna takes a pruned trial's last intermediate value.
-    return TrialState.PRUNED, values[max(values)], asha_stop_reason(trial.epochs_run)
+        return TrialState.COMPLETE, float(trial.final[METRIC]), reason
+    # Stopped before max_t (ASHA, a budget): Optuna takes a pruned trial's last intermediate
+    # value.
+    return TrialState.PRUNED, values[max(values)], reason
 
 
 def _rebuilt(trial: TrialRecord, space: Mapping[str, Distribution], state: Any,

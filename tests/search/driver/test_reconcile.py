@@ -7,7 +7,13 @@ from optuna.trial import TrialState
 
 from search.driver.reconcile import reconcile_study
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
-from search.driver.study import ATTR_REBUILT, STUDY_FILE, load_study_readonly, open_study
+from search.driver.study import (
+    ATTR_END,
+    ATTR_REBUILT,
+    STUDY_FILE,
+    load_study_readonly,
+    open_study,
+)
 from search.outputs.results import TrialRecord
 from search.space import parse_distribution
 
@@ -66,3 +72,24 @@ def test_searcher_restored_on_a_fresh_machine_with_no_journal_continues_in_the_r
     for ray_id, frozen in study.items():
         searched = {k: v for k, v in configs[ray_id].items() if k != "dropout"}
         assert frozen.params == searched
+
+
+def test_rebuilt_trials_end_for_the_reason_their_results_give(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = {"noise_std": 0.01, "upsample": 2, "dropout": 0.5}
+    budget_stop = epochs(0.2, 0.3)
+    budget_stop[-1]["stop_reason"] = "budget"  # what DeviceBudget writes into the last result
+    records = [
+        TrialRecord("asha", "main", "", config, epochs(0.1), ray_status="TERMINATED"),
+        TrialRecord("budget", "main", "", config, budget_stop, ray_status="TERMINATED"),
+        TrialRecord("done", "main", "", config, epochs(0.3, 0.4, 0.5), ray_status="TERMINATED"),
+    ]
+    journal = str(tmp_path / STUDY_FILE)
+    reconcile_study(open_study(journal, "s", 0), records, max_t=3, space=SPACE)
+    study = {t.user_attrs["ray_trial_id"]: t for t in load_study_readonly(str(tmp_path),
+                                                                          "s").trials}
+    ended = {ray_id: (t.state, t.user_attrs[ATTR_END]) for ray_id, t in study.items()}
+    assert ended == {"asha": (TrialState.PRUNED, "asha@1"),
+                     "budget": (TrialState.PRUNED, "budget"),
+                     "done": (TrialState.COMPLETE, "max_t")}
+    assert all(trial.stop_reason(3) == ended[trial.trial_id][1] for trial in records)
