@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from search.driver.study import METRIC, TrialStatus
 from search.errors import SpecError
 from search.outputs.experiment import load_experiment_spec
-from search.outputs.lock import read_owner
+from search.outputs.lock import LockOwner, read_owner
 from search.outputs.report_text import format_table
 from search.outputs.results import RAY_ERROR, TrialRecord, best_trial, load_trials
 
@@ -60,7 +59,7 @@ class ExperimentStatus:
     max_t: int
     trials: list[TrialLine] = field(default_factory=list)
     best: TrialRecord | None = None
-    driver: dict[str, Any] | None = None
+    driver: LockOwner | None = None  # the live driver holding the experiment
     gpu_hours: float = 0.0
     budget_gpu_hours: float | None = None
 
@@ -99,8 +98,7 @@ def experiment_status(experiment_dir: str) -> ExperimentStatus:
     """
     spec = load_experiment_spec(experiment_dir)
     lock = read_owner(experiment_dir)
-    owner = ({"pid": lock.pid, "host": lock.host, "since": lock.since}
-             if lock is not None and lock.is_alive() else None)
+    owner = lock if lock is not None and lock.is_alive() else None
     records = load_trials(experiment_dir)
     lines = []
     for trial in records:
@@ -123,12 +121,8 @@ def _metric(value: float | None) -> str:
 
 def format_status(status: ExperimentStatus) -> str:
     """The status as the terminal shows it: a header, the trials table, counts and totals."""
-    if status.running:
-        owner = status.driver or {}
-        since = owner.get("since")
-        started = time.strftime(" since %H:%M:%S", time.localtime(since)) if isinstance(
-            since, (int, float)) else ""
-        driver = f"running (pid {owner.get('pid')} on {owner.get('host')}{started})"
+    if status.driver is not None:
+        driver = f"running ({status.driver.describe()})"
     else:
         driver = "none (the search is not running)"
     out = [f"experiment {status.name}: {status.experiment_dir}", f"driver: {driver}"]
