@@ -12,7 +12,7 @@ and, for each peer, ours / peer and ours - peer paired by seed with a 95% interv
 
     pip install -e ".[bench]"
     python benchmarks/peers.py --reduced --json /tmp/peers-reduced.json   # ~15 min, 2 cores
-    python benchmarks/peers.py --json /tmp/peers.json                     # ~1.5 h, 2 cores
+    python benchmarks/peers.py --json /tmp/peers.json                     # ~40 min, 2 cores
     python benchmarks/peers.py --cifar --json /tmp/peers-cifar.json       # VGG16 on a GPU
 
 Experiment folders and logs go to a temporary folder (``--workdir`` keeps them). Progress goes
@@ -117,7 +117,7 @@ class Size:
 
 SIZES = {
     # 500 of the digits' training images (about half the epoch time of all 1,149) and one
-    # Hyperband iteration at max_t 9: all eight methods, three seeds, in about 1.5 h on 2 cores.
+    # Hyperband iteration at max_t 9: all eight methods, three seeds, in about 40 min on 2 cores.
     "full": Size("full", max_t=9, budget=75, seeds=(0, 1, 2), variants=True,
                  train_images=500),
     "reduced": Size("reduced", max_t=3, budget=22, seeds=(0, 1), variants=False,
