@@ -85,6 +85,8 @@ class ScaleProbe:
         journal: The Optuna journal file whose size is sampled.
         experiment_dir: Where Ray writes its ``experiment_state-*.json`` snapshots.
         calls: ``(trials finished when called, seconds)`` per ``suggest``.
+        cpu_calls: The same with the CPU seconds of the calling thread: what ``suggest`` itself
+            costs, without the time its thread waited for a core or the GIL.
         snapshots: ``(trials finished, seconds)`` per Ray experiment snapshot.
         trace: A sample every ``TRACE_EVERY`` finished trials.
     """
@@ -93,6 +95,7 @@ class ScaleProbe:
     experiment_dir: str
     trace_every: int = TRACE_EVERY
     calls: list[tuple[int, float]] = field(default_factory=list)
+    cpu_calls: list[tuple[int, float]] = field(default_factory=list)
     snapshots: list[tuple[int, float]] = field(default_factory=list)
     trace: list[dict[str, Any]] = field(default_factory=list)
     finished: int = 0
@@ -140,9 +143,10 @@ class ScaleProbe:
         save = TuneController.save_to_dir
 
         def timed_suggest(searcher: Any, trial_id: str) -> Any:
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.thread_time()
             config = suggest(searcher, trial_id)
             probe.calls.append((probe.finished, time.perf_counter() - began))
+            probe.cpu_calls.append((probe.finished, time.thread_time() - cpu_began))
             return config
 
         def counted_result(searcher: Any, trial_id: str, result: dict) -> None:
@@ -192,12 +196,14 @@ def point_rows(probe: ScaleProbe, points: Sequence[int]) -> list[dict[str, Any]]
             raise RuntimeError(f"scale: no sample at {point} finished trials "
                                f"(the run finished {probe.finished})")
         window = suggest_window(probe.calls, point)
+        cpu_window = suggest_window(probe.cpu_calls, point)
         epochs = sample["trial_epochs"] - previous["trial_epochs"]
         rows.append({
             "finished": point,
             "suggestions": len(window),
             "suggest_p50_ms": percentile(window, 50) * 1e3,
             "suggest_p99_ms": percentile(window, 99) * 1e3,
+            "suggest_cpu_p99_ms": percentile(cpu_window, 99) * 1e3 if cpu_window else None,
             "driver_rss_mb": sample["driver_rss_mb"],
             "journal_bytes": sample["journal_bytes"],
             "snapshot_bytes": sample["snapshot_bytes"],

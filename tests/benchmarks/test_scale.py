@@ -126,6 +126,11 @@ def test_probe_times_suggest_and_counts_results_through_the_real_searcher(tmp_pa
     rows = scale_probe.point_rows(probe, [2, 4])
     assert [r["suggestions"] for r in rows] == [3, 4]
     assert rows[1]["suggest_p99_ms"] >= rows[1]["suggest_p50_ms"] > 0
+    # The thread's CPU in suggest: counted per call, never more than the wall time it took.
+    assert [done for done, _ in probe.cpu_calls] == [0, 1, 2, 3]
+    assert all(0 < cpu <= wall + 1e-3 for (_, cpu), (_, wall) in zip(probe.cpu_calls,
+                                                                      probe.calls))
+    assert 0 < rows[1]["suggest_cpu_p99_ms"] <= rows[1]["suggest_p99_ms"] + 1
     with pytest.raises(RuntimeError, match="no sample at 6 finished trials"):
         scale_probe.point_rows(probe, [6])
 
@@ -133,12 +138,14 @@ def test_probe_times_suggest_and_counts_results_through_the_real_searcher(tmp_pa
 def test_print_scale_shows_the_points_and_the_verdicts():
     growth = {"early": 1.0, "late": 1.1, "ratio": 1.1, "linear": True}
     point = {"finished": 100, "suggestions": 100, "suggest_p50_ms": 12.0,
-             "suggest_p99_ms": 30.0, "driver_rss_mb": 400.0, "journal_bytes": 200000,
+             "suggest_p99_ms": 30.0, "suggest_cpu_p99_ms": 4.0, "driver_rss_mb": 400.0,
+             "journal_bytes": 200000,
              "snapshot_bytes": 900000, "running": 15.2, "driver_cpu_s_per_trial_epoch": 0.02,
              "wall_s_per_trial_epoch": 0.05}
     result = {
         "trials": 116, "max_t": 9, "concurrent": 16, "logical_gpus": 16, "cpus_per_trial": 0.125,
-        "points": [point], "suggest_p99_ms": 30.0, "trials_per_minute": 50.0,
+        "points": [point], "suggest_p99_ms": 30.0, "suggest_cpu_p99_ms": 4.0,
+        "trials_per_minute": 50.0,
         "trial_epochs_per_minute": 200.0, "wall_s": 140.0,
         "driver_budget_s_per_trial_epoch": 60 / 64, "driver_cpu_s_per_trial_epoch": 0.02,
         "driver_cpu_s_per_trial_epoch_last_interval": 0.02, "snapshots": 40,
@@ -149,6 +156,7 @@ def test_print_scale_shows_the_points_and_the_verdicts():
         "load_avg_before": 1.0, "load_avg_after": 2.0,
     }
     text = scale.print_scale(result)
-    assert "30.0 ms  goal <= 100 ms: met" in text
+    assert ("30.0 ms  goal <= 100 ms: met; the calling thread's CPU in suggest, p99: 4.0 ms"
+            in text)
     assert "goal <= 0.094 s: NOT met" in text
-    assert text.splitlines()[3].split()[:4] == ["100", "100", "12.0", "30.0"]
+    assert text.splitlines()[3].split()[:5] == ["100", "100", "12.0", "30.0", "4.0"]
