@@ -41,3 +41,31 @@ def test_help_runs_without_starting_anything():
     for option in ("--reduced", "--json", "--only", "--gpu-peak-tflops"):
         assert option in done.stdout
     assert "--gpu-worker" not in done.stdout  # internal
+
+
+def test_scale_runs_in_a_fresh_process_once_tensorflow_is_loaded(tmp_path, monkeypatch):
+    ctx = bench.Context(mode=bench.REDUCED, workdir=tmp_path, num_cpus=2)
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        out = Path(command[command.index("--json") + 1])
+        out.write_text('{"sections": {"scale": {"trials": 516}}}', encoding="utf-8")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench, "bench_scale", lambda c: {"trials": "in this process"})
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    assert bench.bench_scale_apart(ctx) == {"trials": "in this process"} and not calls
+    monkeypatch.setitem(sys.modules, "tensorflow", ModuleType("tensorflow"))
+    assert bench.bench_scale_apart(ctx) == {"trials": 516}
+    (command,) = calls
+    assert command[:2] == [sys.executable, str(RUN_PY)]
+    assert command[command.index("--only") + 1] == "scale" and "--reduced" in command
+
+    def failing_run(command, **kwargs):
+        return subprocess.CompletedProcess(command, 3)
+
+    monkeypatch.setattr(bench.subprocess, "run", failing_run)
+    with pytest.raises(RuntimeError, match="exited 3; see .*scale-section.log"):
+        bench.bench_scale_apart(ctx)
