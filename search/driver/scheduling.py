@@ -236,7 +236,8 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
         super().__init__(max_t=max_t, grace_period=grace_period,
                          reduction_factor=reduction_factor, **asha)
         # The same rungs as Ray builds them, deciding ties at the cutoff by arrival.
-        self._brackets = [TieAwareBracket(grace_period, max_t, reduction_factor, s)
+        self._brackets = [TieAwareBracket(grace_period, max_t, reduction_factor, s,
+                                          stop_last_trials=self._stop_last_trials)
                           for s in range(len(self._brackets))]
         self.budget = budget
         self._records_read = False

@@ -160,6 +160,13 @@ def test_trials_that_only_tie_the_cutoff_stop_once_the_rung_top_is_full():
     assert rung_one(RememberingASHA(**halving), [0.25, 0.75, 0.5, 0.5])[-1] == "STOP"
 
 
+def test_tie_aware_rungs_keep_rays_other_settings():
+    asha = dict(ASHA_ARGS, brackets=2, stop_last_trials=False)
+    ours, rays = RememberingASHA(**asha), ASHAScheduler(**asha)
+    assert [(b._rungs, b.rf, b._stop_last_trials) for b in ours._brackets] == [
+        (b._rungs, b.rf, b._stop_last_trials) for b in rays._brackets]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_without_ties_the_rungs_decide_as_rays_asha(seed):
     order = events(seed)  # every trial its own level: no two values tie
