@@ -203,7 +203,7 @@ def point_rows(probe: ScaleProbe, points: Sequence[int]) -> list[dict[str, Any]]
             "suggestions": len(window),
             "suggest_p50_ms": percentile(window, 50) * 1e3,
             "suggest_p99_ms": percentile(window, 99) * 1e3,
-            "suggest_cpu_p99_ms": percentile(cpu_window, 99) * 1e3 if cpu_window else None,
+            "suggest_cpu_p99_ms": percentile(cpu_window, 99) * 1e3,
             "driver_rss_mb": sample["driver_rss_mb"],
             "journal_bytes": sample["journal_bytes"],
             "snapshot_bytes": sample["snapshot_bytes"],
