@@ -7,6 +7,9 @@ checkpoints serve only ``export``, which takes the best trial's model; so a fini
 keeps them only while it is among the experiment's best ``search.keep_checkpoints`` trials by
 the metric, and loses them as soon as it is not (when it ends, or when a better one ends).
 
+A folder is deleted once Ray's next experiment snapshot is uploaded (a resume from the one
+before may still restart the trial from it: :mod:`search.driver.experiment_state`).
+
 Never touched: a running, paused or pending trial's checkpoints, and an errored one's (Ray
 retries and ``resume`` restart those from their last checkpoint).
 """
@@ -18,6 +21,7 @@ from typing import Any
 
 from ray import tune
 
+from search.driver.experiment_state import delete_when_snapshotted
 from search.driver.scheduling import recorded_trials
 from search.driver.study import METRIC, MODE
 from search.driver.study import TrialStatus as Status
@@ -101,5 +105,5 @@ class CheckpointPruner(tune.Callback):
             if trial_id in kept:
                 continue
             for folder in checkpoint_dirs(self._fs, path):
-                storage.remove_tree(self._fs, folder)
+                delete_when_snapshotted(self._fs, folder)
             del self._holding[trial_id]

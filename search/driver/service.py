@@ -31,6 +31,7 @@ from search.driver.cluster import (
     resolve_gpus,
 )
 from search.driver.console import search_console
+from search.driver.experiment_state import check_resumable_state, ray_snapshots
 from search.driver.mirror import JournalMirror, mirroring
 from search.driver.progress import ProgressPrinter
 from search.driver.pruning import CheckpointPruner
@@ -61,12 +62,10 @@ from search.trial.trainable import train_trial
 
 Trainable = Callable[..., None]
 
-# Ray snapshots the whole experiment (and uploads it, on cloud storage) as soon as a trial has
-# written `num_to_keep` checkpoints since the last snapshot. With 1 that is at every
-# checkpoint: the state a resume (perhaps on a fresh machine) starts from then knows every
-# checkpoint a trial wrote, so no finished epoch is trained again. Keeping 2 halves the
-# snapshots but left a cloud experiment's state up to ~10 s behind its checkpoints, and a
-# resume re-ran trials that had finished (tests/search/driver/test_cloud.py).
+# Each trial keeps its best checkpoint (what export takes) and its latest (what a resume or a
+# retry continues from). Ray would force an experiment snapshot after every checkpoint with
+# this; `ray_snapshots` (search/driver/experiment_state.py) instead defers the deletions to
+# the next snapshot, which comes on Ray's timer.
 CHECKPOINTS_KEPT = 1
 # (data, gpus per trial, local folder of the journal) -> the tuner to fit
 TunerFactory = Callable[[Any, float, str], tune.Tuner]
@@ -236,7 +235,7 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
             # What the model's outputs mean, for export and predict to name them.
             folder.write_class_names(experiment_dir, data.class_names)
             with mirroring(experiment_dir, local_dir, lock) as upload, \
-                    relocated_journal(journal):
+                    relocated_journal(journal), ray_snapshots():
                 interrupted = _fit(make_tuner(data, gpus, local_dir))
                 upload()
         finally:
@@ -325,6 +324,7 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
     if not tune.Tuner.can_restore(round_path):
         raise SpecError(f"{experiment_dir}: no Ray experiment state to resume from (the search "
                         f"was stopped before its first checkpoint); start it again with run")
+    check_resumable_state(round_path)
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
         return tune.Tuner.restore(round_path,

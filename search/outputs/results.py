@@ -8,6 +8,7 @@ Everything reads through :mod:`search.outputs.storage`, so an experiment on ``s3
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from search.outputs.experiment import check_experiment_dir, round_dirs
 # Ray's statuses of a trial that an interrupted driver left behind.
 RAY_UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 RAY_ERROR = "ERROR"
+# Ray's TuneController.CKPT_FILE_TMPL, as a pattern (this module reads results without Ray)
+STATE_FILE_PATTERN = "experiment_state-*.json"
 TRIAL_DIR_PREFIX = "trial_"  # Ray's trial folders are trial_<id> (the driver names them)
 
 
@@ -151,13 +154,18 @@ def _parse_json_lines(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+def experiment_state_files(fs: storage.pafs.FileSystem, round_path: str) -> list[str]:
+    """The paths of one Ray experiment's snapshots, oldest first: Ray names them
+    ``experiment_state-<session start>.json`` and resumes from the last."""
+    return sorted(info.path for info in storage.list_dir(fs, round_path)
+                  if fnmatch.fnmatch(info.base_name, STATE_FILE_PATTERN))
+
+
 def ray_trial_states(fs: storage.pafs.FileSystem, round_path: str) -> dict[str, dict[str, Any]]:
     """Trial id -> Ray's record of the trial (``status``: TERMINATED, ERROR, RUNNING,
     PENDING...; ``config``) from the newest ``experiment_state-*.json`` of one Ray experiment.
     It also lists trials that never started (no folder yet)."""
-    states = sorted(i.path for i in storage.list_dir(fs, round_path)
-                    if i.base_name.startswith("experiment_state-")
-                    and i.base_name.endswith(".json"))
+    states = experiment_state_files(fs, round_path)
     if not states:
         return {}
     try:

@@ -130,16 +130,17 @@ def confined(out_dir: str, file_name: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str) -> Iterator[str]:
+def atomic_path(target: str, suffix: str | None = None) -> Iterator[str]:
     """Yields a temporary local path that replaces ``target`` only once fully written.
 
     The temporary file sits beside the target (same filesystem, so the rename is atomic) and
-    keeps its suffix (Keras insists on ``.keras``). On an error the target is left untouched.
+    keeps its suffix unless given another (Keras insists on ``.keras``; a reader that picks
+    files by suffix wants another one). On an error the target is left untouched.
     """
     directory, name = os.path.split(target)
     os.makedirs(directory or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.",
-                               suffix=os.path.splitext(name)[1])
+                               suffix=os.path.splitext(name)[1] if suffix is None else suffix)
     os.close(fd)
     try:
         yield tmp
