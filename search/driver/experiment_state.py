@@ -38,6 +38,7 @@ it are changed while a search runs (:func:`ray_snapshots`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -147,17 +148,48 @@ def delete_when_snapshotted(fs: pafs.FileSystem, fs_path: str) -> None:
         storage.remove_tree(fs, fs_path)
 
 
-def _upload_then_delete(upload: Callable[..., None], upload_kwargs: dict,
-                        folders: list[tuple[pafs.FileSystem, str]],
-                        uploaded: Callable[[], None] | None = None) -> None:
-    try:
-        upload(**upload_kwargs)
-    except BaseException:
-        DEFERRED.give_back(folders)  # the snapshot that would list them no more did not land
-        raise
-    if uploaded is not None:
-        uploaded()
-    DEFERRED.delete(folders)
+class SnapshotUpload:
+    """One upload of the staging folder, then the deletions it makes safe.
+
+    Ray keeps the last upload command on its syncer (to retry it) and ships that syncer,
+    with the experiment's storage context, to every trial it starts. So a pickled upload is
+    an empty one: the bytes it carries (every changed file of the snapshot, megabytes in a
+    large search) stay on the driver, which alone runs it (a trial never uploads the
+    experiment's state).
+
+    Args:
+        upload: Writes the snapshot (ours, or Ray's copy for object stores).
+        folders: Checkpoint folders to delete once it is written.
+        uploaded: Called once it is written (remembers what was written).
+    """
+
+    def __init__(self, upload: Callable[[], None] | None,
+                 folders: list[tuple[pafs.FileSystem, str]],
+                 uploaded: Callable[[], None] | None = None) -> None:
+        self.upload = upload
+        self.folders = folders
+        self.uploaded = uploaded
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"upload": None, "folders": [], "uploaded": None}
+
+    def run(self) -> None:
+        """Writes the snapshot, then deletes the folders; on a failure they wait for the
+        next snapshot."""
+        if self.upload is None:
+            return  # a copy shipped with a trial's storage context
+        try:
+            self.upload()
+        except BaseException:
+            DEFERRED.give_back(self.folders)  # the snapshot that lists them no more failed
+            raise
+        if self.uploaded is not None:
+            self.uploaded()
+        DEFERRED.delete(self.folders)
+
+
+def _run_upload(job: SnapshotUpload) -> None:
+    job.run()
 
 
 @contextlib.contextmanager
@@ -188,17 +220,16 @@ def ray_snapshots() -> Iterator[None]:
                 or not os.path.isdir(local_path)):
             upload, upload_kwargs = ray_command(syncer, local_path=local_path, uri=uri,
                                                 exclude=exclude)
-            return _upload_then_delete, {"upload": upload, "upload_kwargs": upload_kwargs,
-                                         "folders": DEFERRED.take()}
+            return _run_upload, {"job": SnapshotUpload(functools.partial(upload,
+                                                                         **upload_kwargs),
+                                                       DEFERRED.take())}
         # Read now, in the driver's thread: Ray (and its loggers) may rewrite the staging
         # folder while the background thread uploads it.
-        files, stamps = read_changed_files(local_path, uploaded_stamps.get((local_path, uri),
-                                                                           {}))
-        return _upload_then_delete, {
-            "upload": write_files_atomically,
-            "upload_kwargs": {"files": files, "target_dir": uri},
-            "folders": DEFERRED.take(),
-            "uploaded": lambda: uploaded_stamps.__setitem__((local_path, uri), stamps)}
+        key = (local_path, uri)
+        files, stamps = read_changed_files(local_path, uploaded_stamps.get(key, {}))
+        return _run_upload, {"job": SnapshotUpload(
+            functools.partial(write_files_atomically, files, uri), DEFERRED.take(),
+            functools.partial(uploaded_stamps.__setitem__, key, stamps))}
 
     pacing = {"last_s": 0.0, "ended_at": float("-inf")}  # the last snapshot's duration, end
 
