@@ -51,17 +51,25 @@ def staging_folder(root: Path, trials: int) -> Path:
     return staging
 
 
+def local_syncer() -> _FilesystemSyncer:
+    return _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem(), sync_period=0,
+                             sync_timeout=60)
+
+
+def upload_command(staging: Path, target: Path) -> tuple:
+    """The command Ray's syncer would launch to upload ``staging`` to ``target`` now."""
+    return local_syncer()._sync_up_command(local_path=str(staging), uri=str(target))
+
+
 def test_the_state_file_pattern_is_rays():
     assert TuneController.CKPT_FILE_TMPL.format("*") == STATE_FILE_PATTERN
 
 
 def test_rays_syncer_uploads_the_snapshot_through_temporary_files_within_the_block(tmp_path):
     staging, target = staging_folder(tmp_path, trials=3), tmp_path / "experiment"
-    syncer = _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem(), sync_period=0,
-                               sync_timeout=60)
+    syncer = local_syncer()
     with ray_snapshots():
-        command, kwargs = syncer._sync_up_command(local_path=str(staging), uri=str(target))
-        assert kwargs["job"].upload.func is write_files_atomically
+        assert upload_command(staging, target)[1]["job"].upload.func is write_files_atomically
         assert syncer.sync_up(str(staging), str(target))
         syncer.wait()
     assert json.loads((target / STATE).read_bytes())["trial_data"][2] == {"trial_id": "t2"}
@@ -74,10 +82,8 @@ def test_rays_syncer_uploads_the_snapshot_through_temporary_files_within_the_blo
 
 def test_the_snapshot_is_read_when_the_upload_is_launched_not_when_it_runs(tmp_path):
     staging, target = staging_folder(tmp_path, trials=3), tmp_path / "experiment"
-    syncer = _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem(), sync_period=0,
-                               sync_timeout=60)
     with ray_snapshots():
-        command, kwargs = syncer._sync_up_command(local_path=str(staging), uri=str(target))
+        command, kwargs = upload_command(staging, target)
     # Ray's driver thread rewrites the staging folder (half written) while the upload runs.
     (staging / STATE).write_bytes(whole_state(5)[:20])
     command(**kwargs)
@@ -88,8 +94,7 @@ def test_other_filesystems_and_excluding_uploads_keep_rays_command(tmp_path):
     staging = staging_folder(tmp_path, trials=1)
     mock = _FilesystemSyncer(storage_filesystem=pafs._MockFileSystem(), sync_period=0,
                              sync_timeout=60)
-    local = _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem(), sync_period=0,
-                              sync_timeout=60)
+    local = local_syncer()
     with ray_snapshots():
         assert mock._sync_up_command(local_path=str(staging),
                                      uri="bucket/x")[1]["job"].upload.func is _upload_to_fs_path
@@ -163,11 +168,6 @@ def test_resume_of_a_truncated_state_exits_2_and_leaves_the_folder_alone(tmp_pat
     assert tree_digest(experiment) == before
 
 
-def local_syncer() -> _FilesystemSyncer:
-    return _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem(), sync_period=0,
-                             sync_timeout=60)
-
-
 def checkpoint_folder(root: Path, index: int) -> Path:
     folder = root / f"checkpoint_{index:06d}"
     folder.mkdir(parents=True)
@@ -197,13 +197,11 @@ def test_a_deletion_queued_after_a_snapshot_was_launched_waits_for_the_next(tmp_
     staging, target = staging_folder(tmp_path, trials=1), tmp_path / "experiment"
     folder = checkpoint_folder(target / "trial_a", 0)
     with ray_snapshots():
-        command, kwargs = local_syncer()._sync_up_command(local_path=str(staging),
-                                                          uri=str(target))
+        command, kwargs = upload_command(staging, target)
         delete_when_snapshotted(pafs.LocalFileSystem(), str(folder))
         command(**kwargs)  # that snapshot was read before the drop: it may still list it
         assert folder.exists()
-        command, kwargs = local_syncer()._sync_up_command(local_path=str(staging),
-                                                          uri=str(target))
+        command, kwargs = upload_command(staging, target)
         command(**kwargs)
         assert not folder.exists()
 
@@ -217,14 +215,12 @@ def test_a_failed_upload_keeps_its_deletions_for_the_next(tmp_path):
 
     with ray_snapshots():
         delete_when_snapshotted(pafs.LocalFileSystem(), str(folder))
-        command, kwargs = local_syncer()._sync_up_command(local_path=str(staging),
-                                                          uri=str(target))
+        command, kwargs = upload_command(staging, target)
         with pytest.raises(OSError):
             kwargs["job"].upload = fails
             command(**kwargs)
         assert folder.exists()
-        command, kwargs = local_syncer()._sync_up_command(local_path=str(staging),
-                                                          uri=str(target))
+        command, kwargs = upload_command(staging, target)
         command(**kwargs)
         assert not folder.exists()
 
