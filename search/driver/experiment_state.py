@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import threading
 import time
@@ -56,6 +57,8 @@ from ray.tune.logger.logger import LoggerCallback
 from search.errors import SpecError
 from search.outputs import storage
 from search.outputs.results import experiment_state_files
+
+logger = logging.getLogger(__name__)
 
 # A forced snapshot waits this many times the last snapshot's duration after it (Ray's own
 # factor for its timed ones): snapshots take at most a twentieth of the driver's time.
@@ -82,10 +85,14 @@ def read_changed_files(local_path: str, uploaded: dict[str, FileStamp]
         for name in names:
             path = os.path.join(root, name)
             relative = Path(os.path.relpath(path, local_path)).as_posix()
-            stat = os.stat(path)
-            stamps[relative] = (stat.st_mtime_ns, stat.st_size)
-            if uploaded.get(relative) != stamps[relative]:
-                files[relative] = Path(path).read_bytes()
+            try:
+                stat = os.stat(path)
+                stamp = (stat.st_mtime_ns, stat.st_size)
+                if uploaded.get(relative) != stamp:
+                    files[relative] = Path(path).read_bytes()
+            except FileNotFoundError:
+                continue  # removed since the folder was listed: nothing to upload
+            stamps[relative] = stamp
     return files, stamps
 
 
@@ -130,7 +137,10 @@ class DeferredDeletions:
     @staticmethod
     def delete(folders: list[tuple[pafs.FileSystem, str]]) -> None:
         for fs, fs_path in folders:
-            storage.remove_tree(fs, fs_path)
+            try:
+                storage.remove_tree(fs, fs_path)
+            except OSError as error:  # one folder the store refuses must not keep the rest
+                logger.warning("could not delete checkpoint folder %s: %s", fs_path, error)
 
 
 DEFERRED = DeferredDeletions()

@@ -371,3 +371,27 @@ def test_the_syncer_ray_ships_to_every_trial_carries_no_snapshot_bytes(tmp_path)
         (target / "trial_a" / "result.json").unlink()
         command(**kwargs)
         assert not (target / "trial_a" / "result.json").exists()
+
+
+def test_a_file_removed_while_the_folder_is_read_is_left_out(tmp_path):
+    from search.driver.experiment_state import read_changed_files
+
+    staging = staging_folder(tmp_path, trials=1)
+    (staging / "gone.json").symlink_to(tmp_path / "nowhere")  # listed, then not there
+    files, stamps = read_changed_files(str(staging), {})
+    assert sorted(files) == sorted(stamps) == sorted([STATE, "searcher-state-2026.pkl"])
+
+
+def test_a_folder_the_store_refuses_to_delete_does_not_keep_the_others(tmp_path, caplog):
+    from search.driver.experiment_state import DeferredDeletions
+
+    refused, deleted = checkpoint_folder(tmp_path / "a", 0), checkpoint_folder(tmp_path / "b", 0)
+    local = pafs.LocalFileSystem()
+
+    class RefusingOne:
+        def delete_dir(self, path: str) -> None:
+            raise PermissionError(13, "Access denied", path)
+
+    DeferredDeletions.delete([(RefusingOne(), str(refused)), (local, str(deleted))])
+    assert refused.exists() and not deleted.exists()
+    assert f"could not delete checkpoint folder {refused}" in caplog.text
