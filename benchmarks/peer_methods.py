@@ -98,7 +98,7 @@ def _ray_rows(trials: list[Any], began: float) -> list[dict[str, Any]]:
 def _checkpoint_test(trials: list[Any], data: Any) -> Callable[[dict[str, Any]], float | None]:
     """Test accuracy of a Ray trial's best checkpoint (the model as the search left it)."""
     from search.outputs.export import best_checkpoint
-    from search.trial.checkpoint import MODEL_FILE
+    from search.trial.checkpoint import model_path
 
     by_id = {t.trial_id: t for t in trials}
 
@@ -108,7 +108,7 @@ def _checkpoint_test(trials: list[Any], data: Any) -> Callable[[dict[str, Any]],
         folder = best_checkpoint(by_id[row["trial"]])
         if folder is None:
             return None
-        return evaluate_test(keras.saving.load_model(os.path.join(folder, MODEL_FILE)), data)
+        return evaluate_test(keras.saving.load_model(model_path(folder)), data)
 
     return test_of
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +40,12 @@ from search.outputs.experiment import (
 from search.outputs.lock import is_running
 from search.outputs.results import TrialRecord, load_trials, rank_trials
 from search.spec import ExperimentSpec
-from search.trial.checkpoint import MODEL_FILE, STATE_FILE
+from search.trial.checkpoint import LEGACY_MODEL_FILE, MODEL_DIR, STATE_FILE
 from search.trial.report import METRICS
 
 CONFIG_COLUMNS_PREFIX = "config."
 BEST_MODEL_FILE = "best_model.keras"
+KERAS_CONFIG_FILE = "config.json"  # in every model Keras saves, zipped or not
 
 
 @dataclass
@@ -257,10 +259,33 @@ def _copy_model(trial: TrialRecord, experiment_dir: str, out_dir: str) -> str:
     if checkpoint is None:
         raise SpecError(f"{experiment_dir}: trial {trial.trial_id} has no checkpoint to export")
     with storage.atomic_path(storage.confined(out_dir, BEST_MODEL_FILE)) as tmp:
-        with fs.open_input_stream(storage.join(checkpoint, MODEL_FILE)) as src, \
-                open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        write_keras_file(fs, checkpoint, tmp)
     return BEST_MODEL_FILE
+
+
+def write_keras_file(fs: storage.pafs.FileSystem, checkpoint: str, target: str) -> None:
+    """Writes a checkpoint's model as one ``.keras`` file at the local path ``target``."""
+    model_dir = storage.join(checkpoint, MODEL_DIR)
+    if storage.exists(fs, storage.join(model_dir, KERAS_CONFIG_FILE)):
+        zip_keras_folder(fs, model_dir, target)
+        return
+    # A checkpoint written before 2026-11-30 holds the .keras file itself.
+    with fs.open_input_stream(storage.join(checkpoint, LEGACY_MODEL_FILE)) as src, \
+            open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+
+
+def zip_keras_folder(fs: storage.pafs.FileSystem, model_dir: str, target: str) -> None:
+    """Writes a model saved in Keras's unzipped format as a ``.keras`` file: the same files,
+    stored (not compressed) at the archive's root, as ``model.save`` lays them out."""
+    selector = storage.pafs.FileSelector(model_dir, recursive=True)
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
+        for info in sorted(fs.get_file_info(selector), key=lambda i: i.path):
+            if info.type != storage.FileType.File:
+                continue
+            name = info.path[len(model_dir.rstrip("/")) + 1:]
+            with fs.open_input_stream(info.path) as src, archive.open(name, "w") as dst:
+                shutil.copyfileobj(src, dst)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from search.errors import TrialFailure
 from search.trial import runtime
 from search.trial.backends import active_backend
 from search.trial.checkpoint import (
-    MODEL_FILE,
     TrainingState,
+    model_path,
     read_state,
     restore_to_temp,
     write_checkpoint,
@@ -161,7 +161,7 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
         # From the last checkpoint's weights and optimizer state when there is one.
         source = checkpoints.last_completed
         if source is not None:
-            model = keras.saving.load_model(os.path.join(source, MODEL_FILE))
+            model = keras.saving.load_model(model_path(source))
         else:
             run_params = {**params, "batch_size": state.batch_size,
                           "learning_rate": state.learning_rate}

@@ -18,7 +18,7 @@ import yaml
 
 from search.outputs.results import load_trials
 from tests.helpers import REPO, cli, tiny_raw
-from tests.search.driver.test_resume_faults import rows, start_driver, wait_for
+from tests.search.driver.test_resume_faults import snapshot_knows_epoch, start_driver, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +69,10 @@ def test_search_on_backend_resumes_from_checkpoints_and_exports_a_portable_model
     experiment = tmp_path / "results" / backend
     log_path = tmp_path / "run.log"
     driver = start_driver(spec_path, backend, log_path)
-    # Kill the driver (and the Ray it started) as soon as a trial has checkpointed epoch 1.
-    wait_for(lambda: any(r["epoch"] == 1 for r in rows(experiment)), driver, log_path,
-             "first epoch")
+    # Kill the driver (and the Ray it started) as soon as Ray's state in storage knows a
+    # trial's checkpointed epoch 1.
+    wait_for(lambda: snapshot_knows_epoch(experiment, 1), driver, log_path,
+             "a snapshot after the first epoch")
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
 

@@ -19,6 +19,7 @@ from search.driver.study import STUDY_FILE
 from search.outputs.export import export_experiment
 from search.outputs.results import load_trials
 from search.spec import load_spec_dict
+from search.trial.checkpoint import model_path
 from tests.helpers import REPO, cli, study_trials, tiny_raw, tree_digest, write_spec
 
 from . import fault_trainables
@@ -209,7 +210,7 @@ def test_injected_out_of_memory_at_a_later_epoch_retries_from_the_last_checkpoin
     assert last["learning_rate_used"] == pytest.approx(trial.config["learning_rate"] / 2)
 
     retry_start = np.load(probe / "retry_start.npz")
-    checkpoint = keras.saving.load_model(probe / "epoch-1" / "model.keras")
+    checkpoint = keras.saving.load_model(model_path(str(probe / "epoch-1")))
     expected = fault_trainables.variables_by_name(checkpoint)
     assert sorted(retry_start.files) == sorted(expected)
     assert any(k.startswith("optimizer_") for k in expected)  # the optimizer state is compared

@@ -39,13 +39,31 @@ def start_driver(spec_path: Path, name: str, log_path: Path) -> subprocess.Popen
 
 
 def rows(experiment: Path) -> list[dict]:
-    found = []
+    return [row for path in experiment.glob("trial_*/result.json") for row in rows_of(path)]
+
+
+def snapshot_knows_epoch(experiment: Path, epoch: int) -> bool:
+    """Whether a trial has reported ``epoch`` and Ray's newest experiment state in storage
+    was written after that report: an upload writes the trials' logs first and the state
+    last, so the state then knows that epoch (and its checkpoint) too."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return False
+    written = states[-1].stat().st_mtime_ns
     for path in experiment.glob("trial_*/result.json"):
-        for line in path.read_text().splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                pass  # a line being written
+        reported = path.stat().st_mtime_ns
+        if reported <= written and any(int(r["epoch"]) == epoch for r in rows_of(path)):
+            return True
+    return False
+
+
+def rows_of(path: Path) -> list[dict]:
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
     return found
 
 
