@@ -63,9 +63,9 @@ from search.trial.trainable import train_trial
 Trainable = Callable[..., None]
 
 # Each trial keeps its best checkpoint (what export takes) and its latest (what a resume or a
-# retry continues from). Ray would force an experiment snapshot after every checkpoint with
-# this; `ray_snapshots` (search/driver/experiment_state.py) instead defers the deletions to
-# the next snapshot, which comes on Ray's timer.
+# retry continues from). Ray forces an experiment snapshot after every checkpoint with this;
+# `ray_snapshots` (search/driver/experiment_state.py) paces those snapshots and defers the
+# deletions until a later snapshot is in storage.
 CHECKPOINTS_KEPT = 1
 # (data, gpus per trial, local folder of the journal) -> the tuner to fit
 TunerFactory = Callable[[Any, float, str], tune.Tuner]

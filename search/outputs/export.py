@@ -40,12 +40,11 @@ from search.outputs.experiment import (
 from search.outputs.lock import is_running
 from search.outputs.results import TrialRecord, load_trials, rank_trials
 from search.spec import ExperimentSpec
-from search.trial.checkpoint import LEGACY_MODEL_FILE, MODEL_DIR, STATE_FILE
+from search.trial.checkpoint import KERAS_CONFIG_FILE, LEGACY_MODEL_FILE, MODEL_DIR, STATE_FILE
 from search.trial.report import METRICS
 
 CONFIG_COLUMNS_PREFIX = "config."
 BEST_MODEL_FILE = "best_model.keras"
-KERAS_CONFIG_FILE = "config.json"  # in every model Keras saves, zipped or not
 
 
 @dataclass

@@ -14,6 +14,9 @@ from typing import Any
 # MB, on the project's CPU machine), as the weights are written once, not built in memory and
 # then copied into the archive. ``export`` zips the folder into a .keras file.
 MODEL_DIR = "model"
+# In every model Keras saves, zipped or not: what tells the unzipped folder is there (object
+# stores have no folders to ask about).
+KERAS_CONFIG_FILE = "config.json"
 # What checkpoints written before 2026-11-30 hold instead: a zipped .keras file.
 LEGACY_MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
@@ -69,7 +72,9 @@ def model_path(checkpoint_dir: str) -> str:
     """The model inside a local checkpoint folder, for ``keras.saving.load_model``: the
     unzipped folder, or an older checkpoint's ``model.keras``."""
     folder = os.path.join(checkpoint_dir, MODEL_DIR)
-    return folder if os.path.isdir(folder) else os.path.join(checkpoint_dir, LEGACY_MODEL_FILE)
+    if os.path.exists(os.path.join(folder, KERAS_CONFIG_FILE)):
+        return folder
+    return os.path.join(checkpoint_dir, LEGACY_MODEL_FILE)
 
 
 def restore_to_temp(checkpoint: Any) -> str | None:

@@ -18,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.driver.study import ATTR_CONTINUES, STUDY_FILE
-from search.outputs.results import load_trials, ray_statuses
+from search.outputs.results import experiment_state_files, load_trials, ray_statuses
 from search.outputs.storage import filesystem
 from tests.helpers import REPO, cli, study_trials, write_spec
 
@@ -46,10 +46,10 @@ def snapshot_knows_epoch(experiment: Path, epoch: int) -> bool:
     """Whether a trial has reported ``epoch`` and Ray's newest experiment state in storage
     was written after that report: an upload writes the trials' logs first and the state
     last, so the state then knows that epoch (and its checkpoint) too."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
+    states = experiment_state_files(filesystem(str(experiment))[0], str(experiment))
     if not states:
         return False
-    written = states[-1].stat().st_mtime_ns
+    written = Path(states[-1]).stat().st_mtime_ns
     for path in experiment.glob("trial_*/result.json"):
         reported = path.stat().st_mtime_ns
         if reported <= written and any(int(r["epoch"]) == epoch for r in rows_of(path)):
