@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,11 @@ import yaml
 
 from search.outputs.results import load_trials
 from tests.helpers import REPO, cli, tiny_raw
-from tests.search.driver.test_resume_faults import snapshot_knows_epoch, start_driver, wait_for
+from tests.search.driver.test_resume_faults import (
+    kill_when,
+    snapshot_resumes_from_epoch,
+    start_driver,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -69,12 +72,10 @@ def test_search_on_backend_resumes_from_checkpoints_and_exports_a_portable_model
     experiment = tmp_path / "results" / backend
     log_path = tmp_path / "run.log"
     driver = start_driver(spec_path, backend, log_path)
-    # Kill the driver (and the Ray it started) as soon as Ray's state in storage knows a
-    # trial's checkpointed epoch 1.
-    wait_for(lambda: snapshot_knows_epoch(experiment, 1), driver, log_path,
-             "a snapshot after the first epoch")
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    # Kill the driver (and the Ray it started) as soon as Ray's state in storage would continue
+    # a trial from its checkpoint of epoch 1.
+    kill_when(lambda: snapshot_resumes_from_epoch(experiment, 1), driver, log_path,
+              "a snapshot holding a running trial's checkpoint of epoch 1")
 
     done = cli("resume", str(experiment), "--num-cpus", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -42,19 +42,42 @@ def rows(experiment: Path) -> list[dict]:
     return [row for path in experiment.glob("trial_*/result.json") for row in rows_of(path)]
 
 
-def snapshot_knows_epoch(experiment: Path, epoch: int) -> bool:
-    """Whether a trial has reported ``epoch`` and Ray's newest experiment state in storage
-    was written after that report: an upload writes the trials' logs first and the state
-    last, so the state then knows that epoch (and its checkpoint) too."""
+def snapshot_resumes_from_epoch(experiment: Path, epoch: int) -> bool:
+    """Whether Ray's newest experiment state in storage holds an unfinished trial whose latest
+    checkpoint is the one of ``epoch``: a resume from this state continues that trial from the
+    checkpoint in a new attempt. (A result row alone does not say it: Ray registers a
+    checkpoint one step of its loop after the result, and a snapshot can fall in between.)"""
+    from ray.tune.experiment.trial import Trial
+
     states = experiment_state_files(filesystem(str(experiment))[0], str(experiment))
     if not states:
         return False
-    written = Path(states[-1]).stat().st_mtime_ns
-    for path in experiment.glob("trial_*/result.json"):
-        reported = path.stat().st_mtime_ns
-        if reported <= written and any(int(r["epoch"]) == epoch for r in rows_of(path)):
+    for trial_state, run_metadata in json.loads(Path(states[-1]).read_text())["trial_data"]:
+        trial = Trial.from_json_state(trial_state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        checkpointed = trial.latest_checkpoint_result
+        if (trial.status not in (Trial.TERMINATED, Trial.ERROR) and checkpointed is not None
+                and checkpointed.metrics.get("epoch") == epoch):
             return True
     return False
+
+
+def kill_when(condition, driver: subprocess.Popen, log_path: Path, what: str,
+              timeout: float = 600) -> None:
+    """SIGKILLs the driver's process group (the driver and the Ray it started) once
+    ``condition`` holds, checked while the group is stopped (SIGSTOP), so that nothing the
+    check read changes before the kill."""
+    def stopped_check() -> bool:
+        os.killpg(driver.pid, signal.SIGSTOP)
+        found = False
+        try:
+            found = condition()
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL if found else signal.SIGCONT)
+        return found
+
+    wait_for(stopped_check, driver, log_path, what, timeout)
+    driver.wait()
 
 
 def rows_of(path: Path) -> list[dict]:
