@@ -210,7 +210,11 @@ def _trial_run(history: Sequence[Mapping[str, Any]], images: int) -> dict[str, A
             "images_per_s": [float(r["images_per_s"]) for r in history],
             # Ray's time for the whole iteration: fit set-up, training, validation, the
             # checkpoint and the report.
-            "epoch_seconds": [float(r["time_this_iter_s"]) for r in history]}
+            "epoch_seconds": [float(r["time_this_iter_s"]) for r in history],
+            # Its parts: the epoch inside fit (training and validation, a checkpoint's model
+            # written beside validation), then the wait for the checkpoint.
+            "fit_seconds": [float(r["epoch_seconds"]) for r in history],
+            "checkpoint_seconds": [float(r.get("checkpoint_seconds", 0.0)) for r in history]}
 
 
 def bench_overhead(ctx: Context) -> dict[str, Any]:
@@ -289,6 +293,7 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
         "one_fit_ratio_short": short["one_fit_ratio"],
         "whole_epoch_ratio_short": short["whole_epoch_ratio"],
         "short": short,
+        "normal": normal,
         "checkpoints_kept": storage["checkpoints_kept"],
         "storage_bytes": storage["storage_bytes"],
         "storage": storage,
@@ -321,18 +326,43 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
     }
 
 
-def one_fit_ratios(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, float]:
+def one_fit_ratios(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """The trial against one plain ``fit`` call (the plain one-call runs pooled), epochs 2+:
     images/s of training, and the whole epoch (the trial's: Ray's time between reports, so
     training, validation, report and checkpoints amortised; plain: epoch begin to end with
-    validation)."""
+    validation); and where the trial's epoch goes (``parts``, mean seconds per epoch)."""
     plain = [run for label, run in runs if label.startswith(PLAIN_RUNS[0][0])]
     (trial,) = [run for label, run in runs if label.startswith("trial")]
     plain_img_s = harmonic_rate([r for run in plain for r in run["images_per_s"][1:]])
     plain_epoch_s = mean([s for run in plain for s in run["epoch_seconds"][1:]])
-    return {"one_fit_ratio": harmonic_rate(trial["images_per_s"][1:]) / plain_img_s,
-            "whole_epoch_ratio": mean(trial["epoch_seconds"][1:]) / plain_epoch_s,
-            "plain_epoch_s": plain_epoch_s, "trial_epoch_s": mean(trial["epoch_seconds"][1:])}
+    trial_epoch_s = mean(trial["epoch_seconds"][1:])
+    result: dict[str, Any] = {
+        "one_fit_ratio": harmonic_rate(trial["images_per_s"][1:]) / plain_img_s,
+        "whole_epoch_ratio": trial_epoch_s / plain_epoch_s,
+        "plain_epoch_s": plain_epoch_s, "trial_epoch_s": trial_epoch_s}
+    if "fit_seconds" in trial:
+        fit_s = mean(trial["fit_seconds"][1:])
+        checkpoint_s = mean(trial["checkpoint_seconds"][1:])
+        result["parts"] = {
+            "fit_s": fit_s, "checkpoint_wait_s": checkpoint_s,
+            # Ray's time between reports less the two: the report (Ray's copy of a
+            # checkpoint to storage included) and the fit loop's own work between epochs.
+            "report_s": trial_epoch_s - fit_s - checkpoint_s,
+            "checkpoints": sum(1 for s in trial["checkpoint_seconds"][1:] if s > 0),
+            "epochs": len(trial["checkpoint_seconds"][1:])}
+    return result
+
+
+def format_parts(name: str, ratios: Mapping[str, Any]) -> str:
+    """One line: where the trial's epoch goes against plain's."""
+    parts = ratios.get("parts")
+    if not parts:
+        return f"{name}: no breakdown (results without checkpoint_seconds)"
+    return (f"{name}: a trial epoch {ratios['trial_epoch_s']:.3f} s against plain's "
+            f"{ratios['plain_epoch_s']:.3f} s = fit (training, validation) "
+            f"{parts['fit_s']:.3f} + checkpoint wait {parts['checkpoint_wait_s']:.3f} "
+            f"({parts['checkpoints']} checkpoints in {parts['epochs']} epochs) + report "
+            f"{parts['report_s']:.3f}")
 
 
 def short_epochs(ctx: Context) -> dict[str, Any]:
@@ -398,6 +428,8 @@ def print_overhead(result: Mapping[str, Any]) -> str:
         f"s/epoch): {result['one_fit_ratio_short']:.3f} and "
         f"{result['whole_epoch_ratio_short']:.3f}. Goal: {result['one_fit_goal']}: "
         f"{'met' if result['one_fit_goal_met'] else 'NOT met'}",
+        format_parts("where it goes, epochs 2+, mean s", result.get("normal", {})),
+        format_parts("short epochs", result.get("short", {})),
         print_checkpoint_storage(result["storage"]),
         f"load average (1 min) before/after: {result['load_avg_before']} / "
         f"{result['load_avg_after']} on {os.cpu_count()} cores",

@@ -103,6 +103,9 @@ class Backend:
     """One framework's device set-up. Subclasses fill in each step for their framework."""
 
     name = ""
+    # Whether a checkpoint's model can be saved in a thread while the epoch's validation runs
+    # (validation only reads the variables the save reads).
+    saves_during_validation = True
 
     def set_environment(self, gpu_fraction: float, deterministic: bool) -> None:
         """Environment the framework reads once, at its import (before Keras is imported)."""
@@ -182,6 +185,9 @@ class JaxBackend(Backend):
     GPU ops."""
 
     name = "jax"
+    # Keras's JAX evaluate() takes the variables' values out of the model while it runs
+    # (``purge_model_variables``): a save beside it would find them gone.
+    saves_during_validation = False
 
     def set_environment(self, gpu_fraction: float, deterministic: bool) -> None:
         # JAX preallocates 75% of each GPU by default: packed trials would not fit, and a

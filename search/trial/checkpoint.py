@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,10 +61,64 @@ def read_state(checkpoint_dir: str) -> dict[str, Any]:
         return json.load(handle)
 
 
-def write_checkpoint(model: Any, state: TrainingState) -> str:
-    """Saves the model and the state into a new temporary folder; returns the folder."""
-    checkpoint_dir = tempfile.mkdtemp(prefix="trial-ckpt-")
+class ModelWrite:
+    """A checkpoint's model being saved in a background thread.
+
+    The trial starts one when an epoch's validation begins, where the policy wants a
+    checkpoint: the weights and optimizer state no longer change in that epoch, so the writing
+    overlaps validation (on a GPU, validation's device time) instead of following it.
+    :func:`write_checkpoint` waits for it and adds the state.
+
+    Attributes:
+        folder: The new temporary checkpoint folder the model goes into (``model/``).
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.folder = tempfile.mkdtemp(prefix="trial-ckpt-")
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._save, args=(model,),
+                                        name="checkpoint-model-write", daemon=True)
+        self._thread.start()
+
+    def _save(self, model: Any) -> None:
+        try:
+            _save_model(model, self.folder)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the trial's thread by wait()
+            self._error = err
+
+    def wait(self) -> str:
+        """Waits for the write; returns the folder, or raises what the write raised (the
+        folder removed)."""
+        self._thread.join()
+        if self._error is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise self._error
+        return self.folder
+
+    def discard(self) -> None:
+        """Waits for the write and removes its folder (the epoch will not report it)."""
+        self._thread.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _save_model(model: Any, checkpoint_dir: str) -> None:
     model.save(os.path.join(checkpoint_dir, MODEL_DIR), zipped=False)
+
+
+def write_checkpoint(model: Any, state: TrainingState, started: ModelWrite | None = None) -> str:
+    """Saves the model and the state into a new temporary folder; returns the folder.
+
+    Args:
+        model: The model to save (weights and optimizer state).
+        state: What a restarted attempt needs (``state.json``).
+        started: The model's write, begun earlier in the background: waited for instead of
+            saving the model again.
+    """
+    if started is not None:
+        checkpoint_dir = started.wait()
+    else:
+        checkpoint_dir = tempfile.mkdtemp(prefix="trial-ckpt-")
+        _save_model(model, checkpoint_dir)
     with open(os.path.join(checkpoint_dir, STATE_FILE), "w", encoding="utf-8") as handle:
         json.dump(state.to_json(), handle)
     return checkpoint_dir

@@ -19,8 +19,12 @@ class EpochReport:
         epoch: Epochs trained so far (Ray's time attribute for ASHA).
         val_accuracy, val_loss, accuracy, loss: Keras's metrics of the epoch.
         images_per_s: Training images per second (validation excluded).
-        epoch_seconds: The epoch inside the trial's ``fit`` (training and validation; the
-            checkpoint and the report not included).
+        epoch_seconds: The epoch inside the trial's ``fit`` (training and validation, beside
+            which a checkpoint's model may be written; the wait for the checkpoint and the
+            report not included).
+        checkpoint_seconds: What the report waited for its checkpoint after validation (the
+            model's write begins with validation where the backend allows; 0: no
+            checkpoint this epoch). Ray's copy of it to storage is inside the report.
         wall_seconds: Seconds the trial has held its resources so far, all attempts together:
             from the start of each attempt (device set-up, model build or restore) through
             training, validation and checkpoints, to this report.
@@ -39,6 +43,7 @@ class EpochReport:
     loss: float = NAN
     images_per_s: float = 0.0
     epoch_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
     gpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     batch_size: int = 0

@@ -26,6 +26,7 @@ from search.errors import TrialFailure
 from search.trial import runtime
 from search.trial.backends import active_backend
 from search.trial.checkpoint import (
+    ModelWrite,
     TrainingState,
     model_path,
     read_state,
@@ -171,7 +172,8 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
         return model, train_ds, val_ds
 
     reporter = _EpochReporter(keras, attempt, checkpoints, CheckpointPolicy.from_settings(params),
-                              len(data.x_train))
+                              len(data.x_train),
+                              save_during_validation=run.backend.saves_during_validation)
     model, train_ds, val_ds = build()
     epochs = int(params["epochs"])
     while state.epoch < epochs and not reporter.failed:
@@ -182,6 +184,7 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
                       epochs=epochs, verbose=0, shuffle=False,
                       callbacks=[keras.callbacks.TerminateOnNaN(), reporter.callback])
         except Exception as err:  # noqa: BLE001 - only device OOM is handled, the rest re-raised
+            reporter.discard_model_write()  # the epoch failed before its report
             if not run.backend.is_out_of_memory(err):
                 raise
             if state.oom_retried or state.batch_size < 2:
@@ -210,15 +213,22 @@ class _EpochReporter:
     checkpoint (weights and optimizer state) when the policy says so, and ends the trial on a
     NaN/inf loss.
 
+    A checkpoint's model is written in a background thread from the start of the epoch's
+    validation (the weights are final for the epoch by then), where the backend allows it;
+    the report waits for the write.
+
     ``tune.report`` runs inside ``fit``: when ASHA stops the trial, Ray ends the trial's
     thread from inside that call (``SystemExit``), which leaves ``fit`` and the trial.
     """
 
     def __init__(self, keras: Any, attempt: _Attempt, checkpoints: _LocalCheckpoints,
-                 policy: CheckpointPolicy, train_images: int) -> None:
+                 policy: CheckpointPolicy, train_images: int, *,
+                 save_during_validation: bool = True) -> None:
         self.failed = False
         self.epoch_began = self.train_seconds = 0.0
         self.last_checkpoint_at = attempt.began  # the attempt's start counts as one
+        self.model_write: ModelWrite | None = None
+        self.save_during_validation = save_during_validation
         reporter = self
 
         class Callback(keras.callbacks.Callback):
@@ -230,6 +240,7 @@ class _EpochReporter:
                 # Validation starts: the epoch's training part ends (for images_per_s).
                 if not reporter.train_seconds:
                     reporter.train_seconds = time.perf_counter() - reporter.epoch_began
+                    reporter.validation_began(self.model)
 
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
                 reporter.epoch_end(self.model, dict(logs or {}))
@@ -238,12 +249,28 @@ class _EpochReporter:
         self.attempt, self.checkpoints, self.policy = attempt, checkpoints, policy
         self.train_images = train_images
 
+    def checkpoint_due(self, epoch: int) -> bool:
+        return self.policy.due(epoch, time.perf_counter() - self.last_checkpoint_at)
+
+    def validation_began(self, model: Any) -> None:
+        """Starts writing the model when this epoch will report a checkpoint."""
+        if (self.save_during_validation and self.model_write is None
+                and self.checkpoint_due(self.attempt.state.epoch + 1)):
+            self.model_write = ModelWrite(model)
+
+    def discard_model_write(self) -> None:
+        """Drops a model write begun for an epoch that will not report it."""
+        if self.model_write is not None:
+            self.model_write.discard()
+            self.model_write = None
+
     def epoch_end(self, model: Any, logs: dict[str, Any]) -> None:
         state, attempt = self.attempt.state, self.attempt
         elapsed = time.perf_counter() - self.epoch_began
         state.epoch += 1
         metrics = {m: float(logs.get(m, float("nan"))) for m in METRICS}
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
+            self.discard_model_write()
             self.failed = True
             model.stop_training = True
             attempt.fail("nan_loss", f"loss became {metrics['loss']} at epoch {state.epoch}")
@@ -251,12 +278,17 @@ class _EpochReporter:
         state.last_metrics = metrics
         attempt.count_held_time()
         checkpoint = None
-        if self.policy.due(state.epoch, time.perf_counter() - self.last_checkpoint_at):
-            self.checkpoints.replace_latest(write_checkpoint(model, state))
+        waited = 0.0
+        if self.model_write is not None or self.checkpoint_due(state.epoch):
+            began = time.perf_counter()
+            started, self.model_write = self.model_write, None
+            self.checkpoints.replace_latest(write_checkpoint(model, state, started=started))
             self.last_checkpoint_at = time.perf_counter()
+            waited = self.last_checkpoint_at - began
             attempt.count_held_time()  # the report counts the checkpoint's writing too
             checkpoint = tune.Checkpoint.from_directory(self.checkpoints.latest)
         report = attempt.report(epoch=state.epoch, **metrics, epoch_seconds=elapsed,
+                                checkpoint_seconds=waited,
                                 images_per_s=self.train_images / max(
                                     self.train_seconds or elapsed, 1e-9))
         tune.report(report.as_dict(), checkpoint=checkpoint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from checkpoint_storage import print_checkpoint_storage
-from overhead import one_fit_ratios
+from overhead import format_parts, one_fit_ratios
 
 
 def test_one_fit_ratios_compare_the_trial_with_one_plain_fit_call_from_epoch_two():
@@ -18,6 +18,24 @@ def test_one_fit_ratios_compare_the_trial_with_one_plain_fit_call_from_epoch_two
     # Epoch 1 (tracing, model build) is left out; the per-epoch plain calls are not pooled.
     assert ratios["one_fit_ratio"] == pytest.approx(0.99)
     assert ratios["whole_epoch_ratio"] == pytest.approx(1.05)
+    assert "parts" not in ratios
+    assert format_parts("x", ratios) == "x: no breakdown (results without checkpoint_seconds)"
+
+
+def test_the_trial_epoch_breaks_down_into_fit_checkpoint_wait_and_report():
+    plain = {"images_per_s": [10.0, 100.0, 100.0], "epoch_seconds": [9.0, 2.0, 2.0]}
+    trial = {"images_per_s": [5.0, 99.0, 99.0], "epoch_seconds": [30.0, 2.1, 2.5],
+             "fit_seconds": [20.0, 2.0, 2.0], "checkpoint_seconds": [3.0, 0.0, 0.3]}
+    ratios = one_fit_ratios([("plain fit, one call (before)", plain),
+                             ("trial (run_search)", trial)])
+    parts = ratios["parts"]
+    assert parts["fit_s"] == pytest.approx(2.0)
+    assert parts["checkpoint_wait_s"] == pytest.approx(0.15)
+    assert parts["report_s"] == pytest.approx(0.15)
+    assert (parts["checkpoints"], parts["epochs"]) == (1, 2)
+    assert format_parts("short", ratios) == (
+        "short: a trial epoch 2.300 s against plain's 2.000 s = fit (training, validation) "
+        "2.000 + checkpoint wait 0.150 (1 checkpoints in 2 epochs) + report 0.150")
 
 
 def test_storage_table_names_the_goal_and_whether_it_is_met():

@@ -124,8 +124,8 @@ def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
         kwargs["callbacks"] = [RunOutOfMemory(), *kwargs.get("callbacks", [])]
         return original_fit(self, *args, **kwargs)
 
-    def write_checkpoint(model: Any, state: Any) -> str:
-        folder = original_write(model, state)
+    def write_checkpoint(model: Any, state: Any, **kwargs: Any) -> str:
+        folder = original_write(model, state, **kwargs)
         if probe_dir:
             shutil.copytree(folder, os.path.join(probe_dir, f"epoch-{state.epoch}"))
         return folder

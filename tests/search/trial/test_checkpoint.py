@@ -16,6 +16,7 @@ from search.outputs.export import write_keras_file
 from search.trial.checkpoint import (
     LEGACY_MODEL_FILE,
     MODEL_DIR,
+    ModelWrite,
     TrainingState,
     model_path,
     read_state,
@@ -96,3 +97,35 @@ def test_export_writes_one_keras_file_of_the_same_model_from_either_format(train
     assert copied.read_bytes() == (legacy / LEGACY_MODEL_FILE).read_bytes()
     for path in (zipped, copied):
         assert_same_model(keras.saving.load_model(path), trained_model)
+
+
+def test_a_model_written_in_the_background_makes_the_same_checkpoint(trained_model):
+    import keras
+
+    started = ModelWrite(trained_model)
+    folder = write_checkpoint(trained_model, TrainingState(epoch=2), started=started)
+    try:
+        assert folder == started.folder
+        assert sorted(os.listdir(folder)) == [MODEL_DIR, "state.json"]
+        assert read_state(folder)["epoch"] == 2
+        assert_same_model(keras.saving.load_model(model_path(folder)), trained_model)
+    finally:
+        shutil.rmtree(folder)
+
+
+class UnsavableModel:
+    def save(self, path, zipped=True):
+        raise OSError(28, "No space left on device")
+
+
+def test_a_background_write_that_fails_raises_in_the_trial_and_leaves_no_folder():
+    started = ModelWrite(UnsavableModel())
+    with pytest.raises(OSError, match="No space left"):
+        write_checkpoint(UnsavableModel(), TrainingState(epoch=1), started=started)
+    assert not os.path.exists(started.folder)
+
+
+def test_a_discarded_background_write_leaves_no_folder(trained_model):
+    started = ModelWrite(trained_model)
+    started.discard()
+    assert not os.path.exists(started.folder)
