@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -78,7 +79,8 @@ def overhead_spec(ctx: Context, name: str, subset: int | None = None) -> dict[st
     }
 
 
-def plain_fit(spec: Any, per_epoch_calls: bool = False) -> dict[str, Any]:
+def plain_fit(spec: Any, per_epoch_calls: bool = False,
+              checkpoint: str | None = None) -> dict[str, Any]:
     """Trains the spec's fixed trial with plain ``model.fit`` in this process, no Ray.
 
     Set up by the trial's own sequence, :mod:`search.trial.runtime` (devices, precision, XLA
@@ -90,6 +92,10 @@ def plain_fit(spec: Any, per_epoch_calls: bool = False) -> dict[str, Any]:
         spec: The overhead experiment spec; its fixed config is the trial's.
         per_epoch_calls: One ``fit`` call per epoch, as the trial makes them (new iterators
             every call), instead of one call for all epochs.
+        checkpoint: A trial's checkpoint every epoch (:mod:`search.trial.checkpoint`), its
+            model written ``"after"`` validation or ``"beside"`` it (begun as validation
+            begins, waited for at the epoch's end); ``None``: no checkpoints. Epoch times
+            include the wait.
 
     Returns:
         Images per epoch, the precision, and per epoch: training images/s, all-in seconds
@@ -131,6 +137,7 @@ def plain_fit(spec: Any, per_epoch_calls: bool = False) -> dict[str, Any]:
             epoch_seconds.append(time.perf_counter() - self.start)
 
     timer = Timer()
+    callbacks = [timer] if checkpoint is None else [checkpointer(keras, checkpoint), timer]
     epochs = int(params["epochs"])
     if per_epoch_calls:
         for epoch in range(epochs):
@@ -139,13 +146,72 @@ def plain_fit(spec: Any, per_epoch_calls: bool = False) -> dict[str, Any]:
                       callbacks=[timer, keras.callbacks.TerminateOnNaN()])
     else:
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
-                  callbacks=[timer])
+                  callbacks=callbacks)
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
     n = len(data.x_train)
     return {"images_per_epoch": n, "precision": run.precision,
             "images_per_s": [n / s for s in train_seconds], "epoch_seconds": epoch_seconds,
             "first_batch_seconds": first_batch_seconds}
+
+
+def checkpointer(keras: Any, where: str) -> Any:
+    """A Keras callback writing a trial's checkpoint every epoch, its model ``"after"`` the
+    epoch's validation or ``"beside"`` it, as the trial does where its backend allows; each
+    checkpoint deleted once written (only the time matters here)."""
+    from search.trial.checkpoint import ModelWrite, TrainingState, write_checkpoint
+
+    if where not in ("after", "beside"):
+        raise ValueError(f"checkpoint: `after` or `beside`, got {where!r}")
+
+    class Checkpointer(keras.callbacks.Callback):
+        started: ModelWrite | None = None
+
+        def on_test_begin(self, logs: Any = None) -> None:
+            if where == "beside" and self.started is None:
+                self.started = ModelWrite(self.model)
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            started, self.started = self.started, None
+            folder = write_checkpoint(self.model, TrainingState(epoch=epoch + 1),
+                                      started=started)
+            shutil.rmtree(folder)
+
+    return Checkpointer()
+
+
+def checkpoint_overlap(ctx: Context, pairs: int = 2) -> dict[str, Any]:
+    """Plain ``fit`` on the short epochs with a checkpoint every epoch, its model written
+    after validation or beside it, in interleaved pairs (a slow spell of a shared machine
+    then hits both): the whole epoch's seconds (epochs 2+) of each.
+
+    Args:
+        ctx: The run's context (the short size).
+        pairs: How many after/beside pairs.
+
+    Returns:
+        Per run its mode and mean epoch seconds, each mode's mean, and beside / after.
+    """
+    spec = load_spec(overhead_spec(ctx, "overhead-overlap", ctx.mode.overhead_short_subset))
+    runs = []
+    for pair in range(pairs):
+        for where in ("after", "beside"):
+            progress(f"overhead: checkpoint every epoch written {where} validation "
+                     f"({pair + 1}/{pairs})")
+            fitted = plain_fit(spec, checkpoint=where)
+            runs.append({"where": where, "epoch_s": mean(fitted["epoch_seconds"][1:])})
+    after = mean([r["epoch_s"] for r in runs if r["where"] == "after"])
+    beside = mean([r["epoch_s"] for r in runs if r["where"] == "beside"])
+    return {"runs": runs, "after_epoch_s": after, "beside_epoch_s": beside,
+            "ratio": beside / after, "images": fitted["images_per_epoch"]}
+
+
+def format_overlap(result: Mapping[str, Any]) -> str:
+    """One line: the short epoch with a checkpoint written after validation and beside it."""
+    return (f"checkpoint every epoch, plain fit, short epochs ({result['images']} images): "
+            f"{result['after_epoch_s']:.3f} s/epoch written after validation, "
+            f"{result['beside_epoch_s']:.3f} beside it (beside / after = "
+            f"{result['ratio']:.3f}; {len(result['runs']) // 2} interleaved pairs)")
 
 
 def cli_time_to_first_epoch(raw: Mapping[str, Any], ctx: Context, log: Path) -> dict[str, Any]:
@@ -286,6 +352,7 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
                           for s in run["epoch_seconds"][1:]])
     normal = one_fit_ratios(runs)
     short = short_epochs(ctx)
+    overlap = checkpoint_overlap(ctx)
     storage = bench_checkpoint_storage(ctx)
     return {
         "one_fit_ratio": normal["one_fit_ratio"],
@@ -294,6 +361,7 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
         "whole_epoch_ratio_short": short["whole_epoch_ratio"],
         "short": short,
         "normal": normal,
+        "checkpoint_overlap": overlap,
         "checkpoints_kept": storage["checkpoints_kept"],
         "storage_bytes": storage["storage_bytes"],
         "storage": storage,
@@ -430,6 +498,7 @@ def print_overhead(result: Mapping[str, Any]) -> str:
         f"{'met' if result['one_fit_goal_met'] else 'NOT met'}",
         format_parts("where it goes, epochs 2+, mean s", result.get("normal", {})),
         format_parts("short epochs", result.get("short", {})),
+        format_overlap(result["checkpoint_overlap"]) if "checkpoint_overlap" in result else "",
         print_checkpoint_storage(result["storage"]),
         f"load average (1 min) before/after: {result['load_avg_before']} / "
         f"{result['load_avg_after']} on {os.cpu_count()} cores",

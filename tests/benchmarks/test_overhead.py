@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from checkpoint_storage import print_checkpoint_storage
-from overhead import format_parts, one_fit_ratios
+from overhead import checkpointer, format_overlap, format_parts, one_fit_ratios
 
 
 def test_one_fit_ratios_compare_the_trial_with_one_plain_fit_call_from_epoch_two():
@@ -46,3 +48,45 @@ def test_storage_table_names_the_goal_and_whether_it_is_met():
     text = print_checkpoint_storage(result)
     assert "64 small_cnn trials, keep_checkpoints=3, 2 at once" in text
     assert text.endswith("= 5: NOT met")
+
+
+def test_the_overlap_line_says_both_epoch_times_and_their_ratio():
+    result = {"runs": [{"where": "after", "epoch_s": 1.2}, {"where": "beside", "epoch_s": 1.1},
+                       {"where": "after", "epoch_s": 1.2}, {"where": "beside", "epoch_s": 1.1}],
+              "after_epoch_s": 1.2, "beside_epoch_s": 1.1, "ratio": 1.1 / 1.2, "images": 80}
+    assert format_overlap(result) == (
+        "checkpoint every epoch, plain fit, short epochs (80 images): 1.200 s/epoch written "
+        "after validation, 1.100 beside it (beside / after = 0.917; 2 interleaved pairs)")
+
+
+@pytest.mark.parametrize("where", ["after", "beside"])
+def test_the_benchmarks_checkpointer_writes_every_epoch_and_leaves_nothing(where, monkeypatch):
+    import keras
+    import numpy as np
+
+    from search.trial import checkpoint
+
+    written = []
+    original = checkpoint.write_checkpoint
+
+    def recorded(model, state, started=None):
+        written.append((state.epoch, started is not None))
+        folder = original(model, state, started=started)
+        written.append(folder)
+        return folder
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", recorded)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = np.zeros((8, 4), "float32"), np.zeros(8, "int64")
+    model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
+              callbacks=[checkpointer(keras, where)])
+    assert written[0::2] == [(1, where == "beside"), (2, where == "beside")]
+    assert not any(os.path.exists(folder) for folder in written[1::2])
+
+
+def test_the_benchmarks_checkpointer_names_what_it_accepts():
+    import keras
+
+    with pytest.raises(ValueError, match="checkpoint: `after` or `beside`, got 'never'"):
+        checkpointer(keras, "never")
