@@ -36,6 +36,10 @@ def tracked_search(tmp_path_factory) -> TrackedSearch:
         experiment = root / "results" / "tracked"
         # The console as a user gets it: TensorFlow's C++ logging not quietened by our tests.
         env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        # Ray snapshots the experiment into its folder at every step of its loop, so what
+        # `status --watch` reads follows the driver at once: these trials run for a few
+        # seconds, less than Ray's default period (10 s, what the README says status lags by).
+        env["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
         with open(root / "run.out", "w") as out, open(root / "run.err", "w") as err:
             run = subprocess.Popen(
                 [sys.executable, "-m", "search", "run", str(spec_path), "--num-cpus", "2",

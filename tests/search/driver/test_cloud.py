@@ -17,8 +17,9 @@ from optuna.trial import TrialState
 from search.driver.study import STUDY_FILE
 from search.outputs import storage
 from search.outputs.lock import LOCK_FILE
-from search.outputs.results import load_trials
+from search.outputs.results import load_trials, ray_statuses
 from tests.helpers import REPO, cli, study_trials, write_spec
+from tests.search.driver.test_resume_faults import kill_when
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +40,12 @@ def finished_in_bucket(experiment: str) -> dict[str, TrialState]:
     except AssertionError:  # no journal (or no study in it) yet
         return {}
     return {k: t.state for k, t in trials.items() if t.state.is_finished()}
+
+
+def ray_knows_what_the_journal_finished(experiment: str) -> bool:
+    finished = finished_in_bucket(experiment)
+    statuses = ray_statuses(*storage.filesystem(experiment))
+    return bool(finished) and all(statuses.get(k) == "TERMINATED" for k in finished)
 
 
 def test_driver_sigkilled_on_s3_then_resumed_on_a_fresh_machine_with_an_older_journal(
@@ -64,7 +71,11 @@ def test_driver_sigkilled_on_s3_then_resumed_on_a_fresh_machine_with_an_older_jo
         second = cli("resume", experiment, "--num-cpus", "2", timeout=120)
         assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
         assert "another driver is running this experiment" in second.stderr
-        os.killpg(driver.pid, signal.SIGKILL)
+        # Killed once Ray's snapshot in the bucket knows every trial the bucket's journal has
+        # finished (checked with the driver stopped, so neither moves on before the kill): the
+        # journal cut below is then behind Ray's results.
+        kill_when(lambda: ray_knows_what_the_journal_finished(experiment), driver, log,
+                  "Ray's snapshot in the bucket of the journal's finished trials")
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
