@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from search.outputs.results import load_trials
+from search.outputs.results import experiment_state_files, load_trials, ray_statuses
+from search.outputs.storage import filesystem
 from tests.helpers import REPO, cli, study_trials, write_spec
+from tests.search.driver.test_resume_faults import kill_when
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,19 @@ def test_cli_search_end_to_end_asha_baseline_and_study(tmp_path):
     assert str(experiment) in done.stdout
 
 
+def finished_in_storage(experiment: Path, max_t: int) -> bool:
+    """Whether the experiment folder's results hold a complete trial, and Ray's newest
+    snapshot there knows every trial they hold as complete as TERMINATED (an upload writes
+    the trials' results before Ray's state)."""
+    if not experiment.is_dir() or not experiment_state_files(filesystem(str(experiment))[0],
+                                                             str(experiment)):
+        return False
+    statuses = ray_statuses(*filesystem(str(experiment)))
+    complete = [t.trial_id for t in load_trials(str(experiment))
+                if t.status(max_t) == "complete"]
+    return bool(complete) and all(statuses.get(k) == "TERMINATED" for k in complete)
+
+
 def test_resume_after_driver_killed_finishes_without_rerunning(tmp_path):
     spec_path = write_spec(tmp_path, search__num_samples=4, train__epochs=4,
                            scheduler={"grace_period": 4, "reduction_factor": 3})
@@ -65,18 +79,10 @@ def test_resume_after_driver_killed_finishes_without_rerunning(tmp_path):
                                "--num-cpus", "2", "--name", "killed"], cwd=REPO, env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     experiment = tmp_path / "results" / "killed"
-    deadline = time.time() + 300
-    # Kill the driver once at least one trial has finished and others are mid-way.
-    while time.time() < deadline:
-        text = (tmp_path / "driver.log").read_text()
-        if " complete at epoch" in text:
-            break
-        assert driver.poll() is None, text[-3000:]
-        time.sleep(1)
-    else:
-        pytest.fail("no trial finished in time")
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    # Kill the driver once the experiment folder holds a finished trial, in its results and in
+    # Ray's snapshot (checked with the driver stopped), while others are mid-way.
+    kill_when(lambda: finished_in_storage(experiment, 4), driver, tmp_path / "driver.log",
+              "a finished trial in the experiment folder", timeout=300)
     before = {t.trial_id: t for t in load_trials(str(experiment))}
     finished_before = {k: t.history for k, t in before.items() if t.status(4) == "complete"}
     assert finished_before
