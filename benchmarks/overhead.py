@@ -143,7 +143,7 @@ def plain_fit(spec: Any, per_epoch_calls: bool = False,
         for epoch in range(epochs):
             model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
                       verbose=0, shuffle=False,
-                      callbacks=[timer, keras.callbacks.TerminateOnNaN()])
+                      callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()])
     else:
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
                   callbacks=callbacks)

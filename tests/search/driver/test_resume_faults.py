@@ -39,7 +39,14 @@ def start_driver(spec_path: Path, name: str, log_path: Path) -> subprocess.Popen
 
 
 def rows(experiment: Path) -> list[dict]:
-    return [row for path in experiment.glob("trial_*/result.json") for row in rows_of(path)]
+    found = []
+    for path in experiment.glob("trial_*/result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                pass  # a line being written
+    return found
 
 
 def snapshot_resumes_from_epoch(experiment: Path, epoch: int) -> bool:
@@ -78,16 +85,6 @@ def kill_when(condition, driver: subprocess.Popen, log_path: Path, what: str,
 
     wait_for(stopped_check, driver, log_path, what, timeout)
     driver.wait()
-
-
-def rows_of(path: Path) -> list[dict]:
-    found = []
-    for line in path.read_text().splitlines():
-        try:
-            found.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
-    return found
 
 
 def wait_for(condition, driver: subprocess.Popen, log_path: Path, what: str,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from search.outputs.results import experiment_state_files, load_trials, ray_statuses
+from search.outputs.results import load_trials, ray_statuses
 from search.outputs.storage import filesystem
 from tests.helpers import REPO, cli, study_trials, write_spec
 from tests.search.driver.test_resume_faults import kill_when
@@ -61,10 +61,11 @@ def finished_in_storage(experiment: Path, max_t: int) -> bool:
     """Whether the experiment folder's results hold a complete trial, and Ray's newest
     snapshot there knows every trial they hold as complete as TERMINATED (an upload writes
     the trials' results before Ray's state)."""
-    if not experiment.is_dir() or not experiment_state_files(filesystem(str(experiment))[0],
-                                                             str(experiment)):
+    if not experiment.is_dir():
         return False
     statuses = ray_statuses(*filesystem(str(experiment)))
+    if not statuses:  # no snapshot yet
+        return False
     complete = [t.trial_id for t in load_trials(str(experiment))
                 if t.status(max_t) == "complete"]
     return bool(complete) and all(statuses.get(k) == "TERMINATED" for k in complete)
