@@ -224,6 +224,7 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
         "cpus_per_trial": raw["resources"]["cpus_per_trial"], "max_t": MAX_T,
         "points": rows, "suggest_p99_ms": suggest_p99,
         "suggest_cpu_p99_ms": rows[-1]["suggest_cpu_p99_ms"],
+        "suggest_declined": probe.declined,
         "wall_s": wall, "trial_epochs": epochs, "counts": counts,
         "best_val_accuracy": best,
         "trials_per_minute": len(summary.trials) * 60 / wall,
@@ -279,8 +280,9 @@ def print_scale(result: Mapping[str, Any]) -> str:
     budget = result["driver_budget_s_per_trial_epoch"]
     lines = [
         table,
-        f"suggest: the last {SUGGEST_WINDOW} suggestions made while at most `finished` trials "
-        "had finished;"
+        f"suggest: the last {SUGGEST_WINDOW} suggestions (calls that returned a config; "
+        f"{result['suggest_declined']} calls declined while every slot was taken, untimed) "
+        "made while at most `finished` trials had finished;"
         " CPU and wall s/trial-epoch: since the previous point",
         f"trials finished per minute: {result['trials_per_minute']:.1f} "
         f"({result['trial_epochs_per_minute']:.0f} trial-epochs/min, {result['wall_s']:.0f} s)",

@@ -84,9 +84,12 @@ class ScaleProbe:
     Attributes:
         journal: The Optuna journal file whose size is sampled.
         experiment_dir: Where Ray writes its ``experiment_state-*.json`` snapshots.
-        calls: ``(trials finished when called, seconds)`` per ``suggest``.
+        calls: ``(trials finished when called, seconds)`` per ``suggest`` that returned a
+            config (a suggestion).
         cpu_calls: The same with the CPU seconds of the calling thread: what ``suggest`` itself
-            costs, without the time its thread waited for a core or the GIL.
+            costs, without the time its thread waited for a core, the GIL or the disk.
+        declined: Calls that returned no config (every slot taken: the searcher keeps
+            ``max_concurrent``); not timed.
         snapshots: ``(trials finished, seconds)`` per Ray experiment snapshot.
         trace: A sample every ``TRACE_EVERY`` finished trials.
     """
@@ -99,6 +102,7 @@ class ScaleProbe:
     snapshots: list[tuple[int, float]] = field(default_factory=list)
     trace: list[dict[str, Any]] = field(default_factory=list)
     finished: int = 0
+    declined: int = 0
     results: int = 0
     began: float = field(default_factory=time.perf_counter)
     cpu_began: float = field(default_factory=time.process_time)
@@ -145,6 +149,11 @@ class ScaleProbe:
         def timed_suggest(searcher: Any, trial_id: str) -> Any:
             began, cpu_began = time.perf_counter(), time.thread_time()
             config = suggest(searcher, trial_id)
+            if config is None:
+                # Ray asks again and again while every slot is taken; the searcher's
+                # "no" costs microseconds and would fill the windows with near-zeros.
+                probe.declined += 1
+                return config
             probe.calls.append((probe.finished, time.perf_counter() - began))
             probe.cpu_calls.append((probe.finished, time.thread_time() - cpu_began))
             return config

@@ -148,9 +148,10 @@ def open_study(journal_path: str, study_name: str, seed: int,
     """
     import optuna
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(journal_path))
+    from search.driver.journal import GroupCommitJournal
+
+    storage = JournalStorage(GroupCommitJournal(journal_path))
     return optuna.create_study(
         storage=storage,
         study_name=study_name,

@@ -118,16 +118,21 @@ def test_probe_times_suggest_and_counts_results_through_the_real_searcher(tmp_pa
             searcher.on_trial_result(trial_id, {"epoch": 1, "val_accuracy": 0.5})
             searcher.on_trial_complete(trial_id, {
                 "epoch": 2, "val_accuracy": scale_sim.simulated_accuracy(config, 2)})
+        # A call that gets no config (every slot taken) is counted, not timed.
+        searcher.set_max_concurrency(1)
+        assert searcher.suggest("t4") is not None
+        assert searcher.suggest("t5") is None
     assert AshaAwareOptunaSearch.suggest is original  # put back
-    assert [done for done, _ in probe.calls] == [0, 1, 2, 3]
+    assert probe.declined == 1
+    assert [done for done, _ in probe.calls] == [0, 1, 2, 3, 4]
     assert probe.results == 8  # each trial's last result counted once, through complete
     assert [s["finished"] for s in probe.trace] == [2, 4]
     assert probe.trace[-1]["journal_bytes"] > probe.trace[0]["journal_bytes"] > 0
     rows = scale_probe.point_rows(probe, [2, 4])
-    assert [r["suggestions"] for r in rows] == [3, 4]
+    assert [r["suggestions"] for r in rows] == [3, 5]
     assert rows[1]["suggest_p99_ms"] >= rows[1]["suggest_p50_ms"] > 0
     # The thread's CPU in suggest: counted per call, never more than the wall time it took.
-    assert [done for done, _ in probe.cpu_calls] == [0, 1, 2, 3]
+    assert [done for done, _ in probe.cpu_calls] == [0, 1, 2, 3, 4]
     assert all(0 < cpu <= wall + 1e-3 for (_, cpu), (_, wall) in zip(probe.cpu_calls,
                                                                       probe.calls))
     assert 0 < rows[1]["suggest_cpu_p99_ms"] <= rows[1]["suggest_p99_ms"] + 1
@@ -145,7 +150,7 @@ def test_print_scale_shows_the_points_and_the_verdicts():
     result = {
         "trials": 116, "max_t": 9, "concurrent": 16, "logical_gpus": 16, "cpus_per_trial": 0.125,
         "points": [point], "suggest_p99_ms": 30.0, "suggest_cpu_p99_ms": 4.0,
-        "trials_per_minute": 50.0,
+        "suggest_declined": 321, "trials_per_minute": 50.0,
         "trial_epochs_per_minute": 200.0, "wall_s": 140.0,
         "driver_budget_s_per_trial_epoch": 60 / 64, "driver_cpu_s_per_trial_epoch": 0.02,
         "driver_cpu_s_per_trial_epoch_last_interval": 0.02, "snapshots": 40,
@@ -159,4 +164,5 @@ def test_print_scale_shows_the_points_and_the_verdicts():
     assert ("30.0 ms  goal <= 100 ms: met; the calling thread's CPU in suggest, p99: 4.0 ms"
             in text)
     assert "goal <= 0.094 s: NOT met" in text
+    assert "321 calls declined while every slot was taken, untimed" in text
     assert text.splitlines()[3].split()[:5] == ["100", "100", "12.0", "30.0", "4.0"]
