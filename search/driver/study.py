@@ -143,8 +143,10 @@ def open_study(journal_path: str, study_name: str, seed: int,
                max_concurrent: int | None = 1) -> optuna.Study:
     """Opens (or creates) the experiment's study in Optuna's journal file storage.
 
-    The journal is an append-only log: a driver killed mid-write loses at most its last line,
-    and ``optuna-dashboard <journal>`` opens it as it is. The sampler is :func:`make_sampler`'s.
+    The journal is an append-only log in Optuna's format, written by
+    :class:`~search.driver.journal.GroupCommitJournal` (no fsync per record): a driver killed
+    mid-write loses at most the line it was writing, and ``optuna-dashboard <journal>`` opens it
+    as it is. The sampler is :func:`make_sampler`'s.
     """
     import optuna
     from optuna.storages import JournalStorage
