@@ -1,11 +1,15 @@
-"""Shared test helpers: the tiny experiment spec every search test builds on, and the CLI."""
+"""Shared test helpers: the tiny experiment spec every search test builds on, the CLI, and
+waiting for (and killing) a driver running in its own process group."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +134,6 @@ def start_mlflow_server(folder: Path, timeout: float = 600) -> tuple[subprocess.
 
 def stop_process_group(process: subprocess.Popen) -> None:
     """Ends a process started with ``start_new_session=True`` and its children."""
-    import signal
-
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
@@ -140,3 +142,37 @@ def stop_process_group(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+def wait_for(condition: Callable[[], Any], driver: subprocess.Popen, log_path: Path, what: str,
+             timeout: float = 600) -> Any:
+    """Polls ``condition`` until it returns something true, and returns that; fails when the
+    driver ends first or ``timeout`` seconds pass, with the tail of its log."""
+    deadline = time.time() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        tail = log_path.read_text()[-3000:]
+        assert driver.poll() is None, f"driver ended before {what}:\n{tail}"
+        assert time.time() < deadline, f"no {what} in time:\n{tail}"
+        time.sleep(0.2)
+
+
+def kill_when(condition: Callable[[], bool], driver: subprocess.Popen, log_path: Path,
+              what: str, timeout: float = 600) -> None:
+    """SIGKILLs the driver's process group (the driver and the Ray it started) once
+    ``condition`` holds, checked while the group is stopped (SIGSTOP), so that nothing the
+    check read changes before the kill."""
+    def stopped_check() -> bool:
+        os.killpg(driver.pid, signal.SIGSTOP)
+        found = False
+        try:
+            found = condition()
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL if found else signal.SIGCONT)
+        return found
+
+    wait_for(stopped_check, driver, log_path, what, timeout)
+    driver.wait()
+

@@ -16,12 +16,8 @@ import pytest
 import yaml
 
 from search.outputs.results import load_trials
-from tests.helpers import REPO, cli, tiny_raw
-from tests.search.driver.test_resume_faults import (
-    kill_when,
-    snapshot_resumes_from_epoch,
-    start_driver,
-)
+from tests.helpers import REPO, cli, kill_when, tiny_raw
+from tests.search.driver.test_resume_faults import snapshot_resumes_from_epoch, start_driver
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from optuna.trial import TrialState
@@ -18,19 +17,9 @@ from search.driver.study import STUDY_FILE
 from search.outputs import storage
 from search.outputs.lock import LOCK_FILE
 from search.outputs.results import load_trials, ray_statuses
-from tests.helpers import REPO, cli, study_trials, write_spec
-from tests.search.driver.test_resume_faults import kill_when
+from tests.helpers import REPO, cli, kill_when, study_trials, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition, what: str, driver: subprocess.Popen, log, timeout: float = 300):
-    deadline = time.time() + timeout
-    while not condition():
-        assert driver.poll() is None, log.read_text()[-3000:]
-        if time.time() > deadline:
-            pytest.fail(f"{what} did not happen in time: {log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def finished_in_bucket(experiment: str) -> dict[str, TrialState]:
@@ -64,8 +53,8 @@ def test_driver_sigkilled_on_s3_then_resumed_on_a_fresh_machine_with_an_older_jo
     try:
         # Every finished trial reaches the bucket's journal while the driver still runs.
         wait_for(lambda: " complete at epoch" in log.read_text() or " stopped by ASHA" in
-                 log.read_text(), "a trial finishing", driver, log)
-        wait_for(lambda: finished_in_bucket(experiment), "the journal upload", driver, log,
+                 log.read_text(), driver, log, "a trial finishing", timeout=300)
+        wait_for(lambda: finished_in_bucket(experiment), driver, log, "the journal upload",
                  timeout=30)
         # A second driver cannot take the experiment while the first holds it.
         second = cli("resume", experiment, "--num-cpus", "2", timeout=120)

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from search.driver.study import ATTR_CONTINUES, STUDY_FILE
 from search.outputs.results import experiment_state_files, load_trials, ray_statuses
 from search.outputs.storage import filesystem
-from tests.helpers import REPO, cli, study_trials, write_spec
+from tests.helpers import REPO, cli, study_trials, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -67,37 +67,6 @@ def snapshot_resumes_from_epoch(experiment: Path, epoch: int) -> bool:
                 and checkpointed.metrics.get("epoch") == epoch):
             return True
     return False
-
-
-def kill_when(condition, driver: subprocess.Popen, log_path: Path, what: str,
-              timeout: float = 600) -> None:
-    """SIGKILLs the driver's process group (the driver and the Ray it started) once
-    ``condition`` holds, checked while the group is stopped (SIGSTOP), so that nothing the
-    check read changes before the kill."""
-    def stopped_check() -> bool:
-        os.killpg(driver.pid, signal.SIGSTOP)
-        found = False
-        try:
-            found = condition()
-        finally:
-            os.killpg(driver.pid, signal.SIGKILL if found else signal.SIGCONT)
-        return found
-
-    wait_for(stopped_check, driver, log_path, what, timeout)
-    driver.wait()
-
-
-def wait_for(condition, driver: subprocess.Popen, log_path: Path, what: str,
-             timeout: float = 600):
-    deadline = time.time() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        tail = log_path.read_text()[-3000:]
-        assert driver.poll() is None, f"driver ended before {what}:\n{tail}"
-        assert time.time() < deadline, f"no {what} in time:\n{tail}"
-        time.sleep(0.2)
 
 
 def assert_study_tells_what_ray_did(experiment: Path, max_t: int) -> dict:

@@ -13,8 +13,7 @@ from optuna.trial import TrialState
 
 from search.outputs.results import load_trials, ray_statuses
 from search.outputs.storage import filesystem
-from tests.helpers import REPO, cli, study_trials, write_spec
-from tests.search.driver.test_resume_faults import kill_when
+from tests.helpers import REPO, cli, kill_when, study_trials, write_spec
 
 pytestmark = pytest.mark.slow
 
