@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -176,36 +177,45 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
                               save_during_validation=run.backend.saves_during_validation)
     model, train_ds, val_ds = build()
     epochs = int(params["epochs"])
-    while state.epoch < epochs and not reporter.failed:
-        try:
-            # One fit for every remaining epoch: each epoch's end reports (and checkpoints
-            # when the policy says so) from inside it, through the reporter.
-            model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epoch,
-                      epochs=epochs, verbose=0, shuffle=False,
-                      callbacks=[keras.callbacks.TerminateOnNaN(), reporter.callback])
-        except Exception as err:  # noqa: BLE001 - only device OOM is handled, the rest re-raised
-            reporter.discard_model_write()  # the epoch failed before its report
-            if not run.backend.is_out_of_memory(err):
-                raise
-            if state.oom_retried or state.batch_size < 2:
-                attempt.fail("oom", f"out of device memory at batch_size={state.batch_size}: "
-                             f"{str(err).splitlines()[0][:200]}")
-                return
-            # Retry once with half the batch; the learning rate follows linearly so the
-            # update size per example stays the same. The failed epoch may have changed some
-            # weights before running out of memory: continue from the last checkpoint (its
-            # weights, optimizer state and epoch), not from the model in memory; the epochs
-            # since it are trained again.
-            source = checkpoints.last_completed
-            saved = TrainingState.from_json(read_state(source)) if source else TrainingState()
-            state.epoch, state.last_metrics = saved.epoch, saved.last_metrics
-            state.oom_retried = True
-            state.batch_size //= 2
-            state.learning_rate /= 2
-            del model
-            keras.backend.clear_session()
-            model, train_ds, val_ds = build()
-            model.optimizer.learning_rate.assign(state.learning_rate)
+    try:
+        while state.epoch < epochs and not reporter.failed:
+            try:
+                # One fit for every remaining epoch: each epoch's end reports (and checkpoints
+                # when the policy says so) from inside it, through the reporter.
+                model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epoch,
+                          epochs=epochs, verbose=0, shuffle=False,
+                          callbacks=[keras.callbacks.TerminateOnNaN(), reporter.callback])
+            except Exception as err:  # noqa: BLE001 - only device OOM is handled, rest re-raised
+                reporter.discard_model_write()  # the epoch failed before its report
+                # The report in flight first: when Ray stopped the trial (SystemExit) or the
+                # report failed, that ends the trial, not what the epoch after it did.
+                reporter.settle()
+                if not run.backend.is_out_of_memory(err):
+                    raise
+                if state.oom_retried or state.batch_size < 2:
+                    attempt.fail("oom", f"out of device memory at batch_size="
+                                        f"{state.batch_size}: {str(err).splitlines()[0][:200]}")
+                    return
+                # Retry once with half the batch; the learning rate follows linearly so the
+                # update size per example stays the same. The failed epoch may have changed
+                # some weights before running out of memory: continue from the last checkpoint
+                # (its weights, optimizer state and epoch), not from the model in memory; the
+                # epochs since it are trained again.
+                source = checkpoints.last_completed
+                saved = (TrainingState.from_json(read_state(source)) if source
+                         else TrainingState())
+                state.epoch, state.last_metrics = saved.epoch, saved.last_metrics
+                state.oom_retried = True
+                state.batch_size //= 2
+                state.learning_rate /= 2
+                del model
+                keras.backend.clear_session()
+                model, train_ds, val_ds = build()
+                model.optimizer.learning_rate.assign(state.learning_rate)
+        reporter.settle()  # the last epoch's report
+    finally:
+        # Never leave a report reading a checkpoint folder that is about to be removed.
+        reporter.join()
 
 
 class _EpochReporter:
@@ -217,8 +227,14 @@ class _EpochReporter:
     validation (the weights are final for the epoch by then), where the backend allows it;
     the report waits for the write.
 
-    ``tune.report`` runs inside ``fit``: when ASHA stops the trial, Ray ends the trial's
-    thread from inside that call (``SystemExit``), which leaves ``fit`` and the trial.
+    ``tune.report`` runs in a thread of its own while the next epoch trains: Ray's copy of a
+    checkpoint into storage (an upload on a cluster) and the driver's answer no longer hold up
+    the device. One report is in flight at a time; the next epoch's end, the end of ``fit``
+    and any error wait for it first. When ASHA stops the trial, Ray ends that call with
+    ``SystemExit``: the reporter then stops ``fit`` at its next step and raises
+    ``SystemExit`` in the trial's thread, which leaves ``fit`` and the trial (the epoch begun
+    meanwhile is dropped, never reported). Any other error of the report is raised the same
+    way.
     """
 
     def __init__(self, keras: Any, attempt: _Attempt, checkpoints: _LocalCheckpoints,
@@ -229,6 +245,8 @@ class _EpochReporter:
         self.last_checkpoint_at = attempt.began  # the attempt's start counts as one
         self.model_write: ModelWrite | None = None
         self.save_during_validation = save_during_validation
+        self._in_flight: threading.Thread | None = None
+        self._report_error: BaseException | None = None
         reporter = self
 
         class Callback(keras.callbacks.Callback):
@@ -237,6 +255,8 @@ class _EpochReporter:
                 reporter.train_seconds = 0.0
 
             def on_test_begin(self, logs: Any = None) -> None:
+                # Not a validation for an epoch that will never be reported.
+                reporter.raise_if_report_failed()
                 # Validation starts: the epoch's training part ends (for images_per_s).
                 if not reporter.train_seconds:
                     reporter.train_seconds = time.perf_counter() - reporter.epoch_began
@@ -267,6 +287,8 @@ class _EpochReporter:
     def epoch_end(self, model: Any, logs: dict[str, Any]) -> None:
         state, attempt = self.attempt.state, self.attempt
         elapsed = time.perf_counter() - self.epoch_began
+        # The last report first: it may have ended the trial, and only one is in flight.
+        self.settle()
         state.epoch += 1
         metrics = {m: float(logs.get(m, float("nan"))) for m in METRICS}
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
@@ -291,4 +313,39 @@ class _EpochReporter:
                                 checkpoint_seconds=waited,
                                 images_per_s=self.train_images / max(
                                     self.train_seconds or elapsed, 1e-9))
-        tune.report(report.as_dict(), checkpoint=checkpoint)
+        self._send(model, report.as_dict(), checkpoint)
+
+    def _send(self, model: Any, metrics: dict[str, Any], checkpoint: Any) -> None:
+        """Starts ``tune.report`` in a background thread (see the class docs)."""
+
+        def deliver() -> None:
+            try:
+                tune.report(metrics, checkpoint=checkpoint)
+            except BaseException as err:  # noqa: BLE001 - raised in the trial's thread by settle()
+                self._report_error = err
+                # Ray stopped the trial (SystemExit) or the report failed: the epoch that is
+                # training now will never be reported, so leave fit at its next step.
+                model.stop_training = True
+                model.stop_evaluating = True
+
+        self._in_flight = threading.Thread(target=deliver, name="trial-report", daemon=True)
+        self._in_flight.start()
+
+    def settle(self) -> None:
+        """Waits for the report in flight, if any; raises what it raised (``SystemExit``
+        when Ray stopped the trial)."""
+        self.join()
+        error, self._report_error = self._report_error, None
+        if error is not None:
+            raise error
+
+    def raise_if_report_failed(self) -> None:
+        """Raises what the last report raised once it has ended; never waits."""
+        if self._in_flight is None or not self._in_flight.is_alive():
+            self.settle()
+
+    def join(self) -> None:
+        """Waits for the report in flight, if any, without raising."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.join()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 from checkpoint_storage import print_checkpoint_storage
-from overhead import checkpointer, format_overlap, format_parts, one_fit_ratios
+from overhead import _trial_run, checkpointer, format_overlap, format_parts, one_fit_ratios
 
 
 def test_one_fit_ratios_compare_the_trial_with_one_plain_fit_call_from_epoch_two():
@@ -37,7 +37,22 @@ def test_the_trial_epoch_breaks_down_into_fit_checkpoint_wait_and_report():
     assert (parts["checkpoints"], parts["epochs"]) == (1, 2)
     assert format_parts("short", ratios) == (
         "short: a trial epoch 2.300 s against plain's 2.000 s = fit (training, validation) "
-        "2.000 + checkpoint wait 0.150 (1 checkpoints in 2 epochs) + report 0.150")
+        "2.000 + checkpoint wait 0.150 (1 checkpoints in 2 epochs) + waiting for the last "
+        "report 0.150")
+
+
+def test_a_trial_epoch_runs_from_one_report_to_the_next_in_the_trials_own_time():
+    # Ray's time_this_iter_s starts at the driver's next train() call, made while the trial
+    # already trains on: the epoch is the step of the time the trial held, report to report.
+    history = [{"images_per_s": 50.0, "wall_seconds": 12.0, "time_this_iter_s": 11.0,
+                "epoch_seconds": 4.0},
+               {"images_per_s": 100.0, "wall_seconds": 14.5, "time_this_iter_s": 2.1,
+                "epoch_seconds": 2.2, "checkpoint_seconds": 0.1, "precision": "float32"}]
+    run = _trial_run(history, images=200)
+    assert run["epoch_seconds"] == pytest.approx([12.0, 2.5])
+    assert run["ray_time_this_iter_s"] == [11.0, 2.1]
+    assert run["checkpoint_seconds"] == [0.0, 0.1]
+    assert (run["images_per_epoch"], run["precision"]) == (200, "float32")
 
 
 def test_storage_table_names_the_goal_and_whether_it_is_met():

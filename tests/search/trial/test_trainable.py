@@ -1,10 +1,13 @@
 """The trial's epoch reporter inside a real Keras ``fit``, Ray's ``tune.report`` replaced by a
 recorder: checkpoints at the policy's epochs, their model written beside validation, what a
-checkpoint holds, and a write dropped when the epoch ends in a NaN."""
+checkpoint holds, a write dropped when the epoch ends in a NaN, and the report made in a
+thread of its own while the next epoch trains (Ray's stop and a report's error still end the
+trial)."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -33,19 +36,21 @@ def compiled_model():
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """Every report as (metrics, the checkpoint's folder, the live model's variables then,
-    the checkpoint's model variables)."""
+    """Every report as (metrics, the checkpoint's folder, its ``state.json``, the checkpoint's
+    model variables); ``live["at_epoch"]`` gets the live model's variables at each epoch's
+    end (the report itself runs while the next epoch trains)."""
     import keras
 
     sent: list[dict] = []
-    live = {}
+    live: dict = {"at_epoch": {}}
 
     def report(metrics, checkpoint=None):
-        entry = {"metrics": metrics, "checkpoint": None}
+        entry = {"metrics": metrics, "checkpoint": None,
+                 "thread": threading.current_thread().name}
         if checkpoint is not None:
             loaded = keras.saving.load_model(model_path(checkpoint.path))
             entry.update(checkpoint=checkpoint.path, state=read_state(checkpoint.path),
-                         saved=variables(loaded), live=variables(live["model"]))
+                         saved=variables(loaded))
         sent.append(entry)
 
     monkeypatch.setattr(trainable.tune, "report", report)
@@ -79,12 +84,25 @@ def reporter_for(checkpoints, *, save_during_validation: bool):
                                     save_during_validation=save_during_validation)
 
 
-def fit_three_epochs(reporter, live):
+def fit_three_epochs(reporter, live, *callbacks):
+    """Three epochs through the reporter (and ``callbacks`` after it); the last report
+    waited for, as the trial does after ``fit``."""
+    import keras
+
+    class EpochEndVariables(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            live["at_epoch"][epoch + 1] = variables(self.model)
+
     rng = np.random.default_rng(0)
     x, y = rng.random((32, 4)).astype("float32"), rng.integers(0, 3, 32)
     model = live["model"] = compiled_model()
-    model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False,
-              validation_data=(x[:16], y[:16]), callbacks=[reporter.callback])
+    try:
+        model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False,
+                  validation_data=(x[:16], y[:16]),
+                  callbacks=[reporter.callback, EpochEndVariables(), *callbacks])
+        reporter.settle()
+    finally:
+        reporter.join()
 
 
 @pytest.mark.parametrize("save_during_validation", [True, False])
@@ -103,8 +121,9 @@ def test_checkpoints_at_the_policys_epochs_hold_the_model_of_their_epoch(
             assert entry["metrics"]["checkpoint_seconds"] > 0
             assert entry["state"]["epoch"] == entry["metrics"]["epoch"]
             # What the checkpoint holds is the model the epoch ended with, optimizer included.
-            assert sorted(entry["saved"]) == sorted(entry["live"])
-            for key, value in entry["live"].items():
+            ended_with = live["at_epoch"][entry["metrics"]["epoch"]]
+            assert sorted(entry["saved"]) == sorted(ended_with)
+            for key, value in ended_with.items():
                 np.testing.assert_array_equal(entry["saved"][key], value, err_msg=key)
         # Begun as validation began: after the epoch's last training step.
         expected = [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH] if save_during_validation else []
@@ -131,3 +150,81 @@ def test_an_epoch_ending_in_nan_drops_the_model_write_begun_for_it(recorded, wri
     assert checkpoints.latest is None
     assert sent[-1]["metrics"]["trial_failed"] and sent[-1]["checkpoint"] is None
     assert sent[-1]["metrics"]["failure_reason"].startswith("nan_loss")
+
+
+def test_the_report_runs_while_the_next_epoch_trains(recorded):
+    """Epoch 2 begins while epoch 1's report is still in Ray's hands: the report holds until
+    it sees epoch 2 begin, which a report made in fit's own thread would never see."""
+    import keras
+
+    sent, live = recorded
+    recorder = trainable.tune.report
+    epoch_began = {epoch: threading.Event() for epoch in range(3)}
+
+    def slow_report(metrics, checkpoint=None):
+        recorder(metrics, checkpoint=checkpoint)
+        sent[-1]["next_epoch_began"] = epoch_began[min(metrics["epoch"], 2)].wait(10)
+
+    class EpochBegins(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epoch_began[epoch].set()
+
+    trainable.tune.report = slow_report  # the fixture's monkeypatch restores Ray's
+    checkpoints = trainable._LocalCheckpoints(None)
+    reporter = reporter_for(checkpoints, save_during_validation=True)
+    try:
+        fit_three_epochs(reporter, live, EpochBegins())
+    finally:
+        checkpoints.remove_all()
+    assert [r["metrics"]["epoch"] for r in sent] == [1, 2, 3]
+    assert [r["next_epoch_began"] for r in sent[:2]] == [True, True]
+    assert {r["thread"] for r in sent} == {"trial-report"}
+    # Still one report at a time: the checkpoints' folders were whole when Ray read them.
+    assert [r["state"]["epoch"] for r in sent if r["checkpoint"]] == [2, 3]
+
+
+@pytest.mark.parametrize("raised", [SystemExit(0), OSError("storage unreachable")])
+def test_what_the_report_raises_ends_fit_at_its_next_step_in_the_trials_thread(
+        recorded, monkeypatch, raised):
+    """Ray ends a stopped trial's report with SystemExit (and a failed upload raises): fit
+    stops at the next step of the epoch begun meanwhile, never validates or reports it, and
+    the trial's thread raises what the report raised."""
+    import keras
+
+    sent, live = recorded
+    recorder = trainable.tune.report
+    second_epoch_stepped = threading.Event()
+
+    def stopping_report(metrics, checkpoint=None):
+        recorder(metrics, checkpoint=checkpoint)
+        if metrics["epoch"] == 1:
+            assert second_epoch_stepped.wait(10)
+            raise raised
+
+    class FirstStepOfEpochTwo(keras.callbacks.Callback):
+        """Holds epoch 2 after its first step until the report has raised."""
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.model.optimizer.iterations == STEPS_PER_EPOCH + 1:
+                second_epoch_stepped.set()
+                deadline = time.monotonic() + 10
+                while not self.model.stop_training and time.monotonic() < deadline:
+                    time.sleep(0.01)
+
+        def on_test_begin(self, logs=None):
+            live.setdefault("validations", 0)
+            live["validations"] += 1
+
+    monkeypatch.setattr(trainable.tune, "report", stopping_report)
+    checkpoints = trainable._LocalCheckpoints(None)
+    reporter = reporter_for(checkpoints, save_during_validation=True)
+    try:
+        with pytest.raises(type(raised)):
+            fit_three_epochs(reporter, live, FirstStepOfEpochTwo())
+    finally:
+        checkpoints.remove_all()
+    assert [r["metrics"]["epoch"] for r in sent] == [1]
+    assert int(np.asarray(live["model"].optimizer.iterations)) == STEPS_PER_EPOCH + 1
+    # Epoch 1's validation only: the reporter raised before epoch 2's began.
+    assert live["validations"] == 1
+    assert reporter._in_flight is None
