@@ -36,6 +36,20 @@ from search.trial.checkpoint import (
 )
 from search.trial.report import METRICS, EpochReport
 
+# How long Ray waits for a stopped trial's thread to end before it reuses the process for the
+# next trial (its default: 2 s). A trial Ray stops has already begun its next epoch (its report
+# runs beside it) and ends at that epoch's next step, which on a slow device or a large batch
+# can take longer; a reuse that times out fails the *next* trial.
+RAY_THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+THREAD_TIMEOUT_S = 120
+
+
+def allow_the_step_in_progress_to_end() -> None:
+    """Lets Ray wait up to :data:`THREAD_TIMEOUT_S` for a stopped trial's step in progress
+    (Ray reads the setting in this process when it next reuses it); a value the user set
+    stays."""
+    os.environ.setdefault(RAY_THREAD_TIMEOUT_ENV, str(THREAD_TIMEOUT_S))
+
 
 def assigned_gpu_ids() -> list[str]:
     """The GPU ids Ray gave this trial ([] for a trial that asked for none)."""
@@ -134,6 +148,7 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
             ``epochs``, ``batch_size``, ``seed`` and, from the driver, ``gpus_per_trial``.
     """
     attempt_began = time.perf_counter()  # the trial holds its devices from here
+    allow_the_step_in_progress_to_end()
     params = {**fixed, **config}
     gpu_count = float(params.get("gpus_per_trial", 0) or 0)
     gpu_ids = assigned_gpu_ids()
@@ -288,7 +303,11 @@ class _EpochReporter:
         state, attempt = self.attempt.state, self.attempt
         elapsed = time.perf_counter() - self.epoch_began
         # The last report first: it may have ended the trial, and only one is in flight.
-        self.settle()
+        try:
+            self.settle()
+        except BaseException:
+            self.discard_model_write()  # this epoch will not be reported
+            raise
         state.epoch += 1
         metrics = {m: float(logs.get(m, float("nan"))) for m in METRICS}
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):

@@ -228,3 +228,31 @@ def test_what_the_report_raises_ends_fit_at_its_next_step_in_the_trials_thread(
     # Epoch 1's validation only: the reporter raised before epoch 2's began.
     assert live["validations"] == 1
     assert reporter._in_flight is None
+
+
+def test_a_trial_lets_ray_wait_for_its_step_in_progress_unless_the_user_set_the_wait(
+        monkeypatch):
+    monkeypatch.delenv(trainable.RAY_THREAD_TIMEOUT_ENV, raising=False)
+    trainable.allow_the_step_in_progress_to_end()
+    assert os.environ[trainable.RAY_THREAD_TIMEOUT_ENV] == str(trainable.THREAD_TIMEOUT_S)
+    monkeypatch.setenv(trainable.RAY_THREAD_TIMEOUT_ENV, "30")
+    trainable.allow_the_step_in_progress_to_end()
+    assert os.environ[trainable.RAY_THREAD_TIMEOUT_ENV] == "30"
+
+
+def test_a_stop_seen_at_an_epochs_end_drops_the_model_write_begun_for_it(recorded):
+    """The report of epoch 1 ended in Ray's stop while epoch 2 validated and wrote its model:
+    the write is dropped with the epoch, and SystemExit raised."""
+    sent, live = recorded
+    checkpoints = trainable._LocalCheckpoints(None)
+    reporter = reporter_for(checkpoints, save_during_validation=True)
+    model = live["model"] = compiled_model()
+    reporter.attempt.state.epoch = 1  # the rung's epoch (2) is next
+    reporter.validation_began(model)
+    folder = reporter.model_write.folder
+    reporter._report_error = SystemExit(0)  # what the report thread kept
+    with pytest.raises(SystemExit):
+        reporter.epoch_end(model, {"loss": 1.0, "val_loss": 1.0, "accuracy": 0.1,
+                                   "val_accuracy": 0.1})
+    assert reporter.model_write is None and not os.path.exists(folder)
+    assert sent == [] and checkpoints.latest is None
