@@ -76,6 +76,34 @@ def slow_epochs(config: dict, *, data: Any, fixed: dict) -> None:
         train_trial(config, data=data, fixed=fixed)
 
 
+def slow_steps_after_the_first_epoch(config: dict, *, data: Any, fixed: dict) -> None:
+    """Every training step after the first epoch takes ``step_sleep_s`` more (default 3 s),
+    as a large batch on a slow device does: a trial ASHA stops at epoch 1 is then inside a
+    step of epoch 2 when Ray comes to reuse its process."""
+    import keras
+
+    pause = float(fixed.get("step_sleep_s", 3.0))
+    original_fit = keras.Model.fit
+
+    class SlowSteps(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if self.epoch >= 1:
+                time.sleep(pause)
+
+    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["callbacks"] = [SlowSteps(), *kwargs.get("callbacks", [])]
+        return original_fit(self, *args, **kwargs)
+
+    keras.Model.fit = fit
+    try:
+        train_trial(config, data=data, fixed=fixed)
+    finally:
+        keras.Model.fit = original_fit
+
+
 def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
     """Raises TensorFlow's device OOM error inside ``fit`` while the batch is above a limit,
     in epoch ``oom_from_epoch + 1`` or later (default: from the first epoch); in a later epoch

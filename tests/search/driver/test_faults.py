@@ -183,6 +183,32 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_pat
     assert all(reason.startswith("nan_loss") for reason in reasons.values())
 
 
+def test_a_trial_stopped_inside_a_slow_step_of_its_next_epoch_leaves_its_process_reusable(
+        tmp_path, monkeypatch):
+    """Each epoch's report runs beside the next epoch, so a trial ASHA stops at epoch 1 is
+    inside epoch 2's first step (3 s here) when Ray reuses its process for the next trial;
+    with Ray's own 2 s wait for it that reuse failed and the next trial was lost."""
+    fault_trainables.ship_by_value()
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
+    spec = spec_for(tmp_path, "slowstep", train__epochs=2,
+                    dataset={"name": "digits", "subset": 96, "val_fraction": 0.5, "seed": 0},
+                    space={"learning_rate": {"loguniform": [0.0003, 0.01]}},
+                    search={"num_samples": 3, "max_concurrent": 1, "seed": 0,
+                            "baseline": False},
+                    scheduler={"grace_period": 1, "reduction_factor": 2},
+                    resources={"cpus_per_trial": 2, "gpus_per_trial": 0})
+    trainable = fault_trainables.with_settings(
+        fault_trainables.slow_steps_after_the_first_epoch, step_sleep_s=3.0)
+    summary = run_search(spec, num_cpus=2, trainable=trainable)
+    trials = load_trials(summary.experiment_dir)
+    assert len(trials) == 3
+    statuses = sorted(t.status(2) for t in trials)
+    assert "stopped" in statuses and "failed" not in statuses, statuses
+    assert not any(t.errored for t in summary.trials)
+    # One process served the trials one after another: each reuse succeeded.
+    assert len({t.history[0]["pid"] for t in trials}) == 1
+
+
 def test_injected_out_of_memory_at_a_later_epoch_retries_from_the_last_checkpoint(tmp_path):
     import keras
     import numpy as np
