@@ -4,7 +4,9 @@ Thin on purpose. TensorFlow is imported inside the trial (the driver never pays 
 GPU environment is settled first, by :func:`search.trial.runtime.prepare`); the dataset arrives
 once through Ray's object store (``tune.with_parameters``); all remaining epochs train in one
 ``model.fit`` call (one per attempt; an OOM retry starts another), and every epoch ends in
-exactly one ``tune.report`` from a Keras callback, so ``training_iteration`` equals the epoch.
+exactly one ``tune.report`` from a Keras callback, so ``training_iteration`` equals the epoch;
+the report itself (Ray's copy of a checkpoint into storage, the driver's answer) runs in a
+thread of its own while the next epoch trains.
 A checkpoint (weights and optimizer state) goes with the reports the policy picks
 (:mod:`search.checkpoint_policy`: ASHA's rungs, the last epoch, every ``checkpoint_minutes``),
 and a restarted trial continues from the last one.

@@ -55,6 +55,27 @@ def after_each_report(hook: Callable[[dict], None]) -> Iterator[None]:
         tune.report = original
 
 
+@contextlib.contextmanager
+def before_fit_callbacks(make: Callable[[], list[Any]],
+                         before_fit: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Runs ``before_fit()`` at the start of every ``keras.Model.fit`` of the trial inside and
+    puts ``make()``'s callbacks before the trial's own."""
+    import keras
+
+    original_fit = keras.Model.fit
+
+    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        before_fit()
+        kwargs["callbacks"] = [*make(), *kwargs.get("callbacks", [])]
+        return original_fit(self, *args, **kwargs)
+
+    keras.Model.fit = fit
+    try:
+        yield
+    finally:
+        keras.Model.fit = original_fit
+
+
 def crash_at_random_epochs(config: dict, *, data: Any, fixed: dict) -> None:
     """Crashes right after reporting an epoch, in about a third of the epochs before the last,
     a fresh random draw each attempt (so retries eventually get through)."""
@@ -83,7 +104,6 @@ def slow_steps_after_the_first_epoch(config: dict, *, data: Any, fixed: dict) ->
     import keras
 
     pause = float(fixed.get("step_sleep_s", 3.0))
-    original_fit = keras.Model.fit
 
     class SlowSteps(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -93,15 +113,8 @@ def slow_steps_after_the_first_epoch(config: dict, *, data: Any, fixed: dict) ->
             if self.epoch >= 1:
                 time.sleep(pause)
 
-    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["callbacks"] = [SlowSteps(), *kwargs.get("callbacks", [])]
-        return original_fit(self, *args, **kwargs)
-
-    keras.Model.fit = fit
-    try:
+    with before_fit_callbacks(lambda: [SlowSteps()]):
         train_trial(config, data=data, fixed=fixed)
-    finally:
-        keras.Model.fit = original_fit
 
 
 def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
@@ -211,23 +224,17 @@ def fault_per_trial(config: dict, *, data: Any, fixed: dict) -> None:
     if kind == "oom":
         out_of_memory_above(config, data=data, fixed={**fixed, "oom_above_batch": 0})
         return
-    original_fit = keras.Model.fit
 
     class NanLoss(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             logs["loss"] = float("nan")  # the same dict the trial's reporter reads next
 
-    def faulty_fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def crash_in_the_second_attempt() -> None:
         if attempt == 2:
             raise RuntimeError("injected crash in fit")
-        kwargs["callbacks"] = [NanLoss(), *kwargs.get("callbacks", [])]
-        return original_fit(self, *args, **kwargs)
 
-    keras.Model.fit = faulty_fit
-    try:
+    with before_fit_callbacks(lambda: [NanLoss()], crash_in_the_second_attempt):
         train_trial(config, data=data, fixed=fixed)
-    finally:
-        keras.Model.fit = original_fit
 
 
 def _claimed_fault(fault_dir: str, trial_id: str, kinds: list[str]) -> str:

@@ -135,14 +135,19 @@ def test_checkpoints_at_the_policys_epochs_hold_the_model_of_their_epoch(
         checkpoints.remove_all()
 
 
-def test_an_epoch_ending_in_nan_drops_the_model_write_begun_for_it(recorded, writes_started):
-    sent, live = recorded
+def writing_the_rungs_model(live):
+    """A reporter in the rung's epoch (2), its model write begun as validation began."""
     checkpoints = trainable._LocalCheckpoints(None)
     reporter = reporter_for(checkpoints, save_during_validation=True)
     model = live["model"] = compiled_model()
     reporter.attempt.state.epoch = 1  # the rung's epoch (2) is next
     reporter.validation_began(model)
-    folder = reporter.model_write.folder
+    return checkpoints, reporter, model, reporter.model_write.folder
+
+
+def test_an_epoch_ending_in_nan_drops_the_model_write_begun_for_it(recorded, writes_started):
+    sent, live = recorded
+    checkpoints, reporter, model, folder = writing_the_rungs_model(live)
     reporter.epoch_end(model, {"loss": float("nan"), "val_loss": 1.0, "accuracy": 0.1,
                                "val_accuracy": 0.1})
     assert reporter.failed and reporter.model_write is None
@@ -244,12 +249,7 @@ def test_a_stop_seen_at_an_epochs_end_drops_the_model_write_begun_for_it(recorde
     """The report of epoch 1 ended in Ray's stop while epoch 2 validated and wrote its model:
     the write is dropped with the epoch, and SystemExit raised."""
     sent, live = recorded
-    checkpoints = trainable._LocalCheckpoints(None)
-    reporter = reporter_for(checkpoints, save_during_validation=True)
-    model = live["model"] = compiled_model()
-    reporter.attempt.state.epoch = 1  # the rung's epoch (2) is next
-    reporter.validation_began(model)
-    folder = reporter.model_write.folder
+    checkpoints, reporter, model, folder = writing_the_rungs_model(live)
     reporter._report_error = SystemExit(0)  # what the report thread kept
     with pytest.raises(SystemExit):
         reporter.epoch_end(model, {"loss": 1.0, "val_loss": 1.0, "accuracy": 0.1,
