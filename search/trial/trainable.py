@@ -344,8 +344,13 @@ class _EpochReporter:
                 tune.report(metrics, checkpoint=checkpoint)
             except BaseException as err:  # noqa: BLE001 - raised in the trial's thread by settle()
                 self._report_error = err
-                # Ray stopped the trial (SystemExit) or the report failed: the epoch that is
-                # training now will never be reported, so leave fit at its next step.
+                # Ray stopped the trial (SystemExit) or the report failed: this attempt is over
+                # (a retry restores from storage), and Ray may end the process before the
+                # epoch in progress reaches its next step, so the local copies go now; the
+                # trial's thread touches them only after waiting for this one.
+                self.checkpoints.remove_all()
+                # The epoch that is training now will never be reported: leave fit at its
+                # next step.
                 model.stop_training = True
                 model.stop_evaluating = True
 

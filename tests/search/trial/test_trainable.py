@@ -7,6 +7,7 @@ trial)."""
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 
@@ -191,9 +192,10 @@ def test_the_report_runs_while_the_next_epoch_trains(recorded):
 @pytest.mark.parametrize("raised", [SystemExit(0), OSError("storage unreachable")])
 def test_what_the_report_raises_ends_fit_at_its_next_step_in_the_trials_thread(
         recorded, monkeypatch, raised):
-    """Ray ends a stopped trial's report with SystemExit (and a failed upload raises): fit
-    stops at the next step of the epoch begun meanwhile, never validates or reports it, and
-    the trial's thread raises what the report raised."""
+    """Ray ends a stopped trial's report with SystemExit (and a failed upload raises): the
+    attempt's local checkpoint copies go at once, fit stops at the next step of the epoch
+    begun meanwhile, never validates or reports it, and the trial's thread raises what the
+    report raised."""
     import keras
 
     sent, live = recorded
@@ -215,13 +217,16 @@ def test_what_the_report_raises_ends_fit_at_its_next_step_in_the_trials_thread(
                 deadline = time.monotonic() + 10
                 while not self.model.stop_training and time.monotonic() < deadline:
                     time.sleep(0.01)
+                live["restored_left_at_stop"] = os.path.exists(restored)
 
         def on_test_begin(self, logs=None):
             live.setdefault("validations", 0)
             live["validations"] += 1
 
     monkeypatch.setattr(trainable.tune, "report", stopping_report)
-    checkpoints = trainable._LocalCheckpoints(None)
+    # The copy of Ray's checkpoint this attempt started from.
+    restored = tempfile.mkdtemp(prefix="trial-ckpt-")
+    checkpoints = trainable._LocalCheckpoints(restored)
     reporter = reporter_for(checkpoints, save_during_validation=True)
     try:
         with pytest.raises(type(raised)):
@@ -229,6 +234,9 @@ def test_what_the_report_raises_ends_fit_at_its_next_step_in_the_trials_thread(
     finally:
         checkpoints.remove_all()
     assert [r["metrics"]["epoch"] for r in sent] == [1]
+    # Gone as the report raised, before the epoch in progress ended: Ray may end the process
+    # first.
+    assert live["restored_left_at_stop"] is False
     assert int(np.asarray(live["model"].optimizer.iterations)) == STEPS_PER_EPOCH + 1
     # Epoch 1's validation only: the reporter raised before epoch 2's began.
     assert live["validations"] == 1
