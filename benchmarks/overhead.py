@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -155,63 +156,96 @@ def plain_fit(spec: Any, per_epoch_calls: bool = False,
             "first_batch_seconds": first_batch_seconds}
 
 
+CHECKPOINT_WRITES = ("after", "beside", "snapshot")
+
+
 def checkpointer(keras: Any, where: str) -> Any:
     """A Keras callback writing a trial's checkpoint every epoch, its model ``"after"`` the
-    epoch's validation or ``"beside"`` it, as the trial does where its backend allows; each
-    checkpoint deleted once written (only the time matters here)."""
+    epoch's validation, ``"beside"`` it (``model.save`` begun as validation begins, waited
+    for at the epoch's end: a CPU trial's way), or from a ``"snapshot"`` (the variables
+    copied beside validation, waited for at the epoch's end, written while the next epoch
+    trains: a GPU trial's way); each checkpoint deleted once written (only the time matters
+    here)."""
     from search.trial.checkpoint import ModelWrite, TrainingState, write_checkpoint
 
-    if where not in ("after", "beside"):
-        raise ValueError(f"checkpoint: `after` or `beside`, got {where!r}")
+    if where not in CHECKPOINT_WRITES:
+        raise ValueError(f"checkpoint: one of {', '.join(CHECKPOINT_WRITES)}; got {where!r}")
+
+    def finish(model: Any, epoch: int, started: ModelWrite | None) -> None:
+        shutil.rmtree(write_checkpoint(model, TrainingState(epoch=epoch + 1), started=started))
 
     class Checkpointer(keras.callbacks.Callback):
         started: ModelWrite | None = None
+        finishing: threading.Thread | None = None
 
         def on_test_begin(self, logs: Any = None) -> None:
-            if where == "beside" and self.started is None:
-                self.started = ModelWrite(self.model)
+            if where != "after" and self.started is None:
+                self.started = ModelWrite(self.model, beside_training=where == "snapshot")
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             started, self.started = self.started, None
-            folder = write_checkpoint(self.model, TrainingState(epoch=epoch + 1),
-                                      started=started)
-            shutil.rmtree(folder)
+            if where != "snapshot":
+                finish(self.model, epoch, started)
+                return
+            started.wait_until_copied()
+            self.join()  # one write in flight, as the trial's reports
+            self.finishing = threading.Thread(target=finish, args=(self.model, epoch, started))
+            self.finishing.start()
+
+        def on_train_end(self, logs: Any = None) -> None:
+            self.join()
+
+        def join(self) -> None:
+            if self.finishing is not None:
+                self.finishing.join()
+                self.finishing = None
 
     return Checkpointer()
 
 
-def checkpoint_overlap(ctx: Context, pairs: int = 2) -> dict[str, Any]:
+def checkpoint_overlap(ctx: Context, rounds: int = 2) -> dict[str, Any]:
     """Plain ``fit`` on the short epochs with a checkpoint every epoch, its model written
-    after validation or beside it, in interleaved pairs (a slow spell of a shared machine
-    then hits both): the whole epoch's seconds (epochs 2+) of each.
+    after validation, beside it, or from a snapshot beside the next epoch
+    (:func:`checkpointer`), in interleaved rounds (a slow spell of a shared machine then hits
+    all three): the whole epoch's seconds (epochs 2+) of each.
 
     Args:
         ctx: The run's context (the short size).
-        pairs: How many after/beside pairs.
+        rounds: How many rounds of the three.
 
     Returns:
-        Per run its mode and mean epoch seconds, each mode's mean, and beside / after.
+        Per run its mode and mean epoch seconds, each mode's mean, beside / after
+        (``ratio``) and snapshot / after (``snapshot_ratio``).
     """
     spec = load_spec(overhead_spec(ctx, "overhead-overlap", ctx.mode.overhead_short_subset))
     runs = []
-    for pair in range(pairs):
-        for where in ("after", "beside"):
-            progress(f"overhead: checkpoint every epoch written {where} validation "
-                     f"({pair + 1}/{pairs})")
+    for round_ in range(rounds):
+        for where in CHECKPOINT_WRITES:
+            progress(f"overhead: checkpoint every epoch, written {where} "
+                     f"({round_ + 1}/{rounds})")
             fitted = plain_fit(spec, checkpoint=where)
             runs.append({"where": where, "epoch_s": mean(fitted["epoch_seconds"][1:])})
-    after = mean([r["epoch_s"] for r in runs if r["where"] == "after"])
-    beside = mean([r["epoch_s"] for r in runs if r["where"] == "beside"])
-    return {"runs": runs, "after_epoch_s": after, "beside_epoch_s": beside,
-            "ratio": beside / after, "images": fitted["images_per_epoch"]}
+    seconds = {where: mean([r["epoch_s"] for r in runs if r["where"] == where])
+               for where in CHECKPOINT_WRITES}
+    return {"runs": runs, "after_epoch_s": seconds["after"],
+            "beside_epoch_s": seconds["beside"], "snapshot_epoch_s": seconds["snapshot"],
+            "ratio": seconds["beside"] / seconds["after"],
+            "snapshot_ratio": seconds["snapshot"] / seconds["after"],
+            "images": fitted["images_per_epoch"]}
 
 
 def format_overlap(result: Mapping[str, Any]) -> str:
-    """One line: the short epoch with a checkpoint written after validation and beside it."""
+    """One line: the short epoch with a checkpoint written after validation, beside it, and
+    from a snapshot beside the next epoch."""
+    snapshot = ""
+    if "snapshot_epoch_s" in result:  # runs before 2026-11-30 13:00 lack it
+        snapshot = (f", {result['snapshot_epoch_s']:.3f} from a snapshot beside the next "
+                    f"epoch (/ after = {result['snapshot_ratio']:.3f})")
     return (f"checkpoint every epoch, plain fit, short epochs ({result['images']} images): "
             f"{result['after_epoch_s']:.3f} s/epoch written after validation, "
             f"{result['beside_epoch_s']:.3f} beside it (beside / after = "
-            f"{result['ratio']:.3f}; {len(result['runs']) // 2} interleaved pairs)")
+            f"{result['ratio']:.3f}){snapshot}; "
+            f"{sum(1 for run in result['runs'] if run['where'] == 'after')} interleaved rounds")
 
 
 def cli_time_to_first_epoch(raw: Mapping[str, Any], ctx: Context, log: Path) -> dict[str, Any]:

@@ -191,7 +191,9 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
 
     reporter = _EpochReporter(keras, attempt, checkpoints, CheckpointPolicy.from_settings(params),
                               len(data.x_train),
-                              save_during_validation=run.backend.saves_during_validation)
+                              save_during_validation=run.backend.saves_during_validation,
+                              # The host's cores are idle while a GPU trains (ModelWrite).
+                              write_beside_training=bool(run.gpus))
     model, train_ds, val_ds = build()
     epochs = int(params["epochs"])
     try:
@@ -241,13 +243,16 @@ class _EpochReporter:
     NaN/inf loss.
 
     A checkpoint's model is written in a background thread from the start of the epoch's
-    validation (the weights are final for the epoch by then), where the backend allows it;
-    the report waits for the write.
+    validation (the variables are final for the epoch by then), where the backend allows it;
+    on a GPU the epoch's end waits only for the variables' copy to host memory and the
+    writing goes on beside the next epoch, on the CPU it waits for the whole write
+    (:class:`ModelWrite`).
 
-    ``tune.report`` runs in a thread of its own while the next epoch trains: Ray's copy of a
-    checkpoint into storage (an upload on a cluster) and the driver's answer no longer hold up
-    the device. One report is in flight at a time; the next epoch's end, the end of ``fit``
-    and any error wait for it first. When ASHA stops the trial, Ray ends that call with
+    ``tune.report`` runs in a thread of its own while the next epoch trains, after the
+    checkpoint's writing (on a GPU): that, Ray's copy of the checkpoint into storage (an
+    upload on a cluster) and the driver's answer no longer hold up the device. One report is
+    in flight at a time; the next epoch's end, the end of ``fit`` and any error wait for it
+    first. When ASHA stops the trial, Ray ends that call with
     ``SystemExit``: the reporter then stops ``fit`` at its next step and raises
     ``SystemExit`` in the trial's thread, which leaves ``fit`` and the trial (the epoch begun
     meanwhile is dropped, never reported). Any other error of the report is raised the same
@@ -256,12 +261,14 @@ class _EpochReporter:
 
     def __init__(self, keras: Any, attempt: _Attempt, checkpoints: _LocalCheckpoints,
                  policy: CheckpointPolicy, train_images: int, *,
-                 save_during_validation: bool = True) -> None:
+                 save_during_validation: bool = True,
+                 write_beside_training: bool = False) -> None:
         self.failed = False
         self.epoch_began = self.train_seconds = 0.0
         self.last_checkpoint_at = attempt.began  # the attempt's start counts as one
         self.model_write: ModelWrite | None = None
         self.save_during_validation = save_during_validation
+        self.write_beside_training = write_beside_training
         self._in_flight: threading.Thread | None = None
         self._report_error: BaseException | None = None
         reporter = self
@@ -293,7 +300,10 @@ class _EpochReporter:
         """Starts writing the model when this epoch will report a checkpoint."""
         if (self.save_during_validation and self.model_write is None
                 and self.checkpoint_due(self.attempt.state.epoch + 1)):
-            self.model_write = ModelWrite(model)
+            self.model_write = self._model_write(model)
+
+    def _model_write(self, model: Any) -> ModelWrite:
+        return ModelWrite(model, beside_training=self.write_beside_training)
 
     def discard_model_write(self) -> None:
         """Drops a model write begun for an epoch that will not report it."""
@@ -320,27 +330,38 @@ class _EpochReporter:
             return
         state.last_metrics = metrics
         attempt.count_held_time()
-        checkpoint = None
+        checkpoint_write = None
         waited = 0.0
         if self.model_write is not None or self.checkpoint_due(state.epoch):
             began = time.perf_counter()
-            started, self.model_write = self.model_write, None
-            self.checkpoints.replace_latest(write_checkpoint(model, state, started=started))
+            checkpoint_write = self.model_write or self._model_write(model)
+            self.model_write = None
+            # The next epoch may change the variables once the write has them; the rest of
+            # the writing (beside the next epoch, on a GPU) the report waits for.
+            checkpoint_write.wait_until_copied()
             self.last_checkpoint_at = time.perf_counter()
             waited = self.last_checkpoint_at - began
-            attempt.count_held_time()  # the report counts the checkpoint's writing too
-            checkpoint = tune.Checkpoint.from_directory(self.checkpoints.latest)
+            attempt.count_held_time()  # the report counts the wait for the copy too
         report = attempt.report(epoch=state.epoch, **metrics, epoch_seconds=elapsed,
                                 checkpoint_seconds=waited,
                                 images_per_s=self.train_images / max(
                                     self.train_seconds or elapsed, 1e-9))
-        self._send(model, report.as_dict(), checkpoint)
+        # The state as of this epoch: the next one changes ``state`` while the report runs.
+        self._send(model, report.as_dict(), checkpoint_write,
+                   TrainingState.from_json(state.to_json()))
 
-    def _send(self, model: Any, metrics: dict[str, Any], checkpoint: Any) -> None:
-        """Starts ``tune.report`` in a background thread (see the class docs)."""
+    def _send(self, model: Any, metrics: dict[str, Any], checkpoint_write: ModelWrite | None,
+              saved_state: TrainingState) -> None:
+        """Starts ``tune.report`` in a background thread (see the class docs), after the
+        epoch's checkpoint, if any, is written."""
 
         def deliver() -> None:
             try:
+                checkpoint = None
+                if checkpoint_write is not None:
+                    self.checkpoints.replace_latest(
+                        write_checkpoint(model, saved_state, started=checkpoint_write))
+                    checkpoint = tune.Checkpoint.from_directory(self.checkpoints.latest)
                 tune.report(metrics, checkpoint=checkpoint)
             except BaseException as err:  # noqa: BLE001 - raised in the trial's thread by settle()
                 self._report_error = err

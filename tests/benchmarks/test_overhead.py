@@ -65,16 +65,23 @@ def test_storage_table_names_the_goal_and_whether_it_is_met():
     assert text.endswith("= 5: NOT met")
 
 
-def test_the_overlap_line_says_both_epoch_times_and_their_ratio():
-    result = {"runs": [{"where": "after", "epoch_s": 1.2}, {"where": "beside", "epoch_s": 1.1},
-                       {"where": "after", "epoch_s": 1.2}, {"where": "beside", "epoch_s": 1.1}],
-              "after_epoch_s": 1.2, "beside_epoch_s": 1.1, "ratio": 1.1 / 1.2, "images": 80}
+def test_the_overlap_line_says_each_ways_epoch_time_and_its_ratio_to_after():
+    runs = [{"where": where, "epoch_s": seconds} for where, seconds in
+            (("after", 1.2), ("beside", 1.1), ("snapshot", 1.5))] * 2
+    result = {"runs": runs, "after_epoch_s": 1.2, "beside_epoch_s": 1.1,
+              "snapshot_epoch_s": 1.5, "ratio": 1.1 / 1.2, "snapshot_ratio": 1.5 / 1.2,
+              "images": 80}
     assert format_overlap(result) == (
         "checkpoint every epoch, plain fit, short epochs (80 images): 1.200 s/epoch written "
-        "after validation, 1.100 beside it (beside / after = 0.917; 2 interleaved pairs)")
+        "after validation, 1.100 beside it (beside / after = 0.917), 1.500 from a snapshot "
+        "beside the next epoch (/ after = 1.250); 2 interleaved rounds")
+    # A run from before the snapshot way: two ways.
+    older = {key: value for key, value in result.items() if "snapshot" not in key}
+    older["runs"] = [run for run in runs if run["where"] != "snapshot"]
+    assert format_overlap(older).endswith("(beside / after = 0.917); 2 interleaved rounds")
 
 
-@pytest.mark.parametrize("where", ["after", "beside"])
+@pytest.mark.parametrize("where", ["after", "beside", "snapshot"])
 def test_the_benchmarks_checkpointer_writes_every_epoch_and_leaves_nothing(where, monkeypatch):
     import keras
     import numpy as np
@@ -96,12 +103,13 @@ def test_the_benchmarks_checkpointer_writes_every_epoch_and_leaves_nothing(where
     x, y = np.zeros((8, 4), "float32"), np.zeros(8, "int64")
     model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
               callbacks=[checkpointer(keras, where)])
-    assert written[0::2] == [(1, where == "beside"), (2, where == "beside")]
+    assert written[0::2] == [(1, where != "after"), (2, where != "after")]
     assert not any(os.path.exists(folder) for folder in written[1::2])
 
 
 def test_the_benchmarks_checkpointer_names_what_it_accepts():
     import keras
 
-    with pytest.raises(ValueError, match="checkpoint: `after` or `beside`, got 'never'"):
+    with pytest.raises(ValueError,
+                       match="checkpoint: one of after, beside, snapshot; got 'never'"):
         checkpointer(keras, "never")

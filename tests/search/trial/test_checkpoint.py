@@ -16,6 +16,7 @@ from search.outputs.export import write_keras_file
 from search.trial.checkpoint import (
     LEGACY_MODEL_FILE,
     MODEL_DIR,
+    ModelSnapshot,
     ModelWrite,
     TrainingState,
     model_path,
@@ -99,10 +100,111 @@ def test_export_writes_one_keras_file_of_the_same_model_from_either_format(train
         assert_same_model(keras.saving.load_model(path), trained_model)
 
 
-def test_a_model_written_in_the_background_makes_the_same_checkpoint(trained_model):
+def h5_contents(path) -> dict[str, tuple[dict, object]]:
+    """Every group and dataset of an HDF5 file: its attributes and, for datasets, the array."""
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: found.__setitem__(name, (
+            dict(item.attrs), item[()] if isinstance(item, h5py.Dataset) else None)))
+    return found
+
+
+def test_a_snapshot_writes_the_folder_model_save_writes(trained_model, tmp_path):
+    import json
+
+    trained_model.save(tmp_path / "saved", zipped=False)
+    snapshot = ModelSnapshot.take(trained_model, str(tmp_path / "replayed"))
+    snapshot.write(str(tmp_path / "replayed"))
+    assert sorted(os.listdir(tmp_path / "replayed")) == sorted(os.listdir(tmp_path / "saved"))
+    assert ((tmp_path / "replayed" / "config.json").read_text()
+            == (tmp_path / "saved" / "config.json").read_text())
+    saved_metadata, replayed_metadata = (
+        json.loads((tmp_path / folder / "metadata.json").read_text())
+        for folder in ("saved", "replayed"))
+    saved_metadata.pop("date_saved")
+    replayed_metadata.pop("date_saved")
+    assert replayed_metadata == saved_metadata
+    saved, replayed = (h5_contents(tmp_path / folder / "model.weights.h5")
+                       for folder in ("saved", "replayed"))
+    assert sorted(replayed) == sorted(saved)
+    assert any(name.startswith("optimizer/") for name in saved)
+    for name, (attributes, value) in saved.items():
+        assert replayed[name][0] == attributes, name
+        if value is not None:
+            np.testing.assert_array_equal(replayed[name][1], value, err_msg=name)
+    # Weights and optimizer state, all of it copied.
+    assert snapshot.nbytes == sum(np.asarray(value).nbytes for _, value in saved.values()
+                                  if value is not None)
+
+
+def test_a_checkpoint_holds_the_variables_at_its_snapshot_not_the_training_after_it():
     import keras
 
-    started = ModelWrite(trained_model)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(1)
+    x, y = rng.random((32, 4)), rng.integers(0, 3, 32)
+    model.fit(x, y, epochs=1, verbose=0)
+
+    def values(model):  # in order: a loaded model's optimizer has a name of its own
+        return [np.asarray(v) for v in [*model.weights, *model.optimizer.variables]]
+
+    at_snapshot = values(model)
+    started = ModelWrite(model, beside_training=True)
+    started.wait_until_copied()
+    model.fit(x, y, epochs=2, verbose=0)  # the next epochs, beside the writing
+    assert not np.array_equal(values(model)[0], at_snapshot[0])
+    folder = write_checkpoint(model, TrainingState(epoch=1), started=started)
+    try:
+        got = values(keras.saving.load_model(model_path(folder)))
+        assert len(got) == len(at_snapshot) == 6  # kernel, bias; iterations, lr, 2 momenta
+        for index, value in enumerate(at_snapshot):
+            np.testing.assert_array_equal(got[index], value, err_msg=str(index))
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_write_from_a_snapshot_that_fails_raises_in_the_trial_and_leaves_no_folder(
+        trained_model, monkeypatch):
+    def disk_full(self, model_dir):
+        os.makedirs(model_dir, exist_ok=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ModelSnapshot, "write", disk_full)
+    started = ModelWrite(trained_model, beside_training=True)
+    started.wait_until_copied()  # the copy itself was taken: the model may train on
+    with pytest.raises(OSError, match="No space left"):
+        write_checkpoint(trained_model, TrainingState(epoch=1), started=started)
+    assert not os.path.exists(started.folder)
+
+
+class UnsavableModel:
+    """Not a Keras model: neither ``save`` nor Keras's saving walk can write it."""
+
+    def save(self, path, zipped=True):
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("beside_training", [False, True])
+def test_a_write_that_fails_while_it_reads_the_model_raises_at_the_epochs_end(beside_training):
+    started = ModelWrite(UnsavableModel(), beside_training=beside_training)
+    with pytest.raises(Exception) as raised:
+        started.wait_until_copied()
+    if not beside_training:
+        assert isinstance(raised.value, OSError) and "No space left" in str(raised.value)
+    assert not isinstance(raised.value, AssertionError)
+    assert not os.path.exists(started.folder)
+
+
+@pytest.mark.parametrize("beside_training", [False, True])
+def test_a_model_written_either_way_makes_the_same_checkpoint(trained_model, beside_training):
+    import keras
+
+    started = ModelWrite(trained_model, beside_training=beside_training)
+    started.wait_until_copied()
     folder = write_checkpoint(trained_model, TrainingState(epoch=2), started=started)
     try:
         assert folder == started.folder
@@ -111,18 +213,6 @@ def test_a_model_written_in_the_background_makes_the_same_checkpoint(trained_mod
         assert_same_model(keras.saving.load_model(model_path(folder)), trained_model)
     finally:
         shutil.rmtree(folder)
-
-
-class UnsavableModel:
-    def save(self, path, zipped=True):
-        raise OSError(28, "No space left on device")
-
-
-def test_a_background_write_that_fails_raises_in_the_trial_and_leaves_no_folder():
-    started = ModelWrite(UnsavableModel())
-    with pytest.raises(OSError, match="No space left"):
-        write_checkpoint(UnsavableModel(), TrainingState(epoch=1), started=started)
-    assert not os.path.exists(started.folder)
 
 
 def test_a_discarded_background_write_leaves_no_folder(trained_model):

@@ -7,6 +7,7 @@ trial)."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -61,20 +62,23 @@ def recorded(monkeypatch):
 
 @pytest.fixture
 def writes_started(monkeypatch):
-    """The optimizer step count each background model write began at."""
-    started: list[int] = []
+    """The optimizer step count each background model write began at, and where (the
+    reporter's method that began it)."""
+    started: list[tuple[int, str]] = []
     original = trainable.ModelWrite
 
     class RecordedWrite(original):
-        def __init__(self, model):
-            started.append(int(np.asarray(model.optimizer.iterations)))
-            super().__init__(model)
+        def __init__(self, model, **kwargs):
+            started.append((int(np.asarray(model.optimizer.iterations)),
+                            sys._getframe(2).f_code.co_name))
+            super().__init__(model, **kwargs)
 
     monkeypatch.setattr(trainable, "ModelWrite", RecordedWrite)
     return started
 
 
-def reporter_for(checkpoints, *, save_during_validation: bool):
+def reporter_for(checkpoints, *, save_during_validation: bool,
+                 write_beside_training: bool = False):
     import keras
 
     state = TrainingState(batch_size=8, learning_rate=0.1)
@@ -82,7 +86,8 @@ def reporter_for(checkpoints, *, save_during_validation: bool):
                                  began=time.perf_counter())
     policy = CheckpointPolicy(last_epoch=3, rungs=frozenset({2}))
     return trainable._EpochReporter(keras, attempt, checkpoints, policy, train_images=32,
-                                    save_during_validation=save_during_validation)
+                                    save_during_validation=save_during_validation,
+                                    write_beside_training=write_beside_training)
 
 
 def fit_three_epochs(reporter, live, *callbacks):
@@ -106,12 +111,14 @@ def fit_three_epochs(reporter, live, *callbacks):
         reporter.join()
 
 
+@pytest.mark.parametrize("write_beside_training", [False, True], ids=["cpu", "gpu"])
 @pytest.mark.parametrize("save_during_validation", [True, False])
 def test_checkpoints_at_the_policys_epochs_hold_the_model_of_their_epoch(
-        recorded, writes_started, save_during_validation):
+        recorded, writes_started, save_during_validation, write_beside_training):
     sent, live = recorded
     checkpoints = trainable._LocalCheckpoints(None)
-    reporter = reporter_for(checkpoints, save_during_validation=save_during_validation)
+    reporter = reporter_for(checkpoints, save_during_validation=save_during_validation,
+                            write_beside_training=write_beside_training)
     try:
         fit_three_epochs(reporter, live)
         assert [r["metrics"]["epoch"] for r in sent] == [1, 2, 3]
@@ -126,9 +133,11 @@ def test_checkpoints_at_the_policys_epochs_hold_the_model_of_their_epoch(
             assert sorted(entry["saved"]) == sorted(ended_with)
             for key, value in ended_with.items():
                 np.testing.assert_array_equal(entry["saved"][key], value, err_msg=key)
-        # Begun as validation began: after the epoch's last training step.
-        expected = [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH] if save_during_validation else []
-        assert writes_started == expected
+        # Begun after the epoch's last training step: as validation began, or (JAX) at the
+        # epoch's end.
+        began_in = "validation_began" if save_during_validation else "epoch_end"
+        assert writes_started == [(2 * STEPS_PER_EPOCH, began_in),
+                                  (3 * STEPS_PER_EPOCH, began_in)]
         # Only the latest checkpoint is kept locally.
         assert os.path.isdir(checkpoints.latest)
         assert not os.path.exists(sent[1]["checkpoint"])
