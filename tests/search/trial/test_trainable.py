@@ -262,6 +262,49 @@ def test_a_trial_lets_ray_wait_for_its_step_in_progress_unless_the_user_set_the_
     assert os.environ[trainable.RAY_THREAD_TIMEOUT_ENV] == "30"
 
 
+def test_a_checkpoint_write_that_fails_beside_the_next_epoch_ends_it_like_a_failed_report(
+        recorded, monkeypatch):
+    """On a GPU the epoch's end waits only for the variables' copy; when writing that copy
+    fails (a full disk) while the next epoch trains, that epoch ends at its next step,
+    unreported, the folder is removed, and the trial's thread raises the error (Ray then
+    retries from the last checkpoint in storage)."""
+    import keras
+
+    from search.trial.checkpoint import ModelSnapshot
+
+    sent, live = recorded
+    third_epoch_stepped = threading.Event()
+    written_to = []
+
+    def disk_full(self, model_dir):
+        written_to.append(model_dir)
+        assert third_epoch_stepped.wait(10)  # the next epoch trains beside the writing
+        raise OSError(28, "No space left on device")
+
+    class FirstStepOfEpochThree(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.model.optimizer.iterations == 2 * STEPS_PER_EPOCH + 1:
+                third_epoch_stepped.set()
+                deadline = time.monotonic() + 10
+                while not self.model.stop_training and time.monotonic() < deadline:
+                    time.sleep(0.01)
+
+    monkeypatch.setattr(ModelSnapshot, "write", disk_full)
+    checkpoints = trainable._LocalCheckpoints(None)
+    reporter = reporter_for(checkpoints, save_during_validation=True,
+                            write_beside_training=True)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            fit_three_epochs(reporter, live, FirstStepOfEpochThree())
+    finally:
+        checkpoints.remove_all()
+    # Epoch 2 (the rung) had its checkpoint's write fail: never reported.
+    assert [r["metrics"]["epoch"] for r in sent] == [1]
+    assert int(np.asarray(live["model"].optimizer.iterations)) == 2 * STEPS_PER_EPOCH + 1
+    assert len(written_to) == 1 and not os.path.exists(os.path.dirname(written_to[0]))
+    assert checkpoints.latest is None
+
+
 def test_a_stop_seen_at_an_epochs_end_drops_the_model_write_begun_for_it(recorded):
     """The report of epoch 1 ended in Ray's stop while epoch 2 validated and wrote its model:
     the write is dropped with the epoch, and SystemExit raised."""
