@@ -2,7 +2,9 @@
 
 VGG16 images/s at 160x160 in float32 and mixed precision, each with and without XLA (each
 measured in a fresh ``benchmarks/run.py --gpu-worker`` process), the share of the GPU's peak
-that is, and trials per hour with 1, 2 and 4 trials packed on one GPU. Skipped where the
+that is, trials per hour with 1, 2 and 4 trials packed on one GPU, and the seconds per short
+epoch with a checkpoint every epoch written the CPU trial's way (the next epoch waits for the
+whole write) and the GPU trial's way (it waits for the variables' copy only). Skipped where the
 backend sees no GPU. ``--backend jax`` or ``torch`` runs the same section on that Keras backend
 (workers, synthetic data and the packed trials alike); the section's own code and its workers
 import no TensorFlow then (a packed trial's ``keras.utils.set_random_seed`` still seeds
@@ -66,6 +68,13 @@ GPU_CASES = ((160, 128),)  # (image size, batch size that fills a large GPU)
 GPU_MODES = (("float32", False), ("float32", True), ("mixed", False), ("mixed", True))
 PACKING = (1, 2, 4)
 MIN_TIMED_STEPS = 3
+# A checkpoint every epoch on short epochs, the GPU trial's way (the variables' copy waited for,
+# the write beside the next epoch) against the CPU trial's (the whole write waited for) and
+# none: (image size, batch, train images, validation images, epochs). About a second per epoch
+# at 160x160 on an H100-class GPU, where validation hides least of a write.
+CHECKPOINT_CASE = (160, 64, 2048, 256, 6)
+CHECKPOINT_WAYS = ("none", "beside", "snapshot")
+CHECKPOINT_GUESS_S = 150.0  # the checkpoint job's expected time, for the section's budget
 WORKER_TIMEOUT_S = 240  # TensorFlow's start, the build, XLA's compilation and the timed steps
 SECTION_BUDGET_S = 540  # the whole section, packing searches included: under 10 minutes
 FIRST_PACKING_GUESS_S = 150  # what a packing search is expected to take before one has run
@@ -168,22 +177,15 @@ def gpu_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         The job's settings, the precision policy it ran, images/s and the device.
     """
+    if job.get("kind") == "checkpoint":
+        return checkpoint_worker(job)
     backend = backends.activate(job.get("backend", "tensorflow"), gpu_fraction=1.0)
     import keras
 
-    from model_zoo import build_model
-
     gpus = backend.configure_gpus(1.0)
-    # mixed: bfloat16 from compute capability 8 on, float16 before (the trials' `auto`).
-    precision = (backends.resolve_precision("auto", backend.compute_capability(gpus))
-                 if job["precision"] == "mixed" else "float32")
-    keras.mixed_precision.set_global_policy(precision)
+    precision = _set_precision(keras, backend, gpus, job["precision"])
     size, batch = int(job["size"]), int(job["batch"])
-    model = build_model({"backbone": "vgg16", "weights": "none", "upsample": 1,
-                         "noise_std": 0.0, "dense_units": 256, "dropout": 0.5},
-                        input_shape=(size, size, 3), num_classes=10)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", jit_compile=bool(job["xla"]))
+    model = _vgg16(keras, size, bool(job["xla"]))
     # Keras's random ops make the tensors on the backend's default device: the GPU when there
     # is one, so no step copies its batch from the host.
     x = keras.random.uniform((batch, size, size, 3), seed=0)
@@ -196,6 +198,85 @@ def gpu_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     return {"backend": backend.name, "size": size, "batch": batch, "precision": precision,
             "xla": bool(job["xla"]), "steps": steps, "seconds": seconds,
             "images_per_s": steps * batch / seconds, "device": "GPU:0" if gpus else "CPU"}
+
+
+def _set_precision(keras: Any, backend: Any, gpus: list[Any], wanted: str) -> str:
+    """Sets Keras's global policy; ``mixed`` is bfloat16 from compute capability 8 on,
+    float16 before (the trials' ``auto``)."""
+    precision = (backends.resolve_precision("auto", backend.compute_capability(gpus))
+                 if wanted == "mixed" else "float32")
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
+
+
+def _vgg16(keras: Any, size: int, xla: bool) -> Any:
+    """The benchmark's VGG16 (random weights, the project's head), compiled as trials are."""
+    from model_zoo import build_model
+
+    model = build_model({"backbone": "vgg16", "weights": "none", "upsample": 1,
+                         "noise_std": 0.0, "dense_units": 256, "dropout": 0.5},
+                        input_shape=(size, size, 3), num_classes=10)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", jit_compile=xla)
+    return model
+
+
+def checkpoint_worker(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Seconds per epoch (epochs 2+) of VGG16 ``fit`` with validation and a checkpoint every
+    epoch, written each way in ``ways`` (see ``overhead.checkpointer``: ``beside`` is a CPU
+    trial's way, the next epoch waiting for the whole write; ``snapshot`` a GPU trial's, the
+    next epoch waiting only for the variables' copy), ``none`` without checkpoints; a fresh
+    model for each, in this one process.
+
+    Args:
+        job: ``backend``, ``size``, ``batch``, ``train_images``, ``val_images``, ``epochs``,
+            ``precision`` (float32 or mixed) and ``ways``.
+
+    Returns:
+        The job's settings, the precision it ran, the mean epoch seconds per way, the
+        checkpoint's bytes and the device.
+    """
+    backend = backends.activate(job.get("backend", "tensorflow"), gpu_fraction=1.0)
+    import keras
+    import numpy as np
+    from overhead import checkpointer
+
+    gpus = backend.configure_gpus(1.0)
+    precision = _set_precision(keras, backend, gpus, job["precision"])
+    size, batch, epochs = int(job["size"]), int(job["batch"]), int(job["epochs"])
+    rng = np.random.default_rng(0)
+    images = int(job["train_images"]) + int(job["val_images"])
+    x = rng.random((images, size, size, 3), dtype=np.float32)
+    y = rng.integers(0, 10, images)
+    split = int(job["train_images"])
+    epoch_s: dict[str, float] = {}
+    checkpoint_bytes = 0
+    for way in job["ways"]:
+        seconds: list[float] = []
+
+        class EpochTimer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self.began = time.perf_counter()
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                seconds.append(time.perf_counter() - self.began)
+
+        model = _vgg16(keras, size, xla=False)
+        # The checkpointer first: the epoch's time includes what its end waits for.
+        callbacks = [] if way == "none" else [checkpointer(
+            keras, way, during_validation=backend.saves_during_validation)]
+        model.fit(x[:split], y[:split], batch_size=batch, epochs=epochs, verbose=0,
+                  validation_data=(x[split:], y[split:]), shuffle=False,
+                  callbacks=[*callbacks, EpochTimer()])
+        epoch_s[way] = mean(seconds[1:])
+        checkpoint_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                               for v in [*model.weights, *model.optimizer.variables])
+        del model
+        keras.backend.clear_session()
+    return {"kind": "checkpoint", "backend": backend.name, "size": size, "batch": batch,
+            "train_images": split, "val_images": images - split, "epochs": epochs,
+            "precision": precision, "epoch_s": epoch_s, "checkpoint_bytes": checkpoint_bytes,
+            "device": "GPU:0" if gpus else "CPU"}
 
 
 def _run_gpu_worker(job: Mapping[str, Any], log: Path) -> dict[str, Any]:
@@ -371,12 +452,60 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
             continue
         packing.append({**entry, **packing_figures(summary.trials, summary.max_t, wall,
                                                    train_images)})
+    checkpoint = bench_checkpoint_writes(ctx, log,
+                                         SECTION_BUDGET_S - (time.perf_counter() - began))
     return {"skipped": False, "backend": ctx.backend, "gpu": name, "throughput": rows,
-            "packing": packing,
+            "packing": packing, "checkpoint": checkpoint,
             "section_budget_s": SECTION_BUDGET_S,
             "peak_source": "--gpu-peak-tflops" if ctx.gpu_peak_tflops else "datasheet table",
             "packing_spec": {k: v for k, v in packing_spec(ctx, 1, data_path).items()
                              if k in ("model", "train")}}
+
+
+def bench_checkpoint_writes(ctx: Context, log: Path, left_s: float) -> dict[str, Any]:
+    """Short epochs with a checkpoint every epoch, each way (:func:`checkpoint_worker`, in a
+    fresh process); skipped when it would not fit in ``left_s`` seconds.
+
+    Returns:
+        The worker's result with ``snapshot_ratio`` (GPU way / CPU way) and
+        ``checkpoint_cost`` per way (epoch seconds / without checkpoints), or
+        ``{"skipped": reason}``.
+    """
+    if left_s < CHECKPOINT_GUESS_S:
+        progress(f"gpu: checkpoint writes skipped: ~{CHECKPOINT_GUESS_S:.0f} s needed, "
+                 f"{left_s:.0f} s left of the section's {SECTION_BUDGET_S} s")
+        return {"skipped": f"time budget ({left_s:.0f} s left)"}
+    size, batch, train_images, val_images, epochs = CHECKPOINT_CASE
+    progress(f"gpu: a checkpoint every epoch, VGG16 {size}x{size}, {train_images} images "
+             f"per epoch: {', '.join(CHECKPOINT_WAYS)}")
+    result = _run_gpu_worker({"kind": "checkpoint", "backend": ctx.backend, "size": size,
+                              "batch": batch, "train_images": train_images,
+                              "val_images": val_images, "epochs": epochs,
+                              "precision": "mixed", "ways": list(CHECKPOINT_WAYS)}, log)
+    return with_checkpoint_ratios(result)
+
+
+def with_checkpoint_ratios(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint worker's result with ``snapshot_ratio`` (the GPU trial's way over the
+    CPU trial's) and ``checkpoint_cost`` (each way's epoch over one without checkpoints)."""
+    epoch_s = result["epoch_s"]
+    return {**result, "snapshot_ratio": epoch_s["snapshot"] / epoch_s["beside"],
+            "checkpoint_cost": {way: seconds / epoch_s["none"]
+                                for way, seconds in epoch_s.items() if way != "none"}}
+
+
+def format_checkpoint_writes(result: Mapping[str, Any]) -> str:
+    """One line: epoch seconds with a checkpoint every epoch, each way, and their ratios."""
+    if "skipped" in result:
+        return f"checkpoint writes: skipped ({result['skipped']})"
+    epoch_s, cost = result["epoch_s"], result["checkpoint_cost"]
+    return (f"a checkpoint every epoch ({result['checkpoint_bytes'] / 1e6:.0f} MB; VGG16 "
+            f"{result['size']}x{result['size']}, {result['train_images']} images per epoch, "
+            f"{result['precision']}): {epoch_s['none']:.3f} s/epoch without, "
+            f"{epoch_s['beside']:.3f} waiting for the write (CPU trial's way, "
+            f"x{cost['beside']:.3f}), {epoch_s['snapshot']:.3f} waiting for the copy only "
+            f"(GPU trial's way, x{cost['snapshot']:.3f}); GPU way / CPU way = "
+            f"{result['snapshot_ratio']:.3f}")
 
 
 def print_gpu(result: Mapping[str, Any]) -> str:
@@ -410,4 +539,6 @@ def print_gpu(result: Mapping[str, Any]) -> str:
          Column("aggregate_img_s", "img/s all trials", ".0f"),
          Column("trial_img_s", "img/s per trial (epochs 2+)", ".0f")],
         result["packing"])
-    return f"{throughput}\n\n{packing}"
+    checkpoint = result.get("checkpoint")  # runs before 2026-11-30 13:00 lack it
+    tail = f"\n\n{format_checkpoint_writes(checkpoint)}" if checkpoint else ""
+    return f"{throughput}\n\n{packing}{tail}"

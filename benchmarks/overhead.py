@@ -159,13 +159,14 @@ def plain_fit(spec: Any, per_epoch_calls: bool = False,
 CHECKPOINT_WRITES = ("after", "beside", "snapshot")
 
 
-def checkpointer(keras: Any, where: str) -> Any:
+def checkpointer(keras: Any, where: str, during_validation: bool = True) -> Any:
     """A Keras callback writing a trial's checkpoint every epoch, its model ``"after"`` the
     epoch's validation, ``"beside"`` it (``model.save`` begun as validation begins, waited
     for at the epoch's end: a CPU trial's way), or from a ``"snapshot"`` (the variables
     copied beside validation, waited for at the epoch's end, written while the next epoch
     trains: a GPU trial's way); each checkpoint deleted once written (only the time matters
-    here)."""
+    here). ``during_validation=False`` begins the two background ways at the epoch's end
+    instead, as a trial does on a backend that cannot save during validation (JAX)."""
     from search.trial.checkpoint import ModelWrite, TrainingState, write_checkpoint
 
     if where not in CHECKPOINT_WRITES:
@@ -178,11 +179,16 @@ def checkpointer(keras: Any, where: str) -> Any:
         started: ModelWrite | None = None
         finishing: threading.Thread | None = None
 
-        def on_test_begin(self, logs: Any = None) -> None:
+        def begin(self) -> None:
             if where != "after" and self.started is None:
                 self.started = ModelWrite(self.model, beside_training=where == "snapshot")
 
+        def on_test_begin(self, logs: Any = None) -> None:
+            if during_validation:
+                self.begin()
+
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.begin()  # where validation did not begin it
             started, self.started = self.started, None
             if where != "snapshot":
                 finish(self.model, epoch, started)

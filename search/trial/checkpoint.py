@@ -3,6 +3,7 @@ lets a restarted attempt continue where the last one stopped."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -77,7 +78,9 @@ class ModelWrite:
       :class:`ModelSnapshot`), then written from that copy while the next epoch trains, as
       asynchronous checkpointing does elsewhere (Orbax, ``torch.distributed.checkpoint``'s
       ``async_save``). For trials on a GPU: the device waits only for the copy, and the
-      host's cores, idle while the device trains, do the writing.
+      host's cores, idle while the device trains, do the writing. It holds host memory for
+      the copy until written (two copies at most: one report, with its write, is in flight
+      at a time).
 
     Attributes:
         folder: The new temporary checkpoint folder the model goes into (``model/``).
@@ -140,7 +143,7 @@ class ModelWrite:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelSnapshot:
     """A Keras model as ``model.save(path, zipped=False)`` would write it, held in host memory.
 
@@ -213,6 +216,7 @@ class ModelSnapshot:
             store.close()
 
 
+@functools.cache
 def _recording_store_class(h5_store: type) -> type:
     """A Keras weights store that records what Keras's saving walk sets, copied to host
     memory, instead of writing it (a subclass: the walk accepts only Keras's store types)."""

@@ -116,3 +116,53 @@ def test_gpu_tables_show_a_packing_row_skipped_for_time():
     text = gpu.print_gpu(result)
     assert "12.0%" in text and "time budget (90 s left)" in text
     assert text.splitlines()[-1].split()[:2] == ["4", "0.25"]
+
+
+CHECKPOINT_RESULT = {
+    "kind": "checkpoint", "backend": "tensorflow", "size": 160, "batch": 64,
+    "train_images": 2048, "val_images": 256, "epochs": 6, "precision": "mixed_bfloat16",
+    "epoch_s": {"none": 1.0, "beside": 1.2, "snapshot": 1.05},
+    "checkpoint_bytes": 145_000_000, "device": "GPU:0"}
+
+
+def test_the_checkpoint_line_says_each_ways_epoch_and_the_gpu_way_over_the_cpu_way():
+    result = gpu.with_checkpoint_ratios(CHECKPOINT_RESULT)
+    assert result["snapshot_ratio"] == pytest.approx(1.05 / 1.2)
+    assert result["checkpoint_cost"] == {"beside": pytest.approx(1.2),
+                                         "snapshot": pytest.approx(1.05)}
+    assert gpu.format_checkpoint_writes(result) == (
+        "a checkpoint every epoch (145 MB; VGG16 160x160, 2048 images per epoch, "
+        "mixed_bfloat16): 1.000 s/epoch without, 1.200 waiting for the write (CPU trial's "
+        "way, x1.200), 1.050 waiting for the copy only (GPU trial's way, x1.050); GPU way / "
+        "CPU way = 0.875")
+    table = gpu.print_gpu({
+        "skipped": False, "gpu": "NVIDIA H200", "peak_source": "datasheet table",
+        "throughput": [], "packing": [], "checkpoint": {"skipped": "time budget (90 s left)"}})
+    assert table.splitlines()[-1] == "checkpoint writes: skipped (time budget (90 s left))"
+
+
+def test_the_checkpoint_job_is_skipped_when_the_sections_budget_is_short(tmp_path):
+    result = gpu.bench_checkpoint_writes(_ctx(tmp_path), tmp_path / "gpu.log",
+                                         left_s=gpu.CHECKPOINT_GUESS_S - 1)
+    assert result == {"skipped": f"time budget ({gpu.CHECKPOINT_GUESS_S - 1:.0f} s left)"}
+    assert list(tmp_path.iterdir()) == []  # no worker started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_the_checkpoint_worker_times_each_way_and_leaves_no_checkpoint(
+        backend, tmp_path, monkeypatch):
+    """On the CPU, tiny: the worker's process trains a fresh VGG16 per way, each checkpoint
+    written and removed (JAX begins its writes at the epoch's end, as its trials do)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    job = {"kind": "checkpoint", "backend": backend, "size": 32, "batch": 8,
+           "train_images": 16, "val_images": 8, "epochs": 3, "precision": "float32",
+           "ways": list(gpu.CHECKPOINT_WAYS)}
+    result = gpu._run_gpu_worker(job, tmp_path / "gpu.log")
+    assert result["backend"] == backend and result["device"] == "CPU"
+    assert sorted(result["epoch_s"]) == sorted(gpu.CHECKPOINT_WAYS)
+    assert all(seconds > 0 for seconds in result["epoch_s"].values())
+    # VGG16's weights and SGD's momentum for each, float32.
+    assert result["checkpoint_bytes"] > 2 * 14_714_688 * 4
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("trial-ckpt-")]
+    assert "snapshot_ratio" in gpu.with_checkpoint_ratios(result)
