@@ -3,8 +3,10 @@ waiting for (and killing) a driver running in its own process group."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,10 +75,59 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
-    """Runs ``python -m search ARGS`` from the repository, as a user would."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env=env, **kwargs)
+    """Runs ``python -m search ARGS`` from the repository, as a user would.
+
+    A command still running after ``timeout`` seconds fails the test with the tail of what it
+    printed and every thread's stack at that moment (Python's faulthandler, on SIGABRT), so a
+    hang says where it hung.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
+           **kwargs.pop("env", {})}
+    command = [sys.executable, "-m", "search", *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=REPO, env=env, start_new_session=True, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            workers = _stacks_of_ray_workers_under(process.pid)
+            process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            try:
+                stdout, stderr = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                stdout = stderr = None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # and the Ray processes it started
+            if stdout is None:
+                stdout, stderr = process.communicate()
+            stderr = re.sub(r"\nExtension modules: [^\n]*", "", stderr)  # faulthandler's list
+            raise AssertionError(
+                f"`{' '.join(command[1:])}` still ran after {timeout} s; its output's end:\n"
+                f"{stdout[-4000:]}\n---- stderr (the stacks at the end) ----\n"
+                f"{stderr[-12000:]}\n---- its Ray workers' stacks ----\n{workers[-12000:]}"
+            ) from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _stacks_of_ray_workers_under(pid: int) -> str:
+    """``py-spy dump`` of every Ray worker (``ray::...``) under process ``pid``: where a hung
+    trial waits (py-spy is in the test extra; it reads the processes without stopping them)."""
+    import shutil
+
+    import psutil
+
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        return "(py-spy not found)"
+    dumps = []
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error, subprocess.TimeoutExpired):
+            title = " ".join(child.cmdline())
+            if "ray::" not in title:
+                continue
+            dump = subprocess.run([py_spy, "dump", "--pid", str(child.pid)],
+                                  capture_output=True, text=True, timeout=30, check=False)
+            dumps.append(f"-- {child.pid} {title[:100]}\n{dump.stdout}{dump.stderr}")
+    return "\n".join(dumps) or "(no Ray workers)"
 
 
 def study_trials(experiment_dir: Path | str, study_name: str | None = None) -> dict[str, Any]:
