@@ -99,25 +99,21 @@ class ModelWrite:
 
     def _save(self, model: Any) -> None:
         model_dir = os.path.join(self.folder, MODEL_DIR)
-        if not self.beside_training:
-            try:
+        try:  # what reads the model: the copy, or (the CPU way) the whole save
+            if self.beside_training:
+                snapshot = ModelSnapshot.take(model, model_dir)
+            else:
                 model.save(model_dir, zipped=False)
-            except BaseException as err:  # noqa: BLE001 - re-raised in the trial's thread
-                self._error = self._copy_error = err
-            finally:
-                self._copied.set()
-            return
-        try:
-            snapshot = ModelSnapshot.take(model, model_dir)
         except BaseException as err:  # noqa: BLE001 - re-raised by wait_until_copied()
             self._error = self._copy_error = err
             return
         finally:
             self._copied.set()
-        try:
-            snapshot.write(model_dir)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the trial's thread by wait()
-            self._error = err
+        if self.beside_training:
+            try:
+                snapshot.write(model_dir)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the trial's thread by wait()
+                self._error = err
 
     def wait_until_copied(self) -> None:
         """Waits until the write no longer reads the model (the model may train again after
