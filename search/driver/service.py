@@ -13,13 +13,15 @@ three.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.schedulers import TrialScheduler
 
 from search._validate import echo
 from search.checkpoint_policy import RUNG_EPOCHS_KEY
@@ -35,17 +37,27 @@ from search.driver.experiment_state import check_resumable_state, ray_snapshots
 from search.driver.mirror import JournalMirror, mirroring
 from search.driver.progress import ProgressPrinter
 from search.driver.pruning import CheckpointPruner
-from search.driver.reconcile import ray_trials, reconcile_study
+from search.driver.reconcile import (
+    drop_untrained_strays,
+    fail_orphans,
+    final_stops,
+    ray_trials,
+    rebuild_lost_trials,
+    reconcile_study,
+)
 from search.driver.scheduling import (
+    DeviceBudget,
     budget_for,
     check_budget_left,
     checkpoint_rungs,
     make_scheduler,
+    study_records,
 )
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
 from search.driver.study import (
     METRIC,
     MODE,
+    STUDY_FILE,
     TrialStatus,
     journal_path_for,
     open_study,
@@ -54,8 +66,14 @@ from search.driver.tracking import MlflowTracker, check_tracking
 from search.errors import SpecError
 from search.outputs import experiment as folder
 from search.outputs import storage
-from search.outputs.lock import driver_lock
-from search.outputs.results import TRIAL_DIR_PREFIX, TrialRecord, best_trial, load_trials
+from search.outputs.lock import LOCK_FILE, driver_lock
+from search.outputs.results import (
+    TRIAL_DIR_PREFIX,
+    TrialRecord,
+    best_trial,
+    load_trials,
+    ray_trial_states,
+)
 from search.spec import ExperimentSpec, dump_spec
 from search.trial import backends
 from search.trial.trainable import train_trial
@@ -137,13 +155,32 @@ def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
     )
 
 
-def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir: str,
-                 run_name: str, storage_path: str, local_dir: str, num_samples: int, seed: int,
-                 baseline: bool, trainable: Trainable | None = None) -> tune.Tuner:
+def make_search_policy(spec: ExperimentSpec, *, journal_path: str, num_samples: int, seed: int,
+                       baseline: bool, budget: DeviceBudget | None = None
+                       ) -> tuple[AshaAwareOptunaSearch, TrialScheduler]:
+    """The searcher and the scheduler a search runs with: what decides which configurations
+    are tried and which trials stop.
+
+    The one place they are built: ``run``, ``resume`` and ``extend`` get them here, and so does
+    the search-quality simulator (``benchmarks/quality/simulate.py``), which feeds them
+    tabulated learning curves instead of training, so what it measures is the product's
+    decision code.
+
+    Args:
+        spec: The experiment spec (space, ``max_t``, search and scheduler settings).
+        journal_path: The Optuna journal file the study lives in.
+        num_samples: Trials in this run (sizes TPE's random start-up).
+        seed: The sampler's seed.
+        baseline: Try the spec's baseline point first.
+        budget: The device budget the scheduler keeps, or ``None``.
+
+    Returns:
+        ``(search_alg, scheduler)``.
+    """
     points = [spec.baseline_point()] if baseline and spec.baseline_point() else None
     search_alg = AshaAwareOptunaSearch(
         spec.space,
-        journal_path=journal_path_for(local_dir),
+        journal_path=journal_path,
         study_name=spec.name,
         max_t=spec.max_t,
         seed=seed,
@@ -152,14 +189,23 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir
         fixed_config=spec.fixed_config(),
         num_samples=num_samples,
     )
+    return search_alg, make_scheduler(spec, budget)
+
+
+def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir: str,
+                 run_name: str, storage_path: str, local_dir: str, num_samples: int, seed: int,
+                 baseline: bool, trainable: Trainable | None = None) -> tune.Tuner:
     # One budget object, pickled with the tuner: the stopper that ends running trials and
     # the scheduler that keeps new ones from starting share it (also after a resume).
     budget = budget_for(spec)
+    search_alg, scheduler = make_search_policy(
+        spec, journal_path=journal_path_for(local_dir), num_samples=num_samples, seed=seed,
+        baseline=baseline, budget=budget)
     return tune.Tuner(
         _wrap_trainable(spec, data, gpus, trainable),
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
-            scheduler=make_scheduler(spec, budget),
+            scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
             time_budget_s=spec.search.time_budget_s,
@@ -196,7 +242,7 @@ def _fit(tuner: tune.Tuner) -> bool:
 
 def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, *,
            address: str | None, num_cpus: int | None, force: bool = False,
-           continued_round: str | None = None) -> SearchSummary:
+           continued_round: str | None = None, fresh: bool = False) -> SearchSummary:
     """The sequence every search runs: lock, data, cluster checks, study reconciled with Ray's
     results, fit (the journal mirrored to cloud storage as trials finish), last upload.
 
@@ -209,6 +255,9 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
         force: Take the experiment's lock from another host's driver.
         continued_round: The round ``resume`` continues (its unfinished trials stay RUNNING in
             the study), or ``None``.
+        fresh: A new search (``run``): right after the lock, the folder gets its spec and a
+            new run id, so a driver killed from then on leaves a folder that ``resume``
+            continues; a refusal before the search starts takes them away again.
     """
     from search.data import load_dataset
 
@@ -220,43 +269,115 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
     # shows the search; the stack's start-up and shut-down chatter stays in the logs (Ray's
     # shut-down of its workers included).
     with driver_lock(experiment_dir, force=force) as lock, search_console():
-        data = load_dataset(spec.dataset)
-        started = connect(address, num_cpus)
+        took_over = fresh and _start_fresh(spec, experiment_dir)
+        # The journal mirror of a cloud experiment is used only by the run it belongs to.
+        local_dir = folder.local_mirror_dir(experiment_dir, folder.ensure_run_id(experiment_dir))
+        started = False
         try:
+            data = load_dataset(spec.dataset)
+            started = connect(address, num_cpus)
             gpus = resolve_gpus(spec)
             check_shared_storage(spec)
             check_object_store(data.nbytes)
-            local_dir = folder.local_mirror_dir(experiment_dir)
             journal = journal_path_for(local_dir)
             if storage.is_remote(experiment_dir):
                 folder.fetch_journal(experiment_dir, journal)
-            if storage.path_exists(storage.join(experiment_dir, folder.SPEC_FILE)):
-                _reconcile(spec, experiment_dir, journal, continued_round)
+            records = _Reconciled()
+            if not fresh:  # resume, extend: the study and Ray's results agree
+                records = _reconcile(spec, experiment_dir, journal, continued_round)
             # What the model's outputs mean, for export and predict to name them.
             folder.write_class_names(experiment_dir, data.class_names)
             with mirroring(experiment_dir, local_dir, lock) as upload, \
-                    relocated_journal(journal), ray_snapshots():
+                    relocated_journal(journal), \
+                    study_records(records.stops, records.round_trials), ray_snapshots():
                 interrupted = _fit(make_tuner(data, gpus, local_dir))
                 upload()
+        except SpecError:
+            if fresh and not took_over and folder.never_started(experiment_dir):
+                # Refused before it started: no trace (the lock removes the folders it made).
+                folder.clear_for_start(experiment_dir, keep=(LOCK_FILE,))
+            raise
         finally:
             if started:
                 ray.shutdown()
     return summarize(experiment_dir, spec.max_t, interrupted)
 
 
+def _start_fresh(spec: ExperimentSpec, experiment_dir: str) -> bool:
+    """A new search's first write, under its lock: ``spec.yaml`` (the run id follows). A folder
+    left by a search that never started (its driver killed while it started) is taken over.
+
+    Returns:
+        Whether such a folder was taken over.
+
+    Raises:
+        SpecError: When the folder holds a search that started (another driver's, begun
+            since the folder was checked).
+    """
+    if not folder.never_started(experiment_dir):
+        raise _exists_error(experiment_dir)
+    left = folder.clear_for_start(experiment_dir, keep=(LOCK_FILE,))
+    if left:
+        print(f"note: {experiment_dir}: a search that never started was left there (its "
+              f"driver stopped before Ray's first snapshot; found {', '.join(sorted(left))}); "
+              f"starting it anew", flush=True)
+    storage.write_atomic(storage.join(experiment_dir, folder.SPEC_FILE), dump_spec(spec))
+    return bool(left)
+
+
+def _exists_error(experiment_dir: str) -> SpecError:
+    return SpecError(f"name: the experiment folder {experiment_dir} already exists; "
+                     f"`finetune-search resume` or `extend` it, or pick another name")
+
+
+@dataclass
+class _Reconciled:
+    """What the scheduler must know of the study before Ray starts (see
+    :func:`~search.driver.scheduling.study_records`)."""
+
+    stops: dict[str, int] = field(default_factory=dict)
+    round_trials: int | None = None
+
+
 def _reconcile(spec: ExperimentSpec, experiment_dir: str, journal: str,
-               continued_round: str | None) -> None:
-    """Brings the study in line with Ray's results (a cloud journal may be older than them, or
-    missing on a fresh machine) before the searcher opens it."""
+               continued_round: str | None) -> _Reconciled:
+    """Brings the study and Ray's results in line before the searcher opens the study.
+
+    Ray's results rebuild the study's records they are ahead of (a cloud journal may be older
+    than them, or missing on a fresh machine). On a resume the study rebuilds, in turn, the
+    trials it saw train that Ray's results lack (:func:`rebuild_lost_trials`), and the
+    continued round's folders of trials Ray never recorded nor ran go
+    (:func:`drop_untrained_strays`).
+    """
     trials = ray_trials(experiment_dir, continued_round)
-    if not trials:
-        return
+    fs, root = storage.filesystem(experiment_dir)
+    round_uri, in_round = experiment_dir, 0
+    if continued_round is not None:
+        round_path = dict(folder.round_dirs(fs, root))[continued_round]
+        if continued_round != folder.MAIN_ROUND:
+            round_uri = storage.join(experiment_dir, continued_round)
+        recorded = ray_trial_states(fs, round_path)
+        trials = drop_untrained_strays(fs, trials, recorded, round_name=continued_round)
+        in_round = len(recorded)
+    if not trials and not storage.exists(fs, storage.join(root, STUDY_FILE)) and not (
+            os.path.exists(journal)):
+        return _Reconciled()
     study = open_study(journal, spec.name, spec.search.seed, spec.search.algorithm)
     changed = reconcile_study(study, trials, max_t=spec.max_t, space=spec.space,
                               continued_round=continued_round)
     if changed:
         print(f"study: {len(changed)} trial record(s) rebuilt from Ray's results (the journal "
               f"was missing or older than them)", flush=True)
+    if continued_round is None:
+        return _Reconciled(final_stops(study))
+    lost = rebuild_lost_trials(study, trials, round_dir=round_uri, space=spec.space,
+                               fixed_config=spec.fixed_config(), max_t=spec.max_t)
+    if lost:
+        print(f"results: {len(lost)} trial(s) rebuilt from the study (they trained, but the "
+              f"driver was killed before Ray's results reached storage; their checkpoints "
+              f"are lost): {', '.join(lost)}", flush=True)
+    fail_orphans(study, {t.trial_id for t in trials} | set(lost))
+    return _Reconciled(final_stops(study), in_round + len(lost))
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,16 +402,23 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
         The search's summary: every trial, the best one and the experiment folder.
 
     Raises:
-        SpecError: When the experiment folder already holds a search, or resources don't fit.
+        SpecError: When the experiment folder already holds a search that started, or
+            resources don't fit. A folder left by a search that never started (only its
+            start files and a dead driver's lock) is taken over.
     """
     experiment_dir = spec.experiment_path
-    if folder.experiment_exists(experiment_dir):
-        raise SpecError(f"name: the experiment folder {experiment_dir} already exists; "
-                        f"`finetune-search resume` or `extend` it, or pick another name")
+    if folder.experiment_exists(experiment_dir) and not folder.never_started(experiment_dir):
+        raise _exists_error(experiment_dir)
+    return _run_new(spec, experiment_dir, address=address, num_cpus=num_cpus,
+                    trainable=trainable, force=force)
+
+
+def _run_new(spec: ExperimentSpec, experiment_dir: str, *, address: str | None,
+             num_cpus: int | None, trainable: Trainable | None, force: bool) -> SearchSummary:
+    """A new search in ``experiment_dir`` (empty, or left by a search that never started)."""
     storage_path, run_name = storage.split_name(experiment_dir)
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
-        storage.write_atomic(storage.join(experiment_dir, folder.SPEC_FILE), dump_spec(spec))
         return _build_tuner(spec, data, gpus, experiment_dir=experiment_dir,
                             run_name=run_name, storage_path=storage_path,
                             local_dir=local_dir, num_samples=spec.search.num_samples,
@@ -298,7 +426,7 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
                             trainable=trainable)
 
     return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
-                  force=force)
+                  force=force, fresh=True)
 
 
 def resume_search(experiment_dir: str, *, address: str | None = None,
@@ -310,12 +438,20 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
     experiment's journal, and trials a killed driver had suggested but Ray never recorded are
     marked FAIL there so Ray and Optuna agree. ASHA's rungs and the budget's total are rebuilt
     from the recorded results; a trial the study had already finished that trains on gets a
-    new study trial (see :class:`~search.driver.searcher.AshaAwareOptunaSearch`).
+    new study trial (see :class:`~search.driver.searcher.AshaAwareOptunaSearch`). A folder
+    whose driver was killed before the search started (no Ray state, no trial) starts the
+    search from its ``spec.yaml``.
 
     Raises:
         SpecError: When the folder is not an experiment or holds no Ray state to resume.
     """
     spec = folder.load_experiment_spec(experiment_dir)
+    if folder.never_started(experiment_dir):
+        # Its driver was killed while it started: nothing ran, so it starts now.
+        print(f"note: {experiment_dir}: the search never started (its driver stopped before "
+              f"Ray's first snapshot); starting it from its {folder.SPEC_FILE}", flush=True)
+        return _run_new(spec, experiment_dir, address=address, num_cpus=num_cpus,
+                        trainable=trainable, force=force)
     fs, root = storage.filesystem(experiment_dir)
     round_name, _ = folder.round_dirs(fs, root)[-1]
     # Ray restores from a URI (s3://...) or a local path, never a path inside a filesystem.
