@@ -12,6 +12,7 @@ RUNNING that will not run again, and the restored searcher finds every trial it 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,8 +22,12 @@ from search.driver.study import (
     ATTR_RAY_TRIAL,
     ATTR_REBUILT,
     METRIC,
+    REASON_LOST,
+    REASON_MAX_T,
     REASON_NO_METRIC,
+    REASON_ORPHANED,
     REASON_UNFINISHED,
+    STOP_REASON,
     TIME_ATTR,
     TrialStatus,
 )
@@ -35,6 +40,9 @@ if TYPE_CHECKING:
 
 # Ray statuses of a trial that `resume` continues (resume_unfinished and resume_errored).
 RAY_CONTINUED = ("RUNNING", "PENDING", "PAUSED", "ERROR")
+# Marks the result rows of a Ray trial rebuilt from the study (Ray's results in storage never
+# recorded the trial: its driver was killed before Ray's snapshot reached storage).
+REBUILT_FROM_STUDY = "rebuilt_from_study"
 
 
 def _epoch_values(trial: TrialRecord) -> dict[int, float]:
@@ -136,6 +144,130 @@ def reconcile_study(study: optuna.Study, trials: Iterable[TrialRecord], *, max_t
         if missing or not continues:
             changed.append(trial.trial_id)
     return changed
+
+
+def _newest_records(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    """Ray trial id -> the newest study record linked to it."""
+    newest: dict[str, Any] = {}
+    for frozen in study.get_trials(deepcopy=False):
+        ray_id = frozen.user_attrs.get(ATTR_RAY_TRIAL)
+        if ray_id is not None:
+            newest[str(ray_id)] = frozen
+    return newest
+
+
+def rebuild_lost_trials(study: optuna.Study, trials: Iterable[TrialRecord], *, round_dir: str,
+                        space: Mapping[str, Distribution], fixed_config: Mapping[str, Any],
+                        max_t: int) -> list[str]:
+    """Gives Ray's results the trials that the study saw train but Ray's results lack.
+
+    On cloud storage a trial's results reach the bucket with Ray's experiment snapshot, which
+    may come later than the journal's upload: a driver killed in between leaves trials that
+    trained (their epochs in the study) with no folder in storage, and Ray's state resumes
+    without them. Each gets its folder back in ``round_dir`` (the round ``resume``
+    continues): its ``params.json`` and one result row per epoch the study recorded, marked
+    ``rebuilt_from_study``. Its checkpoints are lost, so it is not run again: one the study
+    still had RUNNING ends PRUNED with its last value (COMPLETE at ``max_t``), ended by
+    ``REASON_LOST``. Failed study trials are left as they are.
+
+    Returns:
+        The Ray trial ids rebuilt.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.driver.searcher import define_by_run
+    from search.outputs import storage
+    from search.outputs.results import TRIAL_DIR_PREFIX
+
+    known = {t.trial_id for t in trials}
+    rebuilt = []
+    for ray_id, frozen in _newest_records(study).items():
+        if ray_id in known or not frozen.intermediate_values or frozen.state not in (
+                TrialState.RUNNING, TrialState.PRUNED, TrialState.COMPLETE):
+            continue
+        values = dict(sorted(frozen.intermediate_values.items()))
+        last = max(values)
+        if frozen.state == TrialState.RUNNING:
+            complete = last >= max_t
+            study._storage.set_trial_user_attr(frozen._trial_id, ATTR_END,
+                                               REASON_MAX_T if complete else REASON_LOST)
+            study.tell(frozen.number, values[last] if complete else None,
+                       state=TrialState.COMPLETE if complete else TrialState.PRUNED)
+            frozen = study._storage.get_trial(frozen._trial_id)
+        try:  # the settings the searcher returned beside the drawn ones
+            fixed = define_by_run(space, fixed_config)(optuna.trial.FixedTrial(frozen.params))
+        except ValueError:
+            fixed = {}
+        start = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
+        rows = [{TIME_ATTR: step, "training_iteration": step, METRIC: value,
+                 "trial_id": ray_id, "timestamp": int(start) + step, REBUILT_FROM_STUDY: True}
+                for step, value in values.items()]
+        if frozen.state == TrialState.PRUNED:
+            rows[-1][STOP_REASON] = str(frozen.user_attrs.get(ATTR_END) or REASON_LOST)
+        folder = storage.join(round_dir, f"{TRIAL_DIR_PREFIX}{ray_id}")
+        storage.write_atomic(storage.join(folder, "params.json"),
+                             json.dumps({**frozen.params, **fixed}))
+        storage.write_atomic(storage.join(folder, "result.json"),
+                             "".join(json.dumps(row) + "\n" for row in rows))
+        rebuilt.append(ray_id)
+    return rebuilt
+
+
+def drop_untrained_strays(fs: Any, trials: Iterable[TrialRecord], ray_ids: Iterable[str], *,
+                          round_name: str) -> list[TrialRecord]:
+    """Removes the folders of ``round_name``'s trials that Ray's state does not know
+    (``ray_ids``) and that never reported an epoch; returns the other trials.
+
+    Args:
+        fs: The experiment's filesystem (the records' paths are inside it).
+
+    A driver killed while it uploaded Ray's snapshot can leave a new trial's folder without
+    the state that lists it: Ray's resume never runs that trial, and the folder would count as
+    a trial stopped at epoch 0. Without it, a new trial takes its place.
+    """
+    from search.outputs import storage
+
+    known = set(ray_ids)
+    kept = []
+    for trial in trials:
+        if (trial.round == round_name and trial.path and trial.trial_id not in known
+                and not trial.history):
+            storage.remove_tree(fs, trial.path)  # a path inside ``fs``, as the records hold
+            continue
+        kept.append(trial)
+    return kept
+
+
+def fail_orphans(study: optuna.Study, ray_ids: Iterable[str]) -> list[int]:
+    """Ends as FAIL (``REASON_ORPHANED``) the study trials still RUNNING under a Ray trial id
+    that Ray's results do not hold (``ray_ids``): nothing will run them again. (Those that
+    trained were rebuilt into Ray's results first: these reported nothing.)
+
+    Returns:
+        The study trial numbers failed.
+    """
+    from optuna.trial import TrialState
+
+    known = set(ray_ids)
+    failed = []
+    for ray_id, frozen in _newest_records(study).items():
+        if frozen.state == TrialState.RUNNING and ray_id not in known:
+            study._storage.set_trial_user_attr(frozen._trial_id, ATTR_END, REASON_ORPHANED)
+            study.tell(frozen.number, state=TrialState.FAIL)
+            failed.append(frozen.number)
+    return failed
+
+
+def final_stops(study: optuna.Study) -> dict[str, int]:
+    """Ray trial id -> the epoch at which the study says the trial was stopped (PRUNED by ASHA
+    or the budget): its newest record, with at least one epoch. That stop is final, whatever
+    an older snapshot of Ray's says (:class:`~search.driver.scheduling.RememberingASHA`)."""
+    from optuna.trial import TrialState
+
+    newest = _newest_records(study)
+    return {ray_id: max(frozen.intermediate_values) for ray_id, frozen in newest.items()
+            if frozen.state == TrialState.PRUNED and frozen.intermediate_values}
 
 
 def ray_trials(experiment_dir: str, continued_round: str | None = None) -> list[TrialRecord]:

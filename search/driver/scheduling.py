@@ -15,7 +15,8 @@ scheduler keeps new trials from starting and ends the searcher.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,37 @@ from search.errors import SpecError
 from search.outputs.experiment import experiment_root
 from search.outputs.results import TrialRecord, read_trials
 from search.spec import ExperimentSpec
+
+# While a driver runs a search: where the study says ASHA (or the budget) stopped which trial
+# (Ray trial id -> epoch), read from the journal, which may be newer than Ray's results in
+# storage; and, on a resume, how many trials the round holds. Set only through `study_records`.
+_study_stops: dict[str, int] = {}
+_round_trials: list[int] = []  # one count, taken by the first trial added
+
+
+@contextlib.contextmanager
+def study_records(stops: Mapping[str, int], round_trials: int | None = None) -> Iterator[None]:
+    """Schedulers restored inside this block take what the driver read before Ray started.
+
+    Ray restores the scheduler from its pickle inside ``Tuner.fit``; this block is how the
+    driver hands it what the study recorded.
+
+    Args:
+        stops: Ray trial id -> the epoch at which the study says it was stopped.
+        round_trials: On a resume, the trials the continued round holds (Ray's state and the
+            trials rebuilt from the study): Ray's search generator counts its ``num_samples``
+            from there, not from its own state, which a driver killed while uploading the
+            snapshot can leave newer than the trials it lists.
+    """
+    global _study_stops, _round_trials
+    previous = _study_stops, _round_trials
+    _study_stops = dict(stops)
+    _round_trials = [] if round_trials is None else [round_trials]
+    try:
+        yield
+    finally:
+        _study_stops, _round_trials = previous
+
 
 # The spec's budgets and the result field each one counts (both are seconds a trial held its
 # resources, from the start of its attempt to each report, all attempts together).
@@ -149,6 +181,11 @@ class _RemembersExperiment:
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         if not self._records_read and self._needs_records():
             self.remember(recorded_trials(trial))
+        generator = getattr(tune_controller, "search_alg", None)
+        if _round_trials and hasattr(generator, "_counter"):
+            # Ray adds a resumed run's trials after restoring its search generator, before it
+            # asks for a new one: the count of trials made so far is set right first.
+            generator._counter = _round_trials.pop()
         super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
@@ -246,9 +283,23 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
     def _needs_records(self) -> bool:
         return True
 
-    def remember(self, records: list[TrialRecord]) -> None:
+    def remember(self, records: list[TrialRecord],
+                 stops: Mapping[str, int] | None = None) -> None:
+        """Takes in the recorded results and where the study says trials were stopped
+        (``stops``; by default what :func:`study_records` holds): the study's stops win."""
         super().remember(records)
-        self._stopped_at = self._replay(records)
+        self._stopped_at = {**self._replay(records),
+                            **(_study_stops if stops is None else stops)}
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        for trial in list(tune_controller.get_trials()):
+            stopped_at = self._stopped_at.get(trial.trial_id)
+            if (trial.status == Trial.PENDING and stopped_at is not None and trial.last_result
+                    and int(trial.last_result.get(TIME_ATTR, 0)) >= stopped_at):
+                # Stopped there before the search was interrupted, and Ray's older state
+                # resumes it: one more epoch would train past the stop.
+                tune_controller.stop_trial(trial)
+        return super().choose_trial_to_run(tune_controller)
 
     def _replay(self, records: list[TrialRecord]) -> dict[str, int]:
         """Feeds every recorded epoch to ASHA in the order reported; returns where it
@@ -274,7 +325,8 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
         stopped_at = self._stopped_at.get(trial.trial_id)
         if stopped_at is not None and int(result.get(TIME_ATTR, 0)) >= stopped_at:
             # ASHA stopped this trial here before the search was interrupted, and Ray's last
-            # snapshot missed it: stop it again where it was stopped.
+            # snapshot (or the results in storage) missed it: stop it again where it was
+            # stopped.
             return TrialScheduler.STOP
         return super().on_trial_result(tune_controller, trial, result)
 

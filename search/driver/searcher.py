@@ -270,10 +270,15 @@ class AshaAwareOptunaSearch(OptunaSearch):
         # Find each Ray trial's record by its link, not by the pickled Optuna id: a journal
         # rebuilt from Ray's results (search.driver.reconcile) numbers its trials anew. A
         # trial with no record was suggested but never reached Ray's results: drop it.
-        linked = {str(t.user_attrs[ATTR_RAY_TRIAL]): t._trial_id
-                  for t in study.get_trials(deepcopy=False) if ATTR_RAY_TRIAL in t.user_attrs}
-        self._ot_trials = {trial_id: optuna.Trial(study, linked[trial_id])
-                           for trial_id in self._ot_trials if trial_id in linked}
+        records = {str(t.user_attrs[ATTR_RAY_TRIAL]): t
+                   for t in study.get_trials(deepcopy=False) if ATTR_RAY_TRIAL in t.user_attrs}
+        self._ot_trials = {trial_id: optuna.Trial(study, records[trial_id]._trial_id)
+                           for trial_id in self._ot_trials if trial_id in records}
+        # A trial the driver found orphaned (Ray's results lack it) never runs again: it
+        # must not hold a slot of max_concurrent.
+        self._completed_trials.update(
+            trial_id for trial_id in self._ot_trials
+            if records[trial_id].user_attrs.get(ATTR_END) == REASON_ORPHANED)
         owned = {t._trial_id for t in self._ot_trials.values()}
         self._ot_study = study
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -34,6 +34,9 @@ REASON_ERROR = "error"
 REASON_NO_METRIC = "no finite metric"
 REASON_ORPHANED = "orphaned: driver stopped before Ray recorded the trial"
 REASON_UNFINISHED = "unfinished: left running by an interrupted driver, never resumed"
+# A trial that trained while Ray's results in storage never recorded it (its driver killed
+# before Ray's snapshot reached storage): rebuilt from the study, its checkpoints lost.
+REASON_LOST = "lost: its driver was killed before Ray's results recorded it"
 REASON_BUDGET = "budget"  # stopped at an epoch boundary (or before it started): budget spent
 
 # The result key in which the driver records why it stopped a trial (a trial's own reports

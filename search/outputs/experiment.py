@@ -7,15 +7,20 @@ or on cloud storage; everything goes through :mod:`search.outputs.storage`.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
+import uuid
 
 from search.driver.study import STUDY_FILE, journal_path_for
 from search.errors import SpecError
 from search.outputs import storage
 
 SPEC_FILE = "spec.yaml"
+# Names one `run` of the experiment: written into the folder with spec.yaml and into the local
+# mirror of a cloud experiment's journal, which is used only while the two agree.
+RUN_ID_FILE = "run_id"
 # The dataset's class names, in label order: in the experiment folder (the driver writes it),
 # and beside every model that export and retrain write (predict reads it there).
 CLASS_NAMES_FILE = "class_names.json"
@@ -44,6 +49,71 @@ def check_experiment_dir(path: str) -> tuple[storage.pafs.FileSystem, str]:
         raise SpecError(f"{path}: not a finetune-search experiment (no {SPEC_FILE}; "
                         f"expected the folder `finetune-search run` created)")
     return fs, root
+
+
+def read_run_id(experiment_dir: str) -> str | None:
+    """The run id in an experiment folder, or ``None`` (none yet, or a folder from before run
+    ids)."""
+    fs, root = storage.filesystem(experiment_dir)
+    path = storage.join(root, RUN_ID_FILE)
+    if not storage.exists(fs, path):
+        return None
+    return storage.read_text(fs, path).strip() or None
+
+
+def ensure_run_id(experiment_dir: str) -> str:
+    """The folder's run id; a folder written before run ids gets one now."""
+    run_id = read_run_id(experiment_dir)
+    if run_id is None:
+        run_id = uuid.uuid4().hex
+        storage.write_atomic(storage.join(experiment_dir, RUN_ID_FILE), run_id + "\n")
+    return run_id
+
+
+_JOURNAL_INTERMEDIATE_VALUE = 7  # Optuna's JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE
+
+
+def never_started(experiment_dir: str) -> bool:
+    """Whether the folder holds a search whose driver stopped before the search started (it
+    was killed while it loaded the data, started Ray or built its tuner).
+
+    That is: no Ray experiment state, no trial or ``extend`` folder, and no epoch of any trial
+    in the study journal. Files Ray writes before its first snapshot (``tuner.pkl``...) and the
+    driver's own start files may be there.
+    """
+    from search.outputs.results import STATE_FILE_PATTERN
+
+    fs, root = storage.filesystem(experiment_dir)
+    for info in storage.list_dir(fs, root):
+        if info.type == storage.FileType.Directory:
+            return False
+        if fnmatch.fnmatch(info.base_name, STATE_FILE_PATTERN):
+            return False
+    journal = storage.join(root, STUDY_FILE)
+    if storage.exists(fs, journal):
+        for line in storage.read_bytes(fs, journal).splitlines():
+            try:
+                if json.loads(line).get("op_code") == _JOURNAL_INTERMEDIATE_VALUE:
+                    return False
+            except (ValueError, AttributeError):
+                break  # a cut line ends the journal
+    return True
+
+
+def clear_for_start(experiment_dir: str, keep: tuple[str, ...] = ()) -> list[str]:
+    """Removes what a search that never started left in its folder, but ``keep`` (the lock
+    the new driver holds).
+
+    Returns:
+        The names removed.
+    """
+    fs, root = storage.filesystem(experiment_dir)
+    removed = []
+    for info in storage.list_dir(fs, root):
+        if info.type == storage.FileType.File and info.base_name not in keep:
+            fs.delete_file(info.path)
+            removed.append(info.base_name)
+    return removed
 
 
 def experiment_exists(path: str) -> bool:
@@ -136,9 +206,15 @@ def experiment_root(fs: storage.pafs.FileSystem, round_path: str) -> str:
 # stores do not have, so a cloud experiment's journal is mirrored on the driver's machine)
 
 
-def local_mirror_dir(experiment_dir: str) -> str:
+def local_mirror_dir(experiment_dir: str, run_id: str | None = None) -> str:
     """Where the driver keeps the Optuna journal: the experiment folder itself, or a local
-    mirror of a cloud one."""
+    mirror of a cloud one.
+
+    The mirror's path depends only on the folder's URI, so it outlives the experiment: a
+    search deleted from its bucket and started again under the same URI finds the old one's
+    journal there. With ``run_id`` (the folder's), a mirror written for another run (or before
+    run ids) loses its journal, and takes this run's id.
+    """
     if not storage.is_remote(experiment_dir):
         return experiment_dir
     digest = hashlib.sha256(experiment_dir.encode("utf-8")).hexdigest()[:12]
@@ -146,6 +222,18 @@ def local_mirror_dir(experiment_dir: str) -> str:
     cache = os.path.join(os.path.expanduser("~"), ".cache", "finetune-search",
                          f"{name}-{digest}")
     os.makedirs(cache, exist_ok=True)
+    if run_id is not None:
+        marker = os.path.join(cache, RUN_ID_FILE)
+        try:
+            with open(marker, encoding="utf-8") as handle:
+                mirrored = handle.read().strip()
+        except FileNotFoundError:
+            mirrored = None
+        if mirrored != run_id:
+            journal = journal_path_for(cache)
+            if os.path.exists(journal):
+                os.remove(journal)
+            storage.write_atomic(marker, run_id + "\n")
     return cache
 
 
@@ -171,8 +259,10 @@ def sync_journal(experiment_dir: str, local_dir: str) -> bool:
 def fetch_journal(experiment_dir: str, local_path: str) -> bool:
     """Brings a cloud experiment's journal down to ``local_path``.
 
-    A local copy longer than the one in storage is kept: this machine's driver wrote it last
-    and was stopped before uploading (the journal only grows). Otherwise storage is the truth.
+    A local copy that extends the one in storage is kept: this machine's driver wrote it
+    last and was stopped before uploading (the journal only grows, and uploads are its whole
+    lines). Otherwise storage is the truth. (:func:`local_mirror_dir` has already dropped a
+    local copy of another run's journal.)
 
     Returns:
         Whether a journal exists at ``local_path`` afterwards.
@@ -182,6 +272,10 @@ def fetch_journal(experiment_dir: str, local_path: str) -> bool:
     if not storage.exists(fs, remote):
         return os.path.exists(local_path)
     data = storage.read_bytes(fs, remote)
-    if not os.path.exists(local_path) or os.path.getsize(local_path) <= len(data):
+    local = b""
+    if os.path.exists(local_path):
+        with open(local_path, "rb") as handle:
+            local = handle.read()
+    if len(local) <= len(data) or not local.startswith(data):
         storage.write_atomic(local_path, data)
     return True

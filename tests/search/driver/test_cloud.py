@@ -15,9 +15,10 @@ from optuna.trial import TrialState
 
 from search.driver.study import STUDY_FILE
 from search.outputs import storage
+from search.outputs.experiment import read_run_id
 from search.outputs.lock import LOCK_FILE
 from search.outputs.results import load_trials, ray_statuses
-from tests.helpers import REPO, cli, kill_when, study_trials, wait_for, write_spec
+from tests.helpers import REPO, cli, kill_when, study_trials, tiny_spec, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +107,99 @@ def test_driver_sigkilled_on_s3_then_resumed_on_a_fresh_machine_with_an_older_jo
 
     result = export_experiment(experiment, str(tmp_path / "out"), with_model=True)
     assert "best_model.keras" in result.files
+
+
+def test_a_new_run_where_a_deleted_cloud_search_was_starts_a_new_study(
+        s3_bucket, tmp_path, monkeypatch):
+    # The journal's local mirror (~/.cache/finetune-search/<name>-<hash of the URI>) outlives
+    # the experiment: a search deleted from the bucket and run again under the same URI must
+    # not start from the old search's study.
+    from search.driver.service import run_search
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    spec = tiny_spec(tmp_path, name="again", storage=f"{s3_bucket}/exp",
+                     search={"num_samples": 2, "max_concurrent": 2, "seed": 0},
+                     train={"epochs": 1, "batch_size": 32, "optimizer": "adam"},
+                     scheduler={"name": "fifo"})
+    experiment = spec.experiment_path
+    first = run_search(spec, num_cpus=2)
+    old_run = read_run_id(experiment)
+    assert len(first.trials) == 2 and len(study_trials(experiment)) == 2
+    fs, root = storage.filesystem(experiment)
+    fs.delete_dir(root)
+
+    second = run_search(spec, num_cpus=2)
+    assert read_run_id(experiment) != old_run
+    study = study_trials(experiment)
+    assert sorted(study) == sorted(t.trial_id for t in second.trials), sorted(study)
+    assert all(t.state == TrialState.COMPLETE for t in study.values())
+
+
+def journal_lines(experiment: str) -> list[bytes]:
+    fs, root = storage.filesystem(experiment)
+    return storage.read_bytes(fs, storage.join(root, STUDY_FILE)).splitlines(keepends=True)
+
+
+def test_resume_where_rays_results_in_the_bucket_fell_behind_the_journal_loses_no_trial(
+        s3_bucket, tmp_path, monkeypatch):
+    # On S3 a trial's results reach the bucket with Ray's snapshot, which can come later than
+    # the journal's upload, and a driver killed while uploading the snapshot can leave Ray's
+    # search-generator state newer than the trials its experiment state lists. The bucket is
+    # put in that state after a search: one trial ("lost") finished in the journal but absent
+    # from Ray's results, and one ("stray") that had just started: its folder holds only
+    # params.json, Ray's state does not list it, and the journal has no epoch of it.
+    from search.driver.service import resume_search, run_search
+    from search.outputs.results import experiment_state_files
+
+    monkeypatch.setenv("HOME", str(tmp_path / "machine-a"))
+    spec = tiny_spec(tmp_path, name="behind", storage=f"{s3_bucket}/exp",
+                     search={"num_samples": 4, "max_concurrent": 2, "seed": 0},
+                     train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
+                     scheduler={"grace_period": 1, "reduction_factor": 2})
+    experiment = spec.experiment_path
+    run_search(spec, num_cpus=2)
+
+    lines = journal_lines(experiment)
+    ray_of, first_value, finished = {}, {}, {}
+    for index, line in enumerate(lines):
+        log = json.loads(line)
+        if log["op_code"] == 8 and "ray_trial_id" in log.get("user_attr", {}):
+            ray_of[log["trial_id"]] = log["user_attr"]["ray_trial_id"]
+        elif log["op_code"] == 7:
+            first_value.setdefault(ray_of[log["trial_id"]], index)
+        elif log["op_code"] == 6 and log.get("state") in (1, 2):  # COMPLETE, PRUNED
+            finished.setdefault(ray_of[log["trial_id"]], index)
+    lost = min(finished, key=finished.get)
+    stray = max(first_value, key=first_value.get)
+    assert finished[lost] < first_value[stray], (finished, first_value)
+    fs, root = storage.filesystem(experiment)
+    storage.write_atomic(storage.join(experiment, STUDY_FILE),
+                         b"".join(lines[:first_value[stray]]))
+    newest = experiment_state_files(fs, root)[-1]
+    state = json.loads(storage.read_text(fs, newest))
+    state["trial_data"] = [entry for entry in state["trial_data"]
+                           if json.loads(entry[0])["trial_id"] not in (lost, stray)]
+    with fs.open_output_stream(newest) as out:
+        out.write(json.dumps(state).encode())
+    fs.delete_dir(storage.join(root, f"trial_{lost}"))
+    for info in storage.list_dir(fs, storage.join(root, f"trial_{stray}")):
+        if info.base_name != "params.json":
+            (fs.delete_dir if info.type == storage.FileType.Directory else fs.delete_file)(
+                info.path)
+
+    monkeypatch.setenv("HOME", str(tmp_path / "machine-b"))  # a fresh machine
+    summary = resume_search(experiment, num_cpus=2)
+    trials = {t.trial_id: t for t in load_trials(experiment)}
+    assert len(trials) == 4 == len(summary.trials), sorted(trials)
+    # The lost trial is back, from the journal, not run again; the stray one is gone and a
+    # new trial took its place: every Ray trial trained.
+    assert lost in trials and stray not in trials
+    assert all(row.get("rebuilt_from_study") for row in trials[lost].history)
+    assert all(t.epochs_run >= 1 for t in trials.values())
+    study = study_trials(experiment)
+    assert study[stray].state == TrialState.FAIL and not study[stray].intermediate_values
+    assert not [k for k, t in study.items() if t.state == TrialState.RUNNING]
+    for ray_id, frozen in study.items():
+        if frozen.intermediate_values:
+            assert trials[ray_id].epochs_run >= max(frozen.intermediate_values), ray_id
+    assert trials[lost].best_value == pytest.approx(max(study[lost].intermediate_values.values()))

@@ -4,6 +4,8 @@ lock."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from search.driver import mirror
 from search.driver.study import STUDY_FILE
 from search.outputs import storage
@@ -48,3 +50,37 @@ def test_journal_reaches_s3_after_each_finished_trial_and_at_least_every_minute(
         callback.on_trial_error(iteration=5, trials=[], trial=None)
         assert bucket_journal(experiment) == b'{"op_code": 0}\n{"op_code": 4}\n'
         assert "driver.lock now belongs to pid 1 on gpu-node-7" in capsys.readouterr().err
+
+
+def test_a_mirror_written_for_another_run_loses_its_journal(tmp_path, monkeypatch):
+    # The mirror's path depends only on the URI: a search deleted from the bucket and run
+    # again under the same URI finds the old run's journal there.
+    from search.driver.study import journal_path_for
+    from search.outputs.experiment import RUN_ID_FILE, local_mirror_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    experiment = "s3://bucket/exp/chaos"
+    first = local_mirror_dir(experiment, "run-a")
+    journal = Path(journal_path_for(first))
+    journal.write_bytes(b'{"op_code": 0}\n')
+    assert local_mirror_dir(experiment, "run-a") == first and journal.exists()
+    assert local_mirror_dir(experiment, "run-b") == first and not journal.exists()
+    assert (Path(first) / RUN_ID_FILE).read_text().strip() == "run-b"
+    # A mirror from before run ids (no marker) is another run's as far as anyone can tell.
+    journal.write_bytes(b'{"op_code": 0}\n')
+    (Path(first) / RUN_ID_FILE).unlink()
+    local_mirror_dir(experiment, "run-b")
+    assert not journal.exists()
+
+
+def test_fetch_keeps_a_local_journal_only_where_it_extends_the_bucket_one(
+        s3_bucket, tmp_path):
+    from search.outputs.experiment import fetch_journal
+
+    experiment = f"{s3_bucket}/exp"
+    storage.write_atomic(storage.join(experiment, STUDY_FILE), b"a\nb\n")
+    local = tmp_path / STUDY_FILE
+    local.write_bytes(b"a\nb\nc\n")  # this machine's driver wrote c, then died
+    assert fetch_journal(experiment, str(local)) and local.read_bytes() == b"a\nb\nc\n"
+    local.write_bytes(b"x\ny\nz\n")  # longer, but another history
+    assert fetch_journal(experiment, str(local)) and local.read_bytes() == b"a\nb\n"

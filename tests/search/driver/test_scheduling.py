@@ -135,6 +135,81 @@ def test_trial_stopped_after_the_last_snapshot_is_stopped_again_at_its_rung():
         "epoch": 3, "timestamp": 9, "val_accuracy": 0.9}) == TrialScheduler.CONTINUE
 
 
+class StoppingController:
+    """What a scheduler sees of Ray's controller: the trials, and stopping one."""
+
+    def __init__(self, trials):
+        self.trials = trials
+        self.stopped = []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        self.stopped.append(trial.trial_id)
+        trial.status = Trial.TERMINATED
+
+
+def test_a_stop_the_study_recorded_is_final_though_the_results_in_storage_are_older():
+    # On S3 the study's journal can be newer than Ray's results in the bucket: the study says
+    # ASHA stopped "stale" at epoch 4 and "caught" at epoch 2, the bucket has their epochs up
+    # to 2 only, and Ray's older state resumes both.
+    asha = dict(ASHA_ARGS, max_t=6, grace_period=1, reduction_factor=2)  # rungs 1, 2, 4
+    order = [("good", {"epoch": e, "timestamp": e, "val_accuracy": 0.5}) for e in (1, 2, 3, 4)]
+    order += [("stale", {"epoch": e, "timestamp": 10 + e, "val_accuracy": 0.9}) for e in (1, 2)]
+    order += [("caught", {"epoch": e, "timestamp": 20 + e, "val_accuracy": 0.95})
+              for e in (1, 2)]
+    resumed = restored(RememberingASHA(**asha))
+    resumed.remember(records_of(order, {"good", "stale", "caught"}),
+                     stops={"stale": 4, "caught": 2})
+    stale = FakeTrial("stale", Trial.PENDING, last_result={"epoch": 2})
+    caught = FakeTrial("caught", Trial.PENDING, last_result={"epoch": 2})
+    controller = StoppingController([stale, caught])
+    for trial in controller.trials:
+        resumed.on_trial_add(controller, trial)
+    # "caught" already reported the epoch it was stopped at: it must not train one more.
+    assert resumed.choose_trial_to_run(controller) is stale
+    assert controller.stopped == ["caught"]
+    # "stale" retrains from its older checkpoint, better than anyone, and stops at epoch 4.
+    assert resumed.on_trial_result(controller, stale, {
+        "epoch": 3, "timestamp": 30, "val_accuracy": 0.99}) == TrialScheduler.CONTINUE
+    assert resumed.on_trial_result(controller, stale, {
+        "epoch": 4, "timestamp": 31, "val_accuracy": 0.99}) == TrialScheduler.STOP
+
+
+def test_the_driver_hands_the_study_records_to_a_scheduler_restored_inside_fit():
+    from search.driver.scheduling import study_records
+
+    scheduler = restored(RememberingASHA(**ASHA_ARGS))
+    with study_records({"x": 3}):
+        scheduler.remember([])
+    assert scheduler._stopped_at == {"x": 3}
+    started(scheduler)  # outside the block: nothing from the study
+    assert scheduler._stopped_at == {}
+
+
+def test_a_resumed_round_counts_the_trials_it_holds_not_rays_generator_state():
+    # A driver killed while uploading Ray's snapshot can leave the search generator's count
+    # (5) ahead of the trials Ray's state lists; the driver counted 3 (with those rebuilt from
+    # the study): Ray makes num_samples - 3 new trials, not num_samples - 5.
+    from search.driver.scheduling import study_records
+
+    class Generator:
+        _counter = 5
+
+    class Controller:
+        search_alg = Generator()
+
+    controller = Controller()
+    scheduler = started(restored(RememberingASHA(**ASHA_ARGS)))
+    with study_records({}, round_trials=3):
+        scheduler.on_trial_add(controller, FakeTrial("a"))
+        assert controller.search_alg._counter == 3
+        controller.search_alg._counter = 4  # Ray made one more
+        scheduler.on_trial_add(controller, FakeTrial("b"))
+    assert controller.search_alg._counter == 4
+
+
 def rung_one(scheduler, values):
     """Each value reported at epoch 1 by a new trial, in order; the decisions."""
     order = [(f"t{i}", {"epoch": 1, "timestamp": i, "val_accuracy": v})
