@@ -191,9 +191,12 @@ def trial_epochs_to_within(rows: Sequence[Mapping[str, Any]], target: float,
     """Trial-epochs spent until a result came within ``tolerance`` of ``target``.
 
     Args:
-        rows: One row per trial-epoch, from every trial of a search (any order: they are
-            sorted by :func:`arrival_key`). Rows with ``trial_failed`` count as spent epochs but
-            never reach the target (their accuracy is the last good epoch's).
+        rows: One row per trial-epoch, from every trial of a search, **in the order they
+            arrived** (a run's rows are kept that way: Ray's rows sorted by
+            :func:`arrival_key` when read, the others by their arrival time ``t``). They are
+            not sorted here: rows without Ray's timestamps would fall back to epoch order,
+            which counts other trials' later epochs first. Rows with ``trial_failed`` count as
+            spent epochs but never reach the target (their accuracy is the last good epoch's).
         target: The validation accuracy to get close to (e.g. the best of the search).
         tolerance: How close counts, in accuracy (0.01 is one point).
 
@@ -201,7 +204,7 @@ def trial_epochs_to_within(rows: Sequence[Mapping[str, Any]], target: float,
         The 1-based count of trial-epochs up to and including the first close enough, or
         ``None`` if none was.
     """
-    for spent, row in enumerate(sorted(rows, key=arrival_key), start=1):
+    for spent, row in enumerate(rows, start=1):
         value = row.get(METRIC)
         # The epsilon keeps a value exactly `tolerance` below the target counting as within.
         if not row.get("trial_failed") and finite(value) and value >= target - tolerance - 1e-9:

@@ -7,11 +7,17 @@ with the seconds the trial measured itself. The Ray-based methods train through 
 own trainable (``search.trial.trainable.train_trial``), the others through
 ``peer_trial.train_epochs`` or its Keras callback, which share the project's set-up sequence.
 
-How each method stops at the budget is its own: a ``Stopper`` for Ray Tune, a trial count for
-``run_search`` (set so that ASHA's expected spend exceeds the budget; it has no stop hook),
-``study.stop()`` from a callback for Optuna, whole Hyperband iterations for Keras Tuner,
-``StoppingCriterion(max_num_evaluations)`` for Syne Tune. ``peers.py`` then counts only the
-first ``budget`` trial-epochs of each.
+How each method stops at the budget is its own: a ``Stopper`` for Ray Tune (ours included:
+its searcher and scheduler, from ``run_search``'s own factory, run in the same ``tune.Tuner``
+set-up as stock Ray + Optuna), ``study.stop()`` from a callback for Optuna, whole Hyperband
+iterations for Keras Tuner, ``StoppingCriterion(max_num_evaluations)`` for Syne Tune.
+``peers.py`` then counts only the first ``budget`` trial-epochs of each, in arrival order.
+
+Every method's epochs are timed in the same place (a Keras callback's epoch begin to end: the
+project's trial reports it as ``epoch_seconds``), so imports, builds and restores count as the
+framework's cost for every method alike; each method's random state comes from
+:func:`peer_task.method_seed`; the test accuracy is that of the model at the best epoch within
+the budget (Ray trials checkpoint every epoch and keep every checkpoint for it).
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from common import Context, logged, run_logged_search
+from common import Context, logged
 from peer_task import (
     MethodRun,
     Task,
     asha_trials,
     hyperband_iteration_epochs,
     keras_tuner_config,
+    method_seed,
     peer_gpus,
     ray_space,
     syne_space,
@@ -81,23 +88,39 @@ def _ray_rows(trials: list[Any], began: float) -> list[dict[str, Any]]:
 
     rows = []
     for trial in trials:
-        previous = 0.0
+        first = True
         for row in sorted(trial.history, key=lambda r: int(r.get("epoch", 0))):
-            spent = float(row.get("wall_seconds", 0.0))
             rows.append({"trial": trial.trial_id, "epoch": int(row.get("epoch", 0)),
                          METRIC: float(row.get(METRIC, math.nan)),
-                         "fit_s": spent - previous,
+                         # The trial's own epoch time (Keras callback, begin to end), as the
+                         # peers' rows: not differences of wall_seconds, whose clock starts
+                         # with the attempt (imports, build, restore are the framework's).
+                         "fit_s": float(row.get("epoch_seconds", 0.0) or 0.0),
                          "trial_failed": bool(row.get("trial_failed")),
                          "t": float(row.get("timestamp", began)) - began,
+                         **({"config": dict(trial.config)} if first else {}),
                          "_key": arrival_key(row)})
-            previous = spent
+            first = False
     rows.sort(key=lambda r: r.pop("_key"))
     return rows
 
 
+def checkpoint_at(trial_path: str, epoch: int) -> str | None:
+    """The trial's checkpoint folder written at ``epoch`` (``None`` if it kept none there)."""
+    import json
+
+    from search.trial.checkpoint import STATE_FILE
+
+    for folder in sorted(Path(trial_path).glob("checkpoint_*")):
+        state = folder / STATE_FILE
+        if state.exists() and int(json.loads(state.read_text()).get("epoch", -1)) == epoch:
+            return str(folder)
+    return None
+
+
 def _checkpoint_test(trials: list[Any], data: Any) -> Callable[[dict[str, Any]], float | None]:
-    """Test accuracy of a Ray trial's best checkpoint (the model as the search left it)."""
-    from search.outputs.export import best_checkpoint
+    """Test accuracy of a Ray trial's model at a row's epoch (its checkpoint of that epoch:
+    the best epoch within the budget, as the other methods test it)."""
     from search.trial.checkpoint import model_path
 
     by_id = {t.trial_id: t for t in trials}
@@ -105,7 +128,7 @@ def _checkpoint_test(trials: list[Any], data: Any) -> Callable[[dict[str, Any]],
     def test_of(row: dict[str, Any]) -> float | None:
         import keras
 
-        folder = best_checkpoint(by_id[row["trial"]])
+        folder = checkpoint_at(by_id[row["trial"]].path, int(row["epoch"]))
         if folder is None:
             return None
         return evaluate_test(keras.saving.load_model(model_path(folder)), data)
@@ -118,16 +141,26 @@ def _checkpoint_test(trials: list[Any], data: Any) -> Callable[[dict[str, Any]],
 
 
 def run_finetune_search(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
-    """``search.run_search`` as shipped: TPE told PRUNED for ASHA-stopped trials, ASHA."""
-    # Every trial keeps its checkpoints: figure 2 tests the best one within the budget.
-    raw = task.raw_for(f"ours-seed{seed}", seed, workdir,
-                       num_samples=asha_trials(task), max_concurrent=task.concurrency,
-                       keep_checkpoints=asha_trials(task))
-    began = time.time()
-    summary, wall = run_logged_search(raw, ctx, workdir / "finetune_search.log")
-    data = task_data({"dataset": raw["dataset"]})
-    return MethodRun(_ray_rows(summary.trials, began), wall, began, task.concurrency,
-                     _checkpoint_test(summary.trials, data))
+    """Ours: the searcher and scheduler ``run_search`` builds
+    (:func:`search.driver.service.make_search_policy`: TPE told which trials ASHA stopped,
+    ASHA whose rungs survive resume, the baseline first), in the same ``tune.Tuner`` set-up as
+    stock Ray + Optuna, stopped at the budget by the same stopper."""
+    from search.driver.service import make_search_policy
+
+    def policy(spec: Any) -> dict[str, Any]:
+        searcher, scheduler = make_search_policy(
+            spec, journal_path=str(workdir / "optuna_study.journal"),
+            num_samples=asha_trials(task), seed=method_seed("finetune_search", seed),
+            baseline=spec.search.baseline)
+        # Its space is its own (define-by-run) and it keeps the concurrency limit itself.
+        return {"search_alg": searcher, "scheduler": scheduler, OWN_SPACE: True}
+
+    return _run_ray_tuner(task, seed, workdir, ctx, f"ours-seed{seed}", asha_trials(task),
+                          policy)
+
+
+# A make_config key: the searcher brings its space, metric and mode (no param_space).
+OWN_SPACE = "own_space"
 
 
 def _run_ray_tuner(task: Task, seed: int, workdir: Path, ctx: Context, name: str,
@@ -144,6 +177,8 @@ def _run_ray_tuner(task: Task, seed: int, workdir: Path, ctx: Context, name: str
     from search.trial.trainable import train_trial
 
     spec = task.spec(name, seed, workdir)
+    config = make_config(spec)
+    own_space = bool(config.pop(OWN_SPACE, False))
     began = time.time()
     with logged(workdir / f"{name}.log"):
         data = load_dataset(spec.dataset)
@@ -156,17 +191,17 @@ def _run_ray_tuner(task: Task, seed: int, workdir: Path, ctx: Context, name: str
                                      fixed={**spec.fixed_config(), "gpus_per_trial": gpus,
                                             "checkpoint": "every_epoch"}),
                 {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
+            objective = {} if own_space else {"metric": METRIC, "mode": MODE}
             tuner = tune.Tuner(
-                trainable, param_space=ray_space(spec.space),
-                tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=num_samples,
-                                            max_concurrent_trials=task.concurrency,
-                                            **make_config(spec)),
+                trainable, param_space=None if own_space else ray_space(spec.space),
+                tune_config=tune.TuneConfig(**objective, num_samples=num_samples,
+                                            max_concurrent_trials=task.concurrency, **config),
                 run_config=tune.RunConfig(
                     name=name, storage_path=str(workdir / "experiments"), verbose=0,
                     stop=TrialEpochBudget(task.budget),
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=1, checkpoint_score_attribute=METRIC,
-                        checkpoint_score_order=MODE)))
+                    # Every epoch's checkpoint kept: the test is of the best epoch within
+                    # the budget, whichever that is.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
             grid = tuner.fit()
         finally:
             if started:
@@ -191,7 +226,7 @@ def run_ray_optuna(task: Task, seed: int, workdir: Path, ctx: Context) -> Method
 
     return _run_ray_tuner(
         task, seed, workdir, ctx, f"ray-optuna-seed{seed}", asha_trials(task),
-        lambda spec: {"search_alg": OptunaSearch(seed=seed),
+        lambda spec: {"search_alg": OptunaSearch(seed=method_seed("ray_optuna", seed)),
                       "scheduler": ASHAScheduler(max_t=task.max_t,
                                                  grace_period=task.grace_period,
                                                  reduction_factor=task.reduction_factor)})
@@ -204,7 +239,8 @@ def run_random_fifo(task: Task, seed: int, workdir: Path, ctx: Context) -> Metho
 
     return _run_ray_tuner(
         task, seed, workdir, ctx, f"random-fifo-seed{seed}", math.ceil(task.budget / task.max_t),
-        lambda spec: {"search_alg": BasicVariantGenerator(random_state=seed),
+        lambda spec: {"search_alg": BasicVariantGenerator(
+            random_state=method_seed("random_fifo", seed)),
                       "scheduler": FIFOScheduler()})
 
 
@@ -268,7 +304,8 @@ def run_optuna(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
     spawn = multiprocessing.get_context("spawn")
     # Distinct seeds: workers with one seed would draw the same start-up configs.
     workers = [spawn.Process(target=_optuna_worker, args=(
-        journal, spec.name, str(task_file), seed * 1000 + k, task.budget, task.grace_period,
+        journal, spec.name, str(task_file), method_seed("optuna", seed) + k, task.budget,
+        task.grace_period,
         task.reduction_factor, str(workdir / f"optuna-worker{k}.log")))
         for k in range(task.concurrency)]
     for worker in workers:
@@ -304,7 +341,8 @@ def _keras_tuner_hypermodel(task_file: Path, space: Mapping[str, Any]) -> Any:
             train_ds, val_ds = runtime.make_pipelines(params, data.x_train, data.y_train,
                                                       data.x_val, data.y_val,
                                                       int(params["batch_size"]))
-            callbacks = [*kwargs.pop("callbacks", []), keras_recorder(task, data)]
+            config = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+            callbacks = [*kwargs.pop("callbacks", []), keras_recorder(task, data, config)]
             return model.fit(train_ds, validation_data=val_ds, callbacks=callbacks, verbose=0,
                              shuffle=False, **kwargs)
 
@@ -319,7 +357,8 @@ def _run_keras_tuner(task: Task, seed: int, workdir: Path, algorithm: str) -> Me
     began = time.time()
     with logged(workdir / "keras_tuner.log"):
         hypermodel = _keras_tuner_hypermodel(task_file, spec.space)
-        common = {"objective": keras_tuner.Objective(METRIC, direction="max"), "seed": seed,
+        common = {"objective": keras_tuner.Objective(METRIC, direction="max"),
+                  "seed": method_seed(f"keras_tuner_{algorithm}", seed),
                   "directory": str(workdir / "keras_tuner"), "project_name": spec.name,
                   "overwrite": True}
         if algorithm == "hyperband":
@@ -355,9 +394,17 @@ def _run_syne_tune(task: Task, seed: int, workdir: Path, scheduler_name: str) ->
         # Syne Tune writes under $SYNETUNE_FOLDER and sets OMP_NUM_THREADS=1 when it is
         # unset; neither should leak into the methods that run after it.
         os.environ["SYNETUNE_FOLDER"] = str(workdir / "syne-tune")
+        omp = os.environ.get("OMP_NUM_THREADS")
         from syne_tune import StoppingCriterion, Tuner
         from syne_tune.backend import LocalBackend
         from syne_tune.optimizer.baselines import ASHA, BOHB
+
+        # Syne Tune sets OMP_NUM_THREADS=1 on its first import only (it was then seed 0's
+        # alone): its trials get the environment every other method's trials get.
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
 
         spec = task.spec(f"syne-tune-{scheduler_name}-seed{seed}", seed, workdir)
         task_file = write_task(task, spec, peer_gpus(spec), workdir)
@@ -366,7 +413,8 @@ def _run_syne_tune(task: Task, seed: int, workdir: Path, scheduler_name: str) ->
         scheduler = scheduler_class(config_space, metric=METRIC, do_minimize=False,
                                     time_attr="epoch", max_t=task.max_t,
                                     grace_period=task.grace_period,
-                                    reduction_factor=task.reduction_factor, random_seed=seed)
+                                    reduction_factor=task.reduction_factor,
+                                    random_seed=method_seed(f"syne_tune_{scheduler_name}", seed))
         began = time.time()
         with logged(workdir / "syne_tune.log"):
             tuner = Tuner(trial_backend=LocalBackend(entry_point=str(PEER_TRIAL)),

@@ -35,17 +35,22 @@ def run_figures(run: MethodRun, budget: int) -> dict[str, Any]:
     best_row = max(good, key=lambda r: r[METRIC]) if good else None  # the first of ties
     run_epochs = len(run.rows)
     trial_s = sum(float(r.get("fit_s", 0.0)) for r in run.rows)
+    # The harness's own test evaluations (peers evaluate inside their run) are no one's cost.
+    test_s = sum(float(r.get("test_s", 0.0) or 0.0) for r in run.rows)
     return {
         "best_val": best_row[METRIC] if best_row else float("nan"),
+        "best_trial": best_row["trial"] if best_row else None,
+        "best_epoch": best_row["epoch"] if best_row else None,
         "test_acc": run.test_of(best_row) if best_row else None,
         "trial_epochs": len(counted), "trial_epochs_run": run_epochs,
         "trials": len({r["trial"] for r in counted}),
         "wall_s": run.wall_s, "concurrency": run.concurrency,
         "wall_s_per_epoch": run.wall_s / run_epochs if run_epochs else float("nan"),
         "trial_s_per_epoch": trial_s / run_epochs if run_epochs else float("nan"),
-        # Slot-seconds per trial-epoch not spent in the trials' own training: start-up,
-        # scheduling, checkpoints, idle slots, process launches.
-        "overhead_s_per_epoch": (run.concurrency * run.wall_s - trial_s) / run_epochs
+        # Slot-seconds per trial-epoch not spent in the trials' own training (every method's
+        # epochs timed alike, from a Keras callback's epoch begin to its end): imports,
+        # builds, start-up, scheduling, checkpoints, idle slots, process launches.
+        "overhead_s_per_epoch": (run.concurrency * run.wall_s - trial_s - test_s) / run_epochs
         if run_epochs else float("nan"),
     }
 
@@ -53,9 +58,7 @@ def run_figures(run: MethodRun, budget: int) -> dict[str, Any]:
 def to_target(rows: Sequence[Mapping[str, Any]], budget: int,
               target: float) -> tuple[int | None, float | None]:
     """Trial-epochs and seconds until a counted row came within 1 point of ``target``."""
-    counted = list(rows[:budget])
-    # The rows are in arrival order already; arrival_key keeps that order for rows without
-    # Ray's timestamps.
+    counted = list(rows[:budget])  # in arrival order, as a MethodRun keeps them
     spent = trial_epochs_to_within(counted, target, TOLERANCE)
     return spent, (None if spent is None else float(counted[spent - 1]["t"]))
 
@@ -71,16 +74,19 @@ def t_quantile(dof: int) -> float:
     return float(stats.t.ppf(0.975, dof))
 
 
-def paired(ours: Sequence[float], peer: Sequence[float]) -> dict[str, Any]:
+def paired(ours: Sequence[float], peer: Sequence[float],
+           higher_is_better: bool = True) -> dict[str, Any]:
     """Ours - peer paired by seed: the mean, its 95% t interval, and whether that is noise.
 
     Args:
         ours: Our figure per seed.
         peer: The peer's figure for the same seeds.
+        higher_is_better: Whether a higher figure is the better one (accuracy) or a lower
+            one (epochs to the target, cost).
 
     Returns:
         ``diff`` (mean), ``low``/``high`` (the interval; NaN below 2 seeds), ``ratio``
-        (mean ours / mean peer), ``verdict`` (``ours higher``, ``peer higher`` or
+        (mean ours / mean peer), ``verdict`` (``ours better``, ``peer better`` or
         ``within noise``: the interval holds 0, or fewer than 2 seeds).
     """
     diffs = [a - b for a, b in zip(ours, peer) if finite(a) and finite(b)]
@@ -94,10 +100,8 @@ def paired(ours: Sequence[float], peer: Sequence[float]) -> dict[str, Any]:
         low = high = float("nan")
     peer_mean = mean([b for b in peer if finite(b)])
     ratio = mean([a for a in ours if finite(a)]) / peer_mean if peer_mean else float("nan")
-    if n >= 2 and low > 0:
-        verdict = "ours higher"
-    elif n >= 2 and high < 0:
-        verdict = "peer higher"
+    if n >= 2 and (low > 0 or high < 0):
+        verdict = "ours better" if (low > 0) == higher_is_better else "peer better"
     else:
         verdict = "within noise"
     return {"diff": average, "low": low, "high": high, "ratio": ratio, "n": n,
@@ -132,9 +136,11 @@ def summarize(runs: Mapping[str, list[dict[str, Any]]], budget: int) -> dict[str
                 "test_acc": paired([v if v is not None else math.nan for v in ours["test_acc"]],
                                    [v if v is not None else math.nan for v in peer["test_acc"]]),
                 "epochs_to_target": paired(ours["epochs_to_target_censored"],
-                                           peer["epochs_to_target_censored"]),
+                                           peer["epochs_to_target_censored"],
+                                           higher_is_better=False),
                 "overhead_s_per_epoch": paired(ours["overhead_s_per_epoch_by_seed"],
-                                               peer["overhead_s_per_epoch_by_seed"]),
+                                               peer["overhead_s_per_epoch_by_seed"],
+                                               higher_is_better=False),
             }
     return {"methods": methods, "comparisons": comparisons}
 
@@ -232,6 +238,7 @@ def print_tables(result: Mapping[str, Any]) -> str:
              Column("diff", "ours - peer", "+.4g"), Column("interval", "95% interval"),
              Column("ratio", "ours / peer", ".3f"), Column("verdict", "verdict")],
             compare_rows),
-            "best_val/test_acc: higher is better; epochs_to_target/overhead: lower is better. "
+            "best_val/test_acc: higher is better; epochs_to_target/overhead: lower is better "
+            "(the verdict names the better side). "
             "'within noise': the interval holds 0 (or fewer than 2 seeds)."]
     return "\n".join(out)

@@ -7,10 +7,12 @@ pipelines) on the project's own data split (``search.data.load_dataset``). So wh
 between the methods is the search, not the training.
 
 Every trained epoch is written as one JSON line to a rows folder (one file per process), with
-the time it arrived, the seconds the trial itself measured (the ``fit`` call, and the test
-evaluation below), and, when the epoch is the trial's best so far, the test accuracy of the
-model at that epoch: the best config's test accuracy is then that of the model the method
-trained, not of a retrained one.
+the time it arrived, the epoch's seconds (``fit_s``: from a Keras callback's ``on_epoch_begin``
+to its ``on_epoch_end``, training and validation, the place where ``finetune-search``'s own
+trial times its ``epoch_seconds``), and, when the epoch is the trial's best so far, the test
+accuracy of the model at that epoch and the seconds that evaluation took (``test_s``, the
+harness's, no method's cost): the best config's test accuracy is then that of the model the
+method trained, not of a retrained one. The first row of a trial carries its ``config``.
 
 Run as a script, this file is Syne Tune's entry point (``LocalBackend`` starts one process
 per trial with the config as ``--key value`` arguments).
@@ -74,9 +76,11 @@ class EpochRecorder:
         trial: The trial's name in the rows.
     """
 
-    def __init__(self, task: Mapping[str, Any], data: Any, trial: str) -> None:
+    def __init__(self, task: Mapping[str, Any], data: Any, trial: str,
+                 config: Mapping[str, Any] | None = None) -> None:
         self.data = data
         self.trial = trial
+        self.config = dict(config) if config is not None else None
         self.best: float | None = None
         rows = Path(task["rows"])
         rows.mkdir(parents=True, exist_ok=True)
@@ -91,15 +95,17 @@ class EpochRecorder:
             value: Its validation accuracy.
             fit_s: The seconds the epoch's training and validation took.
         """
-        test_accuracy = None
-        own_s = fit_s
+        arrived = time.time()
+        test_accuracy, test_s = None, 0.0
         if math.isfinite(value) and (self.best is None or value > self.best):
             self.best = value
             began = time.perf_counter()
             test_accuracy = evaluate_test(model, self.data)
-            own_s += time.perf_counter() - began
+            test_s = time.perf_counter() - began
         row = {"trial": self.trial, "epoch": int(epoch), METRIC: float(value),
-               "t": time.time(), "fit_s": own_s, "test_accuracy": test_accuracy}
+               "t": arrived, "fit_s": fit_s, "test_s": test_s, "test_accuracy": test_accuracy}
+        if self.config is not None:
+            row["config"], self.config = self.config, None
         with open(self.path, "a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
 
@@ -152,20 +158,37 @@ def train_epochs(config: Mapping[str, Any], task: Mapping[str, Any],
     data = task_data(task)
     params = {**task["fixed"], **config}
     model, train_ds, val_ds = build(params, data)
-    recorder = EpochRecorder(task, data, trial or uuid.uuid4().hex[:12])
+    recorder = EpochRecorder(task, data, trial or uuid.uuid4().hex[:12], config)
+    timer = epoch_timer()
     value = float("nan")
     for epoch in range(1, int(task["max_t"]) + 1):
-        began = time.perf_counter()
         history = model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch - 1,
-                            epochs=epoch, verbose=0, shuffle=False)
-        fit_s = time.perf_counter() - began
+                            epochs=epoch, verbose=0, shuffle=False, callbacks=[timer])
         value = float(history.history[METRIC][-1])
-        recorder.record(model, epoch, value, fit_s)
+        recorder.record(model, epoch, value, timer.seconds)
         report(epoch, value)
     return value
 
 
-def keras_recorder(task: Mapping[str, Any], data: Any) -> Any:
+def epoch_timer() -> Any:
+    """A Keras callback that times each epoch from its begin to its end (training and
+    validation), where ``finetune-search``'s trial times its ``epoch_seconds``."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        seconds = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.began = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.seconds = time.perf_counter() - self.began
+
+    return EpochTimer()
+
+
+def keras_recorder(task: Mapping[str, Any], data: Any,
+                   config: Mapping[str, Any] | None = None) -> Any:
     """A Keras callback that records every epoch of one ``fit`` (for Keras Tuner's trials).
 
     Keras Tuner calls ``fit`` itself; the callback times each epoch from its start to its end
@@ -173,7 +196,7 @@ def keras_recorder(task: Mapping[str, Any], data: Any) -> Any:
     """
     import keras
 
-    recorder = EpochRecorder(task, data, uuid.uuid4().hex[:12])
+    recorder = EpochRecorder(task, data, uuid.uuid4().hex[:12], config)
 
     class Recorder(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:

@@ -165,8 +165,11 @@ def run_comparison(task: Task, seeds: Sequence[int], names: Sequence[str], workd
                        default=float("nan"))
         for name in names:
             epochs, seconds = to_target(runs[name].rows, task.budget, best_any)
+            # The rows (each trial's config on its first) stay in the JSON: every figure can
+            # be computed again from them.
             per_seed[name].append({"seed": seed, **figures[name], "best_any": best_any,
-                                   "epochs_to_target": epochs, "seconds_to_target": seconds})
+                                   "epochs_to_target": epochs, "seconds_to_target": seconds,
+                                   "rows": runs[name].rows})
         if after_seed is not None:
             done = list(seeds[:seeds.index(seed) + 1])
             after_seed({**summarize(per_seed, task.budget), "budget_trial_epochs": task.budget,

@@ -27,7 +27,6 @@ a sampler's draws.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from peer_task import method_seed
 from task import TableTask
 
 METRIC, TIME_ATTR = "val_accuracy", "epoch"
@@ -50,12 +50,6 @@ class Job:
     first: int
     last: int
     state: dict[str, Any] = field(default_factory=dict)
-
-
-def method_seed(name: str, seed: int) -> int:
-    """An independent seed for one method at one simulation seed."""
-    digest = hashlib.blake2b(f"{name}:{seed}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") % (2 ** 31 - 1)
 
 
 class Method:

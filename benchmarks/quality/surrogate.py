@@ -98,7 +98,7 @@ class Surrogate:
             return hit
         distance = np.sqrt(((self.points - np.array(key)) ** 2).sum(axis=1))
         nearest = np.argsort(distance, kind="stable")[:self.k]
-        if distance[nearest[0]] < 1e-9:
+        if distance[nearest[0]] < 1e-5:  # the key is rounded to 6 decimals
             nearest, weights = nearest[:1], np.ones(1)
         else:
             weights = 1.0 / distance[nearest]

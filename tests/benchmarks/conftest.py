@@ -1,5 +1,6 @@
 """Puts ``benchmarks/`` on ``sys.path``, as ``benchmarks/run.py`` does, so tests import its
-modules (``common``, ``gpu``, ``search_efficiency``) by their own names."""
+modules (``common``, ``gpu``, ``search_efficiency``, ``quality/simulate``) by their own
+names."""
 
 from __future__ import annotations
 
@@ -7,5 +8,6 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
+for _path in (BENCHMARKS / "quality", BENCHMARKS):  # the quality benchmark's modules too
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))

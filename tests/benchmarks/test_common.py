@@ -7,6 +7,7 @@ import math
 import pytest
 from common import (
     Column,
+    arrival_key,
     format_cell,
     format_pairs,
     format_table,
@@ -57,18 +58,29 @@ def _row(trial, epoch, acc, timestamp, started=0.0, total=0.0, failed=False):
             "attempt_started_at": started, "time_total_s": total, "trial_failed": failed}
 
 
-def test_trial_epochs_to_within_counts_in_arrival_order_not_list_order():
+def test_trial_epochs_to_within_counts_rows_in_the_order_they_arrived_not_epoch_order():
+    # Rows without Ray's timestamps (every peer's, and Ray's once read) in arrival order:
+    # a1, a2 (the target), b1, c1. Sorting them by epoch would count a2 fourth.
+    rows = [{"trial": "a", "epoch": 1, "val_accuracy": 0.5},
+            {"trial": "a", "epoch": 2, "val_accuracy": 0.9},
+            {"trial": "b", "epoch": 1, "val_accuracy": 0.6},
+            {"trial": "c", "epoch": 1, "val_accuracy": 0.7}]
+    assert trial_epochs_to_within(rows, target=0.9) == 2
+    assert trial_epochs_to_within(rows, target=0.97) is None
+
+
+def test_arrival_key_sorts_ray_rows_by_timestamp_not_by_list_order():
     rows = [
         _row("b", 2, 0.95, timestamp=105),
         _row("a", 1, 0.50, timestamp=100),
         _row("b", 1, 0.80, timestamp=103),
         _row("a", 2, 0.70, timestamp=104),
     ]
-    # Arrival: a1 (0.50), b1 (0.80), a2 (0.70), b2 (0.95).
-    assert trial_epochs_to_within(rows, target=0.95) == 4
-    assert trial_epochs_to_within(rows, target=0.81) == 2  # 0.80 is within 0.01
-    assert trial_epochs_to_within(rows, target=0.51) == 1
-    assert trial_epochs_to_within(rows, target=0.97) is None
+    ordered = sorted(rows, key=arrival_key)
+    assert [(r["trial"], r["epoch"]) for r in ordered] == [("a", 1), ("b", 1), ("a", 2),
+                                                           ("b", 2)]
+    assert trial_epochs_to_within(ordered, target=0.95) == 4
+    assert trial_epochs_to_within(ordered, target=0.81) == 2  # 0.80 is within 0.01
 
 
 def test_trial_epochs_to_within_counts_exactly_one_point_below_as_within():
@@ -77,11 +89,11 @@ def test_trial_epochs_to_within_counts_exactly_one_point_below_as_within():
     assert trial_epochs_to_within(rows, target=0.90, tolerance=0.005) == 2
 
 
-def test_trial_epochs_to_within_breaks_same_second_ties_by_start_plus_running_time():
+def test_arrival_key_breaks_same_second_ties_by_start_plus_running_time():
     rows = [_row("late", 1, 0.9, timestamp=50, started=40.0, total=9.8),
             _row("early", 1, 0.6, timestamp=50, started=45.0, total=4.1)]
     # Both reported in second 50; "early" arrived at 49.1, "late" at 49.8.
-    assert trial_epochs_to_within(rows, target=0.9) == 2
+    assert [r["trial"] for r in sorted(rows, key=arrival_key)] == ["early", "late"]
 
 
 def test_trial_epochs_to_within_counts_failed_epochs_as_spent_but_never_reached():

@@ -40,11 +40,45 @@ def test_paired_difference_has_a_t_interval_and_says_when_it_is_noise():
     # sd of (0.1, 0.11, 0.11) = 0.005774; t(0.975, 2) = 4.303.
     assert clear["high"] - clear["diff"] == pytest.approx(4.303 * 0.005774 / math.sqrt(3),
                                                           rel=1e-3)
-    assert clear["verdict"] == "ours higher"
+    assert clear["verdict"] == "ours better"
     assert clear["ratio"] == pytest.approx(0.91 / 0.80333, rel=1e-4)
     assert paired([0.9, 0.8], [0.85, 0.86])["verdict"] == "within noise"
-    assert paired([10, 12], [20, 21])["verdict"] == "peer higher"
+    assert paired([10, 12], [20, 21])["verdict"] == "peer better"
     assert paired([0.9], [0.8])["verdict"] == "within noise"  # one seed says nothing
+    # Epochs to the target, cost: lower is better, and the verdict says so.
+    assert paired([10, 12], [20, 21], higher_is_better=False)["verdict"] == "ours better"
+    assert paired([30, 31], [20, 21], higher_is_better=False)["verdict"] == "peer better"
+
+
+def test_to_target_counts_in_arrival_order_when_it_differs_from_epoch_order():
+    # Arrival: a1, a2 (the target), b1, c1 -- epoch order would put a2 last.
+    rows = [_row("a", 1, 0.50, 1.0), _row("a", 2, 0.90, 2.0), _row("b", 1, 0.60, 3.0),
+            _row("c", 1, 0.70, 4.0)]
+    assert to_target(rows, budget=4, target=0.9) == (2, 2.0)
+
+
+def test_framework_cost_counts_a_slow_start_up_not_as_training_and_leaves_out_test_time():
+    from peer_methods import _ray_rows
+
+    class Trial:
+        trial_id, config = "t1", {"upsample": 1}
+        # A 30 s start-up (import, build) before epoch 1's 2 s: Ray's wall_seconds counts
+        # from the attempt's start, the trial's epoch_seconds from the epoch's.
+        history = [{"epoch": 2, "val_accuracy": 0.8, "wall_seconds": 34.0, "epoch_seconds": 2.0,
+                    "timestamp": 134, "attempt_started_at": 100.0, "time_total_s": 34.0},
+                   {"epoch": 1, "val_accuracy": 0.6, "wall_seconds": 32.0, "epoch_seconds": 2.0,
+                    "timestamp": 132, "attempt_started_at": 100.0, "time_total_s": 32.0}]
+
+    rows = _ray_rows([Trial()], began=100.0)
+    assert [(r["epoch"], r["fit_s"]) for r in rows] == [(1, 2.0), (2, 2.0)]
+    assert rows[0]["config"] == {"upsample": 1} and "config" not in rows[1]
+    ours = run_figures(MethodRun(rows, wall_s=34.0, began=100.0, concurrency=1), budget=2)
+    assert ours["overhead_s_per_epoch"] == pytest.approx((34.0 - 4.0) / 2)
+    # A peer that spends 5 s on the harness's test evaluations: not its cost.
+    peer_rows = [{**_row("p", 1, 0.6, 1.0, fit_s=2.0), "test_s": 5.0},
+                 {**_row("p", 2, 0.8, 2.0, fit_s=2.0), "test_s": 0.0}]
+    peer = run_figures(MethodRun(peer_rows, wall_s=39.0, began=0.0, concurrency=1), budget=2)
+    assert peer["overhead_s_per_epoch"] == pytest.approx((39.0 - 4.0 - 5.0) / 2)
 
 
 def test_summary_censors_a_target_never_reached_at_the_budget():
