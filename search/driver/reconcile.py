@@ -27,6 +27,7 @@ from search.driver.study import (
     REASON_NO_METRIC,
     REASON_ORPHANED,
     REASON_UNFINISHED,
+    REBUILT_FROM_STUDY,
     STOP_REASON,
     TIME_ATTR,
     TrialStatus,
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 
 # Ray statuses of a trial that `resume` continues (resume_unfinished and resume_errored).
 RAY_CONTINUED = ("RUNNING", "PENDING", "PAUSED", "ERROR")
-# Marks the result rows of a Ray trial rebuilt from the study (Ray's results in storage never
-# recorded the trial: its driver was killed before Ray's snapshot reached storage).
-REBUILT_FROM_STUDY = "rebuilt_from_study"
 
 
 def _epoch_values(trial: TrialRecord) -> dict[int, float]:

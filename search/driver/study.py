@@ -37,6 +37,9 @@ REASON_UNFINISHED = "unfinished: left running by an interrupted driver, never re
 # A trial that trained while Ray's results in storage never recorded it (its driver killed
 # before Ray's snapshot reached storage): rebuilt from the study, its checkpoints lost.
 REASON_LOST = "lost: its driver was killed before Ray's results recorded it"
+# Marks the result rows of a Ray trial rebuilt from the study (Ray's results in storage never
+# recorded the trial: its driver was killed before Ray's snapshot reached storage).
+REBUILT_FROM_STUDY = "rebuilt_from_study"
 REASON_BUDGET = "budget"  # stopped at an epoch boundary (or before it started): budget spent
 
 # The result key in which the driver records why it stopped a trial (a trial's own reports

@@ -28,7 +28,7 @@ import yaml
 
 import search
 from search._validate import echo
-from search.driver.study import METRIC, MODE, TIME_ATTR
+from search.driver.study import METRIC, MODE, REBUILT_FROM_STUDY, TIME_ATTR
 from search.errors import SpecError
 from search.outputs import storage
 from search.outputs.experiment import (
@@ -256,7 +256,12 @@ def _copy_model(trial: TrialRecord, experiment_dir: str, out_dir: str) -> str:
     fs, _ = storage.filesystem(experiment_dir)
     checkpoint = best_checkpoint(trial, fs)
     if checkpoint is None:
-        raise SpecError(f"{experiment_dir}: trial {trial.trial_id} has no checkpoint to export")
+        lost = any(row.get(REBUILT_FROM_STUDY) for row in trial.history)
+        why = (" (its results were rebuilt from the study after its driver was killed; its "
+               "checkpoints were lost): retrain its config from best_config.yaml, or export "
+               "with --no-model") if lost else ""
+        raise SpecError(f"{experiment_dir}: trial {trial.trial_id} has no checkpoint to "
+                        f"export{why}")
     with storage.atomic_path(storage.confined(out_dir, BEST_MODEL_FILE)) as tmp:
         write_keras_file(fs, checkpoint, tmp)
     return BEST_MODEL_FILE

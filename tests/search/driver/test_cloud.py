@@ -148,7 +148,7 @@ def test_resume_where_rays_results_in_the_bucket_fell_behind_the_journal_loses_n
     # put in that state after a search: one trial ("lost") finished in the journal but absent
     # from Ray's results, and one ("stray") that had just started: its folder holds only
     # params.json, Ray's state does not list it, and the journal has no epoch of it.
-    from search.driver.service import resume_search, run_search
+    from search.driver.service import run_search
     from search.outputs.results import experiment_state_files
 
     monkeypatch.setenv("HOME", str(tmp_path / "machine-a"))
@@ -187,10 +187,13 @@ def test_resume_where_rays_results_in_the_bucket_fell_behind_the_journal_loses_n
             (fs.delete_dir if info.type == storage.FileType.Directory else fs.delete_file)(
                 info.path)
 
-    monkeypatch.setenv("HOME", str(tmp_path / "machine-b"))  # a fresh machine
-    summary = resume_search(experiment, num_cpus=2)
+    # A fresh machine (its own process: Ray keeps a process's first HOME for its token).
+    monkeypatch.setenv("HOME", str(tmp_path / "machine-b"))
+    done = cli("resume", experiment, "--num-cpus", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 trial(s) rebuilt from the study" in done.stdout, done.stdout[-3000:]
     trials = {t.trial_id: t for t in load_trials(experiment)}
-    assert len(trials) == 4 == len(summary.trials), sorted(trials)
+    assert len(trials) == 4, sorted(trials)
     # The lost trial is back, from the journal, not run again; the stray one is gone and a
     # new trial took its place: every Ray trial trained.
     assert lost in trials and stray not in trials

@@ -160,3 +160,22 @@ def test_export_refuses_missing_empty_foreign_and_running_folders(tmp_path, expe
 def test_export_never_writes_outside_its_folder(tmp_path):
     with pytest.raises(SpecError, match="outside"):
         confined(str(tmp_path), "../escape.txt")
+
+
+def test_export_of_a_best_trial_rebuilt_from_the_study_names_its_lost_model(tmp_path):
+    # A trial whose results `resume` rebuilt from the study (its driver was killed before
+    # Ray's results reached storage) has no checkpoint: export says so, and which trial.
+    from search.spec import dump_spec
+    from tests.helpers import tiny_spec
+
+    spec = tiny_spec(tmp_path, name="lost")
+    folder = tmp_path / "results" / "lost"
+    (folder / "trial_abc").mkdir(parents=True)
+    (folder / "spec.yaml").write_text(dump_spec(spec))
+    (folder / "trial_abc" / "params.json").write_text(json.dumps({"dropout": 0.5}))
+    (folder / "trial_abc" / "result.json").write_text("".join(
+        json.dumps({"epoch": e, "val_accuracy": 0.5 + e / 10, "trial_id": "abc",
+                    "rebuilt_from_study": True}) + "\n" for e in (1, 2, 3)))
+    with pytest.raises(SpecError, match=r"trial abc has no checkpoint to export \(its results "
+                                        r"were rebuilt from the study"):
+        export_experiment(str(folder), str(tmp_path / "out"))
