@@ -80,27 +80,9 @@ def s3_bucket(monkeypatch):
     """An S3-compatible server (moto's, in this process, on a free loopback port) with one empty
     bucket; yields its ``s3://`` URI. The credentials are fake; pyarrow's real S3 client, and
     Ray's processes started after this, reach it through ``AWS_ENDPOINT_URL``."""
-    import logging
-    import socket
-    import uuid
+    from tests.helpers import moto_s3_bucket
 
-    import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch.setenv(key, value)
-    bucket = f"bucket-{uuid.uuid4().hex[:8]}"
-    pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing",
-                      secret_key="testing", region="us-east-1",
-                      allow_bucket_creation=True).create_dir(bucket)
-    yield f"s3://{bucket}"
-    server.stop()
+    with moto_s3_bucket() as (uri, settings):
+        for key, value in settings.items():
+            monkeypatch.setenv(key, value)
+        yield uri

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,39 @@ def study_trials(experiment_dir: Path | str, study_name: str | None = None) -> d
     study = load_study_readonly(str(experiment_dir), name)
     assert study is not None, f"no study {name!r} in {experiment_dir}"
     return {t.user_attrs.get(ATTR_RAY_TRIAL, f"#{t.number}"): t for t in study.trials}
+
+
+@contextlib.contextmanager
+def moto_s3_bucket(prefix: str = "bucket") -> Iterator[tuple[str, dict[str, str]]]:
+    """An S3-compatible server (moto's, in this process, on a free loopback port) with one
+    empty bucket.
+
+    Yields:
+        The bucket's ``s3://`` URI, and the settings (fake credentials, ``AWS_ENDPOINT_URL``)
+        through which pyarrow's real S3 client, and processes started with them, reach it.
+    """
+    import logging
+    import uuid
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    settings = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    try:
+        pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing",
+                          secret_key="testing", region="us-east-1",
+                          allow_bucket_creation=True).create_dir(bucket)
+        yield f"s3://{bucket}", settings
+    finally:
+        server.stop()
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ import uuid
 from search.driver.study import STUDY_FILE, journal_path_for
 from search.errors import SpecError
 from search.outputs import storage
+from search.outputs.lock import LOCK_FILE
 
 SPEC_FILE = "spec.yaml"
 # Names one `run` of the experiment: written into the folder with spec.yaml and into the local
@@ -73,25 +74,34 @@ def ensure_run_id(experiment_dir: str) -> str:
 _JOURNAL_INTERMEDIATE_VALUE = 7  # Optuna's JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE
 
 
+# What a driver writes before its search starts: its lock, spec.yaml, the run id, the class
+# names and the journal; and Ray's files from before its first experiment snapshot.
+_START_FILES = frozenset({LOCK_FILE, SPEC_FILE, RUN_ID_FILE, CLASS_NAMES_FILE, STUDY_FILE})
+_RAY_START_PATTERNS = ("*.pkl", "basic-variant-state-*.json", "search_gen_state-*.json",
+                       ".validate_storage_marker", ".*.partial")
+
+
 def never_started(experiment_dir: str) -> bool:
     """Whether the folder holds a search whose driver stopped before the search started (it
     was killed while it loaded the data, started Ray or built its tuner).
 
-    That is: no Ray experiment state, no trial or ``extend`` folder, and no epoch of any trial
-    in the study journal. Files Ray writes before its first snapshot (``tuner.pkl``...) and the
-    driver's own start files may be there.
+    That is: a folder with our ``driver.lock`` or ``spec.yaml``, no Ray experiment state, no
+    trial or ``extend`` folder, no file but a driver's and Ray's start files, and no epoch of
+    any trial in the study journal. A folder with anything else is not taken for one.
     """
-    from search.outputs.results import STATE_FILE_PATTERN
-
     fs, root = storage.filesystem(experiment_dir)
+    names = set()
     for info in storage.list_dir(fs, root):
         if info.type == storage.FileType.Directory:
             return False
-        if fnmatch.fnmatch(info.base_name, STATE_FILE_PATTERN):
+        if info.base_name not in _START_FILES and not any(
+                fnmatch.fnmatch(info.base_name, pattern) for pattern in _RAY_START_PATTERNS):
             return False
-    journal = storage.join(root, STUDY_FILE)
-    if storage.exists(fs, journal):
-        for line in storage.read_bytes(fs, journal).splitlines():
+        names.add(info.base_name)
+    if not names & {LOCK_FILE, SPEC_FILE}:
+        return False
+    if STUDY_FILE in names:
+        for line in storage.read_bytes(fs, storage.join(root, STUDY_FILE)).splitlines():
             try:
                 if json.loads(line).get("op_code") == _JOURNAL_INTERMEDIATE_VALUE:
                     return False
