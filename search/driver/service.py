@@ -358,7 +358,8 @@ def _reconcile(spec: ExperimentSpec, experiment_dir: str, journal: str,
             round_uri = storage.join(experiment_dir, continued_round)
         recorded = ray_trial_states(fs, round_path)
         trials = drop_untrained_strays(fs, trials, recorded, round_name=continued_round)
-        in_round = len(recorded)
+        # Ray's state, and folders with results that a killed upload left out of it
+        in_round = len({t.trial_id for t in trials if t.round == continued_round})
     if not trials and not storage.exists(fs, storage.join(root, STUDY_FILE)) and not (
             os.path.exists(journal)):
         return _Reconciled()
