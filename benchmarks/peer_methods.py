@@ -148,6 +148,7 @@ def run_finetune_search(task: Task, seed: int, workdir: Path, ctx: Context) -> M
     from search.driver.service import make_search_policy
 
     def policy(spec: Any) -> dict[str, Any]:
+        workdir.mkdir(parents=True, exist_ok=True)
         searcher, scheduler = make_search_policy(
             spec, journal_path=str(workdir / "optuna_study.journal"),
             num_samples=asha_trials(task), seed=method_seed("finetune_search", seed),

@@ -238,7 +238,7 @@ def _init_worker(table: str, task_name: str, k: int) -> None:
     task = TASKS[task_name]()
     curves = read_curves(Path(table), task)
     _WORKER.update(task=task, surrogate=Surrogate(task, table_curves(curves), k=k),
-                   noise=noise_by_epoch(curves)["val_sd"])
+                   noise=noise_by_epoch(curves)["val_sd_robust"])
 
 
 def _job(args: tuple[str, int, int, float, str]) -> tuple[str, int, int, dict[str, Any]]:

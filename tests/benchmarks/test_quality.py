@@ -274,3 +274,27 @@ def test_replayed_real_search_gets_the_same_suggestions_and_stops(tmp_path):
     assert report.mismatches == []
     # Another seed suggests other configurations: the comparison can fail.
     assert any("simulated" in line for line in replay(experiment, seed=4).mismatches)
+
+
+@pytest.mark.slow
+def test_quick_simulation_on_the_committed_table_and_its_card(tmp_path):
+    """The quick mode the README names, on the table in the repository (what CI runs)."""
+    from card import card_figures
+    from simulate import main
+    from tabulate import table_path
+    from task import digits_task
+
+    task = digits_task()
+    table = table_path(task)
+    assert table.exists(), "the digits table is committed with the benchmark"
+    out = tmp_path / "sim.json"
+    assert main(["--quick", "--processes", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["table"]["runs"] >= 40
+    assert 0 < result["reference"]["median"] < result["reference"]["best"] <= 1
+    figures = card_figures(task, table)
+    assert figures["runs"] == result["table"]["runs"]
+    assert set(figures["by_upsample"]) == {"1", "2", "3", "4", "5"}
+    # The cost grows with upsample (about its square): the table's seconds say so.
+    costs = [figures["by_upsample"][u]["epoch_s_median"] for u in "12345"]
+    assert costs[0] < costs[2] < costs[4]
