@@ -31,7 +31,7 @@ SECTIONS = ("name", "dataset", "model", "train", "space", "search", "scheduler",
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULERS = ("asha", "fifo")
-SEARCHERS = ("tpe", "random")
+SEARCHERS = ("tpe", "tpe_rungs", "random")
 TRACKERS = ("mlflow",)
 
 # The original method's settings (GaussianNoise 0.01, x2 nearest-neighbour upsampling, no input

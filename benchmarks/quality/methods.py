@@ -130,27 +130,31 @@ class RayMethod(Method):
         return True
 
 
-def sim_spec(task: TableTask, name: str = "sim") -> Any:
-    """The experiment spec ``run_search`` would get for the tabulated task."""
-    from search.spec import load_spec_dict
+def sim_spec(task: TableTask, name: str = "sim", **search: Any) -> Any:
+    """The experiment spec ``run_search`` would get for the tabulated task (its ``search``
+    section's defaults, ``search`` overriding them)."""
+    from search.spec import SearchSpec, load_spec_dict
 
+    defaults = {"algorithm": SearchSpec.algorithm, "baseline": SearchSpec.baseline}
     raw = {**task.raw, "name": name, "storage": tempfile.gettempdir(),
            "train": {**task.raw["train"], "learning_rate": task.baseline["learning_rate"]},
-           "search": {**task.raw["search"], "baseline": True}}
+           "search": {**task.raw["search"], **defaults, **search}}
     return load_spec_dict(raw, source="benchmarks/quality")
 
 
 class FinetuneSearch(RayMethod):
-    """Ours: the searcher and scheduler ``run_search`` builds, through its own factory."""
+    """Ours: the searcher and scheduler ``run_search`` builds, through its own factory, with
+    the spec's defaults (``search_settings`` changes them: the ablation's levers)."""
 
     name = "finetune_search"
     num_samples = 10_000  # the budget ends the search; this only sizes TPE's start-up (10)
+    search_settings: dict[str, Any] = {}
 
     def build(self) -> tuple[Any, Any]:
         from search.driver.service import make_search_policy
 
         self.folder = tempfile.mkdtemp(prefix="sim-ours-")
-        spec = sim_spec(self.task)
+        spec = sim_spec(self.task, **self.search_settings)
         searcher, scheduler = make_search_policy(
             spec, journal_path=os.path.join(self.folder, "optuna_study.journal"),
             num_samples=self.num_samples, seed=self.seed, baseline=spec.search.baseline)
@@ -431,6 +435,20 @@ class OneEpochTopK(RandomFIFO):
         return epoch < job.last
 
 
+# The ablation: ours with one setting of its ``search`` section changed (a lever on or off).
+LEVERS: dict[str, dict[str, Any]] = {
+    "tpe_rungs": {"algorithm": "tpe_rungs"},  # TPE models the highest rung (BOHB's rule)
+    "tpe": {"algorithm": "tpe"},  # TPE ranks trials by how far they trained (Optuna's)
+    "no_baseline": {"baseline": False},  # the seed article's configuration not run first
+}
+
+
+def lever_method(lever: str) -> type[Method]:
+    """Ours with ``LEVERS[lever]`` applied, named ``finetune_search+<lever>``."""
+    return type(f"Ours_{lever}", (FinetuneSearch,),
+                {"name": f"{FinetuneSearch.name}+{lever}", "search_settings": LEVERS[lever]})
+
+
 METHODS: dict[str, type[Method]] = {
     "finetune_search": FinetuneSearch,
     "ray_optuna": RayOptuna,
@@ -455,3 +473,10 @@ def clamp_config(task: TableTask, config: Mapping[str, Any]) -> dict[str, Any]:
         out[d.name] = value
     return out
 
+
+
+def method_class(name: str) -> type[Method]:
+    """A method by name: one of :data:`METHODS`, or ``finetune_search+<lever>``."""
+    if "+" in name:
+        return lever_method(name.split("+", 1)[1])
+    return METHODS[name]

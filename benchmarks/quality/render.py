@@ -67,6 +67,12 @@ def quality_tables(result: Mapping[str, Any]) -> str:
     for workers, block in result["by_workers"].items():
         parts.append(f"\nW = {workers}\n\n" + methods_table(block["methods"],
                                                             result["fractions"]))
+        if block.get("ablation"):
+            ablation = {OURS: block["methods"][OURS],
+                        **{f"{OURS}+{lever}": figures
+                           for lever, figures in block["ablation"].items()}}
+            parts.append(f"\nW = {workers}, ablation (ours with one lever changed)\n\n"
+                         + methods_table(ablation, result["fractions"]))
     return "\n".join(parts)
 
 

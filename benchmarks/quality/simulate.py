@@ -69,9 +69,9 @@ def simulate_one(method_name: str, task: TableTask, objective: Any, seed: int, w
         ``trace``: one ``(device_s, trial_epochs, wall_s, incumbent_val, incumbent_test)``
         per epoch that counted; ``trials``: configurations started.
     """
-    from methods import METHODS, OneEpochTopK, clamp_config
+    from methods import OneEpochTopK, clamp_config, method_class
 
-    method = METHODS[method_name](task, seed, workers, budget)
+    method = method_class(method_name)(task, seed, workers, budget)
     heap: list[tuple[float, int, Any, int, Any]] = []
     sequence, now, free = 0, 0.0, workers
     spent, spent_s, spent_epochs = 0.0, 0.0, 0
@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--workers", default="2,8", help="comma-separated W values")
     parser.add_argument("--methods", default=None, help="comma-separated subset")
+    parser.add_argument("--ablation", default=None, metavar="LEVERS",
+                        help="also ours with each of these levers (comma-separated, of "
+                             "methods.LEVERS), written under ablation.<lever>")
     parser.add_argument("--budget-trials", type=float, default=30.0,
                         help="the budget, in full trainings of an average configuration")
     parser.add_argument("--budget-unit", choices=("seconds", "epochs"), default="seconds")
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="the anytime plot (PNG)")
     args = parser.parse_args(argv)
 
-    from methods import METHODS
+    from methods import LEVERS, METHODS
     from surrogate import check_surrogate, noise_by_epoch, read_curves
     from tabulate import table_path
 
@@ -294,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         parser.error(f"--methods: must be among {','.join(METHODS)}, got {','.join(unknown)}")
+    levers = [] if args.ablation is None else [x.strip() for x in args.ablation.split(",")]
+    unknown = [x for x in levers if x not in LEVERS]
+    if unknown:
+        parser.error(f"--ablation: must be among {','.join(LEVERS)}, got {','.join(unknown)}")
+    names += [f"{OURS}+{lever}" for lever in levers]
     seeds = 3 if args.quick else args.seeds
     workers = [2] if args.quick else [int(w) for w in args.workers.split(",")]
     curves = read_curves(table, task)
@@ -334,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         by_workers[str(w)] = {"methods": summarize(per_method, budget, args.budget_unit),
                               "runs": {n: [{k2: v for k2, v in f.items() if k2 != "curve"}
                                            for f in per_method[n]] for n in names}}
+    for block in by_workers.values():
+        block["ablation"] = {name.split("+", 1)[1]: block["methods"].pop(name)
+                             for name in list(block["methods"]) if "+" in name}
     out = {"seeds": seeds, "workers": workers, "budget": budget, "budget_unit": args.budget_unit,
            "budget_trials": args.budget_trials, "fractions": list(FRACTIONS),
            "table": {"path": str(table.relative_to(QUALITY.parents[1])
@@ -342,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
            "reference": ref, "noise": noise_by_epoch(curves),
            "surrogate": {"k": k, "spearman": checks[k]["spearman"], "mae": checks[k]["mae"],
                          "checks": checks},
-           "methods": by_workers[str(workers[0])]["methods"], "by_workers": by_workers,
+           "methods": by_workers[str(workers[0])]["methods"],
+           "ablation": by_workers[str(workers[0])]["ablation"], "by_workers": by_workers,
            "cpu_seconds_by_method": cpu, "elapsed_s": elapsed,
            "command": " ".join(["simulate.py", *(argv if argv is not None else sys.argv[1:])]),
            "machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -119,16 +119,49 @@ def _find(trials: Sequence[FrozenTrial], number: int) -> FrozenTrial | None:
     return trials[index] if index < len(trials) and trials[index].number == number else None
 
 
+def model_epoch(trials: Sequence[FrozenTrial], rung_epochs: Sequence[int]) -> int | None:
+    """The epoch TPE models at under BOHB's rule: the highest rung that at least ``d + 2``
+    finished trials reached (``d`` the number of searched settings), or ``None`` when no rung
+    has that many yet (TPE then sees the trials as they are)."""
+    finished = [t for t in trials if t.state in _FINISHED]
+    if not finished or not rung_epochs:
+        return None
+    needed = max(len(t.params) for t in finished) + 2
+    for epoch in sorted(rung_epochs, reverse=True):
+        if sum(1 for t in finished if epoch in t.intermediate_values) >= needed:
+            return epoch
+    return None
+
+
+def at_epoch(trials: Sequence[FrozenTrial], epoch: int) -> list[FrozenTrial]:
+    """The trials as TPE should see them when it models ``epoch``: every finished trial that
+    reported that epoch is COMPLETE with its value there (however far it trained on); those
+    stopped before it stay PRUNED (ranked below, as TPE ranks pruned trials); the rest as they
+    are. Copies: the study's own trials are never changed."""
+    out = []
+    for trial in trials:
+        value = trial.intermediate_values.get(epoch)
+        if trial.state in _FINISHED and value is not None and math.isfinite(value):
+            trial = copy.copy(trial)
+            trial.state = TrialState.COMPLETE
+            trial.value = value
+        out.append(trial)
+    return out
+
+
 class _StudyView:
-    """The study as TPE sees it: the real study, with its trial lists cut to the history.
+    """The study as TPE sees it: the real study, with its trial lists cut to the history and,
+    with ``rung_epochs``, its trials valued at the rung TPE models (:func:`model_epoch`).
 
     TPE reads trials through ``Study._get_trials`` (and a sampler may use the public
     ``get_trials``/``trials``); everything else is the real study's.
     """
 
-    def __init__(self, study: optuna.Study, history: TrialHistory) -> None:
+    def __init__(self, study: optuna.Study, history: TrialHistory,
+                 rung_epochs: Sequence[int] = ()) -> None:
         self._study = study
         self._history = history
+        self._rung_epochs = tuple(rung_epochs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -138,6 +171,10 @@ class _StudyView:
         # The real study's cache is the one Optuna clears on ask and tell.
         trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
         kept = self._history.select(trials, self._study.direction == StudyDirection.MAXIMIZE)
+        if self._rung_epochs:
+            epoch = model_epoch(kept, self._rung_epochs)
+            if epoch is not None and epoch < max(self._rung_epochs):
+                kept = at_epoch(kept, epoch)
         if states is not None:
             kept = [t for t in kept if t.state in states]
         return copy.deepcopy(kept) if deepcopy else kept
@@ -158,18 +195,22 @@ class BoundedHistorySampler(optuna.samplers.BaseSampler):
         sampler: The sampler to bound, e.g. ``optuna.samplers.TPESampler(...)``.
         window: Recent finished trials it sees.
         keep_best: Best older finished trials it also sees.
+        rung_epochs: ASHA's rungs and ``max_t`` (``algorithm: tpe_rungs``): TPE models the
+            highest rung enough trials reached (:func:`model_epoch`, BOHB's rule) instead of
+            ranking trials by how far they trained. Empty: TPE sees the trials as they are.
 
     Raises:
         ValueError: When ``window < 1`` or ``keep_best < 0``.
     """
 
     def __init__(self, sampler: optuna.samplers.BaseSampler, *, window: int = HISTORY_WINDOW,
-                 keep_best: int = KEEP_BEST) -> None:
+                 keep_best: int = KEEP_BEST, rung_epochs: Sequence[int] = ()) -> None:
         if window < 1 or keep_best < 0:
             raise ValueError(f"window must be >= 1 and keep_best >= 0, got window={window}, "
                              f"keep_best={keep_best}")
         self.sampler = sampler
         self._history = TrialHistory(window, keep_best)
+        self._rung_epochs = tuple(rung_epochs)
 
     def __getattr__(self, name: str) -> Any:
         # Reads the wrapped sampler's settings (e.g. TPE's ``_n_startup_trials``) through the
@@ -179,7 +220,8 @@ class BoundedHistorySampler(optuna.samplers.BaseSampler):
         return getattr(self.sampler, name)
 
     def _view(self, study: optuna.Study) -> Any:
-        return _StudyView(study, self._history)
+        # Samplers pickled before rung_epochs existed have none.
+        return _StudyView(study, self._history, getattr(self, "_rung_epochs", ()))
 
     def infer_relative_search_space(self, study: optuna.Study,
                                     trial: FrozenTrial) -> dict[str, BaseDistribution]:

@@ -122,6 +122,7 @@ class AshaAwareOptunaSearch(OptunaSearch):
         points_to_evaluate: Configurations to try first (the baseline).
         fixed_config: The settings every trial shares (they decide conditional keys).
         num_samples: Trials in this run; sizes TPE's random start-up.
+        rung_epochs: ASHA's rungs and ``max_t``: the epochs ``tpe_rungs`` may model at.
     """
 
     def __init__(
@@ -136,14 +137,17 @@ class AshaAwareOptunaSearch(OptunaSearch):
         points_to_evaluate: list[dict[str, Any]] | None = None,
         fixed_config: Mapping[str, Any] | None = None,
         num_samples: int | None = None,
+        rung_epochs: tuple[int, ...] = (),
     ) -> None:
         self._journal_path = journal_path
         self._max_t = max_t
         self._algorithm = algorithm
         self._sampler_seed = seed
         self._num_samples = num_samples
+        self._rung_epochs = tuple(rung_epochs)
         self._max_concurrent: int | None = None
-        study = open_study(journal_path, study_name, seed, algorithm, num_samples)
+        study = open_study(journal_path, study_name, seed, algorithm, num_samples,
+                           rung_epochs=self._rung_epochs)
         super().__init__(
             space=define_by_run(space, fixed_config),
             metric=METRIC,
@@ -170,7 +174,7 @@ class AshaAwareOptunaSearch(OptunaSearch):
             # A restored search keeps the sampler (and random state) it was pickled with; a
             # fresh one would draw the start-up configs it already tried.
             sampler = make_sampler(self._sampler_seed, self._algorithm, self._num_samples,
-                                   max_concurrent)
+                                   max_concurrent, getattr(self, "_rung_epochs", ()))
             self._sampler = sampler
             self._ot_study.sampler = sampler
         return True

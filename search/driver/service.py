@@ -188,6 +188,7 @@ def make_search_policy(spec: ExperimentSpec, *, journal_path: str, num_samples: 
         points_to_evaluate=points,
         fixed_config=spec.fixed_config(),
         num_samples=num_samples,
+        rung_epochs=(*checkpoint_rungs(spec), spec.max_t),
     )
     return search_alg, make_scheduler(spec, budget)
 

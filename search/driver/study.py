@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -123,8 +123,14 @@ def journal_path_for(experiment_dir: str) -> str:
 
 
 def make_sampler(seed: int, algorithm: str = "tpe", num_samples: int | None = None,
-                 max_concurrent: int | None = 1) -> optuna.samplers.BaseSampler:
+                 max_concurrent: int | None = 1,
+                 rung_epochs: Sequence[int] = ()) -> optuna.samplers.BaseSampler:
     """The search's Optuna sampler: random, or TPE with a constant liar for parallel trials.
+
+    ``tpe_rungs`` is TPE that models the highest of ``rung_epochs`` (ASHA's rungs and
+    ``max_t``) that enough trials reached, as BOHB does (see
+    :class:`~search.driver.sampler.BoundedHistorySampler`); ``tpe`` ranks trials by how far
+    they trained, as Optuna's TPE does with pruned trials.
 
     With more than one trial running at once (``max_concurrent`` > 1, or ``None``: no limit),
     TPE counts the running trials among the bad ones while it suggests (the constant liar), so
@@ -141,12 +147,13 @@ def make_sampler(seed: int, algorithm: str = "tpe", num_samples: int | None = No
         return optuna.samplers.RandomSampler(seed=seed)
     parallel = max_concurrent is None or max_concurrent > 1
     return BoundedHistorySampler(optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=startup_trials(num_samples), constant_liar=parallel))
+        seed=seed, n_startup_trials=startup_trials(num_samples), constant_liar=parallel),
+        rung_epochs=rung_epochs if algorithm == "tpe_rungs" else ())
 
 
 def open_study(journal_path: str, study_name: str, seed: int,
                algorithm: str = "tpe", num_samples: int | None = None,
-               max_concurrent: int | None = 1) -> optuna.Study:
+               max_concurrent: int | None = 1, rung_epochs: Sequence[int] = ()) -> optuna.Study:
     """Opens (or creates) the experiment's study in Optuna's journal file storage.
 
     The journal is an append-only log in Optuna's format, written by
@@ -163,7 +170,7 @@ def open_study(journal_path: str, study_name: str, seed: int,
     return optuna.create_study(
         storage=storage,
         study_name=study_name,
-        sampler=make_sampler(seed, algorithm, num_samples, max_concurrent),
+        sampler=make_sampler(seed, algorithm, num_samples, max_concurrent, rung_epochs),
         # ASHA does all the stopping; Optuna's own pruner must never second-guess it.
         pruner=optuna.pruners.NopPruner(),
         direction="maximize" if MODE == "max" else "minimize",

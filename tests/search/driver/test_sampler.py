@@ -130,3 +130,55 @@ def test_open_study_bounds_tpe_keeps_its_settings_and_pickles_with_the_searcher(
     assert isinstance(copy.sampler, optuna.samplers.TPESampler)
     assert open_study(str(tmp_path / "r"), "r", seed=0, algorithm="random").sampler.__class__ \
         is optuna.samplers.RandomSampler
+
+
+# --------------------------------------------------------------------------------------------
+# algorithm: tpe_rungs (BOHB's rule: model the highest rung enough trials reached)
+
+
+def test_rung_model_reads_the_highest_rung_that_d_plus_2_trials_reached():
+    from search.driver.sampler import model_epoch
+
+    # One searched setting (d = 1): a rung needs 3 finished trials.
+    trials = [_trial(0, TrialState.COMPLETE, 0.6, {1: 0.3, 3: 0.5, 9: 0.6}),
+              _trial(1, TrialState.PRUNED, steps={1: 0.4, 3: 0.45}),
+              _trial(2, TrialState.PRUNED, steps={1: 0.2}),
+              _trial(3, TrialState.PRUNED, steps={1: 0.1}),
+              _trial(4, TrialState.RUNNING, steps={1: 0.9, 3: 0.9})]  # running: not counted
+    assert model_epoch(trials, (1, 3, 9)) == 1
+    trials.append(_trial(5, TrialState.PRUNED, steps={1: 0.5, 3: 0.7}))
+    assert model_epoch(trials, (1, 3, 9)) == 3
+    assert model_epoch(trials[:2], (1, 3, 9)) is None  # too few anywhere
+    assert model_epoch(trials, ()) is None
+
+
+def test_rung_model_shows_trials_complete_at_that_rung_and_leaves_the_study_alone():
+    from search.driver.sampler import at_epoch
+
+    complete = _trial(0, TrialState.COMPLETE, 0.6, {1: 0.3, 3: 0.5, 9: 0.6})
+    reached = _trial(1, TrialState.PRUNED, steps={1: 0.4, 3: 0.8})
+    stopped_below = _trial(2, TrialState.PRUNED, steps={1: 0.9})
+    running = _trial(3, TrialState.RUNNING, steps={1: 0.9, 3: 0.95})
+    seen = at_epoch([complete, reached, stopped_below, running], 3)
+    assert [(t.state, t.value) for t in seen] == [
+        (TrialState.COMPLETE, 0.5), (TrialState.COMPLETE, 0.8), (TrialState.PRUNED, None),
+        (TrialState.RUNNING, None)]
+    # The study's own trials are unchanged.
+    assert complete.value == 0.6 and reached.state == TrialState.PRUNED
+
+
+def test_tpe_rungs_ranks_a_pruned_trial_that_beat_a_complete_one_at_the_rung_as_good():
+    """Plain TPE puts every complete trial above every pruned one; at the rung, a pruned trial
+    with the best epoch-3 value is TPE's good group."""
+    study = optuna.create_study(direction="maximize")
+    # Two trials reached epoch 9 (one setting: a rung needs 3), nine reached epoch 3.
+    trials = [_trial(i, TrialState.COMPLETE, 0.5, {1: 0.2, 3: 0.3, 9: 0.5}) for i in range(2)]
+    trials += [_trial(i, TrialState.PRUNED, steps={1: 0.2, 3: 0.3}) for i in range(2, 9)]
+    trials.append(_trial(9, TrialState.PRUNED, steps={1: 0.8, 3: 0.9}))
+    for trial in trials:
+        study.add_trial(trial)
+    plain = BoundedHistorySampler(optuna.samplers.TPESampler(seed=0))
+    rungs = BoundedHistorySampler(optuna.samplers.TPESampler(seed=0), rung_epochs=(1, 3, 9))
+    best = {s: max(s._view(study)._get_trials(states=(TrialState.COMPLETE,)),
+                   key=lambda t: t.value).number for s in (plain, rungs)}
+    assert best[plain] in (0, 1) and best[rungs] == 9
