@@ -242,3 +242,57 @@ def print_tables(result: Mapping[str, Any]) -> str:
             "(the verdict names the better side). "
             "'within noise': the interval holds 0 (or fewer than 2 seeds)."]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# the README's tables, rendered from a run's JSON
+
+
+def _cell(values: Sequence[Any], fmt: str) -> str:
+    shown = ", ".join("-" if v is None or not finite(v) else format(v, fmt) for v in values)
+    good = [v for v in values if finite(v)]
+    return f"{mean(good):{fmt}} ({shown})" if good else "-"
+
+
+def markdown_tables(result: Mapping[str, Any]) -> str:
+    """The README's two tables of a ``peers.py`` JSON: per method, and ours against each
+    peer paired by seed. ``python benchmarks/peer_report.py RESULT.json`` prints them."""
+    budget = result["budget_trial_epochs"]
+    lines = ["| method | best val_accuracy, mean (per seed) | test accuracy at that epoch, mean "
+             f"(per seed) | trial-epochs to within 1 point of the seed's best (never: censored "
+             f"at {budget}) | framework cost, slot-s per trial-epoch |",
+             "|---|---|---|---|---|"]
+    for name, m in result["methods"].items():
+        reached = [e for e in m["epochs_to_target"] if e is not None]
+        to_target = (", ".join("never" if e is None else str(e) for e in m["epochs_to_target"])
+                     + f" ({len(reached)}/{len(m['epochs_to_target'])} reached)")
+        lines.append(f"| `{name}` | {_cell(m['best_val'], '.3f')} | "
+                     f"{_cell(m['test_acc'], '.3f')} | {to_target} | "
+                     f"{_cell(m['overhead_s_per_epoch_by_seed'], '.2f')} |")
+    lines += ["", "| ours against | figure | ours - peer, mean [95% t interval] | verdict |",
+              "|---|---|---|---|"]
+    for name, figures in result.get("comparisons", {}).items():
+        for figure, stat in figures.items():
+            interval = ("-" if not finite(stat["low"])
+                        else f"[{stat['low']:+.3g}, {stat['high']:+.3g}]")
+            lines.append(f"| `{name}` | {figure} | {stat['diff']:+.3g} {interval} | "
+                         f"{stat['verdict']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="The README's tables of a peers.py JSON.")
+    parser.add_argument("json", type=Path)
+    args = parser.parse_args(argv)
+    print(markdown_tables(json.loads(args.json.read_text(encoding="utf-8"))))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
