@@ -367,11 +367,13 @@ class SyneTune(Method):
                    {"trial": trial})
 
     def report(self, job: Job, epoch: int, value: float) -> bool:
+        # As Syne Tune's Tuner: every result to on_trial_result; a trial that reached max_t
+        # (its script returns) then to on_trial_complete.
         result = {METRIC: value, TIME_ATTR: epoch}
+        decision = self.scheduler.on_trial_result(job.state["trial"], result)
         if epoch >= job.last:
             self.scheduler.on_trial_complete(job.state["trial"], result)
             return False
-        decision = self.scheduler.on_trial_result(job.state["trial"], result)
         return decision == "CONTINUE"
 
 

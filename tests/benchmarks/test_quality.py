@@ -301,3 +301,33 @@ def test_quick_simulation_on_the_committed_table_and_its_card(tmp_path):
     # The cost grows with upsample (about its square): the table's seconds say so.
     costs = [figures["by_upsample"][u]["epoch_s_median"] for u in "12345"]
     assert costs[0] < costs[2] < costs[4]
+
+
+def test_the_cifar10_flag_plans_vgg16_runs_with_a_valid_spec():
+    """``--task cifar10`` (a GPU machine) plans the same runs over VGG16's space and its spec
+    validates here, where CIFAR-10 cannot be downloaded."""
+    from task import cifar10_task, plan
+
+    from search.spec import load_spec_dict
+
+    task = cifar10_task()
+    runs = plan(task)
+    assert len(runs) == 506 and task.name == "cifar10-vgg16"
+    spec = load_spec_dict({**task.raw, "name": "t", "storage": "/tmp/x"}, source="test")
+    assert spec.model["backbone"] == "vgg16" and spec.max_t == 9
+    assert {p.config["freeze"] for p in runs} <= {0, 4, 7, 11, 15}
+
+
+def test_peer_report_renders_the_readme_tables_from_the_json():
+    from peer_report import markdown_tables, summarize
+
+    run = {"best_val": 0.9, "test_acc": 0.88, "seconds_to_target": None,
+           "overhead_s_per_epoch": 1.0}
+    result = summarize({"finetune_search": [{**run, "epochs_to_target": 5},
+                                            {**run, "best_val": 0.8, "epochs_to_target": None}],
+                        "optuna": [{**run, "epochs_to_target": None},
+                                   {**run, "epochs_to_target": 9}]}, budget=30)
+    text = markdown_tables({**result, "budget_trial_epochs": 30})
+    assert "| `finetune_search` | 0.850 (0.900, 0.800) |" in text
+    assert "5, never (1/2 reached)" in text and "never, 9 (1/2 reached)" in text
+    assert "| `optuna` | best_val | -0.05 [" in text and "within noise" in text
