@@ -148,7 +148,7 @@ def run_figures(run: Mapping[str, Any], best: float, median: float, budget: floa
     for fraction in FRACTIONS:
         point = at_fraction(trace, budget, unit, fraction)
         out["regret"][str(fraction)] = regret(point[3] if point else float("nan"), best, median)
-    for name, points in (("within_1pt", 0.01), ("within_0_5pt", 0.005)):
+    for name, points in (("to_within_1pt", 0.01), ("to_within_0_5pt", 0.005)):
         reached = next((p for p in trace if p[3] >= best - points - 1e-12), None)
         out[f"seconds_{name}"] = reached[0] if reached else None  # None: censored
         out[f"epochs_{name}"] = reached[1] if reached else None
@@ -212,8 +212,8 @@ def summarize(per_method: Mapping[str, list[dict[str, Any]]], budget: float,
                 mine = [r["regret"][fraction] for r in ours]
                 figures["wilcoxon_p_vs_ours"][fraction] = wilcoxon_p(mine, values)
                 figures["ours_minus_method_iqm"][fraction] = iqm(np.subtract(mine, values))
-        for key in ("seconds_within_1pt", "seconds_within_0_5pt", "epochs_within_1pt",
-                    "epochs_within_0_5pt"):
+        for key in ("seconds_to_within_1pt", "seconds_to_within_0_5pt", "epochs_to_within_1pt",
+                    "epochs_to_within_0_5pt"):
             figures[key] = censored_median([r[key] for r in runs], budget)
         tests = [r["test_acc"] for r in runs if r["test_acc"] is not None]
         figures["test_acc"] = {"mean": float(np.mean(tests)) if tests else None,
