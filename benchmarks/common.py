@@ -212,6 +212,21 @@ def trial_epochs_to_within(rows: Sequence[Mapping[str, Any]], target: float,
     return None
 
 
+def replace_block(text: str, name: str, content: str) -> str:
+    """``text`` with the lines between ``<!-- name: begin -->`` and ``<!-- name: end -->``
+    replaced by ``content`` (the README's tables are rendered from JSON this way, never copied
+    by hand).
+
+    Raises:
+        ValueError: When the markers are missing or out of order.
+    """
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"no {begin} ... {end} block in the text")
+    return text[:start + len(begin)] + "\n" + content.strip("\n") + "\n" + text[stop:]
+
+
 def harmonic_rate(rates: Sequence[float]) -> float:
     """The overall rate of equal-sized pieces of work done at ``rates`` (e.g. epochs' images/s).
 

@@ -285,10 +285,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     from pathlib import Path
 
+    from common import replace_block
+
     parser = argparse.ArgumentParser(description="The README's tables of a peers.py JSON.")
     parser.add_argument("json", type=Path)
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="put the tables between the README's peers-real markers")
     args = parser.parse_args(argv)
-    print(markdown_tables(json.loads(args.json.read_text(encoding="utf-8"))))
+    result = json.loads(args.json.read_text(encoding="utf-8"))
+    tables = markdown_tables(result)
+    print(tables)
+    if args.readme:
+        seeds = ", ".join(str(s) for s in result["seeds"])
+        block = (f"From `{args.json}` ({result['date'][:10]}, size {result['size']}: `max_t` "
+                 f"{result['max_t']}, {result['budget_trial_epochs']} trial-epochs, seeds "
+                 f"{seeds}, {result['concurrency']} trials at once, "
+                 f"{result['total_seconds'] / 60:.0f} min):\n\n{tables}")
+        text = args.readme.read_text(encoding="utf-8")
+        args.readme.write_text(replace_block(text, "peers-real", block), encoding="utf-8")
     return 0
 
 

@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+QUALITY_DIR = Path(__file__).resolve().parent
+for _path in (QUALITY_DIR.parents[1], QUALITY_DIR.parent, QUALITY_DIR):  # run from a checkout
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
 OURS = "finetune_search"
 
 
@@ -102,15 +107,33 @@ def anytime_plot(result: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+README_BLOCK = "quality-sim"
+
+
+def readme_block(result: Mapping[str, Any], json_path: str) -> str:
+    """What the README carries between its ``quality-sim`` markers."""
+    return (f"From `{json_path}` ({result['date'][:10]}, `{result['command']}`, "
+            f"{result['elapsed_s'] / 60:.1f} min):\n\n" + quality_tables(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="put the tables between the README's quality-sim markers")
     args = parser.parse_args(argv)
     result = json.loads(args.json.read_text(encoding="utf-8"))
     print(quality_tables(result))
     if args.plot:
         anytime_plot(result, args.plot)
+    if args.readme:
+        from common import replace_block
+
+        text = args.readme.read_text(encoding="utf-8")
+        args.readme.write_text(replace_block(text, README_BLOCK,
+                                             readme_block(result, str(args.json))),
+                               encoding="utf-8")
     return 0
 
 

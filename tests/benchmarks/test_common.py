@@ -110,3 +110,13 @@ def test_harmonic_rate_and_spread():
     assert spread([10.0, 10.0, 10.0]) == 0.0
     assert spread([9.0, 11.0]) == pytest.approx(0.1)
     assert math.isnan(spread([5.0]))
+
+
+def test_replace_block_puts_rendered_text_between_the_markers_only():
+    from common import replace_block
+
+    text = "intro\n<!-- t: begin -->\nold\n<!-- t: end -->\nafter\n"
+    assert replace_block(text, "t", "new\n") == ("intro\n<!-- t: begin -->\nnew\n"
+                                                 "<!-- t: end -->\nafter\n")
+    with pytest.raises(ValueError, match="no <!-- u: begin -->"):
+        replace_block(text, "u", "x")
