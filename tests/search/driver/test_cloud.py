@@ -18,7 +18,7 @@ from search.outputs import storage
 from search.outputs.experiment import read_run_id
 from search.outputs.lock import LOCK_FILE
 from search.outputs.results import load_trials, ray_statuses
-from tests.helpers import REPO, cli, kill_when, study_trials, tiny_spec, wait_for, write_spec
+from tests.helpers import REPO, cli, kill_when, study_trials, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -114,26 +114,26 @@ def test_a_new_run_where_a_deleted_cloud_search_was_starts_a_new_study(
     # The journal's local mirror (~/.cache/finetune-search/<name>-<hash of the URI>) outlives
     # the experiment: a search deleted from the bucket and run again under the same URI must
     # not start from the old search's study.
-    from search.driver.service import run_search
-
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    spec = tiny_spec(tmp_path, name="again", storage=f"{s3_bucket}/exp",
-                     search={"num_samples": 2, "max_concurrent": 2, "seed": 0},
-                     train={"epochs": 1, "batch_size": 32, "optimizer": "adam"},
-                     scheduler={"name": "fifo"})
-    experiment = spec.experiment_path
-    first = run_search(spec, num_cpus=2)
+    spec_path = write_spec(tmp_path, storage=f"{s3_bucket}/exp",
+                           search={"num_samples": 2, "max_concurrent": 2, "seed": 0},
+                           train={"epochs": 1, "batch_size": 32, "optimizer": "adam"},
+                           scheduler={"name": "fifo"})
+    experiment = f"{s3_bucket}/exp/again"
+    run = ("run", str(spec_path), "--num-cpus", "2", "--name", "again")
+    first = cli(*run)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     old_run = read_run_id(experiment)
-    assert len(first.trials) == 2 and len(study_trials(experiment)) == 2
+    assert len(load_trials(experiment)) == 2 and len(study_trials(experiment)) == 2
     fs, root = storage.filesystem(experiment)
     fs.delete_dir(root)
 
-    second = run_search(spec, num_cpus=2)
+    second = cli(*run)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert read_run_id(experiment) != old_run
     study = study_trials(experiment)
-    assert sorted(study) == sorted(t.trial_id for t in second.trials), sorted(study)
+    assert sorted(study) == sorted(t.trial_id for t in load_trials(experiment)), sorted(study)
     assert all(t.state == TrialState.COMPLETE for t in study.values())
-
 
 def journal_lines(experiment: str) -> list[bytes]:
     fs, root = storage.filesystem(experiment)
@@ -148,16 +148,17 @@ def test_resume_where_rays_results_in_the_bucket_fell_behind_the_journal_loses_n
     # put in that state after a search: one trial ("lost") finished in the journal but absent
     # from Ray's results, and one ("stray") that had just started: its folder holds only
     # params.json, Ray's state does not list it, and the journal has no epoch of it.
-    from search.driver.service import run_search
     from search.outputs.results import experiment_state_files
 
+    # Each driver is its own process: Ray keeps a process's first HOME (its token's place).
     monkeypatch.setenv("HOME", str(tmp_path / "machine-a"))
-    spec = tiny_spec(tmp_path, name="behind", storage=f"{s3_bucket}/exp",
-                     search={"num_samples": 4, "max_concurrent": 2, "seed": 0},
-                     train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
-                     scheduler={"grace_period": 1, "reduction_factor": 2})
-    experiment = spec.experiment_path
-    run_search(spec, num_cpus=2)
+    spec_path = write_spec(tmp_path, storage=f"{s3_bucket}/exp",
+                           search={"num_samples": 4, "max_concurrent": 2, "seed": 0},
+                           train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
+                           scheduler={"grace_period": 1, "reduction_factor": 2})
+    experiment = f"{s3_bucket}/exp/behind"
+    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "behind")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     lines = journal_lines(experiment)
     ray_of, first_value, finished = {}, {}, {}
@@ -187,7 +188,7 @@ def test_resume_where_rays_results_in_the_bucket_fell_behind_the_journal_loses_n
             (fs.delete_dir if info.type == storage.FileType.Directory else fs.delete_file)(
                 info.path)
 
-    # A fresh machine (its own process: Ray keeps a process's first HOME for its token).
+    # A fresh machine.
     monkeypatch.setenv("HOME", str(tmp_path / "machine-b"))
     done = cli("resume", experiment, "--num-cpus", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

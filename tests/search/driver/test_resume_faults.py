@@ -211,3 +211,36 @@ def test_driver_sigkilled_after_an_asha_stop_newer_than_the_snapshot_then_resume
     assert f"trial {stopped} stopped by ASHA at epoch 2/3" in done.stdout
     assert records[stopped].epochs_run == 2
     assert records[stopped].status(3).value == "stopped"
+
+
+def test_a_trial_asha_stopped_is_not_trained_on_when_rays_older_state_resumes_it(tmp_path):
+    # The study says ASHA stopped a trial at epoch 1; Ray's state in storage is older and
+    # still has it RUNNING at that epoch (on S3 the snapshot can lag the journal's upload).
+    from search.driver.service import resume_search, run_search
+    from search.outputs.results import experiment_state_files
+    from tests.helpers import tiny_spec
+
+    spec = tiny_spec(tmp_path, name="final", search={"num_samples": 3, "max_concurrent": 1,
+                                                     "seed": 0},
+                     train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
+                     scheduler={"grace_period": 1, "reduction_factor": 2})
+    experiment = Path(spec.experiment_path)
+    run_search(spec, num_cpus=2)
+    study = study_trials(experiment)
+    stopped = next(k for k, t in study.items() if t.state == TrialState.PRUNED)
+    assert study[stopped].user_attrs["ended_by"] == "asha@1"
+    newest = Path(experiment_state_files(*filesystem(str(experiment)))[-1])
+    state = json.loads(newest.read_text())
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        if trial["trial_id"] == stopped:
+            trial["status"] = "RUNNING"
+            entry[0] = json.dumps(trial)
+    newest.write_text(json.dumps(state))
+
+    resume_search(str(experiment), num_cpus=2)
+    records = {t.trial_id: t for t in load_trials(str(experiment))}
+    assert records[stopped].epochs_run == 1 and records[stopped].status(2).value == "stopped"
+    after = every_study_trial(experiment)
+    assert len(after) == 3 and not [t for t in after if ATTR_CONTINUES in t.user_attrs]
+    assert study_trials(experiment)[stopped].state == TrialState.PRUNED
