@@ -148,6 +148,7 @@ class SchedulerSpec:
     name: str = "asha"
     grace_period: int = 1
     reduction_factor: float = 3
+    min_rung_results: int = 0  # 0: Ray's rule, the first arrival at a rung goes on
 
     @classmethod
     def from_mapping(cls, mapping: Any, where: str = "scheduler") -> SchedulerSpec:
@@ -158,6 +159,7 @@ class SchedulerSpec:
         if not is_number(spec.reduction_factor) or spec.reduction_factor < 2:
             raise SpecError(f"{where}.reduction_factor: must be a number >= 2, "
                             f"got {echo(spec.reduction_factor)}")
+        check_int(spec.min_rung_results, f"{where}.min_rung_results", 0)
         return spec
 
 

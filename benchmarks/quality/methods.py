@@ -130,31 +130,34 @@ class RayMethod(Method):
         return True
 
 
-def sim_spec(task: TableTask, name: str = "sim", **search: Any) -> Any:
-    """The experiment spec ``run_search`` would get for the tabulated task (its ``search``
-    section's defaults, ``search`` overriding them)."""
+def sim_spec(task: TableTask, name: str = "sim",
+             settings: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
+    """The experiment spec ``run_search`` would get for the tabulated task: the spec's own
+    defaults for how it searches, ``settings`` (section -> keys) overriding them."""
     from search.spec import SearchSpec, load_spec_dict
 
+    settings = settings or {}
     defaults = {"algorithm": SearchSpec.algorithm, "baseline": SearchSpec.baseline}
     raw = {**task.raw, "name": name, "storage": tempfile.gettempdir(),
            "train": {**task.raw["train"], "learning_rate": task.baseline["learning_rate"]},
-           "search": {**task.raw["search"], **defaults, **search}}
+           "search": {**task.raw["search"], **defaults, **settings.get("search", {})},
+           "scheduler": {**task.raw["scheduler"], **settings.get("scheduler", {})}}
     return load_spec_dict(raw, source="benchmarks/quality")
 
 
 class FinetuneSearch(RayMethod):
     """Ours: the searcher and scheduler ``run_search`` builds, through its own factory, with
-    the spec's defaults (``search_settings`` changes them: the ablation's levers)."""
+    the spec's defaults (``settings`` changes them: the ablation's levers)."""
 
     name = "finetune_search"
     num_samples = 10_000  # the budget ends the search; this only sizes TPE's start-up (10)
-    search_settings: dict[str, Any] = {}
+    settings: dict[str, dict[str, Any]] = {}
 
     def build(self) -> tuple[Any, Any]:
         from search.driver.service import make_search_policy
 
         self.folder = tempfile.mkdtemp(prefix="sim-ours-")
-        spec = sim_spec(self.task, **self.search_settings)
+        spec = sim_spec(self.task, settings=self.settings)
         searcher, scheduler = make_search_policy(
             spec, journal_path=os.path.join(self.folder, "optuna_study.journal"),
             num_samples=self.num_samples, seed=self.seed, baseline=spec.search.baseline)
@@ -437,18 +440,25 @@ class OneEpochTopK(RandomFIFO):
         return epoch < job.last
 
 
-# The ablation: ours with one setting of its ``search`` section changed (a lever on or off).
-LEVERS: dict[str, dict[str, Any]] = {
-    "tpe_rungs": {"algorithm": "tpe_rungs"},  # TPE models the highest rung (BOHB's rule)
-    "tpe": {"algorithm": "tpe"},  # TPE ranks trials by how far they trained (Optuna's)
-    "no_baseline": {"baseline": False},  # the seed article's configuration not run first
+# The ablation: ours with settings of its spec changed (levers on or off, alone or together).
+LEVERS: dict[str, dict[str, dict[str, Any]]] = {
+    # TPE models the highest rung d+2 trials reached (BOHB's rule)
+    "tpe_rungs": {"search": {"algorithm": "tpe_rungs"}},
+    # TPE ranks trials by how far they trained (Optuna's way with pruned trials)
+    "tpe": {"search": {"algorithm": "tpe"}},
+    # the seed article's configuration not run first
+    "no_baseline": {"search": {"baseline": False}},
+    # no trial promoted unexamined: a rung judges once it holds reduction_factor results
+    "examined_rungs": {"scheduler": {"min_rung_results": 3}},
+    "tpe_rungs+examined_rungs": {"search": {"algorithm": "tpe_rungs"},
+                                 "scheduler": {"min_rung_results": 3}},
 }
 
 
 def lever_method(lever: str) -> type[Method]:
     """Ours with ``LEVERS[lever]`` applied, named ``finetune_search+<lever>``."""
     return type(f"Ours_{lever}", (FinetuneSearch,),
-                {"name": f"{FinetuneSearch.name}+{lever}", "search_settings": LEVERS[lever]})
+                {"name": f"{FinetuneSearch.name}+{lever}", "settings": LEVERS[lever]})
 
 
 METHODS: dict[str, type[Method]] = {

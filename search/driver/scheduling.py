@@ -216,7 +216,8 @@ class _RemembersExperiment:
 
 
 class TieAwareBracket(_Bracket):
-    """Ray's ASHA bracket, with ties at a rung's cutoff broken by arrival.
+    """Ray's ASHA bracket, with ties at a rung's cutoff broken by arrival, and, with
+    ``min_results`` (``scheduler.min_rung_results``), no trial promoted unexamined.
 
     Ray continues a trial unless its value is *below* the rung's cutoff, the
     ``(1 - 1/reduction_factor)`` quantile of the values recorded there. When many trials share
@@ -226,11 +227,29 @@ class TieAwareBracket(_Bracket):
     the rung still has room in its top ``1/reduction_factor``, counting the trials recorded
     with at least its value as ahead of it (they arrived first), as successive halving's
     "promote the top ``1/eta``" means. Values above or below the cutoff are decided as Ray
-    decides them; the first trial at a rung always continues (there is nothing to compare).
+    decides them; the first trial at a rung always continues (there is nothing to compare),
+    unless ``min_results`` is set: a rung holding fewer results counts the ones still to come
+    (up to ``min_results``) as ahead of the trial, so the first arrivals go on only if they
+    stay in the rung's top ``1/reduction_factor`` even then (with ``min_results`` equal to the
+    factor, the first ``factor - 1`` stop there and the next goes on if it beats them).
     """
+
+    def __init__(self, *args: Any, min_results: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_results = min_results
 
     def on_result(self, trial: Any, cur_iter: int, cur_rew: float | None) -> str:
         rung = self._deciding_rung(trial.trial_id, cur_iter)
+        # Brackets pickled before min_results existed have none.
+        min_results = getattr(self, "min_results", 0)
+        if rung is not None and cur_rew is not None and len(rung) < min_results:
+            # Too few results here to judge: the results still to come count as ahead of
+            # this one, so a trial goes on only if it is in the rung's top 1/rf even then.
+            missing = min_results - len(rung) - 1
+            ahead = sum(1 for value in rung.values() if value >= cur_rew) + missing
+            rung[trial.trial_id] = cur_rew
+            size = len(rung) + missing
+            return TrialScheduler.CONTINUE if ahead < size / self.rf else TrialScheduler.STOP
         if rung and cur_rew is not None and cur_rew == self.cutoff(rung):
             ahead = sum(1 for value in rung.values() if value >= cur_rew)
             if ahead >= (len(rung) + 1) / self.rf:
@@ -265,16 +284,20 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
         grace_period: The first rung.
         reduction_factor: Rung spacing; the top ``1/reduction_factor`` go on.
         budget: The device budget, or ``None``.
+        min_rung_results: Results a rung needs before it promotes as Ray does (see
+            :class:`TieAwareBracket`); 0: Ray's rule.
         **asha: ``ASHAScheduler``'s other arguments.
     """
 
     def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float,
-                 budget: DeviceBudget | None = None, **asha: Any) -> None:
+                 budget: DeviceBudget | None = None, min_rung_results: int = 0,
+                 **asha: Any) -> None:
         super().__init__(max_t=max_t, grace_period=grace_period,
                          reduction_factor=reduction_factor, **asha)
         # The same rungs as Ray builds them, deciding ties at the cutoff by arrival.
         self._brackets = [TieAwareBracket(grace_period, max_t, reduction_factor, s,
-                                          stop_last_trials=self._stop_last_trials)
+                                          stop_last_trials=self._stop_last_trials,
+                                          min_results=min_rung_results)
                           for s in range(len(self._brackets))]
         self.budget = budget
         self._records_read = False
@@ -354,5 +377,6 @@ def make_scheduler(spec: ExperimentSpec, budget: DeviceBudget | None) -> TrialSc
     if spec.scheduler.name == "asha":
         return RememberingASHA(budget=budget, time_attr=TIME_ATTR, metric=METRIC, mode=MODE,
                                max_t=spec.max_t, grace_period=spec.scheduler.grace_period,
-                               reduction_factor=spec.scheduler.reduction_factor)
+                               reduction_factor=spec.scheduler.reduction_factor,
+                               min_rung_results=spec.scheduler.min_rung_results)
     return BudgetFIFO(budget=budget)

@@ -321,3 +321,31 @@ def test_budget_shared_by_scheduler_and_stopper_survives_the_tuner_pickle():
     budget = DeviceBudget({"gpu_seconds": 10.0}, max_t=3)
     scheduler, stopper = pickle.loads(pickle.dumps((BudgetFIFO(budget=budget), budget)))
     assert scheduler.budget is stopper
+
+
+# --------------------------------------------------------------------------------------------
+# scheduler.min_rung_results: no trial promoted unexamined
+
+
+def test_a_rung_with_too_few_results_does_not_promote_unexamined():
+    # Ray's ASHA lets the first arrival at a rung go on whatever it is worth (nothing to
+    # compare); with min_rung_results 3 (= reduction_factor), the first two stop there and
+    # the third goes on only if it beats both; from then on, Ray's cutoff.
+    assert rung_one(RememberingASHA(**ASHA_ARGS), [0.3])[-1] == TrialScheduler.CONTINUE
+    examined = dict(ASHA_ARGS, min_rung_results=3)
+    assert rung_one(RememberingASHA(**examined), [0.9, 0.95]) == [TrialScheduler.STOP] * 2
+    assert rung_one(RememberingASHA(**examined), [0.5, 0.6, 0.7])[-1] == "CONTINUE"
+    assert rung_one(RememberingASHA(**examined), [0.5, 0.6, 0.55])[-1] == "STOP"
+    # Once the rung holds 3 results, Ray's rule: above the 2/3 quantile goes on.
+    assert rung_one(RememberingASHA(**examined), [0.5, 0.6, 0.7, 0.8])[-1] == "CONTINUE"
+    assert rung_one(RememberingASHA(**examined), [0.5, 0.6, 0.7, 0.55])[-1] == "STOP"
+
+
+def test_min_rung_results_survives_the_tuner_pickle_and_the_replay():
+    examined = dict(ASHA_ARGS, min_rung_results=3)
+    early = [(f"t{i}", {"epoch": 1, "timestamp": i, "val_accuracy": 0.9}) for i in range(1)]
+    resumed = started(restored(RememberingASHA(**examined)), records_of(early, {"t0"}))
+    resumed.on_trial_add(None, FakeTrial("t1"))
+    # One result recorded before the resume: the second arrival still stops, unexamined.
+    assert resumed.on_trial_result(None, FakeTrial("t1"), {
+        "epoch": 1, "timestamp": 9, "val_accuracy": 0.95}) == TrialScheduler.STOP
