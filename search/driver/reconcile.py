@@ -109,11 +109,7 @@ def reconcile_study(study: optuna.Study, trials: Iterable[TrialRecord], *, max_t
     """
     from optuna.trial import TrialState
 
-    linked: dict[str, Any] = {}
-    for frozen in study.get_trials(deepcopy=False):
-        ray_id = frozen.user_attrs.get(ATTR_RAY_TRIAL)
-        if ray_id is not None:
-            linked[str(ray_id)] = frozen  # the newest record of a Ray trial wins
+    linked = _newest_records(study)
     storage = study._storage
     changed = []
     for trial in trials:
@@ -217,12 +213,15 @@ def drop_untrained_strays(fs: Any, trials: Iterable[TrialRecord], ray_ids: Itera
     """Removes the folders of ``round_name``'s trials that Ray's state does not know
     (``ray_ids``) and that never reported an epoch; returns the other trials.
 
-    Args:
-        fs: The experiment's filesystem (the records' paths are inside it).
-
     A driver killed while it uploaded Ray's snapshot can leave a new trial's folder without
     the state that lists it: Ray's resume never runs that trial, and the folder would count as
     a trial stopped at epoch 0. Without it, a new trial takes its place.
+
+    Args:
+        fs: The experiment's filesystem (the records' paths are inside it).
+        trials: Every trial of the experiment.
+        ray_ids: The trials Ray's newest state lists for ``round_name``.
+        round_name: The round ``resume`` continues.
     """
     from search.outputs import storage
 
