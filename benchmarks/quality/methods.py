@@ -450,8 +450,15 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "no_baseline": {"search": {"baseline": False}},
     # no trial promoted unexamined: a rung judges once it holds reduction_factor results
     "examined_rungs": {"scheduler": {"min_rung_results": 3}},
+    # together
     "tpe_rungs+examined_rungs": {"search": {"algorithm": "tpe_rungs"},
                                  "scheduler": {"min_rung_results": 3}},
+    "no_baseline+tpe_rungs": {"search": {"algorithm": "tpe_rungs", "baseline": False}},
+    "no_baseline+examined_rungs": {"search": {"baseline": False},
+                                   "scheduler": {"min_rung_results": 3}},
+    "no_baseline+tpe_rungs+examined_rungs": {"search": {"algorithm": "tpe_rungs",
+                                                        "baseline": False},
+                                             "scheduler": {"min_rung_results": 3}},
 }
 
 
