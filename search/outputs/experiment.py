@@ -47,6 +47,10 @@ def check_experiment_dir(path: str) -> tuple[storage.pafs.FileSystem, str]:
     if not storage.list_dir(fs, root):
         raise SpecError(f"{path}: experiment folder is empty (did the search start?)")
     if not storage.exists(fs, storage.join(root, SPEC_FILE)):
+        if storage.exists(fs, storage.join(root, LOCK_FILE)) and never_started(path):
+            raise SpecError(f"{path}: the search never started (its driver stopped right "
+                            f"after taking {LOCK_FILE}, before writing {SPEC_FILE}); start it "
+                            f"again with `finetune-search run` under the same name")
         raise SpecError(f"{path}: not a finetune-search experiment (no {SPEC_FILE}; "
                         f"expected the folder `finetune-search run` created)")
     return fs, root

@@ -1,6 +1,6 @@
-"""A driver SIGKILLed while it starts (its lock taken, the data loading, Ray started, the tuner
-being built, ``fit`` called): the folder it leaves is no trap. ``resume`` starts the search
-from its ``spec.yaml``, and ``run`` under the same name takes the folder over."""
+"""A driver SIGKILLed while it starts (its lock just taken, the data loading, Ray started, the
+tuner being built, ``fit`` called): the folder it leaves is no trap. ``resume`` starts the
+search from its ``spec.yaml``, and ``run`` under the same name takes the folder over."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def die(*args, **kwargs):
 
 
 step = sys.argv[1]
-if step == "data":
+if step == "lock":
+    service._start_fresh = die
+elif step == "data":
     search.data.load_dataset = die
 elif step == "ray":
     connect = service.connect
@@ -59,7 +61,7 @@ def killed_while_starting(step: str, spec_path: Path, name: str, tmp_path: Path)
     assert driver.returncode == -9, log.read_text()[-3000:]
 
 
-@pytest.mark.parametrize("step, then", [("data", "run"), ("ray", "resume"),
+@pytest.mark.parametrize("step, then", [("lock", "run"), ("data", "run"), ("ray", "resume"),
                                         ("tuner", "run"), ("fit", "resume")])
 def test_driver_killed_while_starting_leaves_a_folder_that_run_or_resume_continues(
         tmp_path, step, then):
@@ -70,14 +72,18 @@ def test_driver_killed_while_starting_leaves_a_folder_that_run_or_resume_continu
     experiment = tmp_path / "results" / name
     killed_while_starting(step, spec_path, name, tmp_path)
     assert (experiment / LOCK_FILE).exists()  # the dead driver's
-    assert (experiment / "spec.yaml").exists()  # written right after the lock
+    if step == "lock":  # killed between its lock and spec.yaml: resume says to run it
+        refused = cli("resume", str(experiment), timeout=120)
+        assert refused.returncode == 2 and "the search never started" in refused.stderr
+    else:
+        assert (experiment / "spec.yaml").exists()  # written right after the lock
 
     if then == "run":
         done = cli("run", str(spec_path), "--num-cpus", "2", "--name", name)
     else:
         done = cli("resume", str(experiment), "--num-cpus", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "never started" in done.stdout, done.stdout[-3000:]
+    assert "never started" in done.stdout or step == "lock", done.stdout[-3000:]
     trials = load_trials(str(experiment))
     assert len(trials) == 2 and all(t.status(1).value == "complete" for t in trials)
     study = study_trials(experiment)
