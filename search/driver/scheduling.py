@@ -313,15 +313,20 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
         super().remember(records)
         self._stopped_at = {**self._replay(records),
                             **(_study_stops if stops is None else stops)}
+        self._restored_unchecked = True
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
-        for trial in list(tune_controller.get_trials()):
-            stopped_at = self._stopped_at.get(trial.trial_id)
-            if (trial.status == Trial.PENDING and stopped_at is not None and trial.last_result
-                    and int(trial.last_result.get(TIME_ATTR, 0)) >= stopped_at):
-                # Stopped there before the search was interrupted, and Ray's older state
-                # resumes it: one more epoch would train past the stop.
-                tune_controller.stop_trial(trial)
+        if getattr(self, "_restored_unchecked", False):
+            # Once per run, after Ray added the trials it restored (one pass, not per step).
+            self._restored_unchecked = False
+            for trial in list(tune_controller.get_trials()):
+                stopped_at = self._stopped_at.get(trial.trial_id)
+                if (trial.status == Trial.PENDING and stopped_at is not None
+                        and trial.last_result
+                        and int(trial.last_result.get(TIME_ATTR, 0)) >= stopped_at):
+                    # Stopped there before the search was interrupted, and Ray's older state
+                    # resumes it: one more epoch would train past the stop.
+                    tune_controller.stop_trial(trial)
         return super().choose_trial_to_run(tune_controller)
 
     def _replay(self, records: list[TrialRecord]) -> dict[str, int]:
