@@ -94,7 +94,10 @@ def anytime_plot(result: Mapping[str, Any], path: Path) -> None:
         for name, m in sorted(block["methods"].items(), key=lambda kv: (kv[0] != OURS, kv[0])):
             curve = m["anytime_iqm"]
             x = [(i + 1) / len(curve) for i in range(len(curve))]
-            ax.plot(x, curve, label=name, linewidth=2.5 if name == OURS else 1.2)
+            (line,) = ax.plot(x, curve, label=name, linewidth=2.5 if name == OURS else 1.2)
+            if m.get("anytime_ci"):  # the bootstrap 95 % band of the IQM
+                low, high = zip(*m["anytime_ci"])
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
         ax.set_title(f"W = {workers}, {result['seeds']} seeds")
         ax.set_xlabel(f"fraction of the budget ({result['budget']:.0f} {result['budget_unit']})")
         ax.set_ylabel("normalized regret (IQM)")

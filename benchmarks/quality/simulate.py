@@ -221,6 +221,8 @@ def summarize(per_method: Mapping[str, list[dict[str, Any]]], budget: float,
         figures["trials_mean"] = float(np.mean([r["trials"] for r in runs]))
         curves = np.array([r["curve"] for r in runs])
         figures["anytime_iqm"] = [iqm(curves[:, i]) for i in range(curves.shape[1])]
+        figures["anytime_ci"] = [bootstrap_ci(curves[:, i], reps=200)
+                                 for i in range(curves.shape[1])]
         out[name] = figures
     return out
 
