@@ -93,13 +93,14 @@ def anytime_plot(result: Mapping[str, Any], path: Path) -> None:
     for ax, (workers, block) in zip(axes[0], blocks.items()):
         for name, m in sorted(block["methods"].items(), key=lambda kv: (kv[0] != OURS, kv[0])):
             curve = m["anytime_iqm"]
-            x = [(i + 1) / len(curve) for i in range(len(curve))]
+            x = [(i + 1) / len(curve) * result["budget"] for i in range(len(curve))]
             (line,) = ax.plot(x, curve, label=name, linewidth=2.5 if name == OURS else 1.2)
             if m.get("anytime_ci"):  # the bootstrap 95 % band of the IQM
                 low, high = zip(*m["anytime_ci"])
                 ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
         ax.set_title(f"W = {workers}, {result['seeds']} seeds")
-        ax.set_xlabel(f"fraction of the budget ({result['budget']:.0f} {result['budget_unit']})")
+        unit = "device-seconds" if result["budget_unit"] == "seconds" else "trial-epochs"
+        ax.set_xlabel(f"{unit} spent (the budget: {result['budget']:.0f})")
         ax.set_ylabel("normalized regret (IQM)")
         ax.set_yscale("symlog", linthresh=0.05)
         ax.grid(alpha=0.3)
