@@ -169,7 +169,8 @@ def run_cycle(index: int, rng: random.Random, storage: str, root: Path,
                    ["run", str(spec_path), "--name", name])
     violations = check_invariants(experiment, name, raw["search"]["num_samples"],
                                   raw["train"]["epochs"])
-    return {"cycle": index, "kills": kills, "events": events, "violations": violations,
+    return {"cycle": index, "kills": sum(" killed at " in event for event in events),
+            "events": events, "violations": violations,
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -197,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             result = run_cycle(index, rng, storage, root, env)
             results.append(result)
             print(json.dumps(result), flush=True)
-    summary = {"storage": args.storage, "seed": args.seed, "cycles": len(results),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                            capture_output=True, check=False).stdout.strip()
+    summary = {"storage": args.storage, "seed": args.seed, "commit": commit,
+               "cycles": len(results),
                "spec": SPEC, "kills": sum(r.get("kills", 0) for r in results),
                "cycles_with_violations": sum(1 for r in results if r["violations"]),
                "results": results}
