@@ -142,10 +142,10 @@ def _checkpoint_test(trials: list[Any], data: Any) -> Callable[[dict[str, Any]],
 
 def run_finetune_search(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
     """Ours: the searcher and scheduler ``run_search`` builds
-    (:func:`search.driver.service.make_search_policy`: TPE told which trials ASHA stopped,
+    (:func:`search.driver.policy.make_search_policy`: TPE told which trials ASHA stopped,
     ASHA whose rungs survive resume, the baseline first), in the same ``tune.Tuner`` set-up as
     stock Ray + Optuna, stopped at the budget by the same stopper."""
-    from search.driver.service import make_search_policy
+    from search.driver.policy import make_search_policy
 
     def policy(spec: Any) -> dict[str, Any]:
         workdir.mkdir(parents=True, exist_ok=True)

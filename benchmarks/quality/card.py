@@ -24,6 +24,7 @@ for _path in (QUALITY_DIR.parents[1], QUALITY_DIR.parent, QUALITY_DIR):  # run f
         sys.path.insert(0, str(_path))
 
 import numpy as np  # noqa: E402
+from build_table import table_path  # noqa: E402
 from surrogate import (  # noqa: E402
     check_surrogate,
     noise_by_epoch,
@@ -31,7 +32,6 @@ from surrogate import (  # noqa: E402
     spearman,
     table_curves,
 )
-from tabulate import table_path  # noqa: E402
 from task import TASKS, TableTask, plan  # noqa: E402
 
 EARLY_EPOCHS = (1, 3, 5)
@@ -91,7 +91,7 @@ def render(task: TableTask, figures: dict[str, Any], meta: dict[str, Any]) -> st
         "(the same count in each of the 15 cells), the seed article's configuration and "
         "perturbations of it, configurations trained again with seed 1 (the noise) and "
         "held-out configurations (the surrogate's check), interleaved so any prefix is "
-        f"balanced. Generated in {len(chunks)} chunks (`benchmarks/quality/tabulate.py`; "
+        f"balanced. Generated in {len(chunks)} chunks (`benchmarks/quality/build_table.py`; "
         "commands, times and machine in the `.meta.json` beside the table).",
         "",
         f"- runs in the table: {figures['runs']} of {sum(figures['planned'].values())} "
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     task = TASKS[args.task]()
     table = table_path(task, args.folder)
     if not table.exists():
-        parser.error(f"--folder: no table at {table}; make it with tabulate.py")
+        parser.error(f"--folder: no table at {table}; make it with build_table.py")
     meta_path = args.folder / f"{task.name}.meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
     text = render(task, card_figures(task, table), meta)

@@ -6,7 +6,7 @@ epoch's validation accuracy as it arrives; it answers whether the job goes on. T
 same way, in the same place. What decides is each framework's real code:
 
 * ``finetune_search``: the searcher and scheduler ``run_search`` builds
-  (:func:`search.driver.service.make_search_policy`), driven the way Ray's ``TuneController``
+  (:func:`search.driver.policy.make_search_policy`), driven the way Ray's ``TuneController``
   drives them (scheduler first; the searcher hears a result only if the trial goes on, and
   ``on_trial_complete`` when it stops or reaches ``max_t``).
 * ``ray_optuna``: Ray's stock ``OptunaSearch`` (TPE) and ``ASHAScheduler``, driven the same way.
@@ -154,7 +154,7 @@ class FinetuneSearch(RayMethod):
     settings: dict[str, dict[str, Any]] = {}
 
     def build(self) -> tuple[Any, Any]:
-        from search.driver.service import make_search_policy
+        from search.driver.policy import make_search_policy
 
         self.folder = tempfile.mkdtemp(prefix="sim-ours-")
         spec = sim_spec(self.task, settings=self.settings)

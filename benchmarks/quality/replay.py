@@ -5,7 +5,7 @@ The real search's Optuna journal is an append-only log of what its driver did, i
 trial's start (the suggestion, with its parameters), each epoch's value as the searcher heard
 it, and each trial's end. :func:`replay` builds a fresh searcher and scheduler with the search's
 own spec and seed through the factory ``run_search`` uses
-(:func:`search.driver.service.make_search_policy`), then walks the log: at every start it asks
+(:func:`search.driver.policy.make_search_policy`), then walks the log: at every start it asks
 the simulated searcher for a suggestion and compares the parameters; at every epoch it gives the
 value to the simulated scheduler and searcher as Ray's ``TuneController`` would and records
 whether it stops the trial; at every end it compares where the real trial ended with where the
@@ -105,7 +105,7 @@ def replay(experiment_dir: Path, seed: int | None = None) -> ReplayReport:
     """
     from ray.tune.schedulers import TrialScheduler
 
-    from search.driver.service import make_search_policy
+    from search.driver.policy import make_search_policy
     from search.driver.study import METRIC, TIME_ATTR, journal_path_for
     from search.outputs.experiment import SPEC_FILE
     from search.spec import load_spec

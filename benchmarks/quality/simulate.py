@@ -287,14 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="the anytime plot (PNG)")
     args = parser.parse_args(argv)
 
+    from build_table import table_path
     from methods import LEVERS, METHODS
     from surrogate import check_surrogate, noise_by_epoch, read_curves
-    from tabulate import table_path
 
     task = TASKS[args.task]()
     table = args.table or table_path(task)
     if not table.exists():
-        parser.error(f"--table: no table at {table}; make it with benchmarks/quality/tabulate.py")
+        parser.error(f"--table: no table at {table}; make it with "
+                     "benchmarks/quality/build_table.py")
     names = list(METHODS) if args.methods is None else [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in names if m not in METHODS]
     if unknown:

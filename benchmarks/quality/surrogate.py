@@ -1,6 +1,6 @@
 """The table as an objective: learning curves for any configuration, with the table's noise.
 
-:class:`Table` reads the Parquet table ``tabulate.py`` writes. :class:`Surrogate` predicts a
+:class:`Table` reads the Parquet table ``build_table.py`` writes. :class:`Surrogate` predicts a
 configuration's whole curve (validation and test accuracy, and each epoch's seconds) from its
 ``k`` nearest table configurations in the unit cube of the space (inverse-distance weights; a
 configuration in the table gets its own curve), as Syne Tune's ``BlackboxSurrogate`` does with

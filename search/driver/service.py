@@ -21,7 +21,6 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import TrialScheduler
 
 from search._validate import echo
 from search.checkpoint_policy import RUNG_EPOCHS_KEY
@@ -35,6 +34,7 @@ from search.driver.cluster import (
 from search.driver.console import search_console
 from search.driver.experiment_state import check_resumable_state, ray_snapshots
 from search.driver.mirror import JournalMirror, mirroring
+from search.driver.policy import make_search_policy
 from search.driver.progress import ProgressPrinter
 from search.driver.pruning import CheckpointPruner
 from search.driver.reconcile import (
@@ -46,14 +46,12 @@ from search.driver.reconcile import (
     reconcile_study,
 )
 from search.driver.scheduling import (
-    DeviceBudget,
     budget_for,
     check_budget_left,
     checkpoint_rungs,
-    make_scheduler,
     study_records,
 )
-from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
+from search.driver.searcher import relocated_journal
 from search.driver.study import (
     METRIC,
     MODE,
@@ -153,44 +151,6 @@ def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
         tune.with_parameters(trainable or train_trial, data=data, fixed=fixed),
         {"cpu": spec.resources.cpus_per_trial, "gpu": gpus},
     )
-
-
-def make_search_policy(spec: ExperimentSpec, *, journal_path: str, num_samples: int, seed: int,
-                       baseline: bool, budget: DeviceBudget | None = None
-                       ) -> tuple[AshaAwareOptunaSearch, TrialScheduler]:
-    """The searcher and the scheduler a search runs with: what decides which configurations
-    are tried and which trials stop.
-
-    The one place they are built: ``run``, ``resume`` and ``extend`` get them here, and so does
-    the search-quality simulator (``benchmarks/quality/simulate.py``), which feeds them
-    tabulated learning curves instead of training, so what it measures is the product's
-    decision code.
-
-    Args:
-        spec: The experiment spec (space, ``max_t``, search and scheduler settings).
-        journal_path: The Optuna journal file the study lives in.
-        num_samples: Trials in this run (sizes TPE's random start-up).
-        seed: The sampler's seed.
-        baseline: Try the spec's baseline point first.
-        budget: The device budget the scheduler keeps, or ``None``.
-
-    Returns:
-        ``(search_alg, scheduler)``.
-    """
-    points = [spec.baseline_point()] if baseline and spec.baseline_point() else None
-    search_alg = AshaAwareOptunaSearch(
-        spec.space,
-        journal_path=journal_path,
-        study_name=spec.name,
-        max_t=spec.max_t,
-        seed=seed,
-        algorithm=spec.search.algorithm,
-        points_to_evaluate=points,
-        fixed_config=spec.fixed_config(),
-        num_samples=num_samples,
-        rung_epochs=(*checkpoint_rungs(spec), spec.max_t),
-    )
-    return search_alg, make_scheduler(spec, budget)
 
 
 def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +68,7 @@ def test_dimension_unit_round_trip(kind, low, high, values):
 
 
 def test_side_log_merges_into_parquet_and_a_cut_line_is_trained_again(tmp_path):
-    from tabulate import done_keys, merge, side_log, table_path
+    from build_table import done_keys, merge, side_log, table_path
     from task import digits_task, plan
 
     task = digits_task(max_t=2)
@@ -89,9 +90,9 @@ def test_side_log_merges_into_parquet_and_a_cut_line_is_trained_again(tmp_path):
 
 
 @pytest.mark.slow
-def test_tabulate_trains_through_the_project_s_runtime_and_resumes(tmp_path):
+def test_build_table_trains_through_the_project_s_runtime_and_resumes(tmp_path):
     import pandas as pd
-    from tabulate import main
+    from build_table import main
 
     assert main(["--max-t", "2", "--limit", "1", "--folder", str(tmp_path)]) == 0
     assert main(["--max-t", "2", "--limit", "1", "--folder", str(tmp_path)]) == 0
@@ -282,9 +283,9 @@ def test_replayed_real_search_gets_the_same_suggestions_and_stops(tmp_path):
 @pytest.mark.slow
 def test_quick_simulation_on_the_committed_table_and_its_card(tmp_path):
     """The quick mode the README names, on the table in the repository (what CI runs)."""
+    from build_table import table_path
     from card import card_figures
     from simulate import main
-    from tabulate import table_path
     from task import digits_task
 
     task = digits_task()
@@ -331,3 +332,22 @@ def test_peer_report_renders_the_readme_tables_from_the_json():
     assert "| `finetune_search` | 0.850 (0.900, 0.800) |" in text
     assert "5, never (1/2 reached)" in text and "never, 9 (1/2 reached)" in text
     assert "| `optuna` | best_val | -0.05 [" in text and "within noise" in text
+
+
+@pytest.mark.parametrize("block", ["quality-sim", "peers-real"])
+def test_readme_tables_are_the_ones_their_json_renders(block):
+    """A number in the README's results cannot drift from the JSON it cites: the block between
+    the markers is what render.py / peer_report.py make of that JSON."""
+    import re
+
+    from peer_report import markdown_tables
+    from render import quality_tables
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    inside = readme.split(f"<!-- {block}: begin -->")[1].split(f"<!-- {block}: end -->")[0]
+    cited = re.search(r"From `([^`]+\.json)`", inside)
+    assert cited, f"the README's {block} block names no JSON"
+    result = json.loads((repo / cited.group(1)).read_text(encoding="utf-8"))
+    tables = quality_tables(result) if block == "quality-sim" else markdown_tables(result)
+    assert tables.strip() in inside

@@ -12,9 +12,9 @@ merged into the Parquet table (written to a temporary file, then renamed). A new
 skips what the table and the side log hold. The plan is interleaved (see ``task.plan``), so a
 table cut short is still balanced.
 
-    python benchmarks/quality/tabulate.py                     # digits/small_cnn, all runs
-    python benchmarks/quality/tabulate.py --limit 100         # the next 100 runs, then stop
-    python benchmarks/quality/tabulate.py --task cifar10      # VGG16 on CIFAR-10 (a GPU)
+    python benchmarks/quality/build_table.py                     # digits/small_cnn, all runs
+    python benchmarks/quality/build_table.py --limit 100         # the next 100 runs, then stop
+    python benchmarks/quality/build_table.py --task cifar10      # VGG16 on CIFAR-10 (a GPU)
 
 Writes ``benchmarks/quality/data/<table>.parquet`` and ``<table>.meta.json`` (the command,
 versions and machine of every chunk).
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [p for p in plan(task) if (p.config_id, p.seed) not in done]
     if args.limit is not None:
         todo = todo[:args.limit]
-    progress(f"tabulate {task.name}: {len(done)} runs in the table, {len(todo)} to train")
+    progress(f"build_table {task.name}: {len(done)} runs in the table, {len(todo)} to train")
     if not todo:
         return 0
     from peer_trial import task_data
