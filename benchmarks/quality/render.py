@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json", type=Path)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--readme", type=Path, default=None,
-                        help="put the tables between the README's quality-sim markers")
+                        help="put the tables between the README's markers (--block)")
+    parser.add_argument("--block", default=README_BLOCK,
+                        help="the README block's name (quality-sim, quality-ablation)")
     args = parser.parse_args(argv)
     result = json.loads(args.json.read_text(encoding="utf-8"))
     print(quality_tables(result))
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         from common import replace_block
 
         text = args.readme.read_text(encoding="utf-8")
-        args.readme.write_text(replace_block(text, README_BLOCK,
+        args.readme.write_text(replace_block(text, args.block,
                                              readme_block(result, str(args.json))),
                                encoding="utf-8")
     return 0

@@ -334,7 +334,7 @@ def test_peer_report_renders_the_readme_tables_from_the_json():
     assert "| `optuna` | best_val | -0.05 [" in text and "within noise" in text
 
 
-@pytest.mark.parametrize("block", ["quality-sim", "peers-real"])
+@pytest.mark.parametrize("block", ["quality-sim", "quality-ablation", "peers-real"])
 def test_readme_tables_are_the_ones_their_json_renders(block):
     """A number in the README's results cannot drift from the JSON it cites: the block between
     the markers is what render.py / peer_report.py make of that JSON."""
@@ -349,5 +349,5 @@ def test_readme_tables_are_the_ones_their_json_renders(block):
     cited = re.search(r"From `([^`]+\.json)`", inside)
     assert cited, f"the README's {block} block names no JSON"
     result = json.loads((repo / cited.group(1)).read_text(encoding="utf-8"))
-    tables = quality_tables(result) if block == "quality-sim" else markdown_tables(result)
+    tables = markdown_tables(result) if block == "peers-real" else quality_tables(result)
     assert tables.strip() in inside
