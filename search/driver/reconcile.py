@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from search.driver.study import (
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     import optuna
 
     from search.outputs.results import TrialRecord
+    from search.spec import ExperimentSpec
 
 # Ray statuses of a trial that `resume` continues (resume_unfinished and resume_errored).
 RAY_CONTINUED = ("RUNNING", "PENDING", "PAUSED", "ERROR")
@@ -285,3 +288,64 @@ def ray_trials(experiment_dir: str, continued_round: str | None = None) -> list[
                 trials.append(TrialRecord(trial_id=trial_id, round=round_name, path="",
                                           config=state["config"], ray_status=state["status"]))
     return trials
+
+
+# --------------------------------------------------------------------------------------------
+# before a search starts
+
+
+@dataclass
+class Reconciled:
+    """What the scheduler must know of the study before Ray starts (see
+    :func:`~search.driver.scheduling.study_records`)."""
+
+    stops: dict[str, int] = field(default_factory=dict)
+    round_trials: int | None = None
+
+
+def reconcile_before_start(spec: ExperimentSpec, experiment_dir: str, journal: str,
+               continued_round: str | None) -> Reconciled:
+    """Brings the study and Ray's results in line before the searcher opens the study (the
+    driver's step before Ray starts, :func:`search.driver.service._drive`).
+
+    Ray's results rebuild the study's records they are ahead of (a cloud journal may be older
+    than them, or missing on a fresh machine). On a resume the study rebuilds, in turn, the
+    trials it saw train that Ray's results lack (:func:`rebuild_lost_trials`), and the
+    continued round's folders of trials Ray never recorded nor ran go
+    (:func:`drop_untrained_strays`).
+    """
+    from search.driver.study import STUDY_FILE, open_study
+    from search.outputs import experiment as folder
+    from search.outputs import storage
+    from search.outputs.results import ray_trial_states
+
+    trials = ray_trials(experiment_dir, continued_round)
+    fs, root = storage.filesystem(experiment_dir)
+    round_uri, in_round = experiment_dir, 0
+    if continued_round is not None:
+        round_path = dict(folder.round_dirs(fs, root))[continued_round]
+        if continued_round != folder.MAIN_ROUND:
+            round_uri = storage.join(experiment_dir, continued_round)
+        recorded = ray_trial_states(fs, round_path)
+        trials = drop_untrained_strays(fs, trials, recorded, round_name=continued_round)
+        # Ray's state, and folders with results that a killed upload left out of it
+        in_round = len({t.trial_id for t in trials if t.round == continued_round})
+    if not trials and not storage.exists(fs, storage.join(root, STUDY_FILE)) and not (
+            os.path.exists(journal)):
+        return Reconciled()
+    study = open_study(journal, spec.name, spec.search.seed, spec.search.algorithm)
+    changed = reconcile_study(study, trials, max_t=spec.max_t, space=spec.space,
+                              continued_round=continued_round)
+    if changed:
+        print(f"study: {len(changed)} trial record(s) rebuilt from Ray's results (the journal "
+              f"was missing or older than them)", flush=True)
+    if continued_round is None:
+        return Reconciled(final_stops(study))
+    lost = rebuild_lost_trials(study, trials, round_dir=round_uri, space=spec.space,
+                               fixed_config=spec.fixed_config(), max_t=spec.max_t)
+    if lost:
+        print(f"results: {len(lost)} trial(s) rebuilt from the study (they trained, but the "
+              f"driver was killed before Ray's results reached storage; their checkpoints "
+              f"are lost): {', '.join(lost)}", flush=True)
+    fail_orphans(study, {t.trial_id for t in trials} | set(lost))
+    return Reconciled(final_stops(study), in_round + len(lost))

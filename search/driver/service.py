@@ -13,10 +13,9 @@ three.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -37,14 +36,7 @@ from search.driver.mirror import JournalMirror, mirroring
 from search.driver.policy import make_search_policy
 from search.driver.progress import ProgressPrinter
 from search.driver.pruning import CheckpointPruner
-from search.driver.reconcile import (
-    drop_untrained_strays,
-    fail_orphans,
-    final_stops,
-    ray_trials,
-    rebuild_lost_trials,
-    reconcile_study,
-)
+from search.driver.reconcile import Reconciled, reconcile_before_start
 from search.driver.scheduling import (
     budget_for,
     check_budget_left,
@@ -55,10 +47,8 @@ from search.driver.searcher import relocated_journal
 from search.driver.study import (
     METRIC,
     MODE,
-    STUDY_FILE,
     TrialStatus,
     journal_path_for,
-    open_study,
 )
 from search.driver.tracking import MlflowTracker, check_tracking
 from search.errors import SpecError
@@ -70,7 +60,6 @@ from search.outputs.results import (
     TrialRecord,
     best_trial,
     load_trials,
-    ray_trial_states,
 )
 from search.spec import ExperimentSpec, dump_spec
 from search.trial import backends
@@ -243,9 +232,10 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
             journal = journal_path_for(local_dir)
             if storage.is_remote(experiment_dir):
                 folder.fetch_journal(experiment_dir, journal)
-            records = _Reconciled()
+            records = Reconciled()
             if not fresh:  # resume, extend: the study and Ray's results agree
-                records = _reconcile(spec, experiment_dir, journal, continued_round)
+                records = reconcile_before_start(spec, experiment_dir, journal,
+                                                 continued_round)
             # What the model's outputs mean, for export and predict to name them.
             folder.write_class_names(experiment_dir, data.class_names)
             with mirroring(experiment_dir, local_dir, lock) as upload, \
@@ -289,57 +279,6 @@ def _start_fresh(spec: ExperimentSpec, experiment_dir: str) -> bool:
 def _exists_error(experiment_dir: str) -> SpecError:
     return SpecError(f"name: the experiment folder {experiment_dir} already exists; "
                      f"`finetune-search resume` or `extend` it, or pick another name")
-
-
-@dataclass
-class _Reconciled:
-    """What the scheduler must know of the study before Ray starts (see
-    :func:`~search.driver.scheduling.study_records`)."""
-
-    stops: dict[str, int] = field(default_factory=dict)
-    round_trials: int | None = None
-
-
-def _reconcile(spec: ExperimentSpec, experiment_dir: str, journal: str,
-               continued_round: str | None) -> _Reconciled:
-    """Brings the study and Ray's results in line before the searcher opens the study.
-
-    Ray's results rebuild the study's records they are ahead of (a cloud journal may be older
-    than them, or missing on a fresh machine). On a resume the study rebuilds, in turn, the
-    trials it saw train that Ray's results lack (:func:`rebuild_lost_trials`), and the
-    continued round's folders of trials Ray never recorded nor ran go
-    (:func:`drop_untrained_strays`).
-    """
-    trials = ray_trials(experiment_dir, continued_round)
-    fs, root = storage.filesystem(experiment_dir)
-    round_uri, in_round = experiment_dir, 0
-    if continued_round is not None:
-        round_path = dict(folder.round_dirs(fs, root))[continued_round]
-        if continued_round != folder.MAIN_ROUND:
-            round_uri = storage.join(experiment_dir, continued_round)
-        recorded = ray_trial_states(fs, round_path)
-        trials = drop_untrained_strays(fs, trials, recorded, round_name=continued_round)
-        # Ray's state, and folders with results that a killed upload left out of it
-        in_round = len({t.trial_id for t in trials if t.round == continued_round})
-    if not trials and not storage.exists(fs, storage.join(root, STUDY_FILE)) and not (
-            os.path.exists(journal)):
-        return _Reconciled()
-    study = open_study(journal, spec.name, spec.search.seed, spec.search.algorithm)
-    changed = reconcile_study(study, trials, max_t=spec.max_t, space=spec.space,
-                              continued_round=continued_round)
-    if changed:
-        print(f"study: {len(changed)} trial record(s) rebuilt from Ray's results (the journal "
-              f"was missing or older than them)", flush=True)
-    if continued_round is None:
-        return _Reconciled(final_stops(study))
-    lost = rebuild_lost_trials(study, trials, round_dir=round_uri, space=spec.space,
-                               fixed_config=spec.fixed_config(), max_t=spec.max_t)
-    if lost:
-        print(f"results: {len(lost)} trial(s) rebuilt from the study (they trained, but the "
-              f"driver was killed before Ray's results reached storage; their checkpoints "
-              f"are lost): {', '.join(lost)}", flush=True)
-    fail_orphans(study, {t.trial_id for t in trials} | set(lost))
-    return _Reconciled(final_stops(study), in_round + len(lost))
 
 
 # --------------------------------------------------------------------------------------------
