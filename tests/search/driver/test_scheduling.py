@@ -289,18 +289,10 @@ def test_spent_budget_starts_no_new_trial_and_ends_the_searcher():
         def set_finished(self):
             self.finished = True
 
-    class Controller:
+    class Controller(StoppingController):
         def __init__(self, trials):
+            super().__init__(trials)
             self.search_alg = SearchAlg()
-            self.trials = trials
-            self.stopped = []
-
-        def get_trials(self):
-            return self.trials
-
-        def stop_trial(self, trial):
-            self.stopped.append(trial.trial_id)
-            trial.status = Trial.TERMINATED
 
     budget = DeviceBudget({"wall_seconds": 10.0}, max_t=3)
     scheduler = started(RememberingASHA(budget=budget, **ASHA_ARGS))
