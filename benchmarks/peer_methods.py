@@ -107,13 +107,12 @@ def _ray_rows(trials: list[Any], began: float) -> list[dict[str, Any]]:
 
 def checkpoint_at(trial_path: str, epoch: int) -> str | None:
     """The trial's checkpoint folder written at ``epoch`` (``None`` if it kept none there)."""
-    import json
-
-    from search.trial.checkpoint import STATE_FILE
+    from search.trial.checkpoint import STATE_FILE, read_state
 
     for folder in sorted(Path(trial_path).glob("checkpoint_*")):
-        state = folder / STATE_FILE
-        if state.exists() and int(json.loads(state.read_text()).get("epoch", -1)) == epoch:
+        if not (folder / STATE_FILE).exists():
+            continue  # a checkpoint Ray had not finished writing
+        if int(read_state(str(folder)).get("epoch", -1)) == epoch:
             return str(folder)
     return None
 

@@ -116,14 +116,15 @@ def done_keys(task: TableTask, folder: Path = DATA) -> set[tuple[str, int]]:
 
 def train_run(task: TableTask, planned: Planned, data: Any) -> dict[str, Any]:
     """Trains one planned configuration to ``max_t``; returns its per-epoch record."""
+    from peer_task import peer_gpus
     from peer_trial import build, evaluate_test
 
     from search.spec import load_spec_dict
 
     raw = {**task.raw, "name": "table", "storage": "/tmp/unused",
            "train": {**task.raw["train"], "seed": planned.seed}}
-    fixed = load_spec_dict(dict(raw), source="benchmarks/quality").fixed_config()
-    params = {**fixed, **planned.config, "gpus_per_trial": 1 if _gpus() else 0}
+    spec = load_spec_dict(dict(raw), source="benchmarks/quality")
+    params = {**spec.fixed_config(), **planned.config, "gpus_per_trial": peer_gpus(spec)}
     model, train_ds, val_ds = build(params, data)
     epochs = []
     for epoch in range(1, task.max_t + 1):
@@ -141,12 +142,6 @@ def train_run(task: TableTask, planned: Planned, data: Any) -> dict[str, Any]:
                        "fit_s": fit_s, "test_s": test_s, "load": load_average()})
     return {"config_id": planned.config_id, "role": planned.role, "seed": planned.seed,
             "config": dict(planned.config), "epochs": epochs}
-
-
-def _gpus() -> bool:
-    from common import gpu_names
-
-    return bool(gpu_names())
 
 
 def record_chunk(task: TableTask, meta: dict[str, Any], folder: Path = DATA) -> None:

@@ -57,11 +57,13 @@ class Method:
 
     name = "method"
 
-    def __init__(self, task: TableTask, seed: int, workers: int, budget_hint: float) -> None:
+    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
         self.task = task
         self.seed = method_seed(self.name, seed)
         self.workers = workers
-        self.budget_hint = budget_hint  # the budget's fraction a method may plan with
+        # The share of the budget spent so far, kept up to date by the simulator (a method
+        # that plans by the budget reads it; see OneEpochTopK).
+        self.spent_fraction = 0.0
 
     def suggest(self) -> Job | None:
         """A job for a free worker, or ``None`` (nothing now: ask again after the next
@@ -85,17 +87,48 @@ def _space_config(task: TableTask, config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _RayTrial:
+class RayTrial:
     """What Ray's schedulers read of a trial (its id)."""
 
     trial_id: str
 
 
+def tell_result(searcher: Any, scheduler: Any, trial: RayTrial, epoch: int, value: float,
+                last_epoch: int) -> bool:
+    """Tells a Ray searcher and scheduler one epoch's result as Ray's ``TuneController`` does:
+    the scheduler decides first; a trial that goes on is heard by the searcher as a result, one
+    that stops (or reached ``last_epoch``) by both as complete. Shared by the simulator and
+    :mod:`replay`, so what the replay checks is what the simulator runs.
+
+    Returns:
+        True when the trial trains on.
+    """
+    from ray.tune.schedulers import TrialScheduler
+
+    result = {METRIC: value, TIME_ATTR: epoch, "training_iteration": epoch,
+              "trial_id": trial.trial_id}
+    decision = scheduler.on_trial_result(None, trial, result)
+    if decision == TrialScheduler.STOP or epoch >= last_epoch:
+        scheduler.on_trial_complete(None, trial, result)
+        searcher.on_trial_complete(trial.trial_id, result=result)
+        return False
+    searcher.on_trial_result(trial.trial_id, result)
+    return True
+
+
+def sync_journal(searcher: Any) -> None:
+    """Fsyncs an ``AshaAwareOptunaSearch``'s journal now: its folder is about to go, and the
+    journal's background fsync would warn about it."""
+    backend = getattr(getattr(searcher._ot_study, "_storage", None), "_backend", None)
+    if hasattr(backend, "sync"):
+        backend.sync()
+
+
 class RayMethod(Method):
     """A Ray searcher and scheduler, driven as Ray's ``TuneController`` drives them."""
 
-    def __init__(self, task: TableTask, seed: int, workers: int, budget_hint: float) -> None:
-        super().__init__(task, seed, workers, budget_hint)
+    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
+        super().__init__(task, seed, workers)
         self.count = 0
         self.searcher, self.scheduler = self.build()
 
@@ -108,26 +141,14 @@ class RayMethod(Method):
         if config is None or config == "FINISHED":
             return None
         self.count += 1
-        trial = _RayTrial(trial_id)
+        trial = RayTrial(trial_id)
         self.scheduler.on_trial_add(None, trial)
         return Job(trial_id, _space_config(self.task, config), 1, self.task.max_t,
                    {"trial": trial})
 
-    def result(self, job: Job, epoch: int, value: float) -> dict[str, Any]:
-        return {METRIC: value, TIME_ATTR: epoch, "training_iteration": epoch,
-                "trial_id": job.key}
-
     def report(self, job: Job, epoch: int, value: float) -> bool:
-        from ray.tune.schedulers import TrialScheduler
-
-        result = self.result(job, epoch, value)
-        decision = self.scheduler.on_trial_result(None, job.state["trial"], result)
-        if decision == TrialScheduler.STOP or epoch >= job.last:
-            self.scheduler.on_trial_complete(None, job.state["trial"], result)
-            self.searcher.on_trial_complete(job.key, result=result)
-            return False
-        self.searcher.on_trial_result(job.key, result)
-        return True
+        return tell_result(self.searcher, self.scheduler, job.state["trial"], epoch, value,
+                           job.last)
 
 
 def sim_spec(task: TableTask, name: str = "sim",
@@ -168,9 +189,7 @@ class FinetuneSearch(RayMethod):
     def close(self) -> None:
         import shutil
 
-        backend = getattr(getattr(self.searcher._ot_study, "_storage", None), "_backend", None)
-        if hasattr(backend, "sync"):
-            backend.sync()  # before the folder goes: its background fsync would warn
+        sync_journal(self.searcher)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -221,8 +240,8 @@ class OptunaHyperband(Method):
 
     name = "optuna"
 
-    def __init__(self, task: TableTask, seed: int, workers: int, budget_hint: float) -> None:
-        super().__init__(task, seed, workers, budget_hint)
+    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
+        super().__init__(task, seed, workers)
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -271,8 +290,8 @@ class KerasTunerHyperband(Method):
 
     name = "keras_tuner"
 
-    def __init__(self, task: TableTask, seed: int, workers: int, budget_hint: float) -> None:
-        super().__init__(task, seed, workers, budget_hint)
+    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
+        super().__init__(task, seed, workers)
         import keras_tuner
 
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -344,8 +363,8 @@ class SyneTune(Method):
     name = "syne_tune"
     scheduler_name = "asha"
 
-    def __init__(self, task: TableTask, seed: int, workers: int, budget_hint: float) -> None:
-        super().__init__(task, seed, workers, budget_hint)
+    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
+        super().__init__(task, seed, workers)
         from peer_task import syne_space
         from syne_tune.optimizer.baselines import ASHA, BOHB
 
@@ -396,8 +415,8 @@ class RandomFIFO(Method):
 
     name = "random_fifo"
 
-    def __init__(self, task: TableTask, seed: int, workers: int, budget_hint: float) -> None:
-        super().__init__(task, seed, workers, budget_hint)
+    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
+        super().__init__(task, seed, workers)
         self.rng = np.random.default_rng(self.seed)
         self.count = 0
 
@@ -413,16 +432,14 @@ class RandomFIFO(Method):
 
 
 class OneEpochTopK(RandomFIFO):
-    """Random configurations one epoch each for half the budget (``budget_hint``, in the
-    budget's own unit, told by the simulator as it is spent), then the best first epochs
-    trained on to ``max_t``, best first."""
+    """Random configurations one epoch each for half the budget (``spent_fraction``), then
+    the best first epochs trained on to ``max_t``, best first."""
 
     name = "one_epoch_topk"
 
-    def __init__(self, task: TableTask, seed: int, workers: int, budget_hint: float) -> None:
-        super().__init__(task, seed, workers, budget_hint)
+    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
+        super().__init__(task, seed, workers)
         self.screened: list[tuple[float, int, dict[str, Any]]] = []
-        self.spent_fraction = 0.0
 
     def suggest(self) -> Job | None:
         if self.spent_fraction < 0.5:

@@ -103,16 +103,15 @@ def replay(experiment_dir: Path, seed: int | None = None) -> ReplayReport:
         seed: The sampler's seed (default: the search's own; another one shows what a
             difference looks like).
     """
-    from ray.tune.schedulers import TrialScheduler
+    from methods import RayTrial, sync_journal, tell_result
 
     from search.driver.policy import make_search_policy
-    from search.driver.study import METRIC, TIME_ATTR, journal_path_for
+    from search.driver.study import journal_path_for
     from search.outputs.experiment import SPEC_FILE
     from search.spec import load_spec
 
     spec = load_spec(experiment_dir / SPEC_FILE)
     report = ReplayReport()
-    events = list(journal_events(Path(journal_path_for(str(experiment_dir)))))
     with tempfile.TemporaryDirectory(prefix="replay-") as folder:
         searcher, scheduler = make_search_policy(
             spec, journal_path=str(Path(folder) / "optuna_study.journal"),
@@ -121,61 +120,47 @@ def replay(experiment_dir: Path, seed: int | None = None) -> ReplayReport:
             baseline=spec.search.baseline)
         searcher.set_max_concurrency(spec.search.max_concurrent)
         scheduler.remember([])
-        simulated: dict[int, tuple[str, Any]] = {}  # real trial id -> (sim trial id, trial)
+        simulated: dict[int, RayTrial] = {}  # real trial id -> its simulated trial
+        real_last: dict[int, int] = {}  # real trial id -> the last epoch it reported
         stopped_at: dict[int, int] = {}
-        starts: list[tuple[int, dict[str, Any]]] = []
-        for kind, real_id, payload in events:
+        # (real trial id, its parameters as the journal records them after the start, the
+        # simulated suggestion): compared once the whole journal is read.
+        starts: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        for kind, real_id, payload in journal_events(
+                Path(journal_path_for(str(experiment_dir)))):
             if kind == "start":
-                trial_id = f"{len(simulated):05d}"
-                config = searcher.suggest(trial_id)
+                trial = RayTrial(f"{len(simulated):05d}")
+                config = searcher.suggest(trial.trial_id)
                 if config is None:
                     report.mismatches.append(f"trial {real_id}: the simulated searcher "
                                              "suggested nothing where the search started one")
                     continue
-                stand_in = _Trial(trial_id)
-                scheduler.on_trial_add(None, stand_in)
-                simulated[real_id] = (trial_id, stand_in)
-                starts.append((real_id, config))
+                scheduler.on_trial_add(None, trial)
+                simulated[real_id] = trial
+                starts.append((real_id, payload, config))
                 report.trials += 1
             elif kind == "value" and real_id in simulated:
                 step, value = payload
-                trial_id, stand_in = simulated[real_id]
-                result = {METRIC: value, TIME_ATTR: step, "training_iteration": step,
-                          "trial_id": trial_id}
+                real_last[real_id] = step
                 report.epochs += 1
-                decision = scheduler.on_trial_result(None, stand_in, result)
-                if decision == TrialScheduler.STOP or step >= spec.max_t:
-                    scheduler.on_trial_complete(None, stand_in, result)
-                    searcher.on_trial_complete(trial_id, result=result)
+                if not tell_result(searcher, scheduler, simulated[real_id], step, value,
+                                   spec.max_t):
                     stopped_at[real_id] = step
                     if step < spec.max_t:
                         report.stops.append((real_id, step))
-                else:
-                    searcher.on_trial_result(trial_id, result)
             elif kind == "end" and real_id in simulated:
-                real_last = max((e[2][0] for e in events if e[0] == "value" and e[1] == real_id),
-                                default=0)
-                if stopped_at.get(real_id) != real_last:
+                last = real_last.get(real_id, 0)
+                if stopped_at.get(real_id) != last:
                     report.mismatches.append(
-                        f"trial {real_id}: the search ended it {payload} after epoch "
-                        f"{real_last}, the simulated scheduler at "
-                        f"{stopped_at.get(real_id, 'none')}")
-        # Parameters are recorded after each start: compare them once all are read.
-        for real_id, config in starts:
-            real_params = dict(next(p for k, i, p in events if k == "start" and i == real_id))
+                        f"trial {real_id}: the search ended it {payload} after epoch {last}, "
+                        f"the simulated scheduler at {stopped_at.get(real_id, 'none')}")
+        for real_id, real_params, config in starts:
             for key, value in real_params.items():
                 if key not in config or not _same(value, config[key]):
                     report.mismatches.append(f"trial {real_id}: {key} = {value!r} in the "
                                              f"search, {config.get(key)!r} simulated")
-        backend = getattr(searcher._ot_study._storage, "_backend", None)
-        if hasattr(backend, "sync"):
-            backend.sync()
+        sync_journal(searcher)
     return report
-
-
-@dataclass(frozen=True)
-class _Trial:
-    trial_id: str
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,9 +69,9 @@ def simulate_one(method_name: str, task: TableTask, objective: Any, seed: int, w
         ``trace``: one ``(device_s, trial_epochs, wall_s, incumbent_val, incumbent_test)``
         per epoch that counted; ``trials``: configurations started.
     """
-    from methods import OneEpochTopK, clamp_config, method_class
+    from methods import clamp_config, method_class
 
-    method = method_class(method_name)(task, seed, workers, budget)
+    method = method_class(method_name)(task, seed, workers)
     heap: list[tuple[float, int, Any, int, Any]] = []
     sequence, now, free = 0, 0.0, workers
     spent, spent_s, spent_epochs = 0.0, 0.0, 0
@@ -106,8 +106,7 @@ def simulate_one(method_name: str, task: TableTask, objective: Any, seed: int, w
                 best_observed = observed[epoch - 1]
                 incumbent = (float(val[epoch - 1]), float(test[epoch - 1]))
             trace.append((spent_s, spent_epochs, now, *incumbent))
-            if isinstance(method, OneEpochTopK):
-                method.spent_fraction = spent / budget
+            method.spent_fraction = spent / budget
             if method.report(job, epoch, float(observed[epoch - 1])):
                 sequence += 1
                 heapq.heappush(heap, (now + cost[epoch], sequence, job, epoch + 1))
