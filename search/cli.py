@@ -119,7 +119,7 @@ class Resume(Command):
     help = "continue an interrupted search"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("experiment_dir")
+        parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
         add_address(parser)
         add_force(parser)
 
@@ -137,7 +137,7 @@ class Extend(Command):
     flags = {"more": "--more"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("experiment_dir")
+        parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
         parser.add_argument("--more", type=int_at_least(1), required=True,
                             help="how many more trials")
         add_address(parser)
@@ -156,7 +156,7 @@ class Validate(Command):
     help = "check a spec without running it"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("config")
+        parser.add_argument("config", help="experiment spec (YAML)")
         parser.add_argument("--set", dest="overrides", action="append", default=[],
                             metavar="KEY.PATH=VALUE")
 
@@ -176,7 +176,7 @@ class Export(Command):
     flags = {"out_dir": "--out", "top": "--top"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("experiment_dir")
+        parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
         add_out(parser, "EXPERIMENT/export")
         parser.add_argument("--top", type=int_at_least(1), default=5,
                             help="configs in top_configs.yaml")
@@ -205,7 +205,7 @@ class Retrain(Command):
     flags = {"out_dir": "--out", "epochs": "--epochs"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("best_config")
+        parser.add_argument("best_config", help="an export's best_config.yaml")
         parser.add_argument("--epochs", type=int_at_least(1), default=None,
                             help="override train.epochs")
         add_out(parser, "retrain-NAME beside BEST_CONFIG")
@@ -225,7 +225,7 @@ class Report(Command):
     flags = {"out_dir": "--out"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("experiment_dir")
+        parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
         add_out(parser, "EXPERIMENT/report")
 
     def run(self, args: argparse.Namespace) -> int:
