@@ -109,9 +109,9 @@ def simulated_trainable(config: dict[str, Any], *, data: Any, fixed: Mapping[str
     epoch = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            with open(os.path.join(folder, "state.json"), encoding="utf-8") as handle:
-                epoch = int(json.load(handle)["epoch"])
+        with checkpoint.as_directory() as folder, open(
+                os.path.join(folder, "state.json"), encoding="utf-8") as handle:
+            epoch = int(json.load(handle)["epoch"])
     while epoch < int(params["epochs"]):
         epoch += 1
         accuracy = simulated_accuracy(config, epoch, seed)

@@ -17,7 +17,7 @@ CACHE_SUBDIR = "models"
 
 # Per process: URLs that failed to download under weights="auto" (not retried, so every trial
 # of a worker gets the same initialisation) and the fallback warnings already shown.
-_UNREACHABLE: set[str] = set()
+_UNREACHABLE: set[str | None] = set()  # weights URLs that failed in this process
 _WARNED: set[str] = set()
 
 
@@ -97,8 +97,9 @@ def _reason(err: BaseException) -> str:
     the useful part, e.g. "[Errno -2] Name or service not known") in a message with the URL."""
     cause: BaseException | None = err
     while cause is not None:
-        if getattr(cause, "reason", None) is not None:
-            return " ".join(str(cause.reason).split())
+        reason = getattr(cause, "reason", None)
+        if reason is not None:
+            return " ".join(str(reason).split())
         cause = cause.__cause__ or cause.__context__
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= 200 else text[:197] + "..."

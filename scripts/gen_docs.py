@@ -1,11 +1,12 @@
-"""Writes the documentation pages generated from the code: the spec and CLI references.
+"""Writes the documentation pages generated from the code: the spec, CLI and API references.
 
-    python scripts/gen_docs.py           # rewrite docs/reference/spec.md and cli.md
+    python scripts/gen_docs.py           # rewrite docs/reference/spec.md, cli.md, api.md
     python scripts/gen_docs.py --check   # exit 1 when a committed page differs (what CI's
                                          # tests/docs/test_reference.py checks too)
 
 The spec reference comes from the spec's dataclasses, the validators' constants and the
-descriptions in ``search/spec_docs.py``; the CLI reference from ``search.cli.build_parser()``.
+descriptions in ``search/spec_docs.py``; the CLI reference from ``search.cli.build_parser()``;
+the API page lists ``search.__all__`` and ``model_zoo.__all__`` for mkdocstrings.
 """
 
 from __future__ import annotations
@@ -126,9 +127,42 @@ def render_cli_reference() -> str:
     return "\n".join(lines)
 
 
+API_INTRO = """\
+# Python API
+
+The public API is `search.__all__`, imported lazily (so `import search` and
+`finetune-search --help` load neither Ray nor TensorFlow); the CLI calls only these. Models
+come from `model_zoo`, which is pure Keras and never imports Ray.
+
+```python
+from search import export_experiment, load_spec, run_search
+
+spec = load_spec("configs/cifar10.yaml", overrides=["search.num_samples=16"])
+summary = run_search(spec)
+export_experiment(summary.experiment_dir)
+```
+"""
+
+
+def render_api_reference() -> str:
+    """The API page: one mkdocstrings entry per name of ``search.__all__``, by the module that
+    defines it (the package's lazy ``__getattr__`` is invisible to static collection), then
+    ``model_zoo``'s ``__all__``."""
+    import model_zoo
+    import search
+
+    lines = [GENERATED, "", API_INTRO, "## `search`", ""]
+    for name in search.__all__:
+        lines += [f"::: {search._EXPORTS[name]}.{name}", ""]
+    lines += ["## `model_zoo`", ""]
+    lines += [f"::: model_zoo.{name}\n" for name in model_zoo.__all__]
+    return "\n".join(lines)
+
+
 PAGES: dict[str, Callable[[], str]] = {
     "docs/reference/spec.md": render_spec_reference,
     "docs/reference/cli.md": render_cli_reference,
+    "docs/reference/api.md": render_api_reference,
 }
 
 

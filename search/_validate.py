@@ -92,10 +92,8 @@ def check_int(value: Any, where: str, low: int | None = None,
     if not is_int(value) or (low is not None and value < low) or (
         high is not None and value > high
     ):
-        if low is None:
-            bounds = ""
-        else:
-            bounds = f" >= {low}" if high is None else f" in [{low}, {high}]"
+        bounds = ("" if low is None else f" >= {low}" if high is None
+                  else f" in [{low}, {high}]")
         raise SpecError(f"{where}: must be an int{bounds}, got {echo(value)}")
     return int(value)
 

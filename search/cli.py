@@ -9,6 +9,7 @@ its parameter; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -258,10 +259,8 @@ class Status(Command):
                 print("\033[H\033[J", end="")  # clear the screen: one table, refreshed
             print(f"[{time.strftime('%H:%M:%S')}] {text}\n", flush=True)
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             watch_status(path, args.watch, show)
-        except KeyboardInterrupt:
-            pass
         return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from model_zoo import XLA_INTERPOLATIONS
 from search._validate import did_you_mean, echo, is_finite, is_int, is_number
@@ -68,10 +68,12 @@ class Distribution:
 
         if self.kind == "choice":
             return CategoricalDistribution(list(self.values))
+        # parse_distribution sets both bounds for these kinds.
+        low, high = cast(float, self.low), cast(float, self.high)
         if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high))
+            return IntDistribution(int(low), int(high))
         if self.kind in ("uniform", "loguniform"):
-            return FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
+            return FloatDistribution(low, high, log=self.kind == "loguniform")
         raise ValueError(f"a {self.kind} setting is not an Optuna parameter")
 
     def to_yaml(self) -> Any:

@@ -177,9 +177,9 @@ class ResourcesSpec:
         check_float(spec.cpus_per_trial, f"{where}.cpus_per_trial", positive=True)
         gpus = spec.gpus_per_trial
         if gpus != "auto":
-            check_float(gpus, f"{where}.gpus_per_trial", nonneg=True)
+            count = check_float(gpus, f"{where}.gpus_per_trial", nonneg=True)
             # Ray only packs fractional GPUs below one; above one a trial takes whole devices.
-            if gpus > 1 and not float(gpus).is_integer():
+            if count > 1 and not count.is_integer():
                 raise SpecError(f"{where}.gpus_per_trial: above 1 must be a whole number, "
                                 f"got {echo(gpus)}")
         return spec

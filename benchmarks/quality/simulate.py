@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress(f"  {done}/{len(jobs)} runs, {time.perf_counter() - began:.0f} s")
     else:
         _init_worker(*initargs)
-        for done, job in enumerate(jobs, 1):
+        for job in jobs:
             name, seed, w, run = _job(job)
             results[w][name][seed] = run
             cpu[name] += run["cpu_s"]

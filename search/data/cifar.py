@@ -16,7 +16,7 @@ import tarfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from search.errors import DataError
 try:  # NumPy >= 2 moved the array-pickling helpers to numpy._core.
     from numpy._core import multiarray as _multiarray
 except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core import multiarray as _multiarray
+    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
 CIFAR_IMAGE_SHAPE = (3, 32, 32)  # each row of a CIFAR batch is CHW
 CIFAR_ROW_LENGTH = 3 * 32 * 32
@@ -136,7 +136,7 @@ class _ArrayGuard:
             raise pickle.UnpicklingError(f"refused array subtype {subtype!r}")
         plain = self._plain(dtype)
         self._sized(shape, plain)
-        return _multiarray._reconstruct(np.ndarray, shape, plain)
+        return cast(np.ndarray, _multiarray._reconstruct(np.ndarray, shape, plain))
 
     def ndarray(self, shape: Any, dtype: Any = float, *args: Any) -> np.ndarray:
         plain = self._plain(dtype)

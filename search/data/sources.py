@@ -78,6 +78,8 @@ def as_nhwc3(x: np.ndarray, source: str, key: str) -> np.ndarray:
 
 
 def check_pixels(x: np.ndarray, source: str, key: str) -> np.ndarray:
+    low: float  # an int for integer pixels, a float for float ones (as the messages show)
+    high: float
     if x.dtype == np.uint8:
         return x
     if x.dtype.kind in "iu":

@@ -125,7 +125,7 @@ def split_pool(pool: Pool, spec: DatasetSpec) -> Dataset:
         y_train=frozen(pool.y[train_idx].astype(np.int32)),
         x_val=frozen(stored_pixels(pool.x[val_idx])),
         y_val=frozen(pool.y[val_idx].astype(np.int32)),
-        x_test=frozen(stored_pixels(pool.x_test)) if has_test else None,
+        x_test=frozen(stored_pixels(np.asarray(pool.x_test))) if has_test else None,
         y_test=frozen(np.asarray(pool.y_test).astype(np.int32)) if has_test else None,
         class_names=tuple(pool.class_names),
     )

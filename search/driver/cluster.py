@@ -184,7 +184,7 @@ class WaitReporter(tune.Callback):
         if self.waiting_since is None:
             self.waiting_since = self.last_said = now
             return
-        if now - self.last_said < self.interval_s:
+        if self.last_said is not None and now - self.last_said < self.interval_s:
             return
         self.last_said = now
         free, total = self.resources() if self.resources else (ray.available_resources(),

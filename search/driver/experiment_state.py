@@ -264,9 +264,10 @@ def ray_snapshots() -> Iterator[None]:
         if not os.path.exists(os.path.join(trial.local_path, file_name)):
             ray_restore_log(callback, file_name, trial)
 
-    _FilesystemSyncer._sync_up_command = sync_up_command
-    LoggerCallback._restore_from_remote = restore_log
-    _ExperimentCheckpointManager.sync_up_experiment_state = paced_sync_up
+    # Ray's methods patched for this fit() only (restored below): deliberate, hence the ignores.
+    _FilesystemSyncer._sync_up_command = sync_up_command  # type: ignore[method-assign,assignment]
+    LoggerCallback._restore_from_remote = restore_log  # type: ignore[method-assign,assignment]
+    _ExperimentCheckpointManager.sync_up_experiment_state = paced_sync_up  # type: ignore[method-assign,assignment]
     ray_checkpoints._delete_fs_path = delete_when_snapshotted
     DEFERRED.active = True
     ended_cleanly = False
@@ -276,9 +277,9 @@ def ray_snapshots() -> Iterator[None]:
     finally:
         DEFERRED.active = False
         ray_checkpoints._delete_fs_path = ray_delete
-        LoggerCallback._restore_from_remote = ray_restore_log
-        _ExperimentCheckpointManager.sync_up_experiment_state = ray_sync_up
-        _FilesystemSyncer._sync_up_command = ray_command
+        LoggerCallback._restore_from_remote = ray_restore_log  # type: ignore[method-assign]
+        _ExperimentCheckpointManager.sync_up_experiment_state = ray_sync_up  # type: ignore[method-assign]
+        _FilesystemSyncer._sync_up_command = ray_command  # type: ignore[method-assign]
         left = DEFERRED.take()
         # Ray's fit ends with a snapshot taken after its last drop; after a failure the
         # folders stay (storage spent, nothing a resume needs lost).

@@ -39,7 +39,8 @@ class ProgressPrinter(tune.Callback):
         print(f"[{time.strftime('%H:%M:%S')}] {text}  |  {tally}{best}", file=sys.stdout,
               flush=True)
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None,
+              total_num_samples: int | None = None, **info: Any) -> None:
         # Where to look while it runs (Ray's own hint names a folder under /tmp/ray instead).
         print(f"[{time.strftime('%H:%M:%S')}] watch it: finetune-search status "
               f"{self.experiment_dir} --watch  |  tensorboard --logdir {self.experiment_dir}",

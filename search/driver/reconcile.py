@@ -134,9 +134,9 @@ def reconcile_study(study: optuna.Study, trials: Iterable[TrialRecord], *, max_t
         for step, value in missing.items():
             storage.set_trial_intermediate_value(frozen._trial_id, step, value)
         if not continues:
-            state, value, reason = _outcome(trial, max_t, values)
+            state, final, reason = _outcome(trial, max_t, values)
             storage.set_trial_user_attr(frozen._trial_id, ATTR_END, reason)
-            study.tell(frozen.number, value if state != TrialState.PRUNED else None,
+            study.tell(frozen.number, final if state != TrialState.PRUNED else None,
                        state=state)
         if missing or not continues:
             changed.append(trial.trial_id)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ray.tune import Stopper
 from ray.tune.experiment import Trial
@@ -91,7 +91,7 @@ class DeviceBudget(Stopper):
         for field in self.limits:
             value = values.get(field)
             if is_finite(value):
-                held[field] = max(held.get(field, 0.0), float(value))
+                held[field] = max(held.get(field, 0.0), float(cast(float, value)))
 
     def load_recorded(self, records: Iterable[TrialRecord]) -> None:
         """Counts what the experiment's trials already spent (earlier runs and rounds)."""
@@ -182,7 +182,7 @@ class _RemembersExperiment:
         if not self._records_read and self._needs_records():
             self.remember(recorded_trials(trial))
         generator = getattr(tune_controller, "search_alg", None)
-        if _round_trials and hasattr(generator, "_counter"):
+        if _round_trials and generator is not None and hasattr(generator, "_counter"):
             # Ray adds a resumed run's trials after restoring its search generator, before it
             # asks for a new one: the count of trials made so far is set right first.
             generator._counter = _round_trials.pop()
@@ -341,8 +341,8 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
                 continue  # epochs a stale resume ran past ASHA's stop never counted
             stand_in = _RecordedTrial(trial_id)
             if trial_id not in self._trial_info:
-                ASHAScheduler.on_trial_add(self, None, stand_in)
-            action = ASHAScheduler.on_trial_result(self, None, stand_in, row)
+                ASHAScheduler.on_trial_add(self, None, stand_in)  # type: ignore[arg-type]
+            action = ASHAScheduler.on_trial_result(self, None, stand_in, row)  # type: ignore[arg-type]
             if action == TrialScheduler.STOP and int(row[TIME_ATTR]) < self._max_t:
                 stopped[trial_id] = int(row[TIME_ATTR])
         # Live trials are added again by Ray; the rungs keep every recorded value.

@@ -125,6 +125,9 @@ class AshaAwareOptunaSearch(OptunaSearch):
         rung_epochs: ASHA's rungs and ``max_t``: the epochs ``tpe_rungs`` may model at.
     """
 
+    # Ray annotates it None (its value before the study opens); here it is the open study.
+    _ot_study: optuna.Study  # type: ignore[assignment]
+
     def __init__(
         self,
         space: Mapping[str, Distribution],

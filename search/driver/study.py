@@ -198,7 +198,7 @@ def load_study_readonly(experiment_dir: str, study_name: str) -> optuna.Study | 
     path = storage.join(root, STUDY_FILE)
     if not storage.exists(fs, path):
         return None
-    journal = JournalStorage(_ReadOnlyJournal(storage.read_bytes(fs, path)))
+    journal = JournalStorage(_ReadOnlyJournal(storage.read_bytes(fs, path)))  # type: ignore[arg-type]
     try:
         return optuna.load_study(study_name=study_name, storage=journal,
                                  sampler=optuna.samplers.RandomSampler(seed=0))

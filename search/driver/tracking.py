@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 from ray import tune
 
@@ -195,20 +195,28 @@ class MlflowTracker(tune.Callback):
             print(f"warning: MLflow tracking stopped for this run ({one_line(err)}); the "
                   f"search goes on", file=sys.stderr, flush=True)
 
-    def setup(self, **info: Any) -> None:
+    @property
+    def live(self) -> MlflowStore:
+        """The store, which ``_safely`` opens before any action runs."""
+        if self.store is None:
+            raise RuntimeError("the MLflow store is used before it was opened")
+        return self.store
+
+    def setup(self, stop: Any = None, num_samples: int | None = None,
+              total_num_samples: int | None = None, **info: Any) -> None:
         def open_parent() -> None:
             params = {**self.spec.fixed_config(), "max_t": self.spec.max_t,
                       "num_samples": self.spec.search.num_samples,
                       "algorithm": self.spec.search.algorithm,
                       "scheduler": self.spec.scheduler.name}
-            self.parent = self.store.open_parent_run(self.spec.name, params)
+            self.parent = self.live.open_parent_run(self.spec.name, params)
 
         self._safely(open_parent)
 
     def _run_of(self, trial: Any) -> str:
         if trial.trial_id not in self.runs:
-            self.runs[trial.trial_id] = self.store.open_trial_run(
-                self.parent, trial.trial_id, dict(trial.config))
+            self.runs[trial.trial_id] = self.live.open_trial_run(
+                cast(str, self.parent), trial.trial_id, dict(trial.config))
         return self.runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -219,7 +227,7 @@ class MlflowTracker(tune.Callback):
         self.last[trial.trial_id] = result
 
         def log() -> None:
-            self.store.log(self._run_of(trial), metrics=_finite_metrics(result),
+            self.live.log(self._run_of(trial), metrics=_finite_metrics(result),
                            step=int(result.get(TIME_ATTR, 0)))
 
         if not result.get("trial_failed"):
@@ -230,8 +238,8 @@ class MlflowTracker(tune.Callback):
 
         def end() -> None:
             run_id = self._run_of(trial)
-            self.store.log(run_id, tags={TAG_STATE: state, TAG_STOP: reason})
-            self.store.client.set_terminated(
+            self.live.log(run_id, tags={TAG_STATE: state, TAG_STOP: reason})
+            self.live.client.set_terminated(
                 run_id, status="FAILED" if state == STATE_FAIL else "FINISHED")
 
         self._safely(end)
@@ -244,7 +252,7 @@ class MlflowTracker(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.parent is not None:
-            self._safely(self.store.client.set_terminated, self.parent, "FINISHED")
+            self._safely(self.live.client.set_terminated, self.parent, "FINISHED")
 
 
 def log_export(spec: ExperimentSpec, experiment_dir: str, out_dir: str, files: list[str],

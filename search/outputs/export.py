@@ -19,7 +19,7 @@ import os
 import shutil
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -58,9 +58,9 @@ class ExportResult:
 
 
 def _write_text(out_dir: str, file_name: str, text: str) -> str:
-    with storage.atomic_path(storage.confined(out_dir, file_name)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    with (storage.atomic_path(storage.confined(out_dir, file_name)) as tmp,
+          open(tmp, "w", encoding="utf-8") as handle):
+        handle.write(text)
     return file_name
 
 
@@ -362,5 +362,5 @@ def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int 
 
         logged = [f for f in result.files if f.endswith((".keras", ".yaml", ".json"))]
         result.tracked = log_export(spec, experiment_dir, out_dir, logged,
-                                    ranked[0].trial_id, float(ranked[0].best_value))
+                                    ranked[0].trial_id, cast(float, ranked[0].best_value))
     return result

@@ -211,9 +211,8 @@ class DriverLock:
                 raise SpecError(f"{self.experiment_dir}: another driver is taking this "
                                 f"experiment right now (see {self.path})")
             self._may_take(holder)
-            with storage.atomic_path(self.path) as tmp:
-                with open(tmp, "wb") as out:
-                    out.write(payload)
+            with storage.atomic_path(self.path) as tmp, open(tmp, "wb") as out:
+                out.write(payload)
             return True
         finally:
             os.close(directory)  # releases the flock

@@ -157,10 +157,10 @@ def predict_images(model_path: str, inputs: Sequence[str], *, top: int = 3,
         if not images:
             continue
         probabilities = np.asarray(model.predict(to_unit_float(np.stack(images)), verbose=0))
-        for path, row in zip(paths, probabilities):
+        for shown, row in zip(paths, probabilities):
             best = np.argsort(-row, kind="stable")[:top]
             result.predictions.append(
-                Prediction(path=path, top=[(names[i], float(row[i])) for i in best]))
+                Prediction(path=shown, top=[(names[i], float(row[i])) for i in best]))
     if not result.predictions:
         raise SpecError(f"images: none of the {len(files)} images could be read", key="images")
     return result

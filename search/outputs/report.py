@@ -11,7 +11,7 @@ import base64
 import html
 import io
 import os
-from typing import Any
+from typing import Any, cast
 
 from search.driver.study import METRIC, MODE, REASON_BUDGET, TIME_ATTR, TrialStatus
 from search.outputs import storage
@@ -100,7 +100,7 @@ def best_so_far(trials: list[TrialRecord]) -> bytes:
     for index, trial in enumerate(trials, start=1):
         hours += trial.gpu_seconds / 3600
         if trial.best and not trial.failed:
-            best = max(best, trial.best_value)
+            best = max(best, cast(float, trial.best_value))
         counts.append(index)
         values.append(best if best > float("-inf") else float("nan"))
         gpu_hours.append(hours)
@@ -158,7 +158,7 @@ def parameter_importance(experiment_dir: str, spec: ExperimentSpec) -> dict[str,
         # fANOVA explains the variance of the objective, whichever direction is optimised.
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         return dict(optuna.importance.get_param_importances(
-            study, evaluator=evaluator, target=lambda t: t.value))
+            study, evaluator=evaluator, target=lambda t: cast(float, t.value)))
     except (ValueError, RuntimeError):
         # Importances need at least two distinct values per parameter; say nothing instead.
         return {}

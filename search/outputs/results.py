@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from search.driver.study import (
     METRIC,
@@ -129,7 +129,7 @@ def rank_trials(records: list[TrialRecord], *, include_failed: bool = False
             original order); by default they are left out.
     """
     scored = [r for r in records if not r.failed and r.best]
-    ranked = sorted(scored, key=lambda r: r.best_value, reverse=MODE == "max")
+    ranked = sorted(scored, key=lambda r: cast(float, r.best_value), reverse=MODE == "max")
     if include_failed:
         ranked += [r for r in records if r not in scored]
     return ranked

@@ -245,7 +245,10 @@ class TorchBackend(Backend):
     def compute_capability(self, gpus: list[Any]) -> tuple[int, int] | None:
         import torch
 
-        return tuple(torch.cuda.get_device_capability(gpus[0])) if gpus else None
+        if not gpus:
+            return None
+        major, minor = torch.cuda.get_device_capability(gpus[0])
+        return major, minor
 
     def is_out_of_memory(self, err: BaseException) -> bool:
         import torch

@@ -116,7 +116,7 @@ def make_optimizer(keras: Any, params: Mapping[str, Any]) -> Any:
                                 momentum=params.get("momentum", 0.9))
 
 
-def build_compiled_model(params: Mapping[str, Any], input_shape: tuple[int, ...],
+def build_compiled_model(params: Mapping[str, Any], input_shape: tuple[int, int, int],
                          num_classes: int) -> Any:
     """Builds the run's model through ``model_zoo`` and compiles it."""
     import keras

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ray import tune
 
@@ -361,7 +361,7 @@ class _EpochReporter:
                 if checkpoint_write is not None:
                     self.checkpoints.replace_latest(
                         write_checkpoint(model, saved_state, started=checkpoint_write))
-                    checkpoint = tune.Checkpoint.from_directory(self.checkpoints.latest)
+                    checkpoint = tune.Checkpoint.from_directory(cast(str, self.checkpoints.latest))
                 tune.report(metrics, checkpoint=checkpoint)
             except BaseException as err:  # noqa: BLE001 - raised in the trial's thread by settle()
                 self._report_error = err

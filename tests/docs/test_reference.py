@@ -74,8 +74,10 @@ def _edges(rule: Range) -> tuple[list[Any], list[Any]]:
     return accepted, refused
 
 
+# The keys the code accepts (a description may be written before its key lands).
 RANGES = [(section, key, doc.allowed) for section, docs in KEYS.items()
-          for key, doc in docs.items() if isinstance(doc.allowed, Range)]
+          for key, doc in docs.items() if isinstance(doc.allowed, Range)
+          and key in {k for k, _, _ in section_keys(section)}]
 
 
 @pytest.mark.parametrize(("section", "key", "rule"), RANGES,

@@ -47,7 +47,7 @@ def test_defaults_are_the_original_method() -> None:
 
 
 def test_model_keys_are_the_fields_in_order() -> None:
-    assert MODEL_KEYS == tuple(asdict(ModelConfig()))
+    assert tuple(asdict(ModelConfig())) == MODEL_KEYS
 
 
 def test_config_is_frozen() -> None:

@@ -46,7 +46,7 @@ def assert_dataset(data: Dataset, *, classes: int, image_shape: tuple[int, int, 
     for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
         assert x.dtype in (np.uint8, np.float32), x.dtype
         assert x.shape[1:] == image_shape and len(x) == len(y)
-        assert x.dtype == np.uint8 or 0.0 <= x.min() and x.max() <= 1.0
+        assert x.dtype == np.uint8 or x.min() >= 0.0 and x.max() <= 1.0
         assert y.ndim == 1 and y.dtype == np.int32
         assert not x.flags.writeable
     assert data.num_classes == classes and data.input_shape == image_shape

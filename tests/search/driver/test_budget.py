@@ -5,6 +5,7 @@ over to ``extend``."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -88,5 +89,5 @@ def test_device_budget_spent_mid_search_and_mid_extend_stops_trials_at_epoch_end
     export = export_experiment(summary.experiment_dir, str(tmp_path / "out"), with_model=False)
     rows = pq.read_table(os.path.join(export.out_dir, "trials.parquet")).to_pylist()
     assert {r["stop_reason"] for r in rows} == {"budget"}
-    page = open(write_report(summary.experiment_dir, str(tmp_path / "report"))).read()
+    page = Path(write_report(summary.experiment_dir, str(tmp_path / "report"))).read_text()
     assert f"Budget:</b> {total_s / 3600:g} device-hours; {len(trials)} trial(s)" in page

@@ -43,7 +43,7 @@ def token_head(tmp_path):
         [ray_cli(), "start", "--head", "--block", f"--port={free_port()}",
          f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=2",
          "--include-dashboard=true", f"--temp-dir={ray_tmp}"],
-        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+        env=env, stdout=open(tmp_path / "head.log", "w"),  # noqa: SIM115 - the server outlives this call stderr=subprocess.STDOUT,
         start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120

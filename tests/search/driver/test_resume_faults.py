@@ -42,10 +42,8 @@ def rows(experiment: Path) -> list[dict]:
     found = []
     for path in experiment.glob("trial_*/result.json"):
         for line in path.read_text().splitlines():
-            try:
+            with contextlib.suppress(ValueError):  # a line being written
                 found.append(json.loads(line))
-            except ValueError:
-                pass  # a line being written
     return found
 
 

@@ -74,7 +74,7 @@ def test_resume_after_driver_killed_finishes_without_rerunning(tmp_path):
     spec_path = write_spec(tmp_path, search__num_samples=4, train__epochs=4,
                            scheduler={"grace_period": 4, "reduction_factor": 3})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "driver.log", "w")
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - the killed driver writes it
     driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(spec_path),
                                "--num-cpus", "2", "--name", "killed"], cwd=REPO, env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

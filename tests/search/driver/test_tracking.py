@@ -4,6 +4,7 @@ against a real tracking server and against the default local store."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -76,7 +77,7 @@ def test_export_logs_the_best_model_to_the_searchs_parent_run(tracked_search, tm
     copy = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="export/best_model.keras", dst_path=str(tmp_path / "dl"),
         tracking_uri=tracked_search.tracking_uri)
-    assert open(copy, "rb").read() == (out / "best_model.keras").read_bytes()
+    assert Path(copy).read_bytes() == (out / "best_model.keras").read_bytes()
     best = max(load_trials(str(tracked_search.experiment)),
                key=lambda t: t.best_value or -1)
     assert client.get_run(run_id).data.tags["finetune_search.best_trial_id"] == best.trial_id

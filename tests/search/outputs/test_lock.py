@@ -117,7 +117,8 @@ def test_drivers_racing_for_an_s3_lock_exactly_one_wins(s3_bucket):
         start = threading.Barrier(len(drivers))
         outcomes: list[str] = []
 
-        def take(lock: DriverLock) -> None:
+        def take(lock: DriverLock, start: threading.Barrier = start,
+                 outcomes: list[str] = outcomes) -> None:
             start.wait()
             try:
                 lock.acquire()

@@ -128,10 +128,10 @@ def test_jax_compute_capability_is_read_from_the_device_string():
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_fractional_trial_on_a_real_gpu_is_capped_and_sees_it(backend):
     code = ("from search.trial import runtime; "
-            "run = runtime.prepare({'backend': %r, 'mixed_precision': 'auto', 'seed': 1}, "
-            "gpu_fraction=0.5); import os; "
+            f"run = runtime.prepare({{'backend': {backend!r}, 'mixed_precision': 'auto', "
+            "'seed': 1}, gpu_fraction=0.5); import os; "
             "print(len(run.gpus), run.precision, "
-            "os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'))") % backend
+            "os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
