@@ -287,10 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from common import replace_block
 
-    parser = argparse.ArgumentParser(description="The README's tables of a peers.py JSON.")
+    parser = argparse.ArgumentParser(description="The result tables of a peers.py JSON.")
     parser.add_argument("json", type=Path)
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="put the tables between the README's peers-real markers")
+    parser.add_argument("--page", "--readme", dest="readme", type=Path, default=None,
+                        help="put the tables between this markdown page's peers-real markers, "
+                             "e.g. docs/compared.md")
     args = parser.parse_args(argv)
     result = json.loads(args.json.read_text(encoding="utf-8"))
     tables = markdown_tables(result)

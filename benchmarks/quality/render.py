@@ -124,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path)
     parser.add_argument("--plot", type=Path, default=None)
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="put the tables between the README's markers (--block)")
+    parser.add_argument("--page", "--readme", dest="readme", type=Path, default=None,
+                        help="put the tables between this markdown page's markers (--block), "
+                             "e.g. docs/compared.md")
     parser.add_argument("--block", default=README_BLOCK,
-                        help="the README block's name (quality-sim, quality-ablation)")
+                        help="the page block's name (quality-sim, quality-ablation)")
     args = parser.parse_args(argv)
     result = json.loads(args.json.read_text(encoding="utf-8"))
     print(quality_tables(result))

@@ -334,9 +334,14 @@ def test_peer_report_renders_the_readme_tables_from_the_json():
     assert "| `optuna` | best_val | -0.05 [" in text and "within noise" in text
 
 
-@pytest.mark.parametrize("block", ["quality-sim", "quality-ablation", "peers-real"])
-def test_readme_tables_are_the_ones_their_json_renders(block):
-    """A number in the README's results cannot drift from the JSON it cites: the block between
+# Where each rendered block lives: the docs page that cites the JSON it is rendered from.
+RESULT_BLOCKS = {"quality-sim": "docs/compared.md", "quality-ablation": "docs/compared.md",
+                 "peers-real": "docs/compared.md"}
+
+
+@pytest.mark.parametrize("block", sorted(RESULT_BLOCKS))
+def test_page_tables_are_the_ones_their_json_renders(block):
+    """A number on the results pages cannot drift from the JSON it cites: the block between
     the markers is what render.py / peer_report.py make of that JSON."""
     import re
 
@@ -344,10 +349,20 @@ def test_readme_tables_are_the_ones_their_json_renders(block):
     from render import quality_tables
 
     repo = Path(__file__).resolve().parents[2]
-    readme = (repo / "README.md").read_text(encoding="utf-8")
-    inside = readme.split(f"<!-- {block}: begin -->")[1].split(f"<!-- {block}: end -->")[0]
+    page = (repo / RESULT_BLOCKS[block]).read_text(encoding="utf-8")
+    inside = page.split(f"<!-- {block}: begin -->")[1].split(f"<!-- {block}: end -->")[0]
     cited = re.search(r"From `([^`]+\.json)`", inside)
-    assert cited, f"the README's {block} block names no JSON"
+    assert cited, f"the {block} block of {RESULT_BLOCKS[block]} names no JSON"
     result = json.loads((repo / cited.group(1)).read_text(encoding="utf-8"))
     tables = markdown_tables(result) if block == "peers-real" else quality_tables(result)
     assert tables.strip() in inside
+
+
+def test_no_other_page_holds_a_result_block():
+    """Each block lives in one place, the page the render scripts write (the README too)."""
+    repo = Path(__file__).resolve().parents[2]
+    for path in [repo / "README.md", *sorted((repo / "docs").rglob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        for block, home in RESULT_BLOCKS.items():
+            if str(path.relative_to(repo)) != home:
+                assert f"<!-- {block}: begin -->" not in text, (path, block)
