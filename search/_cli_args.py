@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from search._validate import echo
+from search.driver.watchdog import DEFAULT_STALL_MINUTES
 from search.errors import SpecError
 
 
@@ -40,6 +41,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def minutes_or_off(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of minutes >= 0 (0: off), got {echo(text)}")
+    return value
+
+
 def local_or_uri(path: str) -> str:
     from search.outputs.storage import absolute
 
@@ -52,6 +64,9 @@ def add_address(parser: argparse.ArgumentParser) -> None:
                              "default: start a local Ray on loopback")
     parser.add_argument("--num-cpus", type=int_at_least(1), default=None,
                         help="CPUs for a local Ray (default: all)")
+    parser.add_argument("--stall-minutes", type=minutes_or_off, default=DEFAULT_STALL_MINUTES,
+                        help="with trials running and none reporting, starting or ending for "
+                             "this many minutes, say which and what they wait for (0: never)")
 
 
 def add_force(parser: argparse.ArgumentParser) -> None:

@@ -112,7 +112,7 @@ class Run(Command):
                                     spec.model.get("weights", "imagenet"))
             print(f"weights: {status}", flush=True)
         return _print_summary(run_search(spec, address=args.address, num_cpus=args.num_cpus,
-                                         force=args.force))
+                                         force=args.force, stall_minutes=args.stall_minutes))
 
 
 class Resume(Command):
@@ -129,7 +129,7 @@ class Resume(Command):
 
         return _print_summary(resume_search(local_or_uri(args.experiment_dir),
                                             address=args.address, num_cpus=args.num_cpus,
-                                            force=args.force))
+                                            force=args.force, stall_minutes=args.stall_minutes))
 
 
 class Extend(Command):
@@ -149,7 +149,7 @@ class Extend(Command):
 
         return _print_summary(extend_search(local_or_uri(args.experiment_dir), args.more,
                                             address=args.address, num_cpus=args.num_cpus,
-                                            force=args.force))
+                                            force=args.force, stall_minutes=args.stall_minutes))
 
 
 class Validate(Command):

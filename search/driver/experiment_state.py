@@ -38,6 +38,7 @@ it are changed while a search runs (:func:`ray_snapshots`):
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import json
 import logging
@@ -52,11 +53,12 @@ import pyarrow.fs as pafs
 from ray.train._internal import checkpoint_manager as ray_checkpoints
 from ray.train._internal.storage import _FilesystemSyncer
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger.logger import LoggerCallback
 
-from search.errors import SpecError
+from search.errors import SpecError, WriteFailed, disk_error
 from search.outputs import storage
-from search.outputs.results import experiment_state_files
+from search.outputs.results import STATE_FILE_PATTERN, experiment_state_files
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,16 @@ class DeferredDeletions:
 
 
 DEFERRED = DeferredDeletions()
+# Ray logs a restore that failed with its traceback before it raises it again.
+RAY_CONTROLLER_LOG = logging.getLogger("ray.tune.execution.tune_controller")
+
+
+def _refused_restore(record: logging.LogRecord) -> bool:
+    return record.getMessage() != "Failed to restore the run state."
+
+
+# Snapshot writes a full disk (or an I/O error) refused, for the driver's loop to raise.
+REFUSED_SNAPSHOTS: list[BaseException] = []
 
 
 def delete_when_snapshotted(fs: pafs.FileSystem, fs_path: str) -> None:
@@ -190,12 +202,31 @@ class SnapshotUpload:
             return  # a copy shipped with a trial's storage context
         try:
             self.upload()
-        except BaseException:
+        except BaseException as err:
             DEFERRED.give_back(self.folders)  # the snapshot that lists them no more failed
+            if disk_error(err) is not None:
+                # Ray logs a failed upload and goes on; the driver's loop stops the search.
+                REFUSED_SNAPSHOTS.append(err)
             raise
         if self.uploaded is not None:
             self.uploaded()
         DEFERRED.delete(self.folders)
+
+
+def upload_state_last(upload: Callable[..., None], **kwargs: Any) -> None:
+    """Ray's upload of the staging folder to an object store, its experiment state files last.
+
+    Each object lands whole, but the folder is many objects: a driver killed while Ray copied
+    them all at once left a state in the bucket newer than the trials' results beside it (a
+    resumed trial continued from a checkpoint whose epoch no result row held). The state now
+    goes only once everything it lists is there.
+    """
+    local_path, fs_path = kwargs["local_path"], kwargs["fs_path"].rstrip("/")
+    states = sorted(n for n in os.listdir(local_path) if fnmatch.fnmatch(n, STATE_FILE_PATTERN))
+    upload(**{**kwargs, "exclude": [STATE_FILE_PATTERN]})
+    for name in states:
+        upload(**{**kwargs, "local_path": os.path.join(local_path, name),
+                  "fs_path": f"{fs_path}/{name}"})
 
 
 def _run_upload(job: SnapshotUpload) -> None:
@@ -220,6 +251,7 @@ def ray_snapshots() -> Iterator[None]:
     ray_sync_up = _ExperimentCheckpointManager.sync_up_experiment_state
     ray_delete = ray_checkpoints._delete_fs_path
     ray_restore_log = LoggerCallback._restore_from_remote
+    ray_resume = TuneController.resume
 
     # (staging folder, target) -> the stamps of the files the last upload there wrote
     uploaded_stamps: dict[tuple[str, str], dict[str, FileStamp]] = {}
@@ -230,6 +262,8 @@ def ray_snapshots() -> Iterator[None]:
                 or not os.path.isdir(local_path)):
             upload, upload_kwargs = ray_command(syncer, local_path=local_path, uri=uri,
                                                 exclude=exclude)
+            if not exclude and os.path.isdir(local_path):
+                upload = functools.partial(upload_state_last, upload)
             return _run_upload, {"job": SnapshotUpload(functools.partial(upload,
                                                                          **upload_kwargs),
                                                        DEFERRED.take())}
@@ -245,6 +279,11 @@ def ray_snapshots() -> Iterator[None]:
 
     def paced_sync_up(manager: _ExperimentCheckpointManager, save_fn: Callable[[], None],
                       force: bool = False, wait: bool = False) -> None:
+        if REFUSED_SNAPSHOTS:
+            refused = REFUSED_SNAPSHOTS.pop()
+            raise refused if isinstance(refused, WriteFailed) else WriteFailed(
+                "Ray's experiment snapshot", str(getattr(manager._storage, "experiment_fs_path",
+                                                         "the experiment")), refused)
         saved, synced = manager._last_save_time, manager._last_sync_time
         began = time.monotonic()
         held = (manager._should_force_sync_up and not force
@@ -265,11 +304,28 @@ def ray_snapshots() -> Iterator[None]:
             ray_restore_log(callback, file_name, trial)
 
     # Ray's methods patched for this fit() only (restored below): deliberate, hence the ignores.
+    def strict_resume(controller: TuneController, resume_config: Any) -> None:
+        try:
+            ray_resume(controller, resume_config)
+        except Exception as err:
+            RAY_CONTROLLER_LOG.addFilter(_refused_restore)  # the error says it in one line
+            # Ray logs a failed restore and goes on with what it half restored: no trial
+            # requeued and a searcher without its study, it then waits forever for a trial no
+            # one suggests (a journal with a line cut short did this). Refuse instead.
+            controller._fail_fast = True
+            where = getattr(controller._storage, "experiment_fs_path", "the experiment")
+            raise SpecError(f"{where}: Ray could not restore "
+                            f"the search's state ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); the search "
+                            f"was not resumed") from err
+
     _FilesystemSyncer._sync_up_command = sync_up_command  # type: ignore[method-assign,assignment]
+    TuneController.resume = strict_resume  # type: ignore[method-assign,assignment]
     LoggerCallback._restore_from_remote = restore_log  # type: ignore[method-assign,assignment]
     _ExperimentCheckpointManager.sync_up_experiment_state = paced_sync_up  # type: ignore[method-assign,assignment]
     ray_checkpoints._delete_fs_path = delete_when_snapshotted
     DEFERRED.active = True
+    REFUSED_SNAPSHOTS.clear()
     ended_cleanly = False
     try:
         yield
@@ -278,6 +334,8 @@ def ray_snapshots() -> Iterator[None]:
         DEFERRED.active = False
         ray_checkpoints._delete_fs_path = ray_delete
         LoggerCallback._restore_from_remote = ray_restore_log  # type: ignore[method-assign]
+        TuneController.resume = ray_resume  # type: ignore[method-assign]
+        RAY_CONTROLLER_LOG.removeFilter(_refused_restore)
         _ExperimentCheckpointManager.sync_up_experiment_state = ray_sync_up  # type: ignore[method-assign]
         _FilesystemSyncer._sync_up_command = ray_command  # type: ignore[method-assign]
         left = DEFERRED.take()

@@ -18,7 +18,10 @@ experiment's journal.
 
 There is no lock file: one driver at a time writes an experiment (:mod:`search.outputs.lock`),
 and a single ``write`` to a file opened with ``O_APPEND`` is never interleaved with another
-thread's.
+thread's (a lock orders the driver's own threads anyway, so that a write a full disk refuses
+part of can be cut back). A line cut short by a driver killed inside its write is cut off
+when the next driver opens the journal: Optuna skips a torn last line, but once lines follow
+it every read of the journal fails.
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Generator
 from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
+
+from search.errors import SpecError, WriteFailed
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +61,18 @@ class GroupCommitJournal(JournalFileBackend):
 
     def __init__(self, file_path: str, sync_seconds: float = SYNC_SECONDS) -> None:
         super().__init__(file_path)
+        # Before Optuna reads it: a line its last writer cut short (a driver killed inside its
+        # write) would be followed by this driver's lines, and every read after would fail.
+        fd = os.open(file_path, os.O_RDWR)
+        try:
+            drop_torn_tail(fd)
+        finally:
+            os.close(fd)
         self._sync_seconds = sync_seconds
         self._init_sync_state()
 
     def _init_sync_state(self) -> None:
+        self._writing = threading.Lock()
         self._state = threading.Lock()
         self._dirty = False
         self._syncer: threading.Thread | None = None
@@ -66,7 +80,7 @@ class GroupCommitJournal(JournalFileBackend):
     # Ray pickles the searcher with its study at each experiment snapshot: no thread or lock.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_state", "_dirty", "_syncer"):
+        for key in ("_writing", "_state", "_dirty", "_syncer"):
             state.pop(key)
         return state
 
@@ -74,14 +88,43 @@ class GroupCommitJournal(JournalFileBackend):
         self.__dict__.update(state)
         self._init_sync_state()
 
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
+        """Optuna's reading; a damaged line (not a last line cut short, which Optuna skips) is
+        a one-line error naming the file, not a traceback from inside Optuna.
+
+        Raises:
+            SpecError: A line in the journal is not a whole JSON record.
+        """
+        try:
+            yield from super().read_logs(log_number_from)
+        except ValueError as err:  # json's decode error, Optuna's "Invalid log format."
+            raise SpecError(f"{self._file_path}: the study journal has a damaged line ({err}); "
+                            f"nothing was changed: restore the journal from a copy or remove "
+                            f"that line") from None
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        """Appends ``logs``, one JSON line each, with a single ``write``; the fsync follows."""
+        """Appends ``logs``, one JSON line each, with a single ``write``; the fsync follows.
+
+        A write the disk refuses part of is cut back (one writer at a time in this process,
+        so nothing else was appended meanwhile): a line cut short with lines after it would
+        make every later read of the journal fail.
+
+        Raises:
+            WriteFailed: The disk refused the write (full, or an I/O error); the journal is
+                left as it was before it.
+        """
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
         fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            written = os.write(fd, data)
-            while written < len(data):  # only a full disk or a signal cuts a regular write
-                written += os.write(fd, data[written:])
+            with self._writing:
+                size = os.fstat(fd).st_size
+                try:
+                    written = os.write(fd, data)
+                    while written < len(data):  # only a full disk or a signal cuts a write
+                        written += os.write(fd, data[written:])
+                except OSError as err:
+                    os.ftruncate(fd, size)
+                    raise WriteFailed("the study journal", self._file_path, err) from None
         finally:
             os.close(fd)
         with self._state:
@@ -123,6 +166,25 @@ class GroupCommitJournal(JournalFileBackend):
             # The lines are written; only their flush to the disk failed (e.g. the experiment
             # folder was removed). Nothing to retry, but say so.
             logger.warning("could not fsync the study journal %s: %s", self._file_path, err)
+
+
+def drop_torn_tail(fd: int) -> int:
+    """Truncates a journal open at ``fd`` after its last whole line; returns its size."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:  # back to the last newline, a block at a time
+        start = max(0, end - 65536)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    logger.warning("the study journal ended in a line cut short (%d bytes); removed it",
+                   size - end)
+    return end
 
 
 @atexit.register

@@ -8,6 +8,7 @@ from typing import Any
 
 from ray import tune
 
+from search.driver import watchdog
 from search.driver.study import (
     METRIC,
     REASON_BUDGET,
@@ -45,6 +46,9 @@ class ProgressPrinter(tune.Callback):
         print(f"[{time.strftime('%H:%M:%S')}] watch it: finetune-search status "
               f"{self.experiment_dir} --watch  |  tensorboard --logdir {self.experiment_dir}",
               file=sys.stdout, flush=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        watchdog.observe(trials)  # what the stall watchdog reports from
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.states[trial.trial_id] = TrialStatus.RUNNING

@@ -31,6 +31,7 @@ from search.driver.cluster import (
     resolve_gpus,
 )
 from search.driver.console import search_console
+from search.driver.disk import refusing_full_disks
 from search.driver.experiment_state import check_resumable_state, ray_snapshots
 from search.driver.mirror import JournalMirror, mirroring
 from search.driver.policy import make_search_policy
@@ -51,7 +52,8 @@ from search.driver.study import (
     journal_path_for,
 )
 from search.driver.tracking import MlflowTracker, check_tracking
-from search.errors import SpecError
+from search.driver.watchdog import DEFAULT_STALL_MINUTES, watching
+from search.errors import SpecError, write_failed
 from search.outputs import experiment as folder
 from search.outputs import storage
 from search.outputs.lock import LOCK_FILE, driver_lock
@@ -181,18 +183,25 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir
     )
 
 
-def _fit(tuner: tune.Tuner) -> bool:
-    """Runs the tuner; returns True when a second Ctrl-C cut it short."""
+def _fit(tuner: tune.Tuner, experiment_dir: str) -> bool:
+    """Runs the tuner; returns True when a second Ctrl-C cut it short. A write refused by a
+    full disk or an I/O error raises :class:`~search.errors.WriteFailed` (what, where)."""
     try:
         tuner.fit()
     except KeyboardInterrupt:
         return True
+    except Exception as err:
+        failed = write_failed(err, "a file of the search", experiment_dir)
+        if failed is None:
+            raise
+        raise failed from None
     return False
 
 
 def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, *,
            address: str | None, num_cpus: int | None, force: bool = False,
-           continued_round: str | None = None, fresh: bool = False) -> SearchSummary:
+           continued_round: str | None = None, fresh: bool = False,
+           stall_minutes: float = DEFAULT_STALL_MINUTES) -> SearchSummary:
     """The sequence every search runs: lock, data, cluster checks, study reconciled with Ray's
     results, fit (the journal mirrored to cloud storage as trials finish), last upload.
 
@@ -208,6 +217,8 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
         fresh: A new search (``run``): right after the lock, the folder gets its spec and a
             new run id, so a driver killed from then on leaves a folder that ``resume``
             continues; a refusal before the search starts takes them away again.
+        stall_minutes: After this long with trials running and none reporting, starting or
+            ending, say which and what they wait for (:mod:`search.driver.watchdog`; 0: off).
     """
     from search.data import load_dataset
 
@@ -240,8 +251,9 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
             folder.write_class_names(experiment_dir, data.class_names)
             with mirroring(experiment_dir, local_dir, lock) as upload, \
                     relocated_journal(journal), \
-                    study_records(records.stops, records.round_trials), ray_snapshots():
-                interrupted = _fit(make_tuner(data, gpus, local_dir))
+                    study_records(records.stops, records.round_trials), ray_snapshots(), \
+                    refusing_full_disks(), watching(stall_minutes, spec.max_t):
+                interrupted = _fit(make_tuner(data, gpus, local_dir), experiment_dir)
                 upload()
         except SpecError:
             if fresh and not took_over and folder.never_started(experiment_dir):
@@ -287,7 +299,8 @@ def _exists_error(experiment_dir: str) -> SpecError:
 
 def run_search(spec: ExperimentSpec, *, address: str | None = None,
                num_cpus: int | None = None, trainable: Trainable | None = None,
-               force: bool = False) -> SearchSummary:
+               force: bool = False, stall_minutes: float = DEFAULT_STALL_MINUTES
+               ) -> SearchSummary:
     """Runs a whole search: validates resources, loads the data once, tunes, summarizes.
 
     Args:
@@ -298,6 +311,7 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
         trainable: Replaces :func:`~search.trial.trainable.train_trial` (same signature), e.g.
             a wrapper that injects faults in tests.
         force: Take the experiment's ``driver.lock`` from another host's driver.
+        stall_minutes: The stall watchdog's wait (see :func:`_drive`; 0: off).
 
     Returns:
         The search's summary: every trial, the best one and the experiment folder.
@@ -311,11 +325,12 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
     if folder.experiment_exists(experiment_dir) and not folder.never_started(experiment_dir):
         raise _exists_error(experiment_dir)
     return _run_new(spec, experiment_dir, address=address, num_cpus=num_cpus,
-                    trainable=trainable, force=force)
+                    trainable=trainable, force=force, stall_minutes=stall_minutes)
 
 
 def _run_new(spec: ExperimentSpec, experiment_dir: str, *, address: str | None,
-             num_cpus: int | None, trainable: Trainable | None, force: bool) -> SearchSummary:
+             num_cpus: int | None, trainable: Trainable | None, force: bool,
+             stall_minutes: float) -> SearchSummary:
     """A new search in ``experiment_dir`` (empty, or left by a search that never started)."""
     storage_path, run_name = storage.split_name(experiment_dir)
 
@@ -327,12 +342,13 @@ def _run_new(spec: ExperimentSpec, experiment_dir: str, *, address: str | None,
                             trainable=trainable)
 
     return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
-                  force=force, fresh=True)
+                  force=force, fresh=True, stall_minutes=stall_minutes)
 
 
 def resume_search(experiment_dir: str, *, address: str | None = None,
                   num_cpus: int | None = None, trainable: Trainable | None = None,
-                  force: bool = False) -> SearchSummary:
+                  force: bool = False, stall_minutes: float = DEFAULT_STALL_MINUTES
+                  ) -> SearchSummary:
     """Continues an interrupted search: unfinished and errored trials resume from checkpoints.
 
     Finished trials are neither lost nor run again; the searcher's study is reattached to the
@@ -352,7 +368,7 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
         print(f"note: {experiment_dir}: the search never started (its driver stopped before "
               f"Ray's first snapshot); starting it from its {folder.SPEC_FILE}", flush=True)
         return _run_new(spec, experiment_dir, address=address, num_cpus=num_cpus,
-                        trainable=trainable, force=force)
+                        trainable=trainable, force=force, stall_minutes=stall_minutes)
     fs, root = storage.filesystem(experiment_dir)
     round_name, _ = folder.round_dirs(fs, root)[-1]
     # Ray restores from a URI (s3://...) or a local path, never a path inside a filesystem.
@@ -369,11 +385,12 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
                                   resume_unfinished=True, resume_errored=True)
 
     return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
-                  force=force, continued_round=round_name)
+                  force=force, continued_round=round_name, stall_minutes=stall_minutes)
 
 
 def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
-                  num_cpus: int | None = None, force: bool = False) -> SearchSummary:
+                  num_cpus: int | None = None, force: bool = False,
+                  stall_minutes: float = DEFAULT_STALL_MINUTES) -> SearchSummary:
     """Runs ``more`` trials on a finished search, continuing the same Optuna study.
 
     TPE starts from every trial already in the study (complete and pruned), which Ray Tune
@@ -398,4 +415,4 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
                             seed=spec.search.seed + index, baseline=False)
 
     return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
-                  force=force)
+                  force=force, stall_minutes=stall_minutes)

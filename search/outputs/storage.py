@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
-from search.errors import SpecError
+from search.errors import SpecError, WriteFailed, disk_error
 
 FileInfo = pafs.FileInfo
 FileType = pafs.FileType
@@ -135,7 +135,8 @@ def atomic_path(target: str, suffix: str | None = None) -> Iterator[str]:
 
     The temporary file sits beside the target (same filesystem, so the rename is atomic) and
     keeps its suffix unless given another (Keras insists on ``.keras``; a reader that picks
-    files by suffix wants another one). On an error the target is left untouched.
+    files by suffix wants another one). On an error the target is left untouched; a full disk
+    or an I/O error is raised as :class:`~search.errors.WriteFailed` naming the target.
     """
     directory, name = os.path.split(target)
     os.makedirs(directory or ".", exist_ok=True)
@@ -145,6 +146,11 @@ def atomic_path(target: str, suffix: str | None = None) -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as err:
+        found = disk_error(err)
+        if found is None:
+            raise
+        raise WriteFailed(name, target, found, then="run the command again") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)

@@ -27,6 +27,7 @@ from search.driver.experiment_state import (
     check_resumable_state,
     delete_when_snapshotted,
     ray_snapshots,
+    upload_state_last,
     write_files_atomically,
 )
 from search.errors import SpecError
@@ -96,11 +97,48 @@ def test_other_filesystems_and_excluding_uploads_keep_rays_command(tmp_path):
                              sync_timeout=60)
     local = local_syncer()
     with ray_snapshots():
-        assert mock._sync_up_command(local_path=str(staging),
-                                     uri="bucket/x")[1]["job"].upload.func is _upload_to_fs_path
+        job = mock._sync_up_command(local_path=str(staging), uri="bucket/x")[1]["job"]
+        # Ray's copy to an object store, with the state files last (see the next test).
+        assert job.upload.func is upload_state_last
+        assert job.upload.args == (_upload_to_fs_path,)
         assert local._sync_up_command(local_path=str(staging), uri=str(tmp_path / "x"),
                                       exclude=["*.pkl"])[1]["job"].upload.func \
             is _upload_to_fs_path
+
+
+def test_a_driver_killed_while_ray_copies_a_snapshot_to_a_bucket_leaves_the_state_before_it(
+        tmp_path):
+    # Fault: the driver dies while Ray copies the staging folder to an object store (each
+    # object whole, the folder many objects). The new state must never be in the bucket
+    # without the trials' files it lists: it goes last.
+    staging = staging_folder(tmp_path, trials=2)
+    (staging / "trial_t1").mkdir()
+    (staging / "trial_t1" / "result.json").write_text('{"epoch": 1}\n')
+    bucket = pafs._MockFileSystem()
+    bucket.create_dir("bucket/x")
+    with bucket.open_output_stream(f"bucket/x/{STATE}") as old:
+        old.write(whole_state(1))
+    syncer = _FilesystemSyncer(storage_filesystem=bucket, sync_period=0, sync_timeout=60)
+    with ray_snapshots():
+        job = syncer._sync_up_command(local_path=str(staging), uri="bucket/x")[1]["job"]
+    copies = []
+
+    def dies_after_the_first_copy(**kwargs) -> None:
+        copies.append(kwargs)
+        if len(copies) > 1:
+            raise SystemExit("killed")
+        _upload_to_fs_path(**kwargs)
+
+    with pytest.raises(SystemExit):
+        upload_state_last(dies_after_the_first_copy, **job.upload.keywords)
+    with bucket.open_input_stream(f"bucket/x/{STATE}") as state:
+        assert state.readall() == whole_state(1)  # the state before it
+    with bucket.open_input_stream("bucket/x/trial_t1/result.json") as rows:
+        assert rows.readall() == b'{"epoch": 1}\n'
+
+    job.run()  # uninterrupted: everything, the new state included
+    with bucket.open_input_stream(f"bucket/x/{STATE}") as state:
+        assert state.readall() == whole_state(2)
 
 
 def test_a_driver_killed_mid_upload_leaves_the_last_whole_state(tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -160,3 +161,59 @@ def test_a_killed_driver_loses_no_record_it_wrote(tmp_path):
     reread = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(path)))
     assert [t.value for t in reread.trials] == [n / 100 for n in range(25)]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in reread.trials)
+
+
+def _study_with_trials(path: str, values: list[float]) -> None:
+    study = open_study(path, "s", seed=0)
+    for value in values:
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        study.tell(trial, value)
+
+
+def test_a_line_cut_short_by_a_killed_writer_is_dropped_before_the_next_driver_appends(
+        tmp_path):
+    # Fault: the driver killed inside its write leaves half a line at the journal's end. The
+    # next driver appended after it, and every read of the journal failed from then on (a
+    # resume that read it inside Ray's restore then waited forever).
+    path = str(tmp_path / "study.journal")
+    _study_with_trials(path, [0.1, 0.2])
+    whole = Path(path).read_bytes()
+    last = whole.splitlines(keepends=True)[-1]
+    with open(path, "ab") as handle:
+        handle.write(last[:len(last) // 2])
+
+    _study_with_trials(path, [0.3])  # a new driver: opens the journal and appends
+
+    assert Path(path).read_bytes().startswith(whole)
+    reread = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(path)))
+    assert [t.value for t in reread.trials] == [0.1, 0.2, 0.3]
+
+
+@pytest.mark.parametrize("errno_value", [28, 5], ids=["ENOSPC", "EIO"])
+def test_a_full_disk_inside_a_journal_write_cuts_it_back_and_says_what_and_where(
+        tmp_path, monkeypatch, errno_value):
+    # Fault: the disk takes half of a batch of records, then refuses the rest.
+    from search.errors import WriteFailed
+
+    path = str(tmp_path / "study.journal")
+    _study_with_trials(path, [0.1])
+    real_write = os.write
+
+    def half_then_refused(fd: int, data: bytes) -> int:
+        if len(data) > 1:
+            real_write(fd, data[:len(data) // 2])
+        raise OSError(errno_value, os.strerror(errno_value))
+
+    study = open_study(path, "s", seed=0)
+    before = Path(path).read_bytes()
+    monkeypatch.setattr(journal_module.os, "write", half_then_refused)
+    with pytest.raises(WriteFailed, match=f"{path}: could not write the study journal "
+                                          f"\\({os.strerror(errno_value)}\\)"):
+        study.ask()
+    monkeypatch.setattr(journal_module.os, "write", real_write)
+    assert Path(path).read_bytes() == before  # nothing already written changed
+
+    _study_with_trials(path, [0.2])  # space freed: the study goes on
+    reread = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(path)))
+    assert [t.value for t in reread.trials] == [0.1, 0.2]
