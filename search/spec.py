@@ -101,8 +101,7 @@ TRAIN_KEYS = tuple(f.name for f in fields(TrainSpec))
 def setting_defaults() -> dict[str, Any]:
     """Every model and train setting's default: what a trial uses for a key nobody set."""
     return {**{f.name: f.default for f in fields(ModelConfig)}, **asdict(TrainSpec())}
-# Keys a trial's config may hold: the model's and the training loop's.
-# A search trains on one backend (one Keras per trial process): `backend` is never searched.
+# Keys a trial's config may hold; never `backend`: a search trains on one (one Keras a process).
 SEARCHABLE_KEYS = tuple(MODEL_KEYS) + tuple(
     k for k in TRAIN_KEYS if k not in ("epochs", "seed", "backend", *CHECKPOINT_KEYS))
 
@@ -119,6 +118,8 @@ class SearchSpec:
     budget_gpu_hours: float | None = None
     budget_device_hours: float | None = None
     baseline: bool = True
+    cost_exponent: float = 0.0  # TPE's acquisition per cost ** this, cooled (CArBO)
+    prior_weight: float = 0.0  # draws around the baseline, chance w / (w + trials) (piBO)
     max_failures: int = 3
     keep_checkpoints: int = 3  # finished trials that keep theirs (search.driver.pruning)
 
@@ -131,9 +132,10 @@ class SearchSpec:
             check_int(spec.max_concurrent, f"{where}.max_concurrent", 1)
         check_int(spec.seed, f"{where}.seed", 0)
         check_one_of(spec.algorithm, SEARCHERS, f"{where}.algorithm")
-        for key in ("time_budget_s", "budget_gpu_hours", "budget_device_hours"):
-            if getattr(spec, key) is not None:
-                check_float(getattr(spec, key), f"{where}.{key}", positive=True)
+        for key in ("time_budget_s", "budget_gpu_hours", "budget_device_hours",
+                    "cost_exponent", "prior_weight"):  # budgets > 0 where set, levers >= 0
+            if (value := getattr(spec, key)) is not None:
+                check_float(value, f"{where}.{key}", positive="budget" in key, nonneg=True)
         if not isinstance(spec.baseline, bool):
             raise SpecError(f"{where}.baseline: must be true or false, got {echo(spec.baseline)}")
         check_int(spec.max_failures, f"{where}.max_failures", 0)
@@ -407,8 +409,7 @@ def load_spec(path: str | os.PathLike | None = None, overrides: list[str] | None
         SpecError: On any broken rule, with the key path, the rule and the value received.
     """
     source = QUICKSTART_PATH if path is None else Path(path)
-    raw = read_yaml(source)
-    raw = apply_overrides(raw, list(overrides or []))
+    raw = apply_overrides(read_yaml(source), list(overrides or []))
     if isinstance(raw, Mapping):
         raw = {**raw, **{k: v for k, v in replacements.items() if v is not None}}
     return load_spec_dict(raw, source=str(source))

@@ -57,10 +57,13 @@ class Method:
 
     name = "method"
 
-    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
+    def __init__(self, task: TableTask, seed: int, workers: int,
+                 budget_seconds: float | None = None) -> None:
         self.task = task
         self.seed = method_seed(self.name, seed)
         self.workers = workers
+        # The budget in device-seconds, for a method told its device budget (ours).
+        self.budget_seconds = budget_seconds
         # The share of the budget spent so far, kept up to date by the simulator (a method
         # that plans by the budget reads it; see OneEpochTopK).
         self.spent_fraction = 0.0
@@ -94,11 +97,14 @@ class RayTrial:
 
 
 def tell_result(searcher: Any, scheduler: Any, trial: RayTrial, epoch: int, value: float,
-                last_epoch: int) -> bool:
+                last_epoch: int, seconds: float | None = None) -> bool:
     """Tells a Ray searcher and scheduler one epoch's result as Ray's ``TuneController`` does:
     the scheduler decides first; a trial that goes on is heard by the searcher as a result, one
     that stops (or reached ``last_epoch``) by both as complete. Shared by the simulator and
     :mod:`replay`, so what the replay checks is what the simulator runs.
+
+    ``seconds`` is the device time the trial has held so far (the product's
+    ``wall_seconds``).
 
     Returns:
         True when the trial trains on.
@@ -107,6 +113,8 @@ def tell_result(searcher: Any, scheduler: Any, trial: RayTrial, epoch: int, valu
 
     result = {METRIC: value, TIME_ATTR: epoch, "training_iteration": epoch,
               "trial_id": trial.trial_id}
+    if seconds is not None:
+        result["wall_seconds"] = seconds
     decision = scheduler.on_trial_result(None, trial, result)
     if decision == TrialScheduler.STOP or epoch >= last_epoch:
         scheduler.on_trial_complete(None, trial, result)
@@ -127,8 +135,9 @@ def sync_journal(searcher: Any) -> None:
 class RayMethod(Method):
     """A Ray searcher and scheduler, driven as Ray's ``TuneController`` drives them."""
 
-    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
-        super().__init__(task, seed, workers)
+    def __init__(self, task: TableTask, seed: int, workers: int,
+                 budget_seconds: float | None = None) -> None:
+        super().__init__(task, seed, workers, budget_seconds)
         self.count = 0
         self.searcher, self.scheduler = self.build()
 
@@ -148,7 +157,7 @@ class RayMethod(Method):
 
     def report(self, job: Job, epoch: int, value: float) -> bool:
         return tell_result(self.searcher, self.scheduler, job.state["trial"], epoch, value,
-                           job.last)
+                           job.last, job.state.get("seconds"))
 
 
 def sim_spec(task: TableTask, name: str = "sim",
@@ -158,7 +167,8 @@ def sim_spec(task: TableTask, name: str = "sim",
     from search.spec import SearchSpec, load_spec_dict
 
     settings = settings or {}
-    defaults = {"algorithm": SearchSpec.algorithm, "baseline": SearchSpec.baseline}
+    defaults = {key: getattr(SearchSpec, key)
+                for key in ("algorithm", "baseline", "cost_exponent", "prior_weight")}
     raw = {**task.raw, "name": name, "storage": tempfile.gettempdir(),
            "train": {**task.raw["train"], "learning_rate": task.baseline["learning_rate"]},
            "search": {**task.raw["search"], **defaults, **settings.get("search", {})},
@@ -178,10 +188,17 @@ class FinetuneSearch(RayMethod):
         from search.driver.policy import make_search_policy
 
         self.folder = tempfile.mkdtemp(prefix="sim-ours-")
-        spec = sim_spec(self.task, settings=self.settings)
+        settings = {section: dict(keys) for section, keys in self.settings.items()
+                    if section != "prior"}
+        if self.budget_seconds:
+            # Told its device budget, as a user would write it (it cools the cost lever).
+            settings.setdefault("search", {})["budget_device_hours"] = (
+                self.budget_seconds / 3600.0)
+        spec = sim_spec(self.task, settings=settings)
         searcher, scheduler = make_search_policy(
             spec, journal_path=os.path.join(self.folder, "optuna_study.journal"),
-            num_samples=self.num_samples, seed=self.seed, baseline=spec.search.baseline)
+            num_samples=self.num_samples, seed=self.seed, baseline=spec.search.baseline,
+            prior=self.settings.get("prior"))
         searcher.set_max_concurrency(self.workers)
         scheduler.remember([])  # a new search: nothing recorded before this run
         return searcher, scheduler
@@ -240,8 +257,9 @@ class OptunaHyperband(Method):
 
     name = "optuna"
 
-    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
-        super().__init__(task, seed, workers)
+    def __init__(self, task: TableTask, seed: int, workers: int,
+                 budget_seconds: float | None = None) -> None:
+        super().__init__(task, seed, workers, budget_seconds)
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -290,8 +308,9 @@ class KerasTunerHyperband(Method):
 
     name = "keras_tuner"
 
-    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
-        super().__init__(task, seed, workers)
+    def __init__(self, task: TableTask, seed: int, workers: int,
+                 budget_seconds: float | None = None) -> None:
+        super().__init__(task, seed, workers, budget_seconds)
         import keras_tuner
 
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -363,8 +382,9 @@ class SyneTune(Method):
     name = "syne_tune"
     scheduler_name = "asha"
 
-    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
-        super().__init__(task, seed, workers)
+    def __init__(self, task: TableTask, seed: int, workers: int,
+                 budget_seconds: float | None = None) -> None:
+        super().__init__(task, seed, workers, budget_seconds)
         from peer_task import syne_space
         from syne_tune.optimizer.baselines import ASHA, BOHB
 
@@ -415,8 +435,9 @@ class RandomFIFO(Method):
 
     name = "random_fifo"
 
-    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
-        super().__init__(task, seed, workers)
+    def __init__(self, task: TableTask, seed: int, workers: int,
+                 budget_seconds: float | None = None) -> None:
+        super().__init__(task, seed, workers, budget_seconds)
         self.rng = np.random.default_rng(self.seed)
         self.count = 0
 
@@ -437,8 +458,9 @@ class OneEpochTopK(RandomFIFO):
 
     name = "one_epoch_topk"
 
-    def __init__(self, task: TableTask, seed: int, workers: int) -> None:
-        super().__init__(task, seed, workers)
+    def __init__(self, task: TableTask, seed: int, workers: int,
+                 budget_seconds: float | None = None) -> None:
+        super().__init__(task, seed, workers, budget_seconds)
         self.screened: list[tuple[float, int, dict[str, Any]]] = []
 
     def suggest(self) -> Job | None:
@@ -458,6 +480,11 @@ class OneEpochTopK(RandomFIFO):
 
 
 # The ablation: ours with settings of its spec changed (levers on or off, alone or together).
+# A deliberately poor prior: the most expensive configuration, with the learning rate, the
+# dropout and the noise at the top of their ranges (near chance on the table).
+BAD_PRIOR = {"noise_std": 0.3, "upsample": 5, "input_convs": 2, "freeze": 5,
+             "learning_rate": 0.3, "dropout": 0.8}
+
 LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     # TPE models the highest rung d+2 trials reached (BOHB's rule)
     "tpe_rungs": {"search": {"algorithm": "tpe_rungs"}},
@@ -467,6 +494,21 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "no_baseline": {"search": {"baseline": False}},
     # no trial promoted unexamined: a rung judges once it holds reduction_factor results
     "examined_rungs": {"scheduler": {"min_rung_results": 3}},
+    # TPE's acquisition per cost ** alpha, alpha cooled from 1 to 0 over the budget (CArBO)
+    "cost_aware": {"search": {"cost_exponent": 1.0}},
+    # draws around the baseline, chance 3 / (3 + trials so far) (piBO / PriorBand)
+    "prior": {"search": {"prior_weight": 3.0}},
+    # the same, with a deliberately poor configuration as the prior (run first, drawn around)
+    "prior+bad_prior": {"search": {"prior_weight": 3.0}, "prior": BAD_PRIOR},
+    "bad_prior": {"prior": BAD_PRIOR},
+    "cost_aware+tpe_rungs": {"search": {"cost_exponent": 1.0, "algorithm": "tpe_rungs"}},
+    "prior+tpe_rungs": {"search": {"prior_weight": 3.0, "algorithm": "tpe_rungs"}},
+    "cost_aware+prior": {"search": {"cost_exponent": 1.0, "prior_weight": 3.0}},
+    "cost_aware+prior+tpe_rungs": {"search": {"cost_exponent": 1.0, "prior_weight": 3.0,
+                                              "algorithm": "tpe_rungs"}},
+    "cost_aware+prior+tpe_rungs+examined_rungs": {
+        "search": {"cost_exponent": 1.0, "prior_weight": 3.0, "algorithm": "tpe_rungs"},
+        "scheduler": {"min_rung_results": 3}},
     # together
     "tpe_rungs+examined_rungs": {"search": {"algorithm": "tpe_rungs"},
                                  "scheduler": {"min_rung_results": 3}},

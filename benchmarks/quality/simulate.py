@@ -62,8 +62,13 @@ def budget_for(curves: Any, unit: str, full_trials: float, max_t: int) -> float:
 
 
 def simulate_one(method_name: str, task: TableTask, objective: Any, seed: int, workers: int,
-                 budget: float, unit: str) -> dict[str, Any]:
+                 budget: float, unit: str, budget_seconds: float | None = None
+                 ) -> dict[str, Any]:
     """One method, one seed: the trace of its incumbent against what it spent.
+
+    ``budget_seconds`` is the budget in device-seconds, as a method that plans by its device
+    budget is told it (ours: ``search.budget_device_hours``); by default ``budget`` when the
+    unit is seconds.
 
     Returns:
         ``trace``: one ``(device_s, trial_epochs, wall_s, incumbent_val, incumbent_test)``
@@ -71,7 +76,9 @@ def simulate_one(method_name: str, task: TableTask, objective: Any, seed: int, w
     """
     from methods import clamp_config, method_class
 
-    method = method_class(method_name)(task, seed, workers)
+    if budget_seconds is None and unit == "seconds":
+        budget_seconds = budget
+    method = method_class(method_name)(task, seed, workers, budget_seconds=budget_seconds)
     heap: list[tuple[float, int, Any, int, Any]] = []
     sequence, now, free = 0, 0.0, workers
     spent, spent_s, spent_epochs = 0.0, 0.0, 0
@@ -106,6 +113,7 @@ def simulate_one(method_name: str, task: TableTask, objective: Any, seed: int, w
                 best_observed = observed[epoch - 1]
                 incumbent = (float(val[epoch - 1]), float(test[epoch - 1]))
             trace.append((spent_s, spent_epochs, now, *incumbent))
+            job.state["seconds"] = job.state.get("seconds", 0.0) + cost[epoch - 1]
             method.spent_fraction = spent / budget
             if method.report(job, epoch, float(observed[epoch - 1])):
                 sequence += 1
@@ -242,13 +250,15 @@ def _init_worker(table: str, task_name: str, k: int) -> None:
                    noise=noise_by_epoch(curves)["val_sd_robust"])
 
 
-def _job(args: tuple[str, int, int, float, str]) -> tuple[str, int, int, dict[str, Any]]:
+def _job(args: tuple[str, int, int, float, str, float]
+         ) -> tuple[str, int, int, dict[str, Any]]:
     from surrogate import NoisyObjective
 
-    name, seed, workers, budget, unit = args
+    name, seed, workers, budget, unit, budget_seconds = args
     objective = NoisyObjective(_WORKER["surrogate"], _WORKER["noise"], seed)
     began = time.process_time()
-    run = simulate_one(name, _WORKER["task"], objective, seed, workers, budget, unit)
+    run = simulate_one(name, _WORKER["task"], objective, seed, workers, budget, unit,
+                       budget_seconds)
     run["cpu_s"] = time.process_time() - began
     return name, seed, workers, run
 
@@ -314,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"simulate: {len(curves)} runs in {table}; best {ref['best']:.4f}, median random "
              f"{ref['median']:.4f}; surrogate k={k} (holdout spearman "
              f"{checks[k]['spearman']:.3f}); budget {budget:.0f} {args.budget_unit}")
-    jobs = [(name, seed, w, budget, args.budget_unit) for w in workers for seed in range(seeds)
-            for name in names]
+    budget_seconds = budget_for(curves, "seconds", args.budget_trials, task.max_t)
+    jobs = [(name, seed, w, budget, args.budget_unit, budget_seconds)
+            for w in workers for seed in range(seeds) for name in names]
     began = time.perf_counter()
     results: dict[int, dict[str, list]] = {w: {n: [None] * seeds for n in names} for w in workers}
     cpu: dict[str, float] = {n: 0.0 for n in names}

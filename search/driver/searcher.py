@@ -15,10 +15,12 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search.driver.acquisition import CostAwareTPESampler, prior_draw, prior_probability
 from search.driver.study import (
     ATTR_CONTINUES,
     ATTR_END,
@@ -123,6 +125,13 @@ class AshaAwareOptunaSearch(OptunaSearch):
         fixed_config: The settings every trial shares (they decide conditional keys).
         num_samples: Trials in this run; sizes TPE's random start-up.
         rung_epochs: ASHA's rungs and ``max_t``: the epochs ``tpe_rungs`` may model at.
+        cost_exponent: TPE's acquisition is divided by the configuration's cost to this
+            power, cooled to 0 as the search goes on (:mod:`search.driver.acquisition`).
+        prior_weight: Draw a suggestion around the prior point (the baseline) with chance
+            ``prior_weight / (prior_weight + trials so far)``; 0: never.
+        prior_point: The prior: the baseline's searched values.
+        budget: ``(result field, seconds)`` of the device budget, which measures how far the
+            search has gone (else the share of ``num_samples`` suggested).
     """
 
     # Ray annotates it None (its value before the study opens); here it is the open study.
@@ -141,7 +150,17 @@ class AshaAwareOptunaSearch(OptunaSearch):
         fixed_config: Mapping[str, Any] | None = None,
         num_samples: int | None = None,
         rung_epochs: tuple[int, ...] = (),
+        cost_exponent: float = 0.0,
+        prior_weight: float = 0.0,
+        prior_point: Mapping[str, Any] | None = None,
+        budget: tuple[str, float] | None = None,
     ) -> None:
+        self._space_spec = dict(space)
+        self._cost_exponent = cost_exponent
+        self._prior_weight = prior_weight
+        self._prior_point = dict(prior_point or {})
+        self._budget = budget
+        self._held: dict[str, float] = {}  # Ray trial id -> device seconds it reported
         self._journal_path = journal_path
         self._max_t = max_t
         self._algorithm = algorithm
@@ -177,7 +196,8 @@ class AshaAwareOptunaSearch(OptunaSearch):
             # A restored search keeps the sampler (and random state) it was pickled with; a
             # fresh one would draw the start-up configs it already tried.
             sampler = make_sampler(self._sampler_seed, self._algorithm, self._num_samples,
-                                   max_concurrent, getattr(self, "_rung_epochs", ()))
+                                   max_concurrent, getattr(self, "_rung_epochs", ()),
+                                   getattr(self, "_cost_exponent", 0.0))
             self._sampler = sampler
             self._ot_study.sampler = sampler
         return True
@@ -187,17 +207,55 @@ class AshaAwareOptunaSearch(OptunaSearch):
         live = sum(1 for known in self._ot_trials if known not in self._completed_trials)
         if limit and trial_id not in self._ot_trials and live >= limit:
             return None  # Ray asks again when a trial ends
+        if trial_id not in self._ot_trials:
+            self._prepare_suggestion()
         config = super().suggest(trial_id)
         self._ot_study._storage.set_trial_user_attr(
             self._ot_trials[trial_id]._trial_id, ATTR_RAY_TRIAL, trial_id
         )
         return config
 
+    def progress(self) -> float:
+        """How far the search has gone, in [0, 1]: the share of the device budget spent, or
+        of ``num_samples`` suggested, whichever is further."""
+        shares = [0.0]
+        budget = getattr(self, "_budget", None)
+        if budget:
+            shares.append(sum(getattr(self, "_held", {}).values()) / budget[1])
+        if self._num_samples:
+            shares.append(len(self._ot_trials) / self._num_samples)
+        return min(max(shares), 1.0)
+
+    def _prepare_suggestion(self) -> None:
+        """Tells the cost-aware sampler how far the search has gone, and, with a prior
+        weight, queues a draw around the prior for the next trial when the dice say so."""
+        sampler = getattr(self._ot_study.sampler, "sampler", self._ot_study.sampler)
+        if isinstance(sampler, CostAwareTPESampler):
+            sampler.progress = self.progress()
+        weight = getattr(self, "_prior_weight", 0.0)
+        if not weight or not self._prior_point:
+            return
+        storage = self._ot_study._storage
+        if storage.get_all_trials(self._ot_study._study_id, deepcopy=False,
+                                  states=(TrialState.WAITING,)):
+            return  # the baseline (or a draw) is queued already
+        suggested = storage.get_n_trials(self._ot_study._study_id)
+        # One generator per trial number: a resumed search draws what it would have drawn.
+        rng = np.random.default_rng([self._sampler_seed, suggested])
+        if rng.random() < prior_probability(weight, suggested):
+            self._ot_study.enqueue_trial(prior_draw(self._prior_point, self._space_spec, rng),
+                                         skip_if_exists=False)
+
     # -- results --------------------------------------------------------------------------
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("trial_failed") or trial_id not in self._ot_trials:
             return
+        budget = getattr(self, "_budget", None)  # None in searchers pickled before it
+        if budget:
+            seconds = result.get(budget[0])
+            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                self._held[trial_id] = max(self._held.get(trial_id, 0.0), float(seconds))
         value = result.get(METRIC)
         if value is None or not math.isfinite(value):
             return

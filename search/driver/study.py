@@ -123,8 +123,8 @@ def journal_path_for(experiment_dir: str) -> str:
 
 
 def make_sampler(seed: int, algorithm: str = "tpe", num_samples: int | None = None,
-                 max_concurrent: int | None = 1,
-                 rung_epochs: Sequence[int] = ()) -> optuna.samplers.BaseSampler:
+                 max_concurrent: int | None = 1, rung_epochs: Sequence[int] = (),
+                 cost_exponent: float = 0.0) -> optuna.samplers.BaseSampler:
     """The search's Optuna sampler: random, or TPE with a constant liar for parallel trials.
 
     ``tpe_rungs`` is TPE that models the highest of ``rung_epochs`` (ASHA's rungs and
@@ -137,18 +137,25 @@ def make_sampler(seed: int, algorithm: str = "tpe", num_samples: int | None = No
     the free slots are not all sent to the same promising region before any of them reports.
     Optuna 5 turns the liar on by default and Optuna 4 off: the choice is made here, for both.
     TPE sees a bounded history (:mod:`search.driver.sampler`), so a suggestion's cost stops
-    growing with the study.
+    growing with the study. With ``cost_exponent`` > 0 TPE's acquisition is divided by the
+    configuration's cost to that power, cooled as the search goes on
+    (:class:`~search.driver.acquisition.CostAwareTPESampler`).
     """
     import optuna
 
+    from search.driver.acquisition import CostAwareTPESampler
     from search.driver.sampler import BoundedHistorySampler
 
     if algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     parallel = max_concurrent is None or max_concurrent > 1
-    return BoundedHistorySampler(optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=startup_trials(num_samples), constant_liar=parallel),
-        rung_epochs=rung_epochs if algorithm == "tpe_rungs" else ())
+    settings: dict[str, Any] = {"seed": seed,
+                                "n_startup_trials": startup_trials(num_samples),
+                                "constant_liar": parallel}
+    tpe = (CostAwareTPESampler(cost_exponent=cost_exponent, **settings) if cost_exponent > 0
+           else optuna.samplers.TPESampler(**settings))
+    return BoundedHistorySampler(tpe, rung_epochs=rung_epochs if algorithm == "tpe_rungs"
+                                 else ())
 
 
 def open_study(journal_path: str, study_name: str, seed: int,

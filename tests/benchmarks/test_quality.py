@@ -170,7 +170,7 @@ def _simulate(monkeypatch, jobs, table, budget, unit="seconds", workers=2):
     from task import digits_task
 
     scripted = _Scripted(jobs)
-    monkeypatch.setitem(methods.METHODS, "scripted", lambda *a: scripted)
+    monkeypatch.setitem(methods.METHODS, "scripted", lambda *a, **kw: scripted)
     monkeypatch.setattr(methods, "clamp_config", lambda task, config: config)
     run = simulate.simulate_one("scripted", digits_task(3), _Objective(table), 0, workers,
                                 budget, unit)
