@@ -23,6 +23,36 @@ KERAS_CONFIG_FILE = "config.json"
 # What checkpoints written before 2026-11-30 hold instead: a zipped .keras file.
 LEGACY_MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
+# A trial's local copies of checkpoints: a whole model each, named after the process that made
+# them, so that the next trial on the node removes those of a process that was SIGKILLed (the
+# OOM killer, a dead driver's group) and could not remove its own.
+TEMP_PREFIXES = ("trial-ckpt-", "trial-restore-")
+
+
+def temp_folder(kind: str) -> str:
+    """A new local temporary folder of this process (``kind``: one of
+    :data:`TEMP_PREFIXES`)."""
+    return tempfile.mkdtemp(prefix=f"{kind}{os.getpid()}-")
+
+
+def remove_temp_folders_of_dead_processes() -> list[str]:
+    """Removes the local checkpoint copies left by trial processes that no longer run; returns
+    their paths."""
+    removed = []
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        kind = next((k for k in TEMP_PREFIXES if name.startswith(k)), None)
+        pid = name[len(kind):].split("-", 1)[0] if kind else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(os.path.join(root, name))
+        except PermissionError:
+            pass  # alive, another user's
+    return removed
 
 
 @dataclass
@@ -88,7 +118,7 @@ class ModelWrite:
     """
 
     def __init__(self, model: Any, *, beside_training: bool = False) -> None:
-        self.folder = tempfile.mkdtemp(prefix="trial-ckpt-")
+        self.folder = temp_folder("trial-ckpt-")
         self.beside_training = beside_training
         self._error: BaseException | None = None
         self._copy_error: BaseException | None = None
@@ -262,7 +292,7 @@ def write_checkpoint(model: Any, state: TrainingState, started: ModelWrite | Non
     if started is not None:
         checkpoint_dir = started.wait()
     else:
-        checkpoint_dir = tempfile.mkdtemp(prefix="trial-ckpt-")
+        checkpoint_dir = temp_folder("trial-ckpt-")
         model.save(os.path.join(checkpoint_dir, MODEL_DIR), zipped=False)
     with open(os.path.join(checkpoint_dir, STATE_FILE), "w", encoding="utf-8") as handle:
         json.dump(state.to_json(), handle)
@@ -296,6 +326,6 @@ def restore_to_temp(checkpoint: Any) -> str | None:
         print(f"warning: checkpoint {checkpoint.path} was pruned after the trial ended; "
               f"training it again from epoch 0", flush=True)
         return None
-    local = tempfile.mkdtemp(prefix="trial-restore-")
+    local = temp_folder("trial-restore-")
     checkpoint.to_directory(local)
     return local

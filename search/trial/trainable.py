@@ -33,6 +33,7 @@ from search.trial.checkpoint import (
     TrainingState,
     model_path,
     read_state,
+    remove_temp_folders_of_dead_processes,
     restore_to_temp,
     write_checkpoint,
 )
@@ -155,6 +156,7 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
     gpu_count = float(params.get("gpus_per_trial", 0) or 0)
     gpu_ids = assigned_gpu_ids()
     run = runtime.prepare(params, gpu_fraction=gpu_count, gpu_ids=gpu_ids)
+    remove_temp_folders_of_dead_processes()  # a SIGKILLed trial's copies, on this node
     checkpoints = _LocalCheckpoints(restore_to_temp(tune.get_checkpoint()))
     try:
         _train(run, params, data, gpu_count, gpu_ids, checkpoints, attempt_began)

@@ -219,3 +219,40 @@ def test_a_discarded_background_write_leaves_no_folder(trained_model):
     started = ModelWrite(trained_model)
     started.discard()
     assert not os.path.exists(started.folder)
+
+
+def test_a_sigkilled_trials_local_copies_are_removed_by_the_next_trial_on_the_node(
+        tmp_path, monkeypatch):
+    # Fault: a trial's process is SIGKILLed (the OOM killer, a dead driver's group) and cannot
+    # remove its local checkpoint copies; a live trial's copies must stay.
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from search.trial.checkpoint import remove_temp_folders_of_dead_processes, temp_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    script = ("import sys, tempfile, time; tempfile.tempdir = sys.argv[1]\n"
+              "from search.trial.checkpoint import temp_folder\n"
+              "temp_folder('trial-ckpt-'); temp_folder('trial-restore-')\n"
+              "print('ok', flush=True)\n"
+              "time.sleep(600)\n")
+    killed = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline() == live.stdout.readline() == "ok\n"  # copies made
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        mine = temp_folder("trial-ckpt-")
+        removed = remove_temp_folders_of_dead_processes()
+        assert sorted(os.path.basename(p).split("-")[2] for p in removed) == [
+            str(killed.pid)] * 2
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert len(left) == 3 and os.path.basename(mine) in left
+        assert all(f"-{live.pid}-" in name for name in left if name != os.path.basename(mine))
+    finally:
+        live.kill()
+        live.wait()
