@@ -122,14 +122,21 @@ def check_invariants(experiment: str, name: str, num_samples: int, max_t: int) -
     return violations
 
 
-def run_cycle(index: int, rng: random.Random, storage: str, root: Path,
-              env: dict[str, str]) -> dict[str, Any]:
-    name = f"chaos{index}"
-    raw = {**json.loads(json.dumps(SPEC)), "name": name, "storage": storage}
+def cycle_spec(name: str, index: int, spec: dict[str, Any], storage: str,
+               root: Path) -> tuple[dict[str, Any], Path, str]:
+    """Cycle ``index``'s spec (its own search seed) written under ``root``: (the spec, its
+    file, the experiment's folder or URI)."""
+    raw = {**json.loads(json.dumps(spec)), "name": name, "storage": storage}
     raw["search"]["seed"] = index
     spec_path = root / f"{name}.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
-    experiment = f"{storage.rstrip('/')}/{name}"
+    return raw, spec_path, f"{storage.rstrip('/')}/{name}"
+
+
+def run_cycle(index: int, rng: random.Random, storage: str, root: Path,
+              env: dict[str, str]) -> dict[str, Any]:
+    name = f"chaos{index}"
+    raw, spec_path, experiment = cycle_spec(name, index, SPEC, storage, root)
     log = root / f"{name}.log"
     kills = rng.randint(1, 3)
     machine = 0
