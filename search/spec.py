@@ -113,7 +113,7 @@ class SearchSpec:
     num_samples: int = 16
     max_concurrent: int | None = None
     seed: int = 0
-    algorithm: str = "tpe"
+    algorithm: str = "tpe_rungs"
     time_budget_s: float | None = None
     budget_gpu_hours: float | None = None
     budget_device_hours: float | None = None

@@ -156,9 +156,9 @@ KEYS: dict[str, dict[str, KeyDoc]] = {
         "max_concurrent": KeyDoc("trials at once; null: as many as the resources fit",
                                  Range(1, integer=True, or_null=True)),
         "seed": KeyDoc("seeds the searcher", Range(0, integer=True)),
-        "algorithm": KeyDoc("the searcher: TPE over trials ranked by how far they trained, TPE "
-                            "fitted on the highest ASHA rung d+2 trials reached (BOHB's rule), "
-                            "or random", SEARCHERS),
+        "algorithm": KeyDoc("the searcher: `tpe_rungs` (default) is TPE fitted on the highest "
+                            "ASHA rung d+2 trials reached (BOHB's rule); `tpe` ranks trials by "
+                            "how far they trained (Optuna's way); or random", SEARCHERS),
         "time_budget_s": KeyDoc("Ray's wall-clock limit on one run, resume or extend",
                                 Range(0, low_open=True, or_null=True)),
         "budget_gpu_hours": KeyDoc("stop once trials held this many GPU-hours, over every run, "
@@ -168,9 +168,11 @@ KEYS: dict[str, dict[str, KeyDoc]] = {
         "baseline": KeyDoc("run the original method's configuration first", ("true", "false")),
         "cost_exponent": KeyDoc("0: plain TPE; alpha > 0: TPE's acquisition per configuration "
                                 "cost ** alpha, alpha cooled to 0 as the budget is spent "
-                                "(CArBO)", Range(0)),
+                                "(CArBO); off by default: it did not pay in the simulator",
+                                Range(0)),
         "prior_weight": KeyDoc("0: none; w > 0: a suggestion is a perturbation of the baseline "
-                               "with chance w / (w + trials so far) (piBO)", Range(0)),
+                               "with chance w / (w + trials so far) (piBO); off by default",
+                               Range(0)),
         "max_failures": KeyDoc("crash retries per trial, each from its last checkpoint",
                                Range(0, integer=True)),
         "keep_checkpoints": KeyDoc("finished trials that keep their checkpoints: the best by "

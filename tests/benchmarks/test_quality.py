@@ -238,7 +238,7 @@ def test_quick_simulation_runs_every_method_and_writes_the_issue_s_keys(tmp_path
     table = write_synthetic_table(tmp_path / "table", runs=200)
     out = tmp_path / "sim.json"
     assert main(["--table", str(table), "--quick", "--processes", "1", "--json", str(out),
-                 "--plot", str(tmp_path / "plot.png"), "--ablation", "tpe_rungs"]) == 0
+                 "--plot", str(tmp_path / "plot.png"), "--ablation", "tpe"]) == 0
     result = json.loads(out.read_text())
     assert result["seeds"] == 3 and result["workers"] == [2]
     assert set(result["methods"]) == set(METHODS)
@@ -251,7 +251,7 @@ def test_quick_simulation_runs_every_method_and_writes_the_issue_s_keys(tmp_path
         if name != "finetune_search":
             assert set(figures["wilcoxon_p_vs_ours"]) == {"0.1", "0.25", "0.5", "1.0"}
     assert result["table"]["rows"] > 0 and "spearman" in result["surrogate"]
-    lever = result["ablation"]["tpe_rungs"]
+    lever = result["ablation"]["tpe"]
     assert set(lever["regret_iqm"]) == {"0.1", "0.25", "0.5", "1.0"}
     assert set(lever["wilcoxon_p_vs_ours"]) == {"0.1", "0.25", "0.5", "1.0"}
     assert (tmp_path / "plot.png").stat().st_size > 0
