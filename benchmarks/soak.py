@@ -19,9 +19,8 @@ alternate local storage and S3 (moto's server, started here). After each cycle:
   with cumulative held time that never decreases;
 - no trial keeps checkpoints beyond ``keep_checkpoints`` finished ones (plus errored trials,
   which Ray and ``resume`` restart from theirs);
-- no temporary file is left in the experiment folder, and no trial's temporary checkpoint
-  folder after a cycle whose processes were not SIGKILLed (a SIGKILLed process cannot clean;
-  those are counted apart).
+- no temporary file is left in the experiment folder, and no trial's local checkpoint copy in
+  the cycle's temp folder (a SIGKILLed trial's are removed by the next trial on the node).
 
 One line per cycle, then a summary; the JSON has ``cycles``, ``faults`` (by kind),
 ``hangs``, ``lost_trials``, ``disagreements``, ``max_resume_s`` and every cycle. Usage::
@@ -50,11 +49,10 @@ import chaos  # noqa: E402 - beside this file
 
 REPO = chaos.REPO
 from search.outputs import storage as store  # noqa: E402 - after the path
+from search.trial.checkpoint import TEMP_PREFIXES  # noqa: E402
 
 FAULTS = ("driver_sigkill", "worker_sigkill", "trial_exception", "kill_in_journal_write",
           "kill_in_snapshot", "kill_in_checkpoint_upload")
-SIGKILLS = {"driver_sigkill", "worker_sigkill", "kill_in_journal_write", "kill_in_snapshot",
-            "kill_in_checkpoint_upload"}
 SPEC: dict[str, Any] = {**json.loads(json.dumps(chaos.SPEC))}
 SPEC["search"] = {"num_samples": 8, "max_concurrent": 2, "seed": 0, "max_failures": 2,
                   "keep_checkpoints": 2, "budget_device_hours": 10.0}
@@ -137,7 +135,7 @@ def _study_by_ray_id(experiment: str, name: str) -> dict[str, Any]:
 
 
 def check_cycle(experiment: str, name: str, raw: dict[str, Any],
-                temp_dir: Path | None) -> dict[str, list[str]]:
+                temp_dir: Path) -> dict[str, list[str]]:
     """Issue 29's checks of one finished cycle: violations by kind (``lost``,
     ``disagreement``, ``not_final``, ``budget``, ``checkpoints``, ``temp``)."""
     from optuna.trial import TrialState
@@ -193,8 +191,7 @@ def check_cycle(experiment: str, name: str, raw: dict[str, Any],
         store.pafs.FileSelector(root, recursive=True)) if info.base_name.endswith(
         (".partial", ".tmp")) or info.base_name.startswith(".")
         and info.base_name != RAY_MARKER]
-    if temp_dir is not None:
-        found["temp"] += [str(p) for p in temp_dir.glob("trial-ckpt-*")]
+    found["temp"] += [str(p) for prefix in TEMP_PREFIXES for p in temp_dir.glob(f"{prefix}*")]
     return {k: v for k, v in found.items() if v}
 
 
@@ -226,7 +223,6 @@ def run_cycle(index: int, rng: random.Random, storage: str, root: Path,
         events.append(_kill_a_worker(driver, rng, rng.uniform(5.0, 60.0)))
     code, event = _finish(driver, "run", log, root)
     events.append(f"{event} {code}")
-    killed = code is not None and code < 0 or (cycle_dir / "killed").exists()
     if code is not None and code != 0:
         # Killed (or failed): resume, disarmed, half the time on a fresh machine.
         if (cycle_dir / "killed").exists():
@@ -252,9 +248,7 @@ def run_cycle(index: int, rng: random.Random, storage: str, root: Path,
     elif code != 0:
         result["violations"] = {"exit": [f"exit {code}: {log.read_text()[-1500:]}"]}
     else:
-        result["violations"] = check_cycle(experiment, name, raw,
-                                           None if killed or fault in SIGKILLS else temp_dir)
-        result["left_by_sigkill"] = len(list(temp_dir.glob("trial-ckpt-*")))
+        result["violations"] = check_cycle(experiment, name, raw, temp_dir)
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 
