@@ -134,7 +134,7 @@ class SearchSpec:
         check_one_of(spec.algorithm, SEARCHERS, f"{where}.algorithm")
         for key in ("time_budget_s", "budget_gpu_hours", "budget_device_hours",
                     "cost_exponent", "prior_weight"):  # budgets > 0 where set, levers >= 0
-            if (value := getattr(spec, key)) is not None:
+            if (value := getattr(spec, key)) is not None or "budget" not in key:
                 check_float(value, f"{where}.{key}", positive="budget" in key, nonneg=True)
         if not isinstance(spec.baseline, bool):
             raise SpecError(f"{where}.baseline: must be true or false, got {echo(spec.baseline)}")

@@ -61,12 +61,18 @@ def methods_table(methods: Mapping[str, Any], fractions: list[float]) -> str:
     return "\n".join(lines)
 
 
+def _surrogate_name(result: Mapping[str, Any]) -> str:
+    # Runs made before the forest existed have no kind: they used k nearest neighbours.
+    surrogate = result["surrogate"]
+    return "random forest" if surrogate.get("kind") == "forest" else f"k={surrogate['k']}"
+
+
 def quality_tables(result: Mapping[str, Any]) -> str:
     """Every W's table, with the run's set-up above them."""
     parts = [f"Simulated search quality: {result['seeds']} seeds, budget "
              f"{result['budget']:.0f} {result['budget_unit']} ({result['budget_trials']:g} "
              f"average full trainings), table {result['table']['path']} "
-             f"({result['table']['runs']} runs), surrogate k={result['surrogate']['k']} "
+             f"({result['table']['runs']} runs), surrogate {_surrogate_name(result)} "
              f"(held-out Spearman {_fmt(result['surrogate']['spearman'])}, MAE "
              f"{_fmt(result['surrogate']['mae'])})"]
     for workers, block in result["by_workers"].items():

@@ -241,12 +241,12 @@ def summarize(per_method: Mapping[str, list[dict[str, Any]]], budget: float,
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(table: str, task_name: str, k: int) -> None:
-    from surrogate import Surrogate, noise_by_epoch, read_curves, table_curves
+def _init_worker(table: str, task_name: str, k: int, kind: str = "knn") -> None:
+    from surrogate import make_surrogate, noise_by_epoch, read_curves
 
     task = TASKS[task_name]()
     curves = read_curves(Path(table), task)
-    _WORKER.update(task=task, surrogate=Surrogate(task, table_curves(curves), k=k),
+    _WORKER.update(task=task, surrogate=make_surrogate(task, curves, kind, k),
                    noise=noise_by_epoch(curves)["val_sd_robust"])
 
 
@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the budget, in full trainings of an average configuration")
     parser.add_argument("--budget-unit", choices=("seconds", "epochs"), default="seconds")
     parser.add_argument("--k", type=int, default=None, help="surrogate neighbours")
+    parser.add_argument("--surrogate", choices=("knn", "forest"), default="knn",
+                        help="the surrogate between the table's points: k nearest neighbours, "
+                             "or a random forest over whole curves")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quick", action="store_true", help="3 seeds, W = 2 only")
     parser.add_argument("--json", type=Path, default=None)
@@ -319,18 +322,19 @@ def main(argv: list[str] | None = None) -> int:
     curves = read_curves(table, task)
     checks = {k: check_surrogate(task, curves, k) for k in (1, 2, 3, 5, 8)}
     k = args.k or max(checks, key=lambda kk: (np.nan_to_num(checks[kk]["spearman"], nan=-1)))
+    used = checks[k] if args.surrogate == "knn" else check_surrogate(task, curves, k, "forest")
     ref = reference_values(task, curves)
     budget = budget_for(curves, args.budget_unit, args.budget_trials, task.max_t)
     progress(f"simulate: {len(curves)} runs in {table}; best {ref['best']:.4f}, median random "
-             f"{ref['median']:.4f}; surrogate k={k} (holdout spearman "
-             f"{checks[k]['spearman']:.3f}); budget {budget:.0f} {args.budget_unit}")
+             f"{ref['median']:.4f}; surrogate {args.surrogate} k={k} (holdout spearman "
+             f"{used['spearman']:.3f}); budget {budget:.0f} {args.budget_unit}")
     budget_seconds = budget_for(curves, "seconds", args.budget_trials, task.max_t)
     jobs = [(name, seed, w, budget, args.budget_unit, budget_seconds)
             for w in workers for seed in range(seeds) for name in names]
     began = time.perf_counter()
     results: dict[int, dict[str, list]] = {w: {n: [None] * seeds for n in names} for w in workers}
     cpu: dict[str, float] = {n: 0.0 for n in names}
-    initargs = (str(table), args.task, k)
+    initargs = (str(table), args.task, k, args.surrogate)
     if args.processes > 1:
         import multiprocessing
 
@@ -364,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                                  if table.is_relative_to(QUALITY.parents[1]) else table),
                      "runs": len(curves), "rows": int(len(curves) * task.max_t)},
            "reference": ref, "noise": noise_by_epoch(curves),
-           "surrogate": {"k": k, "spearman": checks[k]["spearman"], "mae": checks[k]["mae"],
-                         "checks": checks},
+           "surrogate": {"kind": args.surrogate, "k": k, "spearman": used["spearman"],
+                         "mae": used["mae"], "checks": checks, "used": used},
            "methods": by_workers[str(workers[0])]["methods"],
            "ablation": by_workers[str(workers[0])]["ablation"], "by_workers": by_workers,
            "cpu_seconds_by_method": cpu, "elapsed_s": elapsed,

@@ -109,6 +109,76 @@ class Surrogate:
         return out
 
 
+class ForestSurrogate(Surrogate):
+    """Random forests over the unit cube that predict whole curves: one multi-output forest for
+    validation and test accuracy per epoch, one for the log of each epoch's seconds (the cost
+    depends on other settings than the accuracy does). Each tree averages the curves of the
+    table runs in its leaf, so a prediction is a curve the table's neighbours, as the forest
+    weighs them, trained. A table configuration gets its own curve, as with
+    :class:`Surrogate`.
+
+    The forest learns which settings matter (the k-NN surrogate weighs every setting alike);
+    :func:`check_surrogate` compares the two on the held-out runs. Prediction walks the trees
+    in plain Python over their node arrays: one configuration at a time, as a simulated search
+    asks, that is much faster than scikit-learn's ``predict`` on one row.
+
+    Args:
+        task: The task (its space's unit cube).
+        curves: The table configurations (seed 0; sobol, baseline and perturbed runs).
+        trees: Trees in each forest.
+        min_leaf: Runs a leaf holds at least.
+        seed: The forests' random state.
+    """
+
+    def __init__(self, task: TableTask, curves: Curves, trees: int = 60, min_leaf: int = 2,
+                 seed: int = 0) -> None:
+        super().__init__(task, curves, k=1)
+        self.epochs = curves.val.shape[1]
+        self._own = {self.key(c): i for i, c in enumerate(curves.configs)}
+        accuracy = np.hstack([curves.val, curves.test])
+        log_cost = np.log(np.maximum(curves.cost, 1e-6))
+        self._accuracy = _forest(self.points, accuracy, trees, min_leaf, seed)
+        self._cost = _forest(self.points, log_cost, trees, min_leaf, seed)
+
+    def predict(self, config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = self.key(config)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        own = self._own.get(key)
+        if own is not None:
+            out = (self.curves.val[own], self.curves.test[own], self.curves.cost[own])
+        else:
+            accuracy = _walk(self._accuracy, key)
+            out = (accuracy[:self.epochs], accuracy[self.epochs:],
+                   np.exp(_walk(self._cost, key)))
+        self._cache[key] = out
+        return out
+
+
+def _forest(points: np.ndarray, targets: np.ndarray, trees: int, min_leaf: int,
+            seed: int) -> list[tuple]:
+    """A fitted random forest as plain node arrays, for :func:`_walk`."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    forest = RandomForestRegressor(n_estimators=trees, min_samples_leaf=min_leaf,
+                                   random_state=seed).fit(points, targets)
+    return [(t.tree_.children_left.tolist(), t.tree_.children_right.tolist(),
+             t.tree_.feature.tolist(), t.tree_.threshold.tolist(), t.tree_.value[:, :, 0])
+            for t in forest.estimators_]
+
+
+def _walk(forest: list[tuple], point: Sequence[float]) -> np.ndarray:
+    """The forest's mean prediction at ``point``."""
+    total = 0.0
+    for left, right, feature, threshold, value in forest:
+        node = 0
+        while left[node] != -1:
+            node = left[node] if point[feature[node]] <= threshold[node] else right[node]
+        total = total + value[node]
+    return np.asarray(total) / len(forest)
+
+
 def table_curves(curves: Curves) -> Curves:
     """The runs the surrogate is built from: table configurations, seed 0."""
     return curves.select([r in TABLE_ROLES and s == 0 for r, s in zip(curves.roles,
@@ -123,19 +193,32 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def check_surrogate(task: TableTask, curves: Curves, k: int) -> dict[str, Any]:
+def make_surrogate(task: TableTask, curves: Curves, kind: str = "knn", k: int = 3
+                   ) -> Surrogate:
+    """The surrogate of ``kind``: ``knn`` (:class:`Surrogate`, ``k`` neighbours) or
+    ``forest`` (:class:`ForestSurrogate`), built from ``curves``' table runs."""
+    table = table_curves(curves)
+    if kind == "forest":
+        return ForestSurrogate(task, table)
+    if kind == "knn":
+        return Surrogate(task, table, k=k)
+    raise ValueError(f"surrogate: must be knn or forest, got {kind!r}")
+
+
+def check_surrogate(task: TableTask, curves: Curves, k: int, kind: str = "knn"
+                    ) -> dict[str, Any]:
     """The surrogate's final-epoch predictions on held-out configurations trained for real.
 
     Returns:
         ``spearman`` and ``mae`` of the last epoch's validation accuracy (and of the best
-        epoch's), the number of held-out configurations, and ``k``.
+        epoch's), the number of held-out configurations, ``k`` and ``kind``.
     """
-    surrogate = Surrogate(task, table_curves(curves), k=k)
+    surrogate = make_surrogate(task, curves, kind, k)
     held = curves.select([r == HOLDOUT for r in curves.roles])
     predicted = [surrogate.predict(c)[0] for c in held.configs]
     last_pred = [p[-1] for p in predicted]
     best_pred = [p.max() for p in predicted]
-    return {"k": k, "holdout": len(held),
+    return {"k": k, "kind": kind, "holdout": len(held),
             "spearman": spearman(last_pred, held.val[:, -1]) if len(held) else float("nan"),
             "mae": float(np.mean(np.abs(np.array(last_pred) - held.val[:, -1])))
             if len(held) else float("nan"),

@@ -125,6 +125,32 @@ def test_surrogate_returns_a_table_config_s_own_curve_and_measures_held_out_ones
     assert noise["pairs"] > 0 and all(sd >= 0 for sd in noise["val_sd"])
 
 
+def test_forest_surrogate_keeps_table_curves_and_learns_which_settings_matter(tmp_path):
+    from surrogate import check_surrogate, make_surrogate, read_curves, table_curves
+    from task import digits_task
+
+    task = digits_task()
+    curves = read_curves(write_synthetic_table(tmp_path, runs=220), task)
+    table = table_curves(curves)
+    forest = make_surrogate(task, curves, "forest")
+    for i in (0, 5, 17):
+        val, test, cost = forest.predict(table.configs[i])
+        assert val == pytest.approx(table.val[i]) and cost == pytest.approx(table.cost[i])
+    # Between the table's points: a curve (val and test), and the cost the synthetic table
+    # gives (0.2 upsample ** 2 + 0.1 input_convs seconds) within a factor of 2.
+    config = {**table.configs[0], "upsample": 5, "input_convs": 0,
+              "noise_std": table.configs[0]["noise_std"] * 1.01}
+    val, test, cost = forest.predict(config)
+    assert val.shape == test.shape == cost.shape == (task.max_t,)
+    assert 2.5 < float(np.median(cost)) < 10.0
+    check = check_surrogate(task, curves, k=0, kind="forest")
+    knn = check_surrogate(task, curves, k=3)
+    assert check["kind"] == "forest" and check["holdout"] == knn["holdout"] > 0
+    assert check["spearman"] > 0.5
+    with pytest.raises(ValueError, match="must be knn or forest, got 'tree'"):
+        make_surrogate(task, curves, "tree")
+
+
 # --------------------------------------------------------------------------------------------
 # the simulator's clock, on a method whose epochs arrive out of epoch order
 
