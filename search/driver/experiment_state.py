@@ -5,15 +5,22 @@ pickles) into a staging folder on the driver, then a background thread uploads t
 to the experiment's storage; ``resume`` starts from the last one uploaded. Four things about
 it are changed while a search runs (:func:`ray_snapshots`):
 
-- **Whole files.** On an object store each upload replaces a whole object, but on a local or
-  shared disk Ray's copy writes the files in place: a driver killed during the copy left a
-  truncated ``experiment_state-*.json``, and ``Tuner.restore`` then logged "Failed to restore
-  the run state" and silently started the experiment over, abandoning the interrupted trials
-  (a resume ran 3 trials for ``num_samples: 2``). The files are now read in the driver's
-  thread (Ray's only writer of the staging folder, so none is half written) and each written
-  beside its target under a name Ray never reads, then renamed over it. (The staging folder
-  also holds every trial's logs; only the files changed since the last upload are written,
-  where Ray's copy wrote all of them each time.)
+- **Whole files, read when the snapshot is taken.** The files are read in the driver's
+  thread when the upload is launched, right after Ray saved the state (the driver's thread is
+  Ray's only writer of the staging folder, so none is half written and the trials' logs hold
+  every result the state knows of), and written in the background with the experiment state
+  last. Ray's copy read them only as it uploaded them, while the driver went on: Ray saves
+  a newer state into the staging folder during a slow upload (every save does, even one
+  whose upload must wait), so the bucket could get that newer state after the trials'
+  ``result.json`` copied before it, and a driver killed then left a state that lists a
+  checkpoint whose epoch no result row in storage holds (a resume on a fresh machine then
+  recorded a trial's epochs as 1, 3, 4). On a local or shared disk each file is written
+  beside its target under a name Ray never reads, then renamed over it (Ray's copy wrote in
+  place: a driver killed during the copy left a truncated ``experiment_state-*.json``, and
+  ``Tuner.restore`` then logged "Failed to restore the run state" and silently started the
+  experiment over); on an object store each write replaces a whole object. The staging
+  folder also holds every trial's logs: only the files changed since the last upload are
+  written, where Ray's copy wrote all of them each time.
   :func:`check_resumable_state` refuses, before Ray, a snapshot that does not parse anyway.
 - **Forced snapshots at most ~5% of the driver's time.** Ray forces a snapshot after every
   trial checkpoint (``CheckpointConfig(num_to_keep=1)``), so that the state a resume starts
@@ -38,7 +45,6 @@ it are changed while a search runs (:func:`ray_snapshots`):
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
 import json
 import logging
@@ -46,6 +52,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +65,7 @@ from ray.tune.logger.logger import LoggerCallback
 
 from search.errors import SpecError, WriteFailed, disk_error
 from search.outputs import storage
-from search.outputs.results import STATE_FILE_PATTERN, experiment_state_files
+from search.outputs.results import experiment_state_files
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +105,38 @@ def read_changed_files(local_path: str, uploaded: dict[str, FileStamp]
     return files, stamps
 
 
-def write_files_atomically(files: dict[str, bytes], target_dir: str) -> None:
-    """Writes each file under ``target_dir`` through a temporary file and a rename.
+def _state_last(files: dict[str, bytes]) -> list[str]:
+    """The files' names, the experiment state last: the searcher state it is read with is
+    never older than the state a resume starts from, nor a trial's log older than the state
+    that lists its checkpoints."""
+    return sorted(files, key=lambda name: name.startswith("experiment_state-"))
 
-    The experiment state goes last, so the searcher state it is read with is never older
-    than the state a resume starts from.
-    """
-    for relative in sorted(files, key=lambda name: name.startswith("experiment_state-")):
+
+def write_files_atomically(files: dict[str, bytes], target_dir: str) -> None:
+    """Writes each file under the local ``target_dir`` through a temporary file and a rename,
+    the experiment state last."""
+    for relative in _state_last(files):
         with storage.atomic_path(os.path.join(target_dir, relative),
                                  suffix=PARTIAL_SUFFIX) as tmp:
             Path(tmp).write_bytes(files[relative])
+
+
+def write_objects(files: dict[str, bytes], fs: pafs.FileSystem, target_dir: str) -> None:
+    """Writes each file under ``target_dir`` on an object store (each write replaces a whole
+    object): the trials' logs in parallel, as Ray's copy did, then the experiment state."""
+    paths = {name: f"{target_dir.rstrip('/')}/{name}" for name in files}
+    for parent in sorted({path.rsplit("/", 1)[0] for path in paths.values()}):
+        fs.create_dir(parent, recursive=True)  # as Ray's copy did
+
+    def write(relative: str) -> None:
+        with fs.open_output_stream(paths[relative]) as stream:
+            stream.write(files[relative])
+
+    states = [name for name in files if name.startswith("experiment_state-")]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(write, [name for name in files if name not in states]))
+    for relative in sorted(states):
+        write(relative)
 
 
 class DeferredDeletions:
@@ -213,22 +242,6 @@ class SnapshotUpload:
         DEFERRED.delete(self.folders)
 
 
-def upload_state_last(upload: Callable[..., None], **kwargs: Any) -> None:
-    """Ray's upload of the staging folder to an object store, its experiment state files last.
-
-    Each object lands whole, but the folder is many objects: a driver killed while Ray copied
-    them all at once left a state in the bucket newer than the trials' results beside it (a
-    resumed trial continued from a checkpoint whose epoch no result row held). The state now
-    goes only once everything it lists is there.
-    """
-    local_path, fs_path = kwargs["local_path"], kwargs["fs_path"].rstrip("/")
-    states = sorted(n for n in os.listdir(local_path) if fnmatch.fnmatch(n, STATE_FILE_PATTERN))
-    upload(**{**kwargs, "exclude": [STATE_FILE_PATTERN]})
-    for name in states:
-        upload(**{**kwargs, "local_path": os.path.join(local_path, name),
-                  "fs_path": f"{fs_path}/{name}"})
-
-
 def _run_upload(job: SnapshotUpload) -> None:
     job.run()
 
@@ -239,8 +252,8 @@ def ray_snapshots() -> Iterator[None]:
     deletions wait for them (see the module's docstring).
 
     Ray builds its syncer and checkpoint bookkeeping deep inside ``Tuner.fit``, so the block
-    swaps the methods concerned for its duration. Uploads to object stores (whose writes are
-    already whole) and uploads with exclusions keep Ray's own copy.
+    swaps the methods concerned for its duration. Uploads with exclusions (and of a single
+    file) keep Ray's own copy.
 
     Raises:
         RuntimeError: When a block is already active in this process.
@@ -258,22 +271,22 @@ def ray_snapshots() -> Iterator[None]:
 
     def sync_up_command(syncer: _FilesystemSyncer, local_path: str, uri: str,
                         exclude: list | None = None) -> tuple[Any, dict]:
-        if (exclude or not isinstance(syncer.storage_filesystem, pafs.LocalFileSystem)
-                or not os.path.isdir(local_path)):
+        if exclude or not os.path.isdir(local_path):
             upload, upload_kwargs = ray_command(syncer, local_path=local_path, uri=uri,
                                                 exclude=exclude)
-            if not exclude and os.path.isdir(local_path):
-                upload = functools.partial(upload_state_last, upload)
             return _run_upload, {"job": SnapshotUpload(functools.partial(upload,
                                                                          **upload_kwargs),
                                                        DEFERRED.take())}
-        # Read now, in the driver's thread: Ray (and its loggers) may rewrite the staging
-        # folder while the background thread uploads it.
+        # Read now, in the driver's thread: Ray (and its loggers) rewrite the staging folder
+        # while the background thread uploads it, a newer state included.
         key = (local_path, uri)
         files, stamps = read_changed_files(local_path, uploaded_stamps.get(key, {}))
+        fs = syncer.storage_filesystem
+        write = (functools.partial(write_files_atomically, files, uri)
+                 if isinstance(fs, pafs.LocalFileSystem) else
+                 functools.partial(write_objects, files, fs, uri))
         return _run_upload, {"job": SnapshotUpload(
-            functools.partial(write_files_atomically, files, uri), DEFERRED.take(),
-            functools.partial(uploaded_stamps.__setitem__, key, stamps))}
+            write, DEFERRED.take(), functools.partial(uploaded_stamps.__setitem__, key, stamps))}
 
     pacing = {"last_s": 0.0, "ended_at": float("-inf")}  # the last snapshot's duration, end
 

@@ -9,12 +9,6 @@ import pytest
 import soak
 
 
-# Found by this test in a full slow-tier run (2026-12-08; it passed alone twice): after the
-# driver was killed inside Ray's snapshot copy on S3 and resumed on a fresh machine, one
-# trial's recorded epochs were [1, 3, 4] (epoch 2's result row lost). Open in issue 29; until
-# it is fixed the test reports XFAIL when it finds it and XPASS when it does not.
-@pytest.mark.xfail(strict=False, reason="issue 29: a result row lost after a kill inside "
-                                        "Ray's snapshot copy on S3 (epochs [1, 3, 4])")
 @pytest.mark.slow
 def test_two_soak_cycles_end_with_no_hang_no_lost_trial_and_no_disagreement(tmp_path):
     # The faults the seed draws, so the run below exercises what it says it does.

@@ -27,8 +27,8 @@ from search.driver.experiment_state import (
     check_resumable_state,
     delete_when_snapshotted,
     ray_snapshots,
-    upload_state_last,
     write_files_atomically,
+    write_objects,
 )
 from search.errors import SpecError
 from search.outputs.results import STATE_FILE_PATTERN, experiment_state_files
@@ -91,54 +91,89 @@ def test_the_snapshot_is_read_when_the_upload_is_launched_not_when_it_runs(tmp_p
     assert len(json.loads((target / STATE).read_bytes())["trial_data"]) == 3
 
 
-def test_other_filesystems_and_excluding_uploads_keep_rays_command(tmp_path):
-    staging = staging_folder(tmp_path, trials=1)
-    mock = _FilesystemSyncer(storage_filesystem=pafs._MockFileSystem(), sync_period=0,
-                             sync_timeout=60)
-    local = local_syncer()
-    with ray_snapshots():
-        job = mock._sync_up_command(local_path=str(staging), uri="bucket/x")[1]["job"]
-        # Ray's copy to an object store, with the state files last (see the next test).
-        assert job.upload.func is upload_state_last
-        assert job.upload.args == (_upload_to_fs_path,)
-        assert local._sync_up_command(local_path=str(staging), uri=str(tmp_path / "x"),
-                                      exclude=["*.pkl"])[1]["job"].upload.func \
-            is _upload_to_fs_path
+class Bucket:
+    """An object store for the snapshot's writes (pyarrow's mock filesystem), which can die
+    (a SIGKILLed driver) when a path containing ``dies_at`` is written."""
+
+    def __init__(self, dies_at: str | None = None) -> None:
+        self.fs, self.dies_at = pafs._MockFileSystem(), dies_at
+
+    def create_dir(self, path: str, recursive: bool = True) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def open_output_stream(self, path: str):
+        if self.dies_at is not None and self.dies_at in path:
+            raise SystemExit("killed")
+        return self.fs.open_output_stream(path)
+
+    def read(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as stream:
+            return stream.readall()
 
 
-def test_a_driver_killed_while_ray_copies_a_snapshot_to_a_bucket_leaves_the_state_before_it(
-        tmp_path):
-    # Fault: the driver dies while Ray copies the staging folder to an object store (each
-    # object whole, the folder many objects). The new state must never be in the bucket
-    # without the trials' files it lists: it goes last.
+def bucket_syncer(bucket: Bucket) -> _FilesystemSyncer:
+    return _FilesystemSyncer(storage_filesystem=bucket, sync_period=0, sync_timeout=60)
+
+
+def test_a_state_ray_saves_during_a_slow_upload_to_a_bucket_is_not_the_one_uploaded(tmp_path):
+    # Fault (found by the chaos soak on S3): Ray saves its experiment state into the staging
+    # folder at every snapshot, also while the last upload still runs (slow on a loaded
+    # machine or a far bucket). Ray's copy read the files as it uploaded them, the state
+    # last: the bucket got a state newer than the trials' result rows copied before it, one
+    # that lists a checkpoint whose epoch no row held. A driver killed then, and resumed on a
+    # fresh machine, recorded that trial's epochs as 1, 3, 4. The upload must carry the
+    # snapshot as it was when launched: the state and the rows of the same moment.
     staging = staging_folder(tmp_path, trials=2)
     (staging / "trial_t1").mkdir()
     (staging / "trial_t1" / "result.json").write_text('{"epoch": 1}\n')
     bucket = pafs._MockFileSystem()
-    bucket.create_dir("bucket/x")
-    with bucket.open_output_stream(f"bucket/x/{STATE}") as old:
-        old.write(whole_state(1))
     syncer = _FilesystemSyncer(storage_filesystem=bucket, sync_period=0, sync_timeout=60)
     with ray_snapshots():
-        job = syncer._sync_up_command(local_path=str(staging), uri="bucket/x")[1]["job"]
-    copies = []
-
-    def dies_after_the_first_copy(**kwargs) -> None:
-        copies.append(kwargs)
-        if len(copies) > 1:
-            raise SystemExit("killed")
-        _upload_to_fs_path(**kwargs)
-
-    with pytest.raises(SystemExit):
-        upload_state_last(dies_after_the_first_copy, **job.upload.keywords)
+        command, kwargs = syncer._sync_up_command(local_path=str(staging), uri="bucket/x")
+    # While it waits to run, the driver reports epoch 2 (its checkpoint) and saves its state.
+    with open(staging / "trial_t1" / "result.json", "a") as rows:
+        rows.write('{"epoch": 2}\n')
+    (staging / STATE).write_bytes(whole_state(3))
+    command(**kwargs)
     with bucket.open_input_stream(f"bucket/x/{STATE}") as state:
-        assert state.readall() == whole_state(1)  # the state before it
+        assert state.readall() == whole_state(2)
     with bucket.open_input_stream("bucket/x/trial_t1/result.json") as rows:
         assert rows.readall() == b'{"epoch": 1}\n'
 
-    job.run()  # uninterrupted: everything, the new state included
-    with bucket.open_input_stream(f"bucket/x/{STATE}") as state:
-        assert state.readall() == whole_state(2)
+
+def test_excluding_uploads_keep_rays_command(tmp_path):
+    staging = staging_folder(tmp_path, trials=1)
+    with ray_snapshots():
+        assert local_syncer()._sync_up_command(local_path=str(staging),
+                                               uri=str(tmp_path / "x"), exclude=["*.pkl"]
+                                               )[1]["job"].upload.func is _upload_to_fs_path
+        job = bucket_syncer(Bucket())._sync_up_command(local_path=str(staging),
+                                                       uri="bucket/x")[1]["job"]
+        assert job.upload.func is write_objects
+
+
+def test_a_driver_killed_while_a_snapshot_is_written_to_a_bucket_leaves_the_state_before_it(
+        tmp_path):
+    # Fault: the driver dies while the snapshot goes to an object store (each object whole,
+    # the folder many objects). The new state must never be in the bucket without the
+    # trials' files it lists: it goes last.
+    staging = staging_folder(tmp_path, trials=2)
+    (staging / "trial_t1").mkdir()
+    (staging / "trial_t1" / "result.json").write_text('{"epoch": 1}\n')
+    bucket = Bucket(dies_at="experiment_state-")
+    bucket.create_dir("bucket/x")
+    with bucket.fs.open_output_stream(f"bucket/x/{STATE}") as old:
+        old.write(whole_state(1))
+    with ray_snapshots():
+        command, kwargs = bucket_syncer(bucket)._sync_up_command(local_path=str(staging),
+                                                                 uri="bucket/x")
+        with pytest.raises(SystemExit):
+            command(**kwargs)
+    assert bucket.read(f"bucket/x/{STATE}") == whole_state(1)  # the state before it
+    assert bucket.read("bucket/x/trial_t1/result.json") == b'{"epoch": 1}\n'
+    bucket.dies_at = None
+    command(**kwargs)  # uninterrupted: everything, the new state included
+    assert bucket.read(f"bucket/x/{STATE}") == whole_state(2)
 
 
 def test_a_driver_killed_mid_upload_leaves_the_last_whole_state(tmp_path):
