@@ -38,7 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.outputs import storage as store  # noqa: E402 - after the path
+from search import storage as store  # noqa: E402 - after the path
 
 # The issue's search, smaller so that a cycle fits in minutes on 2 CPU cores.
 SPEC: dict[str, Any] = {
@@ -79,8 +79,8 @@ def check_invariants(experiment: str, name: str, num_samples: int, max_t: int) -
     """The issue's invariants over the finished experiment; the violations, in words."""
     from optuna.trial import TrialState
 
-    from search.driver.study import ATTR_END, ATTR_RAY_TRIAL, REASON_ORPHANED, load_study_readonly
     from search.outputs.results import load_trials
+    from search.outputs.study import ATTR_END, ATTR_RAY_TRIAL, REASON_ORPHANED, load_study_readonly
 
     violations = []
     trials = {t.trial_id: t for t in load_trials(experiment)}

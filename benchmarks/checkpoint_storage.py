@@ -37,8 +37,8 @@ def storage_spec(ctx: Context) -> dict[str, Any]:
 
 def count_storage(experiment_dir: str) -> dict[str, Any]:
     """Checkpoint folders, the trials holding them, and bytes, in an experiment folder."""
+    from search import storage
     from search.driver.pruning import checkpoint_dirs
-    from search.outputs import storage
     from search.outputs.results import load_trials
 
     fs, root = storage.filesystem(experiment_dir)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.driver.study import METRIC
+from search.outputs.study import METRIC
 
 # Before TensorFlow is imported anywhere (here, in Ray workers, in subprocesses).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -40,7 +40,7 @@ from common import (
     run_logged_search,
 )
 
-from search.driver.study import TrialStatus
+from search.outputs.study import TrialStatus
 from search.trial import backends
 from search.trial.runtime import BACKEND_GPU_BUILDS
 

@@ -36,7 +36,7 @@ from common import (
     spread,
 )
 
-from search.driver.study import TrialStatus
+from search.outputs.study import TrialStatus
 
 OVERHEAD_GOAL = 0.97  # the trial's images/s at least 97% of plain per-epoch model.fit calls
 ONE_FIT_GOAL = 0.99  # the trial's images/s (epochs 2+) at least 99% of one plain fit call's

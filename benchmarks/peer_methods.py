@@ -53,7 +53,7 @@ from peer_trial import (
 )
 from ray.tune import Stopper
 
-from search.driver.study import METRIC, MODE
+from search.outputs.study import METRIC, MODE
 
 PEER_TRIAL = Path(__file__).resolve().parent / "peer_trial.py"
 

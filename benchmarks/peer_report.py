@@ -10,7 +10,7 @@ from typing import Any
 from common import TOLERANCE, Column, finite, format_table, mean, trial_epochs_to_within
 from peer_task import MethodRun
 
-from search.driver.study import METRIC
+from search.outputs.study import METRIC
 
 OURS = "finetune_search"
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # Syne Tune runs this file as a script, from anywhere
 
-from search.driver.study import METRIC  # noqa: E402
+from search.outputs.study import METRIC  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -71,7 +71,7 @@ from overhead import bench_overhead, print_overhead  # noqa: E402
 from scale import bench_scale, print_scale  # noqa: E402
 from search_efficiency import bench_search, print_search  # noqa: E402
 
-from search.trial.backends import BACKENDS  # noqa: E402
+from search.spec import BACKENDS  # noqa: E402
 
 SECTIONS = ("overhead", "search", "memory", "scale", "gpu")
 

@@ -33,7 +33,7 @@ from common import (
 )
 from scale_probe import SUGGEST_WINDOW, ScaleProbe, point_rows
 
-from search.driver.study import TrialStatus, journal_path_for
+from search.outputs.study import TrialStatus, journal_path_for
 
 SUGGEST_P99_GOAL_MS = 100.0
 EPOCH_SECONDS = 60.0  # the goal's GPUs run 1-minute epochs ...

@@ -25,7 +25,7 @@ from common import (
 )
 from liar_spread import bench_liar_spread, print_liar_spread
 
-from search.driver.study import METRIC
+from search.outputs.study import METRIC
 
 SEARCH_GOAL = 1 / 3  # ASHA+TPE's trial-epochs to target at most a third of FIFO random's
 SEARCH_METHODS = {

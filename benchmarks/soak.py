@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chaos  # noqa: E402 - beside this file
 
 REPO = chaos.REPO
-from search.outputs import storage as store  # noqa: E402 - after the path
+from search import storage as store  # noqa: E402 - after the path
 from search.trial.checkpoint import TEMP_PREFIXES  # noqa: E402
 
 FAULTS = ("driver_sigkill", "worker_sigkill", "trial_exception", "kill_in_journal_write",
@@ -123,7 +123,7 @@ def _finish(driver: subprocess.Popen, what: str, log: Path,
 
 
 def _study_by_ray_id(experiment: str, name: str) -> dict[str, Any]:
-    from search.driver.study import ATTR_RAY_TRIAL, load_study_readonly
+    from search.outputs.study import ATTR_RAY_TRIAL, load_study_readonly
 
     study = load_study_readonly(experiment, name)
     newest: dict[str, Any] = {}

@@ -53,7 +53,7 @@ def minutes_or_off(text: str) -> float:
 
 
 def local_or_uri(path: str) -> str:
-    from search.outputs.storage import absolute
+    from search.storage import absolute
 
     return absolute(path)
 

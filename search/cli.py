@@ -27,8 +27,8 @@ from search._cli_args import (
     seconds,
 )
 from search._validate import echo
-from search.driver.study import METRIC
 from search.errors import SpecError, shorten
+from search.outputs.study import METRIC
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -16,15 +16,14 @@ from typing import Any
 import yaml
 
 from model_zoo import MODEL_KEYS, ModelConfig, ModelConfigError
+from search import storage
 from search._validate import check_float, check_int, check_keys, check_one_of, echo, is_number
 from search._yaml import apply_overrides, read_yaml
 from search.checkpoint_policy import CHECKPOINT_KEYS, check_checkpoint_settings
 from search.data.pipeline import AUGMENT_CHOICES
 from search.data.spec import DatasetSpec
 from search.errors import SpecError
-from search.outputs import storage
 from search.space import Distribution, check_conditions, check_jit_compile, parse_distribution
-from search.trial.backends import BACKENDS
 
 SECTIONS = ("name", "dataset", "model", "train", "space", "search", "scheduler", "resources",
             "storage", "tracking")
@@ -33,6 +32,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("tpe", "tpe_rungs", "random")
 TRACKERS = ("mlflow",)
+BACKENDS = ("tensorflow", "jax", "torch")  # Keras backends (search.trial.backends)
 
 # The original method's settings (GaussianNoise 0.01, x2 nearest-neighbour upsampling, no input
 # convs, nothing frozen, a 256/0.75 head): the baseline trial every search is measured against.

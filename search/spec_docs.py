@@ -23,6 +23,7 @@ from search.data.pipeline import AUGMENT_CHOICES
 from search.data.spec import DATASET_NAMES, LABEL_MODES, DatasetSpec
 from search.space import DISTRIBUTIONS
 from search.spec import (
+    BACKENDS,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULERS,
@@ -35,7 +36,6 @@ from search.spec import (
     TrackingSpec,
     TrainSpec,
 )
-from search.trial.backends import BACKENDS
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ def _stacks_of_ray_workers_under(pid: int) -> str:
 def study_trials(experiment_dir: Path | str, study_name: str | None = None) -> dict[str, Any]:
     """The experiment's Optuna trials by Ray trial id (``#<number>`` for unlinked ones), read
     without writing to the experiment."""
-    from search.driver.study import ATTR_RAY_TRIAL, load_study_readonly
+    from search.outputs.study import ATTR_RAY_TRIAL, load_study_readonly
 
     name = study_name or str(experiment_dir).rstrip("/").rsplit("/", 1)[-1]
     study = load_study_readonly(str(experiment_dir), name)

@@ -106,8 +106,8 @@ def replay(experiment_dir: Path, seed: int | None = None) -> ReplayReport:
     from methods import RayTrial, sync_journal, tell_result
 
     from search.driver.policy import make_search_policy
-    from search.driver.study import journal_path_for
     from search.outputs.experiment import SPEC_FILE
+    from search.outputs.study import journal_path_for
     from search.spec import load_spec
 
     spec = load_spec(experiment_dir / SPEC_FILE)

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from search import storage
 from search._validate import one_line
 from search.data.sources import as_nhwc3, decode_images, existing_path
 from search.data.spec import DEFAULT_WHERE, DatasetSpec
 from search.data.split import Pool
 from search.errors import DataError
-from search.outputs import storage
 
 SPLIT_COLUMN = "split"
 SPLIT_VALUES = ("train", "test")

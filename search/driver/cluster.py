@@ -18,9 +18,9 @@ from typing import Any
 import ray
 from ray import tune
 
+from search import storage
 from search._validate import echo
 from search.errors import SpecError
-from search.outputs import storage
 from search.spec import ExperimentSpec
 
 AUTOSCALING_ENV = "FINETUNE_SEARCH_AUTOSCALING"

@@ -63,8 +63,8 @@ from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger.logger import LoggerCallback
 
+from search import storage
 from search.errors import SpecError, WriteFailed, disk_error
-from search.outputs import storage
 from search.outputs.results import experiment_state_files
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from typing import Any
 
 from ray import tune
 
+from search import storage
 from search.outputs import experiment as folder
-from search.outputs import storage
 from search.outputs.lock import DriverLock, read_owner
 
 JOURNAL_SYNC_S = 60.0

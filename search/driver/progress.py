@@ -9,7 +9,8 @@ from typing import Any
 from ray import tune
 
 from search.driver import watchdog
-from search.driver.study import (
+from search.outputs.report_text import format_value
+from search.outputs.study import (
     METRIC,
     REASON_BUDGET,
     STOP_REASON,
@@ -17,7 +18,6 @@ from search.driver.study import (
     TrialStatus,
     is_better,
 )
-from search.outputs.report_text import format_value
 
 TALLY = (TrialStatus.RUNNING, TrialStatus.STOPPED, TrialStatus.COMPLETE, TrialStatus.FAILED)
 

@@ -21,12 +21,12 @@ from typing import Any
 
 from ray import tune
 
+from search import storage
 from search.driver.experiment_state import delete_when_snapshotted
 from search.driver.scheduling import recorded_trials
-from search.driver.study import METRIC, MODE
-from search.driver.study import TrialStatus as Status
-from search.outputs import storage
 from search.outputs.results import RAY_UNFINISHED, TrialRecord, read_result_rows
+from search.outputs.study import METRIC, MODE
+from search.outputs.study import TrialStatus as Status
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray's checkpoint folders inside a trial's folder
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from search.driver.study import (
+from search.outputs.study import (
     ATTR_END,
     ATTR_RAY_TRIAL,
     ATTR_REBUILT,
@@ -173,8 +173,8 @@ def rebuild_lost_trials(study: optuna.Study, trials: Iterable[TrialRecord], *, r
     import optuna
     from optuna.trial import TrialState
 
+    from search import storage
     from search.driver.searcher import define_by_run
-    from search.outputs import storage
     from search.outputs.results import TRIAL_DIR_PREFIX
 
     known = {t.trial_id for t in trials}
@@ -226,7 +226,7 @@ def drop_untrained_strays(fs: Any, trials: Iterable[TrialRecord], ray_ids: Itera
         ray_ids: The trials Ray's newest state lists for ``round_name``.
         round_name: The round ``resume`` continues.
     """
-    from search.outputs import storage
+    from search import storage
 
     known = set(ray_ids)
     kept = []
@@ -273,7 +273,7 @@ def final_stops(study: optuna.Study) -> dict[str, int]:
 def ray_trials(experiment_dir: str, continued_round: str | None = None) -> list[TrialRecord]:
     """Every Ray trial of the experiment, with the continued round's trials that Ray created
     but never started (they have no folder yet; Ray's experiment state holds their config)."""
-    from search.outputs import storage
+    from search import storage
     from search.outputs.experiment import round_dirs
     from search.outputs.results import TrialRecord, load_trials, ray_trial_states
 
@@ -314,10 +314,11 @@ def reconcile_before_start(spec: ExperimentSpec, experiment_dir: str, journal: s
     continued round's folders of trials Ray never recorded nor ran go
     (:func:`drop_untrained_strays`).
     """
-    from search.driver.study import STUDY_FILE, open_study
+    from search import storage
+    from search.driver.study import open_study
     from search.outputs import experiment as folder
-    from search.outputs import storage
     from search.outputs.results import ray_trial_states
+    from search.outputs.study import STUDY_FILE
 
     trials = ray_trials(experiment_dir, continued_round)
     fs, root = storage.filesystem(experiment_dir)

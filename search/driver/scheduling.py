@@ -27,10 +27,10 @@ from ray.tune.schedulers.async_hyperband import _Bracket
 
 from search._validate import is_finite
 from search.checkpoint_policy import asha_rung_epochs
-from search.driver.study import METRIC, MODE, REASON_BUDGET, STOP_REASON, TIME_ATTR
 from search.errors import SpecError
 from search.outputs.experiment import experiment_root
 from search.outputs.results import TrialRecord, read_trials
+from search.outputs.study import METRIC, MODE, REASON_BUDGET, STOP_REASON, TIME_ATTR
 from search.spec import ExperimentSpec
 
 # While a driver runs a search: where the study says ASHA (or the budget) stopped which trial

@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search.driver.acquisition import CostAwareTPESampler, prior_draw, prior_probability
-from search.driver.study import (
+from search.driver.study import make_sampler, open_study
+from search.outputs.study import (
     ATTR_CONTINUES,
     ATTR_END,
     ATTR_RAY_TRIAL,
@@ -29,8 +30,6 @@ from search.driver.study import (
     MODE,
     REASON_ORPHANED,
     TIME_ATTR,
-    make_sampler,
-    open_study,
     trial_outcome,
 )
 from search.space import CONDITIONS, Distribution, condition_holds

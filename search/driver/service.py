@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from search import storage
 from search._validate import echo
 from search.checkpoint_policy import RUNG_EPOCHS_KEY
 from search.driver.cluster import (
@@ -45,17 +46,10 @@ from search.driver.scheduling import (
     study_records,
 )
 from search.driver.searcher import relocated_journal
-from search.driver.study import (
-    METRIC,
-    MODE,
-    TrialStatus,
-    journal_path_for,
-)
-from search.driver.tracking import MlflowTracker, check_tracking
+from search.driver.tracking import MlflowTracker
 from search.driver.watchdog import DEFAULT_STALL_MINUTES, watching
 from search.errors import SpecError, write_failed
 from search.outputs import experiment as folder
-from search.outputs import storage
 from search.outputs.lock import LOCK_FILE, driver_lock
 from search.outputs.results import (
     TRIAL_DIR_PREFIX,
@@ -63,6 +57,8 @@ from search.outputs.results import (
     best_trial,
     load_trials,
 )
+from search.outputs.study import METRIC, MODE, TrialStatus, journal_path_for
+from search.outputs.tracking import check_tracking
 from search.spec import ExperimentSpec, dump_spec
 from search.trial import backends
 from search.trial.trainable import train_trial

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from search.driver.study import TIME_ATTR
+from search.outputs.study import TIME_ATTR
 
 DEFAULT_STALL_MINUTES = 30.0
 

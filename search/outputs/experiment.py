@@ -2,7 +2,7 @@
 
 One place knows where things are in ``<storage>/<name>/``: ``spec.yaml``, the Optuna journal,
 the ``extend-N`` rounds (``driver.lock`` is :mod:`search.outputs.lock`'s). A folder may be local
-or on cloud storage; everything goes through :mod:`search.outputs.storage`.
+or on cloud storage; everything goes through :mod:`search.storage`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import json
 import os
 import uuid
 
-from search.driver.study import STUDY_FILE, journal_path_for
+from search import storage
 from search.errors import SpecError
-from search.outputs import storage
 from search.outputs.lock import LOCK_FILE
+from search.outputs.study import STUDY_FILE, journal_path_for
 
 SPEC_FILE = "spec.yaml"
 # Names one `run` of the experiment: written into the folder with spec.yaml and into the local

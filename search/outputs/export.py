@@ -27,10 +27,9 @@ import pyarrow.parquet as pq
 import yaml
 
 import search
+from search import storage
 from search._validate import echo
-from search.driver.study import METRIC, MODE, REBUILT_FROM_STUDY, TIME_ATTR
 from search.errors import SpecError
-from search.outputs import storage
 from search.outputs.experiment import (
     CLASS_NAMES_FILE,
     load_experiment_spec,
@@ -39,6 +38,7 @@ from search.outputs.experiment import (
 )
 from search.outputs.lock import is_running
 from search.outputs.results import TrialRecord, load_trials, rank_trials
+from search.outputs.study import METRIC, MODE, REBUILT_FROM_STUDY, TIME_ATTR
 from search.spec import ExperimentSpec
 from search.trial.checkpoint import KERAS_CONFIG_FILE, LEGACY_MODEL_FILE, MODEL_DIR, STATE_FILE
 from search.trial.report import METRICS
@@ -358,7 +358,7 @@ def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int 
             write_class_names(out_dir, class_names)
             result.files.append(CLASS_NAMES_FILE)
     if spec.tracking is not None:
-        from search.driver.tracking import log_export
+        from search.outputs.tracking import log_export
 
         logged = [f for f in result.files if f.endswith((".keras", ".yaml", ".json"))]
         result.tracked = log_export(spec, experiment_dir, out_dir, logged,

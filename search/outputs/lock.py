@@ -31,8 +31,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from search import storage
 from search.errors import SpecError
-from search.outputs import storage
 
 LOCK_FILE = "driver.lock"
 # Object stores: how long a driver waits between writing its lock and reading it back.

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from search import storage
 from search._validate import echo, one_line
 from search.errors import DataError, SpecError
-from search.outputs import storage
 from search.outputs.experiment import CLASS_NAMES_FILE, read_class_names
 
 OUTPUT_FORMATS = (".csv", ".json")

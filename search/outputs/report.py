@@ -13,11 +13,11 @@ import io
 import os
 from typing import Any, cast
 
-from search.driver.study import METRIC, MODE, REASON_BUDGET, TIME_ATTR, TrialStatus
-from search.outputs import storage
+from search import storage
 from search.outputs.export import load_experiment
 from search.outputs.report_text import format_value
 from search.outputs.results import TrialRecord, best_trial, rank_trials
+from search.outputs.study import METRIC, MODE, REASON_BUDGET, TIME_ATTR, TrialStatus
 from search.spec import ORIGINAL_METHOD, ExperimentSpec
 
 STATUS_COLORS = {TrialStatus.COMPLETE: "#1f77b4", TrialStatus.STOPPED: "#999999",
@@ -143,7 +143,7 @@ def parameter_importance(experiment_dir: str, spec: ExperimentSpec) -> dict[str,
     """Optuna's fANOVA importances over the study's finished trials ({} when too few)."""
     import optuna
 
-    from search.driver.study import load_study_readonly
+    from search.outputs.study import load_study_readonly
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study_readonly(experiment_dir, spec.name)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from search.driver.study import METRIC
 from search.outputs.results import rank_trials
+from search.outputs.study import METRIC
 
 
 def format_value(value: Any) -> str:

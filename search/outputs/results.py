@@ -1,6 +1,6 @@
 """Reading an experiment's trials: every trial's config and per-epoch results as plain records.
 
-Everything reads through :mod:`search.outputs.storage`, so an experiment on ``s3://`` or
+Everything reads through :mod:`search.storage`, so an experiment on ``s3://`` or
 ``gs://`` reads the same as a local one. Ray writes one folder per trial (``params.json``,
 ``result.json`` as JSON lines, ``checkpoint_*``, ``error.txt``); this module turns that into
 :class:`TrialRecord` values, and :func:`rank_trials` is the one rule for which trial is best.
@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from search.driver.study import (
+from search import storage
+from search.outputs.experiment import check_experiment_dir, round_dirs
+from search.outputs.study import (
     METRIC,
     MODE,
     REASON_ERROR,
@@ -23,8 +25,6 @@ from search.driver.study import (
     TrialStatus,
     asha_stop_reason,
 )
-from search.outputs import storage
-from search.outputs.experiment import check_experiment_dir, round_dirs
 
 # Ray's statuses of a trial that an interrupted driver left behind.
 RAY_UNFINISHED = ("RUNNING", "PENDING", "PAUSED")

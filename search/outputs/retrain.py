@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from search import storage
 from search.errors import SpecError
-from search.outputs import storage
 from search.outputs.experiment import write_class_names
 from search.spec import ExperimentSpec, load_spec
 from search.trial import runtime

@@ -1,7 +1,7 @@
 """``finetune-search status``: where a search stands, read from its folder and nothing else.
 
 Reads only: the spec, Ray's per-trial results and state file, and the driver's lock, all through
-:mod:`search.outputs.storage` (so a cloud experiment reads the same). It never opens the Optuna
+:mod:`search.storage` (so a cloud experiment reads the same). It never opens the Optuna
 study (opening a journal study may append to it) and never writes, so it is safe to run while
 another process drives the search, as often as wanted.
 """
@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from search.driver.study import METRIC, TrialStatus
 from search.errors import SpecError
 from search.outputs.experiment import load_experiment_spec
 from search.outputs.lock import LockOwner, read_owner
 from search.outputs.report_text import format_table
 from search.outputs.results import RAY_ERROR, TrialRecord, best_trial, load_trials
+from search.outputs.study import METRIC, TrialStatus
 
 # Ray's status of a trial that has ended (stopped, complete or errored).
 RAY_ENDED = ("TERMINATED", RAY_ERROR)

@@ -17,8 +17,8 @@ import sys
 from typing import Any
 
 from search.errors import SpecError, TrialFailure
+from search.spec import BACKENDS
 
-BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "tensorflow"
 # What each backend needs installed, for the error when it is missing.
 INSTALL_HINTS = {

@@ -318,7 +318,7 @@ def restore_to_temp(checkpoint: Any) -> str | None:
     """
     if checkpoint is None:
         return None
-    from search.outputs import storage
+    from search import storage
 
     # Its state file, not the folder: object stores (S3) have no folders to ask about.
     state = storage.join(checkpoint.path, STATE_FILE)

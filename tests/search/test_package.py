@@ -82,7 +82,7 @@ def test_model_zoo_never_imports_ray_or_search():
 
 def test_the_private_reach_check_sees_both_forms(tmp_path):
     path = tmp_path / "m.py"
-    path.write_text("from search.data.cifar import _CIFAR\nfrom search.outputs import storage\n"
+    path.write_text("from search.data.cifar import _CIFAR\nfrom search import storage\n"
                     "storage._hidden()\nimport search.data.sources as src\nsrc._x\n")
     assert sorted(_private_reaches(path)) == ["from search.data.cifar import _CIFAR",
                                               "src._x", "storage._hidden"]

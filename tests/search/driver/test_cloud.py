@@ -13,11 +13,11 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from search.driver.study import STUDY_FILE
-from search.outputs import storage
+from search import storage
 from search.outputs.experiment import read_run_id
 from search.outputs.lock import LOCK_FILE
 from search.outputs.results import load_trials, ray_statuses
+from search.outputs.study import STUDY_FILE
 from tests.helpers import REPO, cli, kill_when, study_trials, wait_for, write_spec
 
 pytestmark = pytest.mark.slow

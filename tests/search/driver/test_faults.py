@@ -15,9 +15,9 @@ import pytest
 from optuna.trial import TrialState
 
 from search.driver.service import resume_search, run_search
-from search.driver.study import STUDY_FILE
 from search.outputs.export import export_experiment
 from search.outputs.results import load_trials
+from search.outputs.study import STUDY_FILE
 from search.spec import load_spec_dict
 from search.trial.checkpoint import model_path
 from tests.helpers import REPO, cli, study_trials, tiny_raw, tree_digest, write_spec

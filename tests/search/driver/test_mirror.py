@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from search import storage
 from search.driver import mirror
-from search.driver.study import STUDY_FILE
-from search.outputs import storage
 from search.outputs.lock import LOCK_FILE, DriverLock, LockOwner
+from search.outputs.study import STUDY_FILE
 
 
 def bucket_journal(experiment: str) -> bytes | None:
@@ -55,8 +55,8 @@ def test_journal_reaches_s3_after_each_finished_trial_and_at_least_every_minute(
 def test_a_mirror_written_for_another_run_loses_its_journal(tmp_path, monkeypatch):
     # The mirror's path depends only on the URI: a search deleted from the bucket and run
     # again under the same URI finds the old run's journal there.
-    from search.driver.study import journal_path_for
     from search.outputs.experiment import RUN_ID_FILE, local_mirror_dir
+    from search.outputs.study import journal_path_for
 
     monkeypatch.setenv("HOME", str(tmp_path))
     experiment = "s3://bucket/exp/chaos"

@@ -7,14 +7,9 @@ from optuna.trial import TrialState
 
 from search.driver.reconcile import reconcile_study
 from search.driver.searcher import AshaAwareOptunaSearch, relocated_journal
-from search.driver.study import (
-    ATTR_END,
-    ATTR_REBUILT,
-    STUDY_FILE,
-    load_study_readonly,
-    open_study,
-)
+from search.driver.study import open_study
 from search.outputs.results import TrialRecord
+from search.outputs.study import ATTR_END, ATTR_REBUILT, STUDY_FILE, load_study_readonly
 from search.space import parse_distribution
 
 SPACE = {

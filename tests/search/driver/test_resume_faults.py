@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from search.driver.study import ATTR_CONTINUES, STUDY_FILE
 from search.outputs.results import experiment_state_files, load_trials, ray_statuses
-from search.outputs.storage import filesystem
+from search.outputs.study import ATTR_CONTINUES, STUDY_FILE
+from search.storage import filesystem
 from tests.helpers import REPO, cli, study_trials, wait_for, write_spec
 
 pytestmark = pytest.mark.slow

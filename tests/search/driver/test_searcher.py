@@ -11,7 +11,8 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from search.driver.searcher import AshaAwareOptunaSearch, define_by_run
-from search.driver.study import ATTR_END, ATTR_RAY_TRIAL, open_study
+from search.driver.study import open_study
+from search.outputs.study import ATTR_END, ATTR_RAY_TRIAL
 from search.space import parse_distribution
 from tests.helpers import tiny_spec
 

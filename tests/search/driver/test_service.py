@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.outputs.results import load_trials, ray_statuses
-from search.outputs.storage import filesystem
+from search.storage import filesystem
 from tests.helpers import REPO, cli, kill_when, study_trials, write_spec
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from search.driver.study import STUDY_FILE
 from search.driver.watchdog import StallWatchdog, observe, watching
 from search.outputs.lock import LOCK_FILE
+from search.outputs.study import STUDY_FILE
 from tests.helpers import cli, kill_when, tree_digest, write_spec
 from tests.search.driver.test_resume_faults import (
     assert_study_tells_what_ray_did,

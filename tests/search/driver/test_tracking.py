@@ -9,15 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from search.driver.tracking import (
-    LOCAL_ARTIFACTS,
-    LOCAL_STORE,
-    TAG_PARENT,
-    TAG_STATE,
-    TAG_TRIAL,
-    MlflowTracker,
-)
+from search.driver.tracking import MlflowTracker
 from search.outputs.results import load_trials
+from search.outputs.tracking import LOCAL_ARTIFACTS, LOCAL_STORE, TAG_PARENT, TAG_STATE, TAG_TRIAL
 from tests.helpers import cli, free_port, tiny_spec, write_spec
 
 OPTUNA_STATE = {"complete": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}

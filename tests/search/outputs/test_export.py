@@ -15,7 +15,7 @@ import yaml
 from search.errors import SpecError
 from search.outputs.export import export_experiment, read_metadata
 from search.outputs.results import load_trials
-from search.outputs.storage import confined
+from search.storage import confined
 from tests.helpers import cli
 
 pytestmark = pytest.mark.slow

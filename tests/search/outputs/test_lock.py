@@ -12,9 +12,9 @@ import time
 import pytest
 import yaml
 
+from search import storage
 from search.cli import main
 from search.errors import SpecError
-from search.outputs import storage
 from search.outputs.lock import LOCK_FILE, DriverLock, LockOwner, is_running, read_owner
 from tests.helpers import tiny_raw
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from search.driver.study import TrialStatus, asha_stop_reason
 from search.outputs.results import TrialRecord, best_trial, rank_trials
+from search.outputs.study import TrialStatus, asha_stop_reason
 
 
 def record(trial_id: str, values: list[float], *, failed: bool = False,

@@ -9,8 +9,8 @@ import wsgiref.util
 
 import pytest
 
-from search.driver.study import ATTR_RAY_TRIAL, STUDY_FILE
 from search.outputs.results import load_trials
+from search.outputs.study import ATTR_RAY_TRIAL, STUDY_FILE
 
 pytestmark = pytest.mark.slow
 

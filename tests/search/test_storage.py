@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from search import storage
 from search.errors import SpecError
-from search.outputs import storage
 
 
 @pytest.mark.parametrize(("path", "remote"), [
