@@ -17,7 +17,15 @@ import yaml
 
 from model_zoo import MODEL_KEYS, ModelConfig, ModelConfigError
 from search import storage
-from search._validate import check_float, check_int, check_keys, check_one_of, echo, is_number
+from search._validate import (
+    check_bool,
+    check_float,
+    check_int,
+    check_keys,
+    check_one_of,
+    echo,
+    is_number,
+)
 from search._yaml import apply_overrides, read_yaml
 from search.checkpoint_policy import CHECKPOINT_KEYS, check_checkpoint_settings
 from search.data.pipeline import AUGMENT_CHOICES
@@ -37,20 +45,13 @@ BACKENDS = ("tensorflow", "jax", "torch")  # Keras backends (search.trial.backen
 # The original method's settings (GaussianNoise 0.01, x2 nearest-neighbour upsampling, no input
 # convs, nothing frozen, a 256/0.75 head): the baseline trial every search is measured against.
 ORIGINAL_METHOD: dict[str, Any] = {
-    "noise_std": 0.01,
-    "upsample": 2,
-    "upsample_interpolation": "nearest",
-    "input_convs": 0,
-    "freeze": 0,
-    "dense_units": 256,
-    "dropout": 0.75,
-}
+    "noise_std": 0.01, "upsample": 2, "upsample_interpolation": "nearest", "input_convs": 0,
+    "freeze": 0, "dense_units": 256, "dropout": 0.75}
 
 QUICKSTART_PATH = Path(__file__).parent / "configs" / "quickstart.yaml"
 
 
-# --------------------------------------------------------------------------------------------
-# the sections
+# -- the sections ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,7 @@ class SearchSpec:
                     "cost_exponent", "prior_weight"):  # budgets > 0 where set, levers >= 0
             if (value := getattr(spec, key)) is not None or "budget" not in key:
                 check_float(value, f"{where}.{key}", positive="budget" in key, nonneg=True)
-        if not isinstance(spec.baseline, bool):
-            raise SpecError(f"{where}.baseline: must be true or false, got {echo(spec.baseline)}")
+        check_bool(spec.baseline, f"{where}.baseline")
         check_int(spec.max_failures, f"{where}.max_failures", 0)
         check_int(spec.keep_checkpoints, f"{where}.keep_checkpoints", 1)
         return spec
@@ -151,6 +151,7 @@ class SchedulerSpec:
     grace_period: int = 1
     reduction_factor: float = 3
     min_rung_results: int = 0  # 0: Ray's rule, the first arrival at a rung goes on
+    break_ties: bool = True  # a trial only tying a rung's cutoff stops once its top is full
 
     @classmethod
     def from_mapping(cls, mapping: Any, where: str = "scheduler") -> SchedulerSpec:
@@ -158,10 +159,10 @@ class SchedulerSpec:
         spec = cls(**mapping)
         check_one_of(spec.name, SCHEDULERS, f"{where}.name")
         check_int(spec.grace_period, f"{where}.grace_period", 1)
-        if not is_number(spec.reduction_factor) or spec.reduction_factor < 2:
-            raise SpecError(f"{where}.reduction_factor: must be a number >= 2, "
-                            f"got {echo(spec.reduction_factor)}")
+        if not is_number(x := spec.reduction_factor) or x < 2:
+            raise SpecError(f"{where}.reduction_factor: must be a number >= 2, got {echo(x)}")
         check_int(spec.min_rung_results, f"{where}.min_rung_results", 0)
+        check_bool(spec.break_ties, f"{where}.break_ties")
         return spec
 
 
@@ -276,8 +277,7 @@ def join_storage(location: str, name: str) -> str:
     return storage.join(storage.absolute(location), name)
 
 
-# --------------------------------------------------------------------------------------------
-# loading
+# -- loading ---------------------------------------------------------------------------------
 
 
 def _check_model_values(values: Mapping[str, Any], where: str) -> None:

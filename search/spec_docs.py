@@ -188,6 +188,9 @@ KEYS: dict[str, dict[str, KeyDoc]] = {
         "min_rung_results": KeyDoc("0: Ray's rule (the first arrival at a rung goes on); n > 0: "
                                    "a rung with fewer than n results counts those to come as "
                                    "ahead of the trial", Range(0, integer=True)),
+        "break_ties": KeyDoc("true: a trial that only ties a rung's cutoff goes on while the "
+                             "rung's top 1/reduction_factor has room; false: Ray's rule (ties "
+                             "go on)", "true or false"),
     },
     "resources": {
         "cpus_per_trial": KeyDoc("CPUs each trial asks Ray for", Range(0, low_open=True)),

@@ -12,12 +12,7 @@ from typing import Any
 
 from ray.tune.schedulers import TrialScheduler
 
-from search.driver.scheduling import (
-    BUDGET_FIELDS,
-    DeviceBudget,
-    checkpoint_rungs,
-    make_scheduler,
-)
+from search.driver.scheduling import DeviceBudget, budget_for, checkpoint_rungs, make_scheduler
 from search.driver.searcher import AshaAwareOptunaSearch
 from search.spec import ExperimentSpec
 
@@ -40,7 +35,9 @@ def make_search_policy(spec: ExperimentSpec, *, journal_path: str, num_samples: 
         num_samples: Trials in this run (sizes TPE's random start-up).
         seed: The sampler's seed.
         baseline: Try the spec's baseline point first.
-        budget: The device budget the scheduler keeps, or ``None``.
+        budget: The device budget the scheduler keeps and the searcher measures its progress
+            by, or ``None`` (the scheduler keeps none; the searcher counts the spec's budget
+            itself).
         prior: The expert's configuration (tried first with ``baseline``, and drawn around
             with ``search.prior_weight``); the spec's baseline point by default.
 
@@ -63,16 +60,8 @@ def make_search_policy(spec: ExperimentSpec, *, journal_path: str, num_samples: 
         cost_exponent=spec.search.cost_exponent,
         prior_weight=spec.search.prior_weight,
         prior_point=prior,
-        budget=search_budget(spec),
+        # The driver's budget (it counts earlier rounds and runs); the simulator keeps none
+        # in the scheduler, and the searcher still measures its progress by the spec's.
+        budget=budget if budget is not None else budget_for(spec),
     )
     return search_alg, make_scheduler(spec, budget)
-
-
-def search_budget(spec: ExperimentSpec) -> tuple[str, float] | None:
-    """The device budget that measures how far a search has gone: ``(result field,
-    seconds)``, the GPU budget first; ``None`` without one."""
-    for key, field in BUDGET_FIELDS.items():
-        hours = getattr(spec.search, key)
-        if hours is not None:
-            return field, hours * 3600.0
-    return None

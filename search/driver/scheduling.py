@@ -103,6 +103,11 @@ class DeviceBudget(Stopper):
         """Seconds of ``field`` spent by all trials so far."""
         return sum(held.get(field, 0.0) for held in self._held.values())
 
+    def progress(self) -> float:
+        """The share of the budget spent, in [0, 1]: the furthest of its limits."""
+        return min(max((self.spent(field) / limit for field, limit in self.limits.items()),
+                       default=0.0), 1.0)
+
     @property
     def reached(self) -> bool:
         """Whether any budget is spent."""
@@ -216,7 +221,8 @@ class _RemembersExperiment:
 
 
 class TieAwareBracket(_Bracket):
-    """Ray's ASHA bracket, with ties at a rung's cutoff broken by arrival, and, with
+    """Ray's ASHA bracket, with ties at a rung's cutoff broken by arrival (unless
+    ``break_ties`` is false: ``scheduler.break_ties``), and, with
     ``min_results`` (``scheduler.min_rung_results``), no trial promoted unexamined.
 
     Ray continues a trial unless its value is *below* the rung's cutoff, the
@@ -234,9 +240,11 @@ class TieAwareBracket(_Bracket):
     factor, the first ``factor - 1`` stop there and the next goes on if it beats them).
     """
 
-    def __init__(self, *args: Any, min_results: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, min_results: int = 0, break_ties: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.min_results = min_results
+        self.break_ties = break_ties
 
     def on_result(self, trial: Any, cur_iter: int, cur_rew: float | None) -> str:
         rung = self._deciding_rung(trial.trial_id, cur_iter)
@@ -250,7 +258,9 @@ class TieAwareBracket(_Bracket):
             rung[trial.trial_id] = cur_rew
             size = len(rung) + missing
             return TrialScheduler.CONTINUE if ahead < size / self.rf else TrialScheduler.STOP
-        if rung and cur_rew is not None and cur_rew == self.cutoff(rung):
+        # Brackets pickled before break_ties existed break them.
+        if (getattr(self, "break_ties", True) and rung and cur_rew is not None
+                and cur_rew == self.cutoff(rung)):
             ahead = sum(1 for value in rung.values() if value >= cur_rew)
             if ahead >= (len(rung) + 1) / self.rf:
                 rung[trial.trial_id] = cur_rew
@@ -286,18 +296,21 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
         budget: The device budget, or ``None``.
         min_rung_results: Results a rung needs before it promotes as Ray does (see
             :class:`TieAwareBracket`); 0: Ray's rule.
+        break_ties: Stop a trial that only ties a rung's cutoff once the rung's top is full
+            (:class:`TieAwareBracket`); false: Ray's rule, ties go on.
         **asha: ``ASHAScheduler``'s other arguments.
     """
 
     def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float,
                  budget: DeviceBudget | None = None, min_rung_results: int = 0,
-                 **asha: Any) -> None:
+                 break_ties: bool = True, **asha: Any) -> None:
         super().__init__(max_t=max_t, grace_period=grace_period,
                          reduction_factor=reduction_factor, **asha)
         # The same rungs as Ray builds them, deciding ties at the cutoff by arrival.
         self._brackets = [TieAwareBracket(grace_period, max_t, reduction_factor, s,
                                           stop_last_trials=self._stop_last_trials,
-                                          min_results=min_rung_results)
+                                          min_results=min_rung_results,
+                                          break_ties=break_ties)
                           for s in range(len(self._brackets))]
         self.budget = budget
         self._records_read = False
@@ -383,5 +396,6 @@ def make_scheduler(spec: ExperimentSpec, budget: DeviceBudget | None) -> TrialSc
         return RememberingASHA(budget=budget, time_attr=TIME_ATTR, metric=METRIC, mode=MODE,
                                max_t=spec.max_t, grace_period=spec.scheduler.grace_period,
                                reduction_factor=spec.scheduler.reduction_factor,
-                               min_rung_results=spec.scheduler.min_rung_results)
+                               min_rung_results=spec.scheduler.min_rung_results,
+                               break_ties=spec.scheduler.break_ties)
     return BudgetFIFO(budget=budget)

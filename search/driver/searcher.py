@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search.driver.acquisition import CostAwareTPESampler, prior_draw, prior_probability
+from search.driver.scheduling import DeviceBudget
 from search.driver.study import make_sampler, open_study
 from search.outputs.study import (
     ATTR_CONTINUES,
@@ -129,8 +130,9 @@ class AshaAwareOptunaSearch(OptunaSearch):
         prior_weight: Draw a suggestion around the prior point (the baseline) with chance
             ``prior_weight / (prior_weight + trials so far)``; 0: never.
         prior_point: The prior: the baseline's searched values.
-        budget: ``(result field, seconds)`` of the device budget, which measures how far the
-            search has gone (else the share of ``num_samples`` suggested).
+        budget: The device budget (:class:`~search.driver.scheduling.DeviceBudget`), which
+            measures how far the search has gone (else the share of ``num_samples``
+            suggested); the searcher records each result's seconds in it.
     """
 
     # Ray annotates it None (its value before the study opens); here it is the open study.
@@ -152,14 +154,13 @@ class AshaAwareOptunaSearch(OptunaSearch):
         cost_exponent: float = 0.0,
         prior_weight: float = 0.0,
         prior_point: Mapping[str, Any] | None = None,
-        budget: tuple[str, float] | None = None,
+        budget: DeviceBudget | None = None,
     ) -> None:
         self._space_spec = dict(space)
         self._cost_exponent = cost_exponent
         self._prior_weight = prior_weight
         self._prior_point = dict(prior_point or {})
         self._budget = budget
-        self._held: dict[str, float] = {}  # Ray trial id -> device seconds it reported
         self._journal_path = journal_path
         self._max_t = max_t
         self._algorithm = algorithm
@@ -219,8 +220,8 @@ class AshaAwareOptunaSearch(OptunaSearch):
         of ``num_samples`` suggested, whichever is further."""
         shares = [0.0]
         budget = getattr(self, "_budget", None)
-        if budget:
-            shares.append(sum(getattr(self, "_held", {}).values()) / budget[1])
+        if isinstance(budget, DeviceBudget):  # not in searchers pickled before it
+            shares.append(budget.progress())
         if self._num_samples:
             shares.append(len(self._ot_trials) / self._num_samples)
         return min(max(shares), 1.0)
@@ -250,11 +251,9 @@ class AshaAwareOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("trial_failed") or trial_id not in self._ot_trials:
             return
-        budget = getattr(self, "_budget", None)  # None in searchers pickled before it
-        if budget:
-            seconds = result.get(budget[0])
-            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
-                self._held[trial_id] = max(self._held.get(trial_id, 0.0), float(seconds))
+        budget = getattr(self, "_budget", None)
+        if isinstance(budget, DeviceBudget):  # the stopper records it too: the max is kept
+            budget.record(trial_id, result)
         value = result.get(METRIC)
         if value is None or not math.isfinite(value):
             return

@@ -110,6 +110,8 @@ def test_dump_round_trips():
         ({"search": {"budget_gpu_hours": -2}}, r"search\.budget_gpu_hours: must be a float > 0"),
         ({"scheduler": {"reduction_factor": 1}}, r"scheduler\.reduction_factor: must be a "
                                                  r"number >= 2, got 1"),
+        ({"scheduler": {"break_ties": 1}}, r"scheduler\.break_ties: must be true or false, "
+                                           r"got 1"),
         ({"scheduler": {"grace_period": 5}}, r"scheduler\.grace_period: `grace_period <= "
                                              r"max_t` must hold"),
         ({"resources": {"gpus_per_trial": -1}}, r"resources\.gpus_per_trial: must be a float "

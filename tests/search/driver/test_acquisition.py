@@ -19,6 +19,7 @@ from search.driver.acquisition import (
     relative_epoch_cost,
 )
 from search.driver.sampler import BoundedHistorySampler
+from search.driver.scheduling import DeviceBudget
 from search.errors import SpecError
 from search.space import parse_distribution
 from search.spec import SearchSpec
@@ -142,8 +143,8 @@ def test_with_a_prior_weight_early_suggestions_are_drawn_around_the_prior(tmp_pa
 
 
 def test_the_searcher_measures_progress_by_the_budget_and_tells_the_sampler(tmp_path):
-    searcher = make_searcher(tmp_path, cost_exponent=1.0, budget=("wall_seconds", 100.0),
-                             num_samples=1000)
+    budget = DeviceBudget({"wall_seconds": 100.0}, 9)
+    searcher = make_searcher(tmp_path, cost_exponent=1.0, budget=budget, num_samples=1000)
     searcher.set_max_concurrency(2)
     sampler = searcher._ot_study.sampler
     assert isinstance(sampler, BoundedHistorySampler)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
-from search.driver.policy import make_search_policy, search_budget
+from search.driver.policy import make_search_policy
 from search.driver.sampler import BoundedHistorySampler
+from search.driver.scheduling import DeviceBudget
 from search.spec import SearchSpec
 from tests.helpers import tiny_spec
 
@@ -62,9 +64,19 @@ def test_the_default_search_models_asha_rungs_and_resumes_with_the_same_model(tm
                                                                     spec.max_t)
 
 
-def test_the_budget_that_measures_progress_is_the_gpu_one_first(tmp_path):
-    assert search_budget(tiny_spec(tmp_path)) is None
+def test_the_searcher_measures_progress_by_the_drivers_budget_or_the_specs(tmp_path):
     spec = tiny_spec(tmp_path, search__budget_device_hours=2.0, search__budget_gpu_hours=1.0)
-    assert search_budget(spec) == ("gpu_seconds", 3600.0)
-    spec = tiny_spec(tmp_path, search__budget_device_hours=0.5)
-    assert search_budget(spec) == ("wall_seconds", 1800.0)
+    driver_budget = DeviceBudget({"gpu_seconds": 3600.0, "wall_seconds": 7200.0}, spec.max_t)
+    searcher, scheduler = make_search_policy(
+        spec, journal_path=str(tmp_path / "a.journal"), num_samples=4, seed=0, baseline=False,
+        budget=driver_budget)
+    # One object: what the driver counted before this run (earlier rounds) is progress too.
+    assert searcher._budget is scheduler.budget is driver_budget
+    driver_budget.record("earlier-round", {"gpu_seconds": 900.0, "wall_seconds": 5400.0})
+    assert searcher.progress() == pytest.approx(0.75)  # the furthest of the two limits
+    alone, scheduler = make_search_policy(
+        spec, journal_path=str(tmp_path / "b.journal"), num_samples=4, seed=0, baseline=False)
+    assert scheduler.budget is None
+    assert alone._budget.limits == {"gpu_seconds": 3600.0, "wall_seconds": 7200.0}
+    assert make_search_policy(tiny_spec(tmp_path), journal_path=str(tmp_path / "c.journal"),
+                              num_samples=4, seed=0, baseline=False)[0]._budget is None

@@ -235,6 +235,20 @@ def test_trials_that_only_tie_the_cutoff_stop_once_the_rung_top_is_full():
     assert rung_one(RememberingASHA(**halving), [0.25, 0.75, 0.5, 0.5])[-1] == "STOP"
 
 
+def test_break_ties_false_lets_ties_go_on_as_rays_asha_does():
+    # scheduler.break_ties: false is Ray's rule for ties; min_rung_results still applies.
+    chance = [0.1] * 6
+    rays_ties = dict(ASHA_ARGS, break_ties=False)
+    assert rung_one(RememberingASHA(**rays_ties), chance) == [TrialScheduler.CONTINUE] * 6
+    assert rung_one(RememberingASHA(**rays_ties, min_rung_results=3), chance) == (
+        [TrialScheduler.STOP] * 3 + [TrialScheduler.CONTINUE] * 3)
+    order = events(0, trials=9)
+    tied = [(trial_id, {**row, "val_accuracy": round(row["val_accuracy"], 1)})
+            for trial_id, row in order]
+    assert drive(started(RememberingASHA(**rays_ties)), tied, set()) == drive(
+        ASHAScheduler(**ASHA_ARGS), tied, set())
+
+
 def test_tie_aware_rungs_keep_rays_other_settings():
     asha = dict(ASHA_ARGS, brackets=2, stop_last_trials=False)
     ours, rays = RememberingASHA(**asha), ASHAScheduler(**asha)
