@@ -1,9 +1,10 @@
 """What every benchmark section shares: sizes, context, tables, small statistics, the machine.
 
 Also the quiet runners: progress lines on the real stderr, Ray's output sent to a log file,
-and one search run from a raw spec. Imported by ``benchmarks/run.py`` and each section's
-module (``overhead``, ``search_efficiency``, ``memory``, ``gpu``) with ``benchmarks/`` on
-``sys.path``; nothing here imports TensorFlow or Ray at import time.
+and one search run from a raw spec. Imported as ``benchmarks.common`` by ``benchmarks/run.py``,
+each family's modules (``overhead/``, ``efficiency/``, ``memory/``, ``scale/``, ``gpu/``,
+``peers/``) and the simulator's (``quality/``); nothing here imports TensorFlow or Ray at
+import time.
 """
 
 from __future__ import annotations

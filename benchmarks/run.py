@@ -2,8 +2,8 @@
 
 One entry script for issue 8. Each section prints a fixed-width table and all of them go to
 one JSON file; a section that fails raises (nothing is caught and skipped silently). The
-sections live next to this file, one module each (``overhead``, ``search_efficiency``,
-``memory``, ``scale``, ``gpu``), with their shared helpers in ``common``.
+sections live in the folders beside this file (``overhead/``, ``efficiency/``, ``memory/``,
+``scale/``, ``gpu/``), with their shared helpers in ``common.py``.
 
 * ``overhead``: the same trial (model, data, epochs, batch size) trained by plain
   ``model.fit`` (one call, and one call per epoch as the trial makes them; before and after
@@ -15,8 +15,8 @@ sections live next to this file, one module each (``overhead``, ``search_efficie
   epochs and seeds: trial-epochs and wall time spent, best validation accuracy, and the
   trial-epochs (in the order results arrived) needed to get within 1 point of the best.
   Goal: ASHA + TPE needs at most a third of FIFO random's trial-epochs.
-* ``memory``: ``benchmarks/data_sharing.py`` (memory per trial with the dataset shared through
-  the object store vs. a copy per trial).
+* ``memory``: ``benchmarks/memory/data_sharing.py`` (memory per trial with the dataset shared
+  through the object store vs. a copy per trial).
 * ``scale``: thousands of simulated trials (learning curves, no TensorFlow) through the real
   driver, searcher (TPE and its journal) and ASHA on a local Ray with many logical GPUs:
   trials finished per minute, ``suggest`` p50/p99, driver memory, journal and Ray snapshot
@@ -51,12 +51,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
-sys.path.insert(0, str(BENCHMARKS))  # the section modules sit next to this file
+sys.path.insert(0, str(REPO))  # run from a checkout: `benchmarks.*`, and `search` uninstalled
 
 # common first: it sets TensorFlow's and Ray's environment before anything imports them.
-from common import (  # noqa: E402
+from benchmarks.common import (  # noqa: E402
     FULL,
     REDUCED,
     Context,
@@ -65,12 +63,11 @@ from common import (  # noqa: E402
     machine_info,
     progress,
 )
-from gpu import GPU_RESULT_PREFIX, bench_gpu, gpu_worker, print_gpu  # noqa: E402
-from memory import bench_memory, print_memory  # noqa: E402
-from overhead import bench_overhead, print_overhead  # noqa: E402
-from scale import bench_scale, print_scale  # noqa: E402
-from search_efficiency import bench_search, print_search  # noqa: E402
-
+from benchmarks.efficiency.search_efficiency import bench_search, print_search  # noqa: E402
+from benchmarks.gpu.gpu import GPU_RESULT_PREFIX, bench_gpu, gpu_worker, print_gpu  # noqa: E402
+from benchmarks.memory.memory import bench_memory, print_memory  # noqa: E402
+from benchmarks.overhead.overhead import bench_overhead, print_overhead  # noqa: E402
+from benchmarks.scale.scale import bench_scale, print_scale  # noqa: E402
 from search.spec import BACKENDS  # noqa: E402
 
 SECTIONS = ("overhead", "search", "memory", "scale", "gpu")

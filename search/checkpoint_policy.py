@@ -2,7 +2,7 @@
 
 A checkpoint is a whole model with its optimizer state (119 MB for VGG16 at 32x32), written and
 then copied to the experiment's storage inside ``tune.report``: written every epoch it cost a
-third of an epoch (``benchmarks/overhead.py``). What needs one:
+third of an epoch (``benchmarks/overhead/overhead.py``). What needs one:
 
 - ASHA's decisions: a trial continues past a rung only if ASHA lets it, and ``export`` takes a
   stopped trial's model from where it stopped, so every rung gets a checkpoint;

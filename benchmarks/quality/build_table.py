@@ -36,8 +36,9 @@ for _path in (QUALITY_DIR.parents[1], QUALITY_DIR.parent, QUALITY_DIR):  # run f
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from common import jsonable, load_average, machine_info, progress  # noqa: E402
 from task import QUALITY, TASKS, Planned, TableTask, plan  # noqa: E402
+
+from benchmarks.common import jsonable, load_average, machine_info, progress  # noqa: E402
 
 DATA = QUALITY / "data"
 COLUMNS = ("config_id", "role", "seed", "epoch", "val_accuracy", "val_loss", "loss",
@@ -116,9 +117,8 @@ def done_keys(task: TableTask, folder: Path = DATA) -> set[tuple[str, int]]:
 
 def train_run(task: TableTask, planned: Planned, data: Any) -> dict[str, Any]:
     """Trains one planned configuration to ``max_t``; returns its per-epoch record."""
-    from peer_task import peer_gpus
-    from peer_trial import build, evaluate_test
-
+    from benchmarks.peers.peer_task import peer_gpus
+    from benchmarks.peers.peer_trial import build, evaluate_test
     from search.spec import load_spec_dict
 
     raw = {**task.raw, "name": "table", "storage": "/tmp/unused",
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"build_table {task.name}: {len(done)} runs in the table, {len(todo)} to train")
     if not todo:
         return 0
-    from peer_trial import task_data
+    from benchmarks.peers.peer_trial import task_data
 
     data = task_data({"dataset": task.raw["dataset"]})
     began, since_merge = time.time(), 0

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from peer_task import method_seed
 from task import TableTask
+
+from benchmarks.peers.peer_task import method_seed
 
 METRIC, TIME_ATTR = "val_accuracy", "epoch"
 
@@ -385,8 +386,9 @@ class SyneTune(Method):
     def __init__(self, task: TableTask, seed: int, workers: int,
                  budget_seconds: float | None = None) -> None:
         super().__init__(task, seed, workers, budget_seconds)
-        from peer_task import syne_space
         from syne_tune.optimizer.baselines import ASHA, BOHB
+
+        from benchmarks.peers.peer_task import syne_space
 
         # Its searcher warns about an argument its own constructor passes twice.
         logging.getLogger("syne_tune").setLevel(logging.ERROR)

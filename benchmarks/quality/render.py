@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         anytime_plot(result, args.plot)
     if args.readme:
-        from common import replace_block
+        from benchmarks.common import replace_block
 
         text = args.readme.read_text(encoding="utf-8")
         args.readme.write_text(replace_block(text, args.block,

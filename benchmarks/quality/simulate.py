@@ -44,8 +44,9 @@ for _path in (QUALITY_DIR.parents[1], QUALITY_DIR.parent, QUALITY_DIR):  # run f
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from common import jsonable, machine_info, progress  # noqa: E402
 from task import QUALITY, TASKS, TableTask  # noqa: E402
+
+from benchmarks.common import jsonable, machine_info, progress  # noqa: E402
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)

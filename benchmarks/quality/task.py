@@ -134,7 +134,7 @@ def _dimensions(upsample: Sequence[int], freeze: Sequence[int], noise: tuple[flo
 
 def digits_task(max_t: int = 9) -> TableTask:
     """``small_cnn`` on digits, the peers run's CPU proxy with the shipped ``upsample`` 1-5."""
-    from peers import digits_task as peers_digits
+    from benchmarks.peers.peers import digits_task as peers_digits
 
     dims = _dimensions([1, 2, 3, 4, 5], [0, 3, 5], (0.001, 0.3), (1e-4, 0.3), (0.0, 0.8))
     raw = dict(peers_digits(max_t, budget=0, concurrency=1, train_images=500).raw)
@@ -146,7 +146,7 @@ def digits_task(max_t: int = 9) -> TableTask:
 
 def cifar10_task(max_t: int = 9) -> TableTask:
     """VGG16 on CIFAR-10 (10,000 training images), one GPU: run with ``--task cifar10``."""
-    from peers import cifar_task
+    from benchmarks.peers.peers import cifar_task
 
     dims = _dimensions([1, 2, 3, 4, 5], [0, 4, 7, 11, 15], (0.001, 0.1), (1e-4, 0.05),
                        (0.3, 0.8))

@@ -99,7 +99,7 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
             lambda batch, batch_seed: (_augment(tf, batch[0], batch_seed, ops), batch[1]),
             num_parallel_calls=PIPELINE_PARALLELISM, deterministic=True)
     # tf.data's autotuner stalled the first batch of about half the epochs by ~2.3 s with the
-    # CPU idle (benchmarks/overhead.py); fixed parallelism and a fixed prefetch
+    # CPU idle (benchmarks/overhead/overhead.py); fixed parallelism and a fixed prefetch
     # keep the device fed without it.
     options = tf.data.Options()
     options.autotune.enabled = False

@@ -1,13 +1,13 @@
-"""Puts ``benchmarks/`` on ``sys.path``, as ``benchmarks/run.py`` does, so tests import its
-modules (``common``, ``gpu``, ``search_efficiency``, ``quality/simulate``) by their own
-names."""
+"""Puts the repository's root on ``sys.path``, as the entry scripts do, so tests import the
+benchmarks as ``benchmarks.<family>.<module>``; and ``benchmarks/quality/`` too, whose modules
+import each other by their own names (``simulate``, ``task``, ``render``)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-for _path in (BENCHMARKS / "quality", BENCHMARKS):  # the quality benchmark's modules too
+REPO = Path(__file__).resolve().parents[2]
+for _path in (REPO / "benchmarks" / "quality", REPO):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))

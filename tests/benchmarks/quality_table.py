@@ -17,8 +17,9 @@ def write_synthetic_table(folder: Path, runs: int = 160, max_t: int = 9) -> Path
     """Writes ``<table>.parquet`` for the digits task's first ``runs`` planned runs."""
     import pandas as pd
     from build_table import runs_to_rows, table_path
-    from scale_sim import simulated_accuracy
     from task import digits_task, plan
+
+    from benchmarks.scale.scale_sim import simulated_accuracy
 
     task = digits_task(max_t)
     records = []

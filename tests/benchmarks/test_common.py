@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from common import (
+
+from benchmarks.common import (
     Column,
     arrival_key,
     format_cell,
@@ -113,7 +114,7 @@ def test_harmonic_rate_and_spread():
 
 
 def test_replace_block_puts_rendered_text_between_the_markers_only():
-    from common import replace_block
+    from benchmarks.common import replace_block
 
     text = "intro\n<!-- t: begin -->\nold\n<!-- t: end -->\nafter\n"
     assert replace_block(text, "t", "new\n") == ("intro\n<!-- t: begin -->\nnew\n"

@@ -1,4 +1,4 @@
-"""benchmarks/gpu.py: the skip without a GPU, VGG16's FLOPs and the datasheet peaks."""
+"""benchmarks/gpu/gpu.py: the skip without a GPU, VGG16's FLOPs and the datasheet peaks."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gpu
 import pytest
-from common import BENCHMARKS, REDUCED, REPO, Context
+
+from benchmarks.common import REDUCED, REPO, Context
+from benchmarks.gpu import gpu
 
 
 def _ctx(tmp_path: Path) -> Context:
@@ -36,14 +37,14 @@ def test_gpu_section_asks_tensorflow_and_skips_on_a_cpu_machine(tmp_path, capsys
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
 @pytest.mark.parametrize(("backend", "name"), [("jax", "JAX"), ("torch", "PyTorch")])
 def test_gpu_section_on_another_backend_asks_it_and_never_imports_tensorflow(backend, name):
-    code = ("import sys, gpu; from common import REDUCED, Context; from pathlib import Path; "
+    code = ("import sys; from benchmarks.gpu import gpu; "
+            "from benchmarks.common import REDUCED, Context; from pathlib import Path; "
             "import tempfile; "
             "r = gpu.bench_gpu(Context(mode=REDUCED, workdir=Path(tempfile.mkdtemp()), "
             f"num_cpus=2, backend={backend!r})); "
             "print(gpu.print_gpu(r)); print('tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=BENCHMARKS, timeout=300,
-                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{BENCHMARKS}"})
+                          cwd=REPO, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-3:] == [f"d. GPU throughput ({backend})",
                                              f"skipped: no GPU visible to {name}", "False"]
@@ -90,7 +91,7 @@ def test_timed_steps_stop_after_the_time_not_a_step_count():
 
 
 def test_packing_specs_are_valid_before_any_gpu_is_used(tmp_path):
-    from common import FULL, load_spec
+    from benchmarks.common import FULL, load_spec
 
     ctx = Context(mode=FULL, workdir=tmp_path, num_cpus=16)
     data = gpu.write_packing_data(tmp_path / "packing.npz", images=40)

@@ -1,12 +1,20 @@
-"""benchmarks/overhead.py and checkpoint_storage.py: the ratios and tables on hand-made runs."""
+"""benchmarks/overhead/overhead.py and checkpoint_storage.py: the ratios and tables on hand-made
+runs."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from checkpoint_storage import print_checkpoint_storage
-from overhead import _trial_run, checkpointer, format_overlap, format_parts, one_fit_ratios
+
+from benchmarks.overhead.checkpoint_storage import print_checkpoint_storage
+from benchmarks.overhead.overhead import (
+    _trial_run,
+    checkpointer,
+    format_overlap,
+    format_parts,
+    one_fit_ratios,
+)
 
 
 def test_one_fit_ratios_compare_the_trial_with_one_plain_fit_call_from_epoch_two():

@@ -1,6 +1,6 @@
-"""benchmarks/peers.py: the figures and statistics on hand-made rows, and every method run for
-real on a tiny budget (1 seed, a few trials of 2 epochs, 150 digits) so the comparison cannot
-silently rot when a peer changes its API."""
+"""benchmarks/peers/peers.py: the figures and statistics on hand-made rows, and every method run
+for real on a tiny budget (1 seed, a few trials of 2 epochs, 150 digits) so the comparison
+cannot silently rot when a peer changes its API."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import math
 from pathlib import Path
 
 import pytest
-from peer_methods import METHODS, VARIANTS
-from peer_report import paired, run_figures, summarize, to_target
-from peer_task import MethodRun, asha_trials, hyperband_iteration_epochs
-from peers import digits_task
+
+from benchmarks.peers.peer_methods import METHODS, VARIANTS
+from benchmarks.peers.peer_report import paired, run_figures, summarize, to_target
+from benchmarks.peers.peer_task import MethodRun, asha_trials, hyperband_iteration_epochs
+from benchmarks.peers.peers import digits_task
 
 
 def _row(trial, epoch, value, t, fit_s=1.0, test=None):
@@ -58,7 +59,7 @@ def test_to_target_counts_in_arrival_order_when_it_differs_from_epoch_order():
 
 
 def test_framework_cost_counts_a_slow_start_up_not_as_training_and_leaves_out_test_time():
-    from peer_methods import _ray_rows
+    from benchmarks.peers.peer_methods import _ray_rows
 
     class Trial:
         trial_id, config = "t1", {"upsample": 1}
@@ -109,11 +110,11 @@ TINY_BUDGET = 4
 # TensorFlow or worker processes, and nothing of that may leak into the next test.
 RUN_ONE_METHOD = """
 import json, sys
-from common import REDUCED, Context
-from peer_methods import METHODS, VARIANTS
-from peer_report import run_figures
-from peer_task import Task
-from peers import digits_task
+from benchmarks.common import REDUCED, Context
+from benchmarks.peers.peer_methods import METHODS, VARIANTS
+from benchmarks.peers.peer_report import run_figures
+from benchmarks.peers.peer_task import Task
+from benchmarks.peers.peers import digits_task
 from pathlib import Path
 
 name, workdir, budget = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -135,10 +136,10 @@ def test_every_method_searches_the_tiny_task(name, tmp_path):
     import subprocess
     import sys
 
-    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    repo = Path(__file__).resolve().parents[2]
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(benchmarks), str(benchmarks.parent), os.environ.get("PYTHONPATH", "")])}
+        [str(repo), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", RUN_ONE_METHOD, name, str(tmp_path),
                            str(TINY_BUDGET)], capture_output=True, text=True, env=env,
                           timeout=900)

@@ -346,7 +346,7 @@ def test_the_cifar10_flag_plans_vgg16_runs_with_a_valid_spec():
 
 
 def test_peer_report_renders_the_readme_tables_from_the_json():
-    from peer_report import markdown_tables, summarize
+    from benchmarks.peers.peer_report import markdown_tables, summarize
 
     run = {"best_val": 0.9, "test_acc": 0.88, "seconds_to_target": None,
            "overhead_s_per_epoch": 1.0}
@@ -371,8 +371,9 @@ def test_page_tables_are_the_ones_their_json_renders(block):
     the markers is what render.py / peer_report.py make of that JSON."""
     import re
 
-    from peer_report import markdown_tables
     from render import quality_tables
+
+    from benchmarks.peers.peer_report import markdown_tables
 
     repo = Path(__file__).resolve().parents[2]
     page = (repo / RESULT_BLOCKS[block]).read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""benchmarks/scale.py, scale_probe.py and scale_sim.py: percentiles, windows, growth checks,
+"""benchmarks/scale/scale.py, scale_probe.py and scale_sim.py: percentiles, windows, growth checks,
 the simulated curve and the probe, on hand-made data (no Ray cluster)."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 import pytest
-import scale
-import scale_probe
-import scale_sim
+
+from benchmarks.scale import scale, scale_probe, scale_sim
 
 # --------------------------------------------------------------------------------------------
 # small statistics

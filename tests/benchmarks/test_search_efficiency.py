@@ -1,12 +1,13 @@
-"""benchmarks/search_efficiency.py: one search's figures from hand-made trial records."""
+"""benchmarks/efficiency/search_efficiency.py: one search's figures from hand-made trial
+records."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-from search_efficiency import search_run_figures
 
+from benchmarks.efficiency.search_efficiency import search_run_figures
 from search.outputs.results import TrialRecord
 
 
@@ -34,7 +35,11 @@ def test_search_run_figures_on_hand_made_trial_records():
 
 
 def test_liar_spread_measures_concurrent_suggestions_with_and_without_the_liar():
-    from liar_spread import bench_liar_spread, concurrent_spread, print_liar_spread
+    from benchmarks.efficiency.liar_spread import (
+        bench_liar_spread,
+        concurrent_spread,
+        print_liar_spread,
+    )
 
     # The same seed gives the same suggestions: the figure is reproducible.
     assert concurrent_spread(True, seed=3) == concurrent_spread(True, seed=3)

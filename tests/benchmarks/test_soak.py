@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
-import soak
+
+from benchmarks.reliability import soak
 
 
 @pytest.mark.slow

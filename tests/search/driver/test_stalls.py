@@ -132,9 +132,9 @@ def test_resume_of_a_journal_cut_inside_a_write_finishes_and_a_failed_restore_ex
     # Fault: the driver is SIGKILLed inside a journal write (half a line at the end). Its
     # resume used to append after the half line; Ray's restore of the searcher then failed to
     # read the journal, Ray logged it and carried on half restored, and the driver waited
-    # forever for a trial no one would suggest (found by benchmarks/soak.py). A restore that
-    # fails for any other reason (here a damaged line inside the journal) now exits 2 with one
-    # line, folder unchanged, instead of that wait.
+    # forever for a trial no one would suggest (found by benchmarks/reliability/soak.py). A
+    # restore that fails for any other reason (here a damaged line inside the journal) now
+    # exits 2 with one line, folder unchanged, instead of that wait.
     spec_path = write_spec(tmp_path, train__epochs=3,
                            search={"num_samples": 3, "max_concurrent": 2, "seed": 0,
                                    "baseline": False})

@@ -1,10 +1,10 @@
 """The soak's driver: ``python -m search`` with one seeded fault armed inside the search.
 
-``python benchmarks/soak_faults.py ARGS...`` runs the CLI exactly as ``python -m search ARGS``
-does, after arming the fault that ``SOAK_FAULT`` names (``KIND:N``; markers under
-``SOAK_DIR``). The faults that must strike at a precise point are armed here, on the real
-code paths; the ones that strike at a random moment (SIGKILL of the driver or of a trial's
-worker) are the harness's (:mod:`benchmarks.soak`):
+``python benchmarks/reliability/soak_faults.py ARGS...`` runs the CLI exactly as
+``python -m search ARGS`` does, after arming the fault that ``SOAK_FAULT`` names (``KIND:N``;
+markers under ``SOAK_DIR``). The faults that must strike at a precise point are armed here,
+on the real code paths; the ones that strike at a random moment (SIGKILL of the driver or of
+a trial's worker) are the harness's (:mod:`benchmarks.reliability.soak`):
 
 - ``trial_exception:E``: the first trial to end epoch ``E`` raises ``RuntimeError`` there
   (once per search: a marker file), in the trial's own thread; Ray retries it.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAULT_ENV = "SOAK_FAULT"
 DIR_ENV = "SOAK_DIR"
 PGID_ENV = "SOAK_PGID"

@@ -20,8 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from checkpoint_storage import bench_checkpoint_storage, print_checkpoint_storage
-from common import (
+from benchmarks.common import (
     REPO,
     Column,
     Context,
@@ -35,7 +34,10 @@ from common import (
     run_logged_search,
     spread,
 )
-
+from benchmarks.overhead.checkpoint_storage import (
+    bench_checkpoint_storage,
+    print_checkpoint_storage,
+)
 from search.outputs.study import TrialStatus
 
 OVERHEAD_GOAL = 0.97  # the trial's images/s at least 97% of plain per-epoch model.fit calls

@@ -29,8 +29,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from common import Context, logged
-from peer_task import (
+from ray.tune import Stopper
+
+from benchmarks.common import Context, logged
+from benchmarks.peers.peer_task import (
     MethodRun,
     Task,
     asha_trials,
@@ -42,7 +44,7 @@ from peer_task import (
     syne_space,
     write_task,
 )
-from peer_trial import (
+from benchmarks.peers.peer_trial import (
     TASK_FILE_KEY,
     evaluate_test,
     keras_recorder,
@@ -51,8 +53,6 @@ from peer_trial import (
     task_data,
     train_epochs,
 )
-from ray.tune import Stopper
-
 from search.outputs.study import METRIC, MODE
 
 PEER_TRIAL = Path(__file__).resolve().parent / "peer_trial.py"
@@ -84,7 +84,7 @@ def _rows_since(rows: list[dict[str, Any]], began: float) -> list[dict[str, Any]
 
 def _ray_rows(trials: list[Any], began: float) -> list[dict[str, Any]]:
     """Rows from Ray trial records (one per reported epoch, failed epochs included)."""
-    from common import arrival_key
+    from benchmarks.common import arrival_key
 
     rows = []
     for trial in trials:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common import (
+from benchmarks.common import (
     Column,
     Context,
     Mode,
@@ -23,8 +23,7 @@ from common import (
     run_logged_search,
     trial_epochs_to_within,
 )
-from liar_spread import bench_liar_spread, print_liar_spread
-
+from benchmarks.efficiency.liar_spread import bench_liar_spread, print_liar_spread
 from search.outputs.study import METRIC
 
 SEARCH_GOAL = 1 / 3  # ASHA+TPE's trial-epochs to target at most a third of FIFO random's

@@ -4,13 +4,25 @@ with each peer over seeds, and the tables that print them."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from common import TOLERANCE, Column, finite, format_table, mean, trial_epochs_to_within
-from peer_task import MethodRun
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run as a script from a checkout
 
-from search.outputs.study import METRIC
+from benchmarks.common import (  # noqa: E402
+    TOLERANCE,
+    Column,
+    finite,
+    format_table,
+    mean,
+    trial_epochs_to_within,
+)
+from benchmarks.peers.peer_task import MethodRun  # noqa: E402
+from search.outputs.study import METRIC  # noqa: E402
 
 OURS = "finetune_search"
 
@@ -256,7 +268,7 @@ def _cell(values: Sequence[Any], fmt: str) -> str:
 
 def markdown_tables(result: Mapping[str, Any]) -> str:
     """The README's two tables of a ``peers.py`` JSON: per method, and ours against each
-    peer paired by seed. ``python benchmarks/peer_report.py RESULT.json`` prints them."""
+    peer paired by seed. ``python benchmarks/peers/peer_report.py RESULT.json`` prints them."""
     budget = result["budget_trial_epochs"]
     lines = ["| method | best val_accuracy, mean (per seed) | test accuracy at that epoch, mean "
              f"(per seed) | trial-epochs to within 1 point of the seed's best (never: censored "
@@ -285,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from common import replace_block
+    from benchmarks.common import replace_block
 
     parser = argparse.ArgumentParser(description="The result tables of a peers.py JSON.")
     parser.add_argument("json", type=Path)

@@ -1,6 +1,6 @@
 """c. Data sharing: memory per trial, the dataset shared through Ray's object store vs. copied.
 
-A wrapper of ``benchmarks/data_sharing.py`` (which also runs on its own): runs its ``main``
+A wrapper of ``benchmarks/memory/data_sharing.py`` (which also runs on its own): runs its ``main``
 with the mode's arguments, reads back its JSON and captures its table.
 """
 
@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from common import Context, ensure_ray_stopped, format_cell, logged, progress
+from benchmarks.common import Context, ensure_ray_stopped, format_cell, logged, progress
 
 CIFAR_TRAIN_SHAPE = (50_000, 32, 32, 3)  # CIFAR-10's training images
 OBJECT_STORE_GOAL = 1.05  # object-store bytes at most 1.05x the source's pixels
@@ -59,7 +59,7 @@ def bench_memory(ctx: Context) -> dict[str, Any]:
     Raises:
         RuntimeError: When ``data_sharing.main`` fails or Ray is left running.
     """
-    import data_sharing
+    from benchmarks.memory import data_sharing
 
     out = ctx.workdir / "data_sharing.json"
     args = [*ctx.mode.memory_args, "--num-cpus", str(ctx.num_cpus), "--json", str(out)]
@@ -96,7 +96,7 @@ def print_memory(result: Mapping[str, Any]) -> str:
     """
     size = result["data_sharing"]["size_mb"]
     lines = [f"c. Data sharing: memory per trial, {size:g} MB dataset "
-             f"(benchmarks/data_sharing.py {' '.join(result['args'][:-2])})",
+             f"(benchmarks/memory/data_sharing.py {' '.join(result['args'][:-2])})",
              result["table"]]
     if result["pss_saved_per_trial_mb"] is not None:
         zero_copy = result["data_sharing"]["results"][0].get("zero_copy_in_workers")

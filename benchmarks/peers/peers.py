@@ -11,9 +11,9 @@ the framework's cost per trial-epoch (slot-seconds not spent in the trials' own 
 and, for each peer, ours / peer and ours - peer paired by seed with a 95% interval.
 
     pip install -e ".[bench]"
-    python benchmarks/peers.py --reduced --json /tmp/peers-reduced.json   # ~15 min, 2 cores
-    python benchmarks/peers.py --json /tmp/peers.json                     # ~40 min, 2 cores
-    python benchmarks/peers.py --cifar --json /tmp/peers-cifar.json       # VGG16 on a GPU
+    python benchmarks/peers/peers.py --reduced --json /tmp/peers-reduced.json   # ~15 min, 2 cores
+    python benchmarks/peers/peers.py --json /tmp/peers.json                     # ~40 min, 2 cores
+    python benchmarks/peers/peers.py --cifar --json /tmp/peers-cifar.json       # VGG16 on a GPU
 
 Experiment folders and logs go to a temporary folder (``--workdir`` keeps them). Progress goes
 to stderr, tables to stdout.
@@ -33,13 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
-sys.path.insert(0, str(BENCHMARKS))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run from a checkout: `benchmarks.*`, and `search` uninstalled
 
 # common first: it sets TensorFlow's and Ray's environment before anything imports them.
-from common import (  # noqa: E402
+from benchmarks.common import (  # noqa: E402
     FULL,
     REDUCED,
     Context,
@@ -51,9 +49,14 @@ from common import (  # noqa: E402
     machine_info,
     progress,
 )
-from peer_methods import METHODS, VARIANTS  # noqa: E402
-from peer_report import print_tables, run_figures, summarize, to_target  # noqa: E402
-from peer_task import MethodRun, Task  # noqa: E402
+from benchmarks.peers.peer_methods import METHODS, VARIANTS  # noqa: E402
+from benchmarks.peers.peer_report import (  # noqa: E402
+    print_tables,
+    run_figures,
+    summarize,
+    to_target,
+)
+from benchmarks.peers.peer_task import MethodRun, Task  # noqa: E402
 
 PEER_PACKAGES = ("keras-tuner", "syne-tune")
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common import (
+from benchmarks.common import (
     Column,
     Context,
     ensure_ray_stopped,
@@ -31,8 +31,7 @@ from common import (
     logged,
     progress,
 )
-from scale_probe import SUGGEST_WINDOW, ScaleProbe, point_rows
-
+from benchmarks.scale.scale_probe import SUGGEST_WINDOW, ScaleProbe, point_rows
 from search.outputs.study import TrialStatus, journal_path_for
 
 SUGGEST_P99_GOAL_MS = 100.0
@@ -163,8 +162,8 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
         the throughput, the growth checks, the snapshots and the goals.
     """
     import ray
-    import scale_sim
 
+    from benchmarks.scale import scale_sim
     from search.driver.service import run_search
 
     points = tuple(ctx.mode.scale_points)

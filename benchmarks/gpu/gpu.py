@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common import (
+from benchmarks.common import (
     BENCHMARKS,
     REPO,
     Column,
@@ -39,7 +39,6 @@ from common import (
     progress,
     run_logged_search,
 )
-
 from search.outputs.study import TrialStatus
 from search.trial import backends
 from search.trial.runtime import BACKEND_GPU_BUILDS
@@ -239,7 +238,8 @@ def checkpoint_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     backend = backends.activate(job.get("backend", "tensorflow"), gpu_fraction=1.0)
     import keras
     import numpy as np
-    from overhead import checkpointer
+
+    from benchmarks.overhead.overhead import checkpointer
 
     gpus = backend.configure_gpus(1.0)
     precision = _set_precision(keras, backend, gpus, job["precision"])

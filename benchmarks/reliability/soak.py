@@ -6,8 +6,8 @@ device budget too large to be reached, so that it is counted) and strikes it wit
 fault (:data:`FAULTS`): a SIGKILL of the driver's process group or of one trial's worker at a
 random moment, an exception in a trial, or the driver killed while it writes the Optuna
 journal, Ray's experiment snapshot or a trial's checkpoint (armed in
-:mod:`benchmarks.soak_faults`). A driver that died is resumed, half the time on a "fresh
-machine" (another ``HOME`` and working directory: only the storage is left). Cycles
+:mod:`benchmarks.reliability.soak_faults`). A driver that died is resumed, half the time on a
+"fresh machine" (another ``HOME`` and working directory: only the storage is left). Cycles
 alternate local storage and S3 (moto's server, started here). After each cycle:
 
 - the command finishes within :data:`COMMAND_TIMEOUT_S` (else a hang: every stack dumped);
@@ -25,8 +25,9 @@ alternate local storage and S3 (moto's server, started here). After each cycle:
 One line per cycle, then a summary; the JSON has ``cycles``, ``faults`` (by kind),
 ``hangs``, ``lost_trials``, ``disagreements``, ``max_resume_s`` and every cycle. Usage::
 
-    python benchmarks/soak.py --cycles 30 --seed 0 --out benchmarks/measured/soak.json
-    python benchmarks/soak.py --cycles 10 --seed 0 --out soak.json --resume-from soak.json
+    python benchmarks/reliability/soak.py --cycles 30 --seed 0 --out soak.json
+    python benchmarks/reliability/soak.py --cycles 10 --seed 0 --out soak.json \
+        --resume-from soak.json
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import chaos  # noqa: E402 - beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
+from benchmarks.reliability import chaos  # noqa: E402 - after the path
 
 REPO = chaos.REPO
 from search import storage as store  # noqa: E402 - after the path
@@ -69,7 +70,7 @@ def _command(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subp
         out.write(f"\n==== {' '.join(args[:2])} at {time.strftime('%H:%M:%S')}\n")
         out.flush()
         return subprocess.Popen(
-            [sys.executable, str(REPO / "benchmarks" / "soak_faults.py"), *args,
+            [sys.executable, str(REPO / "benchmarks" / "reliability" / "soak_faults.py"), *args,
              "--num-cpus", "2", "--stall-minutes", "2"], cwd=cwd,
             env={**env, "PYTHONPATH": str(REPO)}, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -262,7 +263,8 @@ def summarize(results: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
                             capture_output=True, check=False).stdout.strip()
     return {
-        "what": "benchmarks/soak.py: one seeded fault per cycle, resume, issue 29's checks",
+        "what": ("benchmarks/reliability/soak.py: one seeded fault per cycle, resume, issue "
+                 "29's checks"),
         "seed": seed, "commit": commit, "spec": SPEC, "cycles": len(results),
         "by_storage": {s: sum(1 for r in results if r["storage"] == s) for s in ("local", "s3")},
         "faults": faults,

@@ -39,7 +39,7 @@ class Task:
 
     def spec(self, name: str, seed: int, workdir: Path, **search: Any) -> Any:
         """The validated ``ExperimentSpec`` for one run (the seed trains and searches)."""
-        from common import load_spec
+        from benchmarks.common import load_spec
 
         return load_spec(self.raw_for(name, seed, workdir, **search))
 
@@ -187,7 +187,7 @@ def write_task(task: Task, spec: Any, gpus: float, workdir: Path) -> Path:
 def peer_gpus(spec: Any) -> float:
     """GPUs per trial for the non-Ray peers: the spec's number, 0 for ``auto`` on a machine
     without GPUs and 1 with them (what ``auto`` means to finetune-search)."""
-    from common import gpu_names
+    from benchmarks.common import gpu_names
 
     wanted = spec.resources.gpus_per_trial
     if wanted == "auto":

@@ -14,8 +14,8 @@ last resume finish, then checks the invariants of issue 30:
 
 Storage is a local folder or S3 (moto's server, started in this process). Usage::
 
-    python benchmarks/chaos.py --storage local --cycles 20 --seed 0 --out chaos-local.json
-    python benchmarks/chaos.py --storage s3 --cycles 20 --seed 0 --out chaos-s3.json
+    python benchmarks/reliability/chaos.py --storage local --cycles 20 --seed 0 --out local.json
+    python benchmarks/reliability/chaos.py --storage s3 --cycles 20 --seed 0 --out s3.json
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from search import storage as store  # noqa: E402 - after the path

@@ -12,8 +12,8 @@ array, waits until all trials have, then reads its own memory from /proc:
 ``--pipeline`` also builds each trial's ``make_input_pipeline`` and runs one epoch, to show
 that the ``tf.data`` pipeline does not copy the shared arrays (USS growth stays small).
 
-    python benchmarks/data_sharing.py                 # ~400 MB dataset, 2 trials
-    python benchmarks/data_sharing.py --reduced --json results/data_sharing.json
+    python benchmarks/memory/data_sharing.py                 # ~400 MB dataset, 2 trials
+    python benchmarks/memory/data_sharing.py --reduced --json results/data_sharing.json
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 
 from search.data import Dataset  # noqa: E402 - needs the path above
 

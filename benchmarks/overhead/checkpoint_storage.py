@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from common import Column, Context, ensure_ray_stopped, format_table, progress, run_logged_search
+from benchmarks.common import (
+    Column,
+    Context,
+    ensure_ray_stopped,
+    format_table,
+    progress,
+    run_logged_search,
+)
 
 KEEP = 3  # search.keep_checkpoints' default
 CONCURRENT = 2

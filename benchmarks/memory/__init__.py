@@ -1,0 +1,1 @@
+"""Memory: a dataset shared through Ray's object store against a copy per trial."""

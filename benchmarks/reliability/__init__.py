@@ -1,0 +1,1 @@
+"""Reliability: kills at random moments (chaos) and the seeded chaos soak."""

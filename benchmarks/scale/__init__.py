@@ -1,0 +1,1 @@
+"""Scale: thousands of simulated trials through the real driver, searcher and ASHA."""
