@@ -19,24 +19,35 @@ def tiny_spec(tmp_path, **changes):
     return load_spec_dict(raw)
 
 
-@pytest.fixture
-def gpu_cluster(monkeypatch):
-    """Head (no GPU) + two workers declaring 2 GPUs each; all share this machine's disk."""
-    import ray
+@pytest.fixture(scope="module")
+def gpu_nodes():
+    """Head (no GPU) + two workers declaring 2 GPUs each; all share this machine's disk. Started
+    once for the module's cluster tests (they run one after another, and only read it)."""
     from ray.cluster_utils import Cluster
+
+    # The GPUs the workers declare are fake: trials holding one train on this machine's CPU.
+    # The nodes (and so the trials) inherit the variable when they start.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAKE_GPUS_ENV, "1")
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+        workers = [cluster.add_node(num_cpus=2, num_gpus=2) for _ in range(2)]
+        cluster.wait_for_nodes()
+    yield cluster, workers
+    cluster.shutdown()
+
+
+@pytest.fixture
+def gpu_cluster(gpu_nodes, monkeypatch):
+    """This test's driver connected to the module's GPU cluster."""
+    import ray
 
     # Every node of this test cluster sees the same local folder.
     monkeypatch.setenv(SHARED_FS_ENV, "1")
-    # The GPUs the workers declare are fake: trials holding one train on this machine's CPU.
-    # The nodes (and so the trials) inherit the variable.
     monkeypatch.setenv(FAKE_GPUS_ENV, "1")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    workers = [cluster.add_node(num_cpus=2, num_gpus=2) for _ in range(2)]
-    cluster.wait_for_nodes()
+    cluster, _ = gpu_nodes
     ray.init(address=cluster.address)
-    yield cluster, workers
+    yield gpu_nodes
     ray.shutdown()
-    cluster.shutdown()
 
 
 def test_one_gpu_per_trial_spread_over_two_gpu_workers(tmp_path, gpu_cluster):
@@ -85,6 +96,27 @@ def test_local_storage_on_a_multi_node_cluster_is_refused(tmp_path, gpu_cluster,
     assert not (tmp_path / "results" / "local").exists()
 
 
+def test_gpu_hour_budget_stops_new_trials_and_every_trial_reports_gpu_seconds(tmp_path,
+                                                                             gpu_cluster):
+    cluster, _ = gpu_cluster
+    # 1.8 GPU-seconds: spent by the first trials' first epochs (their set-up counts too), so
+    # they stop at that epoch's end and no more trials start.
+    spec = tiny_spec(tmp_path, name="budget",
+                     search={"num_samples": 12, "max_concurrent": 2, "seed": 0,
+                             "budget_gpu_hours": 0.0005},
+                     scheduler={"name": "fifo"},
+                     train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
+                     resources={"cpus_per_trial": 0.5, "gpus_per_trial": 1})
+    summary = run_search(spec, address=cluster.address)
+    trials = load_trials(summary.experiment_dir)
+    assert 1 <= len(trials) <= 2
+    assert all(t.gpu_seconds > 0 for t in trials)
+    assert {t.stop_reason(2) for t in trials} == {"budget"}
+    # GPU-seconds are the trial's wall time on its one GPU.
+    for trial in trials:
+        assert trial.gpu_seconds == pytest.approx(trial.wall_seconds)
+
+
 def test_gpus_requested_on_a_cluster_without_gpus_is_a_clear_error(tmp_path, ray_local):
     from search.errors import SpecError
 
@@ -109,27 +141,6 @@ def test_gpus_requested_on_a_cluster_without_gpus_is_a_clear_error(tmp_path, ray
     with pytest.raises(SpecError, match=r"resources\.cpus_per_trial: no node has 64 CPUs"):
         run_search(greedy)
     assert not (tmp_path / "results" / "greedy").exists()
-
-
-def test_gpu_hour_budget_stops_new_trials_and_every_trial_reports_gpu_seconds(tmp_path,
-                                                                             gpu_cluster):
-    cluster, _ = gpu_cluster
-    # 1.8 GPU-seconds: spent by the first trials' first epochs (their set-up counts too), so
-    # they stop at that epoch's end and no more trials start.
-    spec = tiny_spec(tmp_path, name="budget",
-                     search={"num_samples": 12, "max_concurrent": 2, "seed": 0,
-                             "budget_gpu_hours": 0.0005},
-                     scheduler={"name": "fifo"},
-                     train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
-                     resources={"cpus_per_trial": 0.5, "gpus_per_trial": 1})
-    summary = run_search(spec, address=cluster.address)
-    trials = load_trials(summary.experiment_dir)
-    assert 1 <= len(trials) <= 2
-    assert all(t.gpu_seconds > 0 for t in trials)
-    assert {t.stop_reason(2) for t in trials} == {"budget"}
-    # GPU-seconds are the trial's wall time on its one GPU.
-    for trial in trials:
-        assert trial.gpu_seconds == pytest.approx(trial.wall_seconds)
 
 
 @pytest.fixture
