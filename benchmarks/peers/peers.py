@@ -15,7 +15,9 @@ and, for each peer, ours / peer and ours - peer paired by seed with a 95% interv
     python benchmarks/peers/peers.py --json /tmp/peers.json                     # ~40 min, 2 cores
     python benchmarks/peers/peers.py --cifar --json /tmp/peers-cifar.json       # VGG16 on a GPU
 
-Experiment folders and logs go to a temporary folder (``--workdir`` keeps them). Progress goes
+A long comparison runs in chunks: ``--seeds 10 --resume --json F`` keeps the seeds ``F`` holds
+and runs the others (the JSON is rewritten after every seed). Experiment folders and logs go to a
+temporary folder (``--workdir`` keeps them). Progress goes
 to stderr, tables to stdout.
 """
 
@@ -28,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +136,9 @@ SIZES = {
 
 def run_comparison(task: Task, seeds: Sequence[int], names: Sequence[str], workdir: Path,
                    ctx: Context,
-                   after_seed: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   after_seed: Callable[[dict[str, Any]], None] | None = None,
+                   done: Mapping[str, Sequence[dict[str, Any]]] | None = None
+                   ) -> dict[str, Any]:
     """Runs every method for every seed and computes the figures.
 
     Args:
@@ -145,13 +149,20 @@ def run_comparison(task: Task, seeds: Sequence[int], names: Sequence[str], workd
         ctx: The benchmark context (CPUs for each local Ray).
         after_seed: Called with the results so far after every seed (a long run keeps what
             it measured).
+        done: Per method, the per-seed records of seeds measured before (``--resume``):
+            those seeds are not run again.
 
     Returns:
         ``methods``, ``comparisons``, ``budget_trial_epochs``, ``seeds``.
     """
     runners = {**METHODS, **VARIANTS}
-    per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    done = done or {}
+    per_seed: dict[str, list[dict[str, Any]]] = {
+        name: [r for r in done.get(name, ()) if r["seed"] in seeds] for name in names}
     for seed in seeds:
+        if all(any(r["seed"] == seed for r in per_seed[name]) for name in names):
+            progress(f"peers: seed {seed} measured before (--resume), kept")
+            continue
         runs: dict[str, MethodRun] = {}
         figures: dict[str, dict[str, Any]] = {}
         for name in names:
@@ -204,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cifar", action="store_true",
                         help="VGG16 on CIFAR-10, one GPU per trial (a GPU machine)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds the --json file already holds (same size, task "
+                             "and methods) and run only the others")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="seeds 0..N-1 instead of the size's")
     parser.add_argument("--methods", default=None,
@@ -228,6 +242,35 @@ def choose_methods(text: str | None, size: Size) -> list[str]:
     return [m for m in known if m in chosen]
 
 
+def resumed_runs(path: Path | None, size: str, task: Task,
+                 names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The per-seed records a ``--json`` file of an earlier run of the same comparison holds
+    (none when it does not exist yet).
+
+    Raises:
+        SystemExit: With one line when there is no ``--json``, the file cannot be read, or it
+            holds another size, task or set of methods.
+    """
+    if path is None:
+        raise SystemExit("--resume: needs --json, the file the seeds so far were written to")
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        methods = {**old["methods"], **old.get("variants", {})}
+        runs = {name: list(methods[name]["runs"]) for name in methods}
+        old_size, old_task = old["size"], old["task"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"--resume: {path} is not a peers.py report ({err!r})") from None
+    if old_size != size or old_task != jsonable(dict(task.raw)):
+        raise SystemExit(f"--resume: {path} holds another comparison (size {old_size!r}, or "
+                         f"another task); got size {size!r}: write to a new --json")
+    if sorted(runs) != sorted(names):
+        raise SystemExit(f"--resume: {path} holds the methods {','.join(sorted(runs))}, got "
+                         f"--methods {','.join(names)}")
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the comparison, prints its tables and writes the JSON report."""
     args = build_parser().parse_args(argv)
@@ -241,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         task = digits_task(size.max_t, size.budget, concurrency=min(2, args.num_cpus),
                            train_images=size.train_images)
+    done = resumed_runs(args.json, size.name, task, names) if args.resume else {}
     keep = args.workdir is not None
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="peers-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -275,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n(after seeds {shown['seeds']})\n{print_tables(shown)}", flush=True)
 
     try:
-        result = finish(run_comparison(task, seeds, names, workdir, ctx, after_seed),
+        result = finish(run_comparison(task, seeds, names, workdir, ctx, after_seed, done),
                         complete=True)
     finally:
         if not keep:

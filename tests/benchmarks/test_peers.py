@@ -158,3 +158,38 @@ def test_every_method_searches_the_tiny_task(name, tmp_path):
         assert figures["trial_epochs_run"] == hyperband_iteration_epochs(2, 3)
     if name in ("random_fifo", "keras_tuner_bayesian"):  # no early stopping
         assert figures["trial_epochs_run"] == 2 * math.ceil(TINY_BUDGET / 2)
+
+
+def test_resume_runs_only_the_seeds_the_report_lacks_and_refuses_another_comparison(
+        tmp_path, monkeypatch):
+    from benchmarks.common import REDUCED, Context
+    from benchmarks.peers import peers
+
+    ran = []
+
+    def fake(task, seed, workdir, ctx):
+        ran.append(seed)
+        value = 0.5 + seed / 10
+        return MethodRun([_row("a", 1, value, 1.0, test=value), _row("a", 2, value, 2.0)],
+                         wall_s=3.0, began=0.0, concurrency=1)
+
+    monkeypatch.setattr(peers, "METHODS", {"finetune_search": fake, "optuna": fake})
+    task = digits_task(2, budget=2, concurrency=1, train_images=50)
+    ctx = Context(REDUCED, tmp_path, 1)
+    names = ["finetune_search", "optuna"]
+    first = peers.run_comparison(task, (0, 1), names, tmp_path, ctx)
+    report = tmp_path / "peers.json"
+    report.write_text(json.dumps({**first, "size": "reduced", "task": dict(task.raw)}))
+    ran.clear()
+    done = peers.resumed_runs(report, "reduced", task, names)
+    again = peers.run_comparison(task, (0, 1, 2), names, tmp_path, ctx, done=done)
+    assert ran == [2, 2]  # seeds 0 and 1 kept from the report, seed 2 run by both methods
+    assert again["seeds"] == [0, 1, 2]
+    assert again["methods"]["optuna"]["best_val"] == pytest.approx([0.5, 0.6, 0.7])
+    assert peers.resumed_runs(tmp_path / "new.json", "reduced", task, names) == {}
+    with pytest.raises(SystemExit, match="another comparison"):
+        peers.resumed_runs(report, "full", task, names)
+    with pytest.raises(SystemExit, match="holds the methods finetune_search,optuna"):
+        peers.resumed_runs(report, "reduced", task, ["finetune_search"])
+    with pytest.raises(SystemExit, match="needs --json"):
+        peers.resumed_runs(None, "reduced", task, names)
