@@ -118,7 +118,7 @@ def test_mixed_precision_auto_picks_bfloat16_from_ampere_on(whole_gpu_search):
 
 
 def test_two_trials_packed_on_one_gpu_cannot_exceed_their_memory_caps(tmp_path):
-    from search.trial.runtime import gpu_total_memory_mb
+    from search.trial.backends import gpu_total_memory_mb
 
     total_mb = gpu_total_memory_mb()
     assert total_mb, "nvidia-smi reports no memory total"
