@@ -9,6 +9,7 @@ inside functions and those under ``TYPE_CHECKING`` too.
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,46 @@ def test_the_package_init_imports_nothing_of_its_own():
 ])
 def test_the_layer_check_sees_every_form_of_import(module, source, expected):
     assert upward_imports(module, source) == expected
+
+
+@cache
+def _top_level_names(path: Path) -> set[str] | None:
+    """The names a module defines or imports at its top level (None: it answers any name,
+    through a module ``__getattr__``)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(sub.name)
+            elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                names |= {(a.asname or a.name).split(".")[0] for a in sub.names}
+            elif isinstance(sub, ast.Assign):
+                names |= {n.id for target in sub.targets for n in ast.walk(target)
+                          if isinstance(n, ast.Name)}
+            elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name):
+                names.add(sub.target.id)
+    return None if "__getattr__" in names else names
+
+
+def test_every_import_of_a_project_module_names_something_it_has():
+    """A name moved to another module breaks the imports left pointing at the old one, the lazy
+    ones inside functions too, which only a slow or GPU test would otherwise reach."""
+    missing = []
+    for root in ("search", "model_zoo", "tests", "benchmarks", "scripts"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.ImportFrom) and not node.level and node.module
+                        and node.module.split(".")[0] in ("search", "model_zoo", "benchmarks")):
+                    continue
+                base = REPO.joinpath(*node.module.split("."))
+                target = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+                if not target.is_file():
+                    missing.append(f"{path.relative_to(REPO)}:{node.lineno} {node.module}")
+                    continue
+                names = _top_level_names(target)
+                for alias in node.names:
+                    if (names is not None and alias.name not in names
+                            and not _is_module(f"{node.module}.{alias.name}")):
+                        missing.append(f"{path.relative_to(REPO)}:{node.lineno} "
+                                       f"{node.module}.{alias.name}")
+    assert missing == []
