@@ -17,11 +17,18 @@ from tests.helpers import REPO, cli, kill_when, study_trials, write_spec
 
 pytestmark = pytest.mark.slow
 
-def test_cli_search_end_to_end_asha_baseline_and_study(tmp_path):
-    spec_path = write_spec(tmp_path)
-    done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "e2e")
+@pytest.fixture(scope="module")
+def e2e_search(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The tiny search through the CLI (its folder, what the command printed): read by the
+    end-to-end test, then extended by the extend test."""
+    root = tmp_path_factory.mktemp("e2e")
+    done = cli("run", str(write_spec(root)), "--num-cpus", "2", "--name", "e2e")
+    return root / "results" / "e2e", done
+
+
+def test_cli_search_end_to_end_asha_baseline_and_study(e2e_search):
+    experiment, done = e2e_search
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    experiment = tmp_path / "results" / "e2e"
     trials = load_trials(str(experiment))
     assert len(trials) == 6
     statuses = [t.status(3) for t in trials]
@@ -120,22 +127,22 @@ def test_validate_and_bad_input_exit_2_without_traceback(tmp_path):
     assert "experiment folder not found" in missing.stderr
 
 
-def test_extend_adds_trials_to_the_same_study(tmp_path):
-    spec_path = write_spec(tmp_path, search__num_samples=2, train__epochs=2)
-    first = cli("run", str(spec_path), "--num-cpus", "2", "--name", "ext")
+def test_extend_adds_trials_to_the_same_study(e2e_search):
+    # The end-to-end test's search, extended (that test has read it: it runs first).
+    experiment, first = e2e_search
     assert first.returncode == 0, first.stderr[-3000:]
-    experiment = tmp_path / "results" / "ext"
     before = {t.trial_id for t in load_trials(str(experiment))}
+    assert len(before) == 6
     done = cli("extend", str(experiment), "--more", "2", "--num-cpus", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = load_trials(str(experiment))
-    assert len(trials) == 4 and before < {t.trial_id for t in trials}
+    assert len(trials) == 8 and before < {t.trial_id for t in trials}
     assert {t.round for t in trials} == {"main", "extend-1"}
     # One study holds them all, so TPE's second round started from the first round's trials.
     study = study_trials(experiment)
     assert set(study) == {t.trial_id for t in trials}
-    assert [t.number for t in sorted(study.values(), key=lambda t: t.number)] == [0, 1, 2, 3]
-    assert "trials: 4" in done.stdout
+    assert [t.number for t in sorted(study.values(), key=lambda t: t.number)] == list(range(8))
+    assert "trials: 8" in done.stdout
 
 
 def test_describe_prints_summary_and_exact_counts():
