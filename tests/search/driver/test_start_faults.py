@@ -50,40 +50,45 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def killed_while_starting(step: str, spec_path: Path, name: str, tmp_path: Path) -> None:
-    log = tmp_path / f"killed-{step}.log"
+def killed_while_starting(step: str, args: list[str], log: Path) -> str:
+    """Runs the CLI with ``args``, SIGKILLed at ``step``; what it printed."""
     with open(log, "w") as out:
         driver = subprocess.run(
-            [sys.executable, "-c", KILL_AT_STEP, step, "run", str(spec_path), "--num-cpus",
-             "2", "--name", name], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True, timeout=600,
-            check=False)
+            [sys.executable, "-c", KILL_AT_STEP, step, *args], cwd=REPO, stdout=out,
+            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True, timeout=600, check=False)
     assert driver.returncode == -9, log.read_text()[-3000:]
+    return log.read_text()
 
 
-@pytest.mark.parametrize("step, then", [("lock", "run"), ("data", "run"), ("ray", "resume"),
-                                        ("tuner", "run"), ("fit", "resume")])
-def test_driver_killed_while_starting_leaves_a_folder_that_run_or_resume_continues(
-        tmp_path, step, then):
+def test_driver_killed_at_each_start_step_leaves_a_folder_that_run_or_resume_continues(
+        tmp_path):
+    # One folder through every step: each command takes over the folder the previous one left
+    # (killed at its step) and is itself killed at the next step; the last one finishes the
+    # search. Each kill is continued by the command a user would run: after the lock, the data
+    # and the tuner `run` (as the first run's name), after Ray's start and `fit` `resume`.
     spec_path = write_spec(tmp_path, search={"num_samples": 2, "max_concurrent": 2, "seed": 0},
                            train={"epochs": 1, "batch_size": 32, "optimizer": "adam"},
                            scheduler={"name": "fifo"})
-    name = f"start-{step}"
+    name = "starts"
     experiment = tmp_path / "results" / name
-    killed_while_starting(step, spec_path, name, tmp_path)
+    run = ["run", str(spec_path), "--num-cpus", "2", "--name", name]
+    resume = ["resume", str(experiment), "--num-cpus", "2"]
+    killed_while_starting("lock", run, tmp_path / "killed-lock.log")
     assert (experiment / LOCK_FILE).exists()  # the dead driver's
-    if step == "lock":  # killed between its lock and spec.yaml: resume says to run it
-        refused = cli("resume", str(experiment), timeout=120)
-        assert refused.returncode == 2 and "the search never started" in refused.stderr
-    else:
+    # Killed between its lock and spec.yaml: resume says to run it.
+    refused = cli("resume", str(experiment), timeout=120)
+    assert refused.returncode == 2 and "the search never started" in refused.stderr
+    for step, then in (("data", run), ("ray", run), ("tuner", resume), ("fit", run)):
+        printed = killed_while_starting(step, then, tmp_path / f"killed-{step}.log")
+        assert (experiment / LOCK_FILE).exists()  # the dead driver's
         assert (experiment / "spec.yaml").exists()  # written right after the lock
+        # The folder the previous kill left was taken over (a lock alone needs no note).
+        assert "never started" in printed or step == "data", printed[-3000:]
 
-    if then == "run":
-        done = cli("run", str(spec_path), "--num-cpus", "2", "--name", name)
-    else:
-        done = cli("resume", str(experiment), "--num-cpus", "2")
+    done = cli(*resume)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "never started" in done.stdout or step == "lock", done.stdout[-3000:]
+    assert "never started" in done.stdout, done.stdout[-3000:]
     trials = load_trials(str(experiment))
     assert len(trials) == 2 and all(t.status(1).value == "complete" for t in trials)
     study = study_trials(experiment)
