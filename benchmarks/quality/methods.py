@@ -496,6 +496,9 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "no_baseline": {"search": {"baseline": False}},
     # no trial promoted unexamined: a rung judges once it holds reduction_factor results
     "examined_rungs": {"scheduler": {"min_rung_results": 3}},
+    # Ray's rule at a rung's cutoff: trials that only tie it go on (scheduler.break_ties)
+    "ray_ties": {"scheduler": {"break_ties": False}},
+    "ray_ties+examined_rungs": {"scheduler": {"break_ties": False, "min_rung_results": 3}},
     # TPE's acquisition per cost ** alpha, alpha cooled from 1 to 0 over the budget (CArBO)
     "cost_aware": {"search": {"cost_exponent": 1.0}},
     # draws around the baseline, chance 3 / (3 + trials so far) (piBO / PriorBand)

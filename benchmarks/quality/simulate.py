@@ -291,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the budget, in full trainings of an average configuration")
     parser.add_argument("--budget-unit", choices=("seconds", "epochs"), default="seconds")
     parser.add_argument("--k", type=int, default=None, help="surrogate neighbours")
-    parser.add_argument("--surrogate", choices=("knn", "forest"), default="knn",
-                        help="the surrogate between the table's points: k nearest neighbours, "
-                             "or a random forest over whole curves")
+    parser.add_argument("--surrogate", choices=("knn", "forest"), default="forest",
+                        help="the surrogate between the table's points: a random forest over "
+                             "whole curves (the default: the better held-out check, see the "
+                             "data card), or k nearest neighbours")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quick", action="store_true", help="3 seeds, W = 2 only")
     parser.add_argument("--json", type=Path, default=None)
