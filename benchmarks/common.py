@@ -61,17 +61,42 @@ class Mode:
     scale_concurrent: int  # trials at once, one logical GPU each
 
 
-FULL = Mode(name="full", overhead_subset=640, overhead_epochs=4, overhead_batch=32,
-            overhead_short_subset=100, storage_trials=64,
-            search_trials=32, search_epochs=4, search_seeds=(0, 1, 2),
-            memory_args=("--pipeline",), gpu_seconds=10.0, gpu_warmup=5, pack_images=8192,
-            pack_epochs=3, scale_points=(100, 500, 1000, 2000), scale_concurrent=64)
-REDUCED = Mode(name="reduced", overhead_subset=320, overhead_epochs=6, overhead_batch=32,
-               overhead_short_subset=100, storage_trials=12,
-               search_trials=16, search_epochs=3, search_seeds=(0, 1),
-               memory_args=("--reduced", "--pipeline"), gpu_seconds=5.0, gpu_warmup=3,
-               pack_images=4096, pack_epochs=2, scale_points=(100, 500),
-               scale_concurrent=16)
+FULL = Mode(
+    name="full",
+    overhead_subset=640,
+    overhead_epochs=4,
+    overhead_batch=32,
+    overhead_short_subset=100,
+    storage_trials=64,
+    search_trials=32,
+    search_epochs=4,
+    search_seeds=(0, 1, 2),
+    memory_args=("--pipeline",),
+    gpu_seconds=10.0,
+    gpu_warmup=5,
+    pack_images=8192,
+    pack_epochs=3,
+    scale_points=(100, 500, 1000, 2000),
+    scale_concurrent=64,
+)
+REDUCED = Mode(
+    name="reduced",
+    overhead_subset=320,
+    overhead_epochs=6,
+    overhead_batch=32,
+    overhead_short_subset=100,
+    storage_trials=12,
+    search_trials=16,
+    search_epochs=3,
+    search_seeds=(0, 1),
+    memory_args=("--reduced", "--pipeline"),
+    gpu_seconds=5.0,
+    gpu_warmup=3,
+    pack_images=4096,
+    pack_epochs=2,
+    scale_points=(100, 500),
+    scale_concurrent=16,
+)
 
 
 @dataclass
@@ -132,14 +157,21 @@ def format_table(title: str, columns: Sequence[Column], rows: Sequence[Mapping[s
         The table, lines joined by newlines, no trailing newline.
     """
     cells = [[format_cell(row.get(c.key), c.fmt) for c in columns] for row in rows]
-    widths = [max([len(c.header)] + [len(line[i]) for line in cells])
-              for i, c in enumerate(columns)]
-    numeric = [all(row.get(c.key) is None or isinstance(row.get(c.key), (int, float))
-                   and not isinstance(row.get(c.key), bool) for row in rows) for c in columns]
+    widths = [
+        max([len(c.header)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)
+    ]
+    numeric = [
+        all(
+            row.get(c.key) is None
+            or isinstance(row.get(c.key), (int, float))
+            and not isinstance(row.get(c.key), bool)
+            for row in rows
+        )
+        for c in columns
+    ]
 
     def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w)
-                 for v, w, num in zip(values, widths, numeric)]
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
         return "  ".join(parts).rstrip()
 
     out = [title, line([c.header for c in columns]), "  ".join("-" * w for w in widths)]
@@ -167,8 +199,7 @@ def format_pairs(title: str, pairs: Sequence[tuple[str, Any]]) -> str:
 
 def finite(value: Any) -> bool:
     """Whether ``value`` is a finite int or float (booleans are not numbers here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
-        value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def arrival_key(row: Mapping[str, Any]) -> tuple[float, float, int]:
@@ -187,8 +218,9 @@ def arrival_key(row: Mapping[str, Any]) -> tuple[float, float, int]:
     return float(row.get("timestamp", 0.0)), finer, int(row.get("epoch", 0))
 
 
-def trial_epochs_to_within(rows: Sequence[Mapping[str, Any]], target: float,
-                           tolerance: float = TOLERANCE) -> int | None:
+def trial_epochs_to_within(
+    rows: Sequence[Mapping[str, Any]], target: float, tolerance: float = TOLERANCE
+) -> int | None:
     """Trial-epochs spent until a result came within ``tolerance`` of ``target``.
 
     Args:
@@ -225,7 +257,7 @@ def replace_block(text: str, name: str, content: str) -> str:
     start, stop = text.find(begin), text.find(end)
     if start < 0 or stop < start:
         raise ValueError(f"no {begin} ... {end} block in the text")
-    return text[:start + len(begin)] + "\n" + content.strip("\n") + "\n" + text[stop:]
+    return text[: start + len(begin)] + "\n" + content.strip("\n") + "\n" + text[stop:]
 
 
 def harmonic_rate(rates: Sequence[float]) -> float:
@@ -300,8 +332,13 @@ def gpu_names() -> list[str]:
     """Names of the machine's NVIDIA GPUs from ``nvidia-smi`` ([] without it)."""
     if shutil.which("nvidia-smi") is None:
         return []
-    done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
@@ -426,6 +463,8 @@ def run_logged_search(raw: Mapping[str, Any], ctx: Context, log: Path) -> tuple[
         raise RuntimeError(f"{spec.name}: the search was interrupted (see {log})")
     errored = [t for t in summary.trials if t.errored]
     if errored:
-        raise RuntimeError(f"{spec.name}: trial {errored[0].trial_id} errored: "
-                           f"{errored[0].error} (see {errored[0].path})")
+        raise RuntimeError(
+            f"{spec.name}: trial {errored[0].trial_id} errored: "
+            f"{errored[0].error} (see {errored[0].path})"
+        )
     return summary, wall

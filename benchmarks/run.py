@@ -90,8 +90,9 @@ def parse_only(text: str | None) -> list[str]:
     chosen = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"--only: must be a comma-separated subset of "
-                                         f"{','.join(SECTIONS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--only: must be a comma-separated subset of {','.join(SECTIONS)}, got {text!r}"
+        )
     return [s for s in SECTIONS if s in chosen]
 
 
@@ -100,25 +101,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Sections: overhead (plain fit vs. trial, CLI start-up), search (ASHA+TPE vs. "
-               "FIFO random), memory (data_sharing.py), scale (simulated trials through the "
-               "driver), gpu (throughput, packing; skipped without a GPU).")
-    parser.add_argument("--reduced", action="store_true",
-                        help="smaller sizes, for a 2-core CPU machine in under 15 minutes")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="write all results here (default: a file in the temp folder)")
-    parser.add_argument("--only", type=parse_only, default=None, metavar="SECTIONS",
-                        help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1,
-                        help="CPUs for each local Ray (default: all)")
-    parser.add_argument("--gpu-peak-tflops", type=float, default=None,
-                        help="the GPU's peak TFLOP/s for the share-of-peak column (default: "
-                             "datasheet table for H100/H200/A100/A10G by nvidia-smi's name)")
-    parser.add_argument("--backend", choices=BACKENDS, default="tensorflow",
-                        help="the Keras backend of the gpu section (default: tensorflow); "
-                             "jax and torch never import TensorFlow there")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep experiment folders and logs here (default: a temp folder, "
-                             "removed at the end)")
+        "FIFO random), memory (data_sharing.py), scale (simulated trials through the "
+        "driver), gpu (throughput, packing; skipped without a GPU).",
+    )
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help="smaller sizes, for a 2-core CPU machine in under 15 minutes",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write all results here (default: a file in the temp folder)",
+    )
+    parser.add_argument(
+        "--only",
+        type=parse_only,
+        default=None,
+        metavar="SECTIONS",
+        help=f"comma-separated subset of {','.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPUs for each local Ray (default: all)",
+    )
+    parser.add_argument(
+        "--gpu-peak-tflops",
+        type=float,
+        default=None,
+        help="the GPU's peak TFLOP/s for the share-of-peak column (default: "
+        "datasheet table for H100/H200/A100/A10G by nvidia-smi's name)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="tensorflow",
+        help="the Keras backend of the gpu section (default: tensorflow); "
+        "jax and torch never import TensorFlow there",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep experiment folders and logs here (default: a temp folder, removed at the end)",
+    )
     parser.add_argument("--gpu-worker", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -132,13 +161,24 @@ def bench_scale_apart(ctx: Context) -> dict[str, Any]:
         return bench_scale(ctx)
     out = ctx.workdir / "scale-section.json"
     log = ctx.workdir / "scale-section.log"
-    command = [sys.executable, str(Path(__file__).resolve()), "--only", "scale",
-               "--json", str(out), "--num-cpus", str(ctx.num_cpus),
-               "--workdir", str(ctx.workdir / "scale-section")]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--only",
+        "scale",
+        "--json",
+        str(out),
+        "--num-cpus",
+        str(ctx.num_cpus),
+        "--workdir",
+        str(ctx.workdir / "scale-section"),
+    ]
     if ctx.mode.name == REDUCED.name:
         command.append("--reduced")
-    progress(f"scale: in a fresh process (an earlier section imported TensorFlow into this "
-             f"one); its log: {log}")
+    progress(
+        f"scale: in a fresh process (an earlier section imported TensorFlow into this "
+        f"one); its log: {log}"
+    )
     with open(log, "w", encoding="utf-8") as sink:
         done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
@@ -146,8 +186,9 @@ def bench_scale_apart(ctx: Context) -> dict[str, Any]:
     return json.loads(out.read_text(encoding="utf-8"))["sections"]["scale"]
 
 
-SECTION_RUNNERS: dict[str, tuple[Callable[[Context], dict[str, Any]],
-                                 Callable[[Mapping[str, Any], Context], str]]] = {
+SECTION_RUNNERS: dict[
+    str, tuple[Callable[[Context], dict[str, Any]], Callable[[Mapping[str, Any], Context], str]]
+] = {
     "overhead": (bench_overhead, lambda r, c: print_overhead(r)),
     "search": (bench_search, lambda r, c: print_search(r, c.mode)),
     "memory": (bench_memory, lambda r, c: print_memory(r)),
@@ -167,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     if args.gpu_worker is not None:
-        print(GPU_RESULT_PREFIX + json.dumps(gpu_worker(json.loads(args.gpu_worker))),
-              flush=True)
+        print(GPU_RESULT_PREFIX + json.dumps(gpu_worker(json.loads(args.gpu_worker))), flush=True)
         return 0
     mode = REDUCED if args.reduced else FULL
     sections = args.only or list(SECTIONS)
@@ -176,14 +216,25 @@ def main(argv: list[str] | None = None) -> int:
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(mode=mode, workdir=workdir.resolve(), num_cpus=args.num_cpus,
-                  gpu_peak_tflops=args.gpu_peak_tflops, backend=args.backend)
+    ctx = Context(
+        mode=mode,
+        workdir=workdir.resolve(),
+        num_cpus=args.num_cpus,
+        gpu_peak_tflops=args.gpu_peak_tflops,
+        backend=args.backend,
+    )
 
     began = time.perf_counter()
     machine = machine_info()
-    report: dict[str, Any] = {"mode": mode.name, "sizes": asdict(mode), "num_cpus": ctx.num_cpus,
-                              "machine": machine, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                              "sections": {}, "complete": False}
+    report: dict[str, Any] = {
+        "mode": mode.name,
+        "sizes": asdict(mode),
+        "num_cpus": ctx.num_cpus,
+        "machine": machine,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "sections": {},
+        "complete": False,
+    }
     print(format_pairs(f"finetune-search benchmarks ({mode.name})", list(machine.items())))
     print(f"  {'ray num_cpus'.ljust(10)}  {ctx.num_cpus}\n", flush=True)
     try:
@@ -197,19 +248,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"({name}: {result['seconds']:.0f} s)\n", flush=True)
             # Written after every section, so a later failure keeps what was measured.
             json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(jsonable(report), indent=2) + "\n",
-                                 encoding="utf-8")
+            json_path.write_text(json.dumps(jsonable(report), indent=2) + "\n", encoding="utf-8")
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     report["total_seconds"] = time.perf_counter() - began
     report["complete"] = True
     json_path.write_text(json.dumps(jsonable(report), indent=2) + "\n", encoding="utf-8")
-    goals = [(n, report["sections"][n].get("goal_met")) for n in sections
-             if "goal_met" in report["sections"][n]]
+    goals = [
+        (n, report["sections"][n].get("goal_met"))
+        for n in sections
+        if "goal_met" in report["sections"][n]
+    ]
     summary = ", ".join(f"{n} goal {'met' if met else 'NOT met'}" for n, met in goals)
-    print(f"total {report['total_seconds'] / 60:.1f} min; {summary or 'no goals checked'}; "
-          f"JSON: {json_path}" + (f"; workdir kept: {workdir}" if keep else ""))
+    print(
+        f"total {report['total_seconds'] / 60:.1f} min; {summary or 'no goals checked'}; "
+        f"JSON: {json_path}" + (f"; workdir kept: {workdir}" if keep else "")
+    )
     return 0
 
 

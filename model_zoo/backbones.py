@@ -194,9 +194,7 @@ def get_backbone(name: str) -> BackboneSpec:
         if isinstance(name, str):
             close = difflib.get_close_matches(name, list(BACKBONES), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ModelConfigError(
-            f"backbone: must be one of {sorted(BACKBONES)}, got {name!r}{hint}"
-        )
+        raise ModelConfigError(f"backbone: must be one of {sorted(BACKBONES)}, got {name!r}{hint}")
     return spec
 
 

@@ -185,8 +185,11 @@ class ModelConfig:
             if key not in MODEL_KEYS:
                 # The project's one phrasing of an unknown key (as search/_validate.py's).
                 close = difflib.get_close_matches(str(key), MODEL_KEYS, n=1)
-                hint = (f"did you mean `{close[0]}`?" if close
-                        else f"valid keys: {', '.join(MODEL_KEYS)}")
+                hint = (
+                    f"did you mean `{close[0]}`?"
+                    if close
+                    else f"valid keys: {', '.join(MODEL_KEYS)}"
+                )
                 raise ModelConfigError(f"model: unknown key `{key}`; {hint}")
         return cls(**mapping)
 

@@ -19,13 +19,18 @@ def main(tf: Any = None) -> int:
         import tensorflow as tf
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        print(f"finetune-search: TensorFlow {tf.__version__} in this container sees no GPU "
-              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
-              f"check `nvidia-smi` on the host, `--gpus all` in docker.worker_run_options and "
-              f"that tensorflow[and-cuda] is installed", file=sys.stderr)
+        print(
+            f"finetune-search: TensorFlow {tf.__version__} in this container sees no GPU "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
+            f"check `nvidia-smi` on the host, `--gpus all` in docker.worker_run_options and "
+            f"that tensorflow[and-cuda] is installed",
+            file=sys.stderr,
+        )
         return 1
-    print(f"finetune-search: TensorFlow {tf.__version__} sees {len(gpus)} GPU(s): "
-          f"{', '.join(gpu.name for gpu in gpus)}")
+    print(
+        f"finetune-search: TensorFlow {tf.__version__} sees {len(gpus)} GPU(s): "
+        f"{', '.join(gpu.name for gpu in gpus)}"
+    )
     return 0
 
 

@@ -32,19 +32,39 @@ def build_parser() -> argparse.ArgumentParser:
     """The script's options: ``finetune-search run``'s, with ``--address auto`` by default."""
     parser = argparse.ArgumentParser(
         prog="cluster_search.py",
-        description="Run a finetune-search search on this Ray cluster (for `ray submit`).")
-    parser.add_argument("config", nargs="?", default=None,
-                        help=f"experiment spec (YAML); a relative path is tried in the current "
-                             f"directory, then in {REPO_ON_CLUSTER}")
-    parser.add_argument("--address", default="auto",
-                        help="Ray cluster to join (default: auto, the cluster of this node)")
-    parser.add_argument("--storage", default=None,
-                        help="results URI shared by all nodes, e.g. s3://bucket/finetune-search")
+        description="Run a finetune-search search on this Ray cluster (for `ray submit`).",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help=f"experiment spec (YAML); a relative path is tried in the current "
+        f"directory, then in {REPO_ON_CLUSTER}",
+    )
+    parser.add_argument(
+        "--address",
+        default="auto",
+        help="Ray cluster to join (default: auto, the cluster of this node)",
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="results URI shared by all nodes, e.g. s3://bucket/finetune-search",
+    )
     parser.add_argument("--name", default=None, help="experiment name (its folder's name)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY.PATH=VALUE", help="override one spec value (repeatable)")
-    parser.add_argument("--smoke-test", action="store_true",
-                        help="run the packaged quickstart with 2 trials of 1 epoch on GPUs")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one spec value (repeatable)",
+    )
+    parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="run the packaged quickstart with 2 trials of 1 epoch on GPUs",
+    )
     return parser
 
 
@@ -78,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.smoke_test and args.config is not None:
-        parser.error(f"--smoke-test runs the packaged quickstart; drop CONFIG, got "
-                     f"{args.config!r}")
+        parser.error(
+            f"--smoke-test runs the packaged quickstart; drop CONFIG, got {args.config!r}"
+        )
     # The cluster launcher scales GPU workers from zero: trials asking for a GPU wait for one.
     os.environ.setdefault("FINETUNE_SEARCH_AUTOSCALING", "1")
     from search.cli import main as finetune_search

@@ -49,30 +49,43 @@ def render_spec_reference() -> str:
     from search.spec_docs import SPACE_FORMS, key_rows
 
     rows = key_rows()
-    lines = [GENERATED, "", "# Spec reference", "",
-             "Every key an experiment spec accepts, section by section: its type, default, "
-             "allowed values, whether it can be searched under `space:`, and what it means. "
-             "Unknown keys are errors (the closest valid key is suggested). For what the "
-             "sections do together, see [The experiment spec](../spec.md).", ""]
+    lines = [
+        GENERATED,
+        "",
+        "# Spec reference",
+        "",
+        "Every key an experiment spec accepts, section by section: its type, default, "
+        "allowed values, whether it can be searched under `space:`, and what it means. "
+        "Unknown keys are errors (the closest valid key is suggested). For what the "
+        "sections do together, see [The experiment spec](../spec.md).",
+        "",
+    ]
     for section in SECTIONS:
         lines += [f"## `{section}`", ""]
         if section == "space":
             forms = ", ".join(SPACE_FORMS.values())
-            lines += ["Searched settings: each key is one of the searchable `model` and "
-                      f"`train` keys below, and its value a distribution: {forms}; a plain "
-                      "value is fixed. A key written under `model`/`train` and searched is "
-                      "searched, and the written value is where the baseline trial starts.",
-                      "", "Searchable keys: " + ", ".join(f"`{k}`" for k in SEARCHABLE_KEYS)
-                      + ".", ""]
+            lines += [
+                "Searched settings: each key is one of the searchable `model` and "
+                f"`train` keys below, and its value a distribution: {forms}; a plain "
+                "value is fixed. A key written under `model`/`train` and searched is "
+                "searched, and the written value is where the baseline trial starts.",
+                "",
+                "Searchable keys: " + ", ".join(f"`{k}`" for k in SEARCHABLE_KEYS) + ".",
+                "",
+            ]
             continue
         if section == "tracking":
             lines += ["Optional: without a `tracking:` section nothing is tracked.", ""]
-        lines += ["| key | type | default | allowed | searchable | meaning |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "| key | type | default | allowed | searchable | meaning |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in (r for r in rows if r.section == section):
-            lines.append(f"| `{row.key}` | {_cell(row.type.replace(' | ', ' or '))} | "
-                         f"{_cell(_default(row.default))} | {_cell(row.allowed)} | "
-                         f"{'yes' if row.searchable else 'no'} | {_cell(row.meaning)} |")
+            lines.append(
+                f"| `{row.key}` | {_cell(row.type.replace(' | ', ' or '))} | "
+                f"{_cell(_default(row.default))} | {_cell(row.allowed)} | "
+                f"{'yes' if row.searchable else 'no'} | {_cell(row.meaning)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -84,8 +97,13 @@ def _usage(name: str, parser: argparse.ArgumentParser) -> str:
             continue
         if not action.option_strings:
             metavar = (action.metavar or action.dest).upper()
-            parts.append(f"[{metavar}]" if action.nargs == "?" else f"{metavar}..."
-                         if action.nargs in ("+", "*") else metavar)
+            parts.append(
+                f"[{metavar}]"
+                if action.nargs == "?"
+                else f"{metavar}..."
+                if action.nargs in ("+", "*")
+                else metavar
+            )
             continue
         flag = action.option_strings[-1]
         if action.nargs == 0:
@@ -101,27 +119,49 @@ def render_cli_reference() -> str:
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    lines = [GENERATED, "", "# CLI reference", "",
-             "`finetune-search COMMAND ...` (or `python -m search COMMAND ...`). Bad input "
-             "prints one line, `error: ...`, and exits 2; Ctrl-C during a search exits 130 "
-             "after printing the `resume` command.", "",
-             "| command | what it does |", "|---|---|"]
+    lines = [
+        GENERATED,
+        "",
+        "# CLI reference",
+        "",
+        "`finetune-search COMMAND ...` (or `python -m search COMMAND ...`). Bad input "
+        "prints one line, `error: ...`, and exits 2; Ctrl-C during a search exits 130 "
+        "after printing the `resume` command.",
+        "",
+        "| command | what it does |",
+        "|---|---|",
+    ]
     lines += [f"| [`{c.name}`](#{c.name}) | {_cell(c.help)} |" for c in COMMANDS]
     lines.append("")
     for command in COMMANDS:
         child = sub.choices[command.name]
-        lines += [f"## `{command.name}`", "", command.help[:1].upper() + command.help[1:] + ".",
-                  "", "```", _usage(command.name, child), "```", "",
-                  "| argument | default | meaning |", "|---|---|---|"]
+        lines += [
+            f"## `{command.name}`",
+            "",
+            command.help[:1].upper() + command.help[1:] + ".",
+            "",
+            "```",
+            _usage(command.name, child),
+            "```",
+            "",
+            "| argument | default | meaning |",
+            "|---|---|---|",
+        ]
         for action in child._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            name = (", ".join(action.option_strings) if action.option_strings
-                    else (action.metavar or action.dest).upper())
+            name = (
+                ", ".join(action.option_strings)
+                if action.option_strings
+                else (action.metavar or action.dest).upper()
+            )
             if action.option_strings and action.nargs != 0:
                 name += f" {action.metavar or action.dest.upper()}"
-            default = ("" if action.default in (None, False, [], argparse.SUPPRESS)
-                       else f"`{action.default}`")
+            default = (
+                ""
+                if action.default in (None, False, [], argparse.SUPPRESS)
+                else f"`{action.default}`"
+            )
             lines.append(f"| `{name}` | {default} | {_cell(action.help or '')} |")
         lines.append("")
     return "\n".join(lines)
@@ -168,15 +208,20 @@ PAGES: dict[str, Callable[[], str]] = {
 
 def stale_pages() -> list[str]:
     """The generated pages whose committed text differs from what the code generates."""
-    return [page for page, render in PAGES.items()
-            if not (REPO / page).exists()
-            or (REPO / page).read_text(encoding="utf-8") != render()]
+    return [
+        page
+        for page, render in PAGES.items()
+        if not (REPO / page).exists() or (REPO / page).read_text(encoding="utf-8") != render()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when a page differs from the code's")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when a page differs from the code's",
+    )
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_pages()

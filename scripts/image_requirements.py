@@ -35,8 +35,7 @@ def requirements(pyproject: str, extras: Sequence[str] = ()) -> list[str]:
     optional = project.get("optional-dependencies", {})
     for extra in extras:
         if extra not in optional:
-            raise ValueError(f"--extra: pyproject.toml defines {sorted(optional)}, "
-                             f"got {extra!r}")
+            raise ValueError(f"--extra: pyproject.toml defines {sorted(optional)}, got {extra!r}")
         listed += optional[extra]
     return listed
 
@@ -48,12 +47,14 @@ def fingerprint(listed: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="image_requirements.py", description=__doc__.split(
-        "\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="image_requirements.py", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("pyproject", help="path of pyproject.toml")
     parser.add_argument("--extra", action="append", default=[], help="an optional extra")
-    parser.add_argument("--fingerprint", action="store_true",
-                        help="print the list's digest instead of the list")
+    parser.add_argument(
+        "--fingerprint", action="store_true", help="print the list's digest instead of the list"
+    )
     args = parser.parse_args(argv)
     try:
         listed = requirements(Path(args.pyproject).read_text(encoding="utf-8"), args.extra)

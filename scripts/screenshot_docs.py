@@ -27,24 +27,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--chromium", default=None, help="a Chromium executable to use")
     args = parser.parse_args(argv)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
-                                directory=str(args.site))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(args.site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
     problems: list[str] = []
     args.out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium,
-                                    args=["--no-sandbox"] if args.chromium else None)
+        browser = p.chromium.launch(
+            executable_path=args.chromium, args=["--no-sandbox"] if args.chromium else None
+        )
         for name, path in PAGES.items():
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m, n=name: problems.append(f"{n}: console {m.type}: "
-                                                                  f"{m.text}")
-                    if m.type == "error" else None)
+            page.on(
+                "console",
+                lambda m, n=name: (
+                    problems.append(f"{n}: console {m.type}: {m.text}")
+                    if m.type == "error"
+                    else None
+                ),
+            )
             page.on("pageerror", lambda e, n=name: problems.append(f"{n}: page error: {e}"))
-            page.on("requestfailed", lambda r, n=name: problems.append(
-                f"{n}: request failed: {r.url}"))
+            page.on(
+                "requestfailed", lambda r, n=name: problems.append(f"{n}: request failed: {r.url}")
+            )
             response = page.goto(base + path, wait_until="networkidle")
             if response is None or not response.ok:
                 problems.append(f"{name}: HTTP {response.status if response else 'none'}")

@@ -24,20 +24,26 @@ def echo(value: Any) -> str:
     """``repr(value)``, cut to :data:`MAX_ECHO` characters."""
     text = repr(value)
     if len(text) > MAX_ECHO:
-        text = f"{text[:MAX_ECHO - 20]}... ({len(text)} characters)"
+        text = f"{text[: MAX_ECHO - 20]}... ({len(text)} characters)"
     return text
 
 
 def is_int(value: Any) -> bool:
     """An integer (NumPy's included) that is not a bool: ``upsample: true`` is a mistake."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and (
-        type(value).__name__ != "bool_")
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and (type(value).__name__ != "bool_")
+    )
 
 
 def is_number(value: Any) -> bool:
     """A real number that is not a bool (may be infinite or NaN)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and (
-        type(value).__name__ != "bool_")
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and (type(value).__name__ != "bool_")
+    )
 
 
 def is_finite(value: Any) -> bool:
@@ -82,24 +88,23 @@ def check_keys(mapping: Any, valid: Sequence[str], where: str) -> Mapping:
     return mapping
 
 
-def check_int(value: Any, where: str, low: int | None = None,
-              high: int | None = None) -> int:
+def check_int(value: Any, where: str, low: int | None = None, high: int | None = None) -> int:
     """An int, optionally within ``[low, high]``.
 
     Raises:
         SpecError: ``where: must be an int >= low, got value``.
     """
-    if not is_int(value) or (low is not None and value < low) or (
-        high is not None and value > high
+    if (
+        not is_int(value)
+        or (low is not None and value < low)
+        or (high is not None and value > high)
     ):
-        bounds = ("" if low is None else f" >= {low}" if high is None
-                  else f" in [{low}, {high}]")
+        bounds = "" if low is None else f" >= {low}" if high is None else f" in [{low}, {high}]"
         raise SpecError(f"{where}: must be an int{bounds}, got {echo(value)}")
     return int(value)
 
 
-def check_float(value: Any, where: str, *, positive: bool = False,
-                nonneg: bool = False) -> float:
+def check_float(value: Any, where: str, *, positive: bool = False, nonneg: bool = False) -> float:
     """A finite float (ints accepted), optionally ``> 0`` or ``>= 0``.
 
     Raises:
@@ -123,8 +128,7 @@ def check_one_of(value: Any, valid: Sequence[Any], where: str) -> Any:
         SpecError: ``where: must be one of a, b, got value``.
     """
     if value not in valid:
-        raise SpecError(f"{where}: must be one of {', '.join(map(str, valid))}, "
-                        f"got {echo(value)}")
+        raise SpecError(f"{where}: must be one of {', '.join(map(str, valid))}, got {echo(value)}")
     return value
 
 
@@ -142,4 +146,4 @@ def check_bool(value: Any, where: str) -> bool:
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's text on one line, cut to ``limit`` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -25,8 +25,9 @@ def read_yaml(path: str | os.PathLike) -> Any:
     except IsADirectoryError:
         raise SpecError(f"{path}: is a folder, expected a YAML file") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"{path}: cannot be read "
-                        f"({err.__class__.__name__}: {one_line(err)})") from None
+        raise SpecError(
+            f"{path}: cannot be read ({err.__class__.__name__}: {one_line(err)})"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -69,8 +70,10 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise SpecError(f"--set {'.'.join(parts)}: `{'.'.join(parts[:i + 1])}` is not a "
-                                f"section, got {echo(child)}")
+                raise SpecError(
+                    f"--set {'.'.join(parts)}: `{'.'.join(parts[: i + 1])}` is not a "
+                    f"section, got {echo(child)}"
+                )
             node = child
         node[parts[-1]] = value
     return result

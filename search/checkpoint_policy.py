@@ -50,7 +50,7 @@ def asha_rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> 
     epoch reaches a rung: with one report per epoch, at the rung rounded up.
     """
     count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
-    rungs = {math.ceil(grace_period * reduction_factor ** k) for k in range(count)}
+    rungs = {math.ceil(grace_period * reduction_factor**k) for k in range(count)}
     return tuple(sorted(r for r in rungs if r < max_t))
 
 
@@ -77,11 +77,15 @@ class CheckpointPolicy:
             last_epoch=int(settings["epochs"]),
             rungs=frozenset(int(e) for e in settings.get(RUNG_EPOCHS_KEY, ())),
             every_epoch=settings.get("checkpoint", "asha_rungs") == "every_epoch",
-            max_seconds=float(settings.get("checkpoint_minutes",
-                                           DEFAULT_CHECKPOINT_MINUTES)) * 60)
+            max_seconds=float(settings.get("checkpoint_minutes", DEFAULT_CHECKPOINT_MINUTES)) * 60,
+        )
 
     def due(self, epoch: int, seconds_since_last: float) -> bool:
         """Whether to checkpoint after ``epoch`` (1-based), ``seconds_since_last`` after the
         last checkpoint (or the attempt's start)."""
-        return (self.every_epoch or epoch >= self.last_epoch or epoch in self.rungs
-                or seconds_since_last >= self.max_seconds)
+        return (
+            self.every_epoch
+            or epoch >= self.last_epoch
+            or epoch in self.rungs
+            or seconds_since_last >= self.max_seconds
+        )

@@ -50,8 +50,10 @@ def _print_summary(summary: Any) -> int:
         print("no trial produced a result")
     else:
         best = summary.best
-        print(f"best trial: {best.trial_id}  {METRIC}={summary.best_value:.4f} "
-              f"(epoch {best.best.get('epoch')})")
+        print(
+            f"best trial: {best.trial_id}  {METRIC}={summary.best_value:.4f} "
+            f"(epoch {best.best.get('epoch')})"
+        )
         print(f"best config: {json.dumps(summary.best_config, sort_keys=True)}")
     print(f"experiment folder: {summary.experiment_dir}")
     if summary.interrupted:
@@ -85,10 +87,15 @@ class Run(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("config", nargs="?", default=None, help="experiment spec (YAML)")
-        parser.add_argument("--set", dest="overrides", action="append", default=[],
-                            metavar="KEY.PATH=VALUE", help="override one spec value (repeatable)")
-        parser.add_argument("--storage", default=None,
-                            help="results folder or URI (s3://, gs://)")
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override one spec value (repeatable)",
+        )
+        parser.add_argument("--storage", default=None, help="results folder or URI (s3://, gs://)")
         parser.add_argument("--name", default=None, help="experiment name (its folder's name)")
         add_address(parser)
         add_force(parser)
@@ -102,17 +109,28 @@ class Run(Command):
             # Without an explicit --name, a second run of the same spec gets its own folder.
             spec = with_fresh_name(spec)
         _print_notes(spec)
-        print(f"experiment {spec.name}: {spec.search.num_samples} trials, max_t={spec.max_t} "
-              f"epochs, searching {', '.join(spec.space) or 'nothing'} -> "
-              f"{spec.experiment_path}", flush=True)
+        print(
+            f"experiment {spec.name}: {spec.search.num_samples} trials, max_t={spec.max_t} "
+            f"epochs, searching {', '.join(spec.space) or 'nothing'} -> "
+            f"{spec.experiment_path}",
+            flush=True,
+        )
         if "weights" not in spec.space and "backbone" not in spec.space:
             from model_zoo import weights_status
 
-            status = weights_status(spec.model.get("backbone", "vgg16"),
-                                    spec.model.get("weights", "imagenet"))
+            status = weights_status(
+                spec.model.get("backbone", "vgg16"), spec.model.get("weights", "imagenet")
+            )
             print(f"weights: {status}", flush=True)
-        return _print_summary(run_search(spec, address=args.address, num_cpus=args.num_cpus,
-                                         force=args.force, stall_minutes=args.stall_minutes))
+        return _print_summary(
+            run_search(
+                spec,
+                address=args.address,
+                num_cpus=args.num_cpus,
+                force=args.force,
+                stall_minutes=args.stall_minutes,
+            )
+        )
 
 
 class Resume(Command):
@@ -127,9 +145,15 @@ class Resume(Command):
     def run(self, args: argparse.Namespace) -> int:
         from search.driver.service import resume_search
 
-        return _print_summary(resume_search(local_or_uri(args.experiment_dir),
-                                            address=args.address, num_cpus=args.num_cpus,
-                                            force=args.force, stall_minutes=args.stall_minutes))
+        return _print_summary(
+            resume_search(
+                local_or_uri(args.experiment_dir),
+                address=args.address,
+                num_cpus=args.num_cpus,
+                force=args.force,
+                stall_minutes=args.stall_minutes,
+            )
+        )
 
 
 class Extend(Command):
@@ -139,17 +163,25 @@ class Extend(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
-        parser.add_argument("--more", type=int_at_least(1), required=True,
-                            help="how many more trials")
+        parser.add_argument(
+            "--more", type=int_at_least(1), required=True, help="how many more trials"
+        )
         add_address(parser)
         add_force(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from search.driver.service import extend_search
 
-        return _print_summary(extend_search(local_or_uri(args.experiment_dir), args.more,
-                                            address=args.address, num_cpus=args.num_cpus,
-                                            force=args.force, stall_minutes=args.stall_minutes))
+        return _print_summary(
+            extend_search(
+                local_or_uri(args.experiment_dir),
+                args.more,
+                address=args.address,
+                num_cpus=args.num_cpus,
+                force=args.force,
+                stall_minutes=args.stall_minutes,
+            )
+        )
 
 
 class Validate(Command):
@@ -158,16 +190,19 @@ class Validate(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("config", help="experiment spec (YAML)")
-        parser.add_argument("--set", dest="overrides", action="append", default=[],
-                            metavar="KEY.PATH=VALUE")
+        parser.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from search.spec import load_spec
 
         spec = load_spec(args.config, args.overrides)
         _print_notes(spec)
-        print(f"{args.config}: valid. experiment {spec.name}: {spec.search.num_samples} trials, "
-              f"max_t={spec.max_t}, searching {', '.join(spec.space) or 'nothing'}")
+        print(
+            f"{args.config}: valid. experiment {spec.name}: {spec.search.num_samples} trials, "
+            f"max_t={spec.max_t}, searching {', '.join(spec.space) or 'nothing'}"
+        )
         return 0
 
 
@@ -179,22 +214,23 @@ class Export(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
         add_out(parser, "EXPERIMENT/export")
-        parser.add_argument("--top", type=int_at_least(1), default=5,
-                            help="configs in top_configs.yaml")
+        parser.add_argument(
+            "--top", type=int_at_least(1), default=5, help="configs in top_configs.yaml"
+        )
         parser.add_argument("--no-model", action="store_true", help="skip best_model.keras")
 
     def run(self, args: argparse.Namespace) -> int:
         from search.outputs.export import export_experiment
 
-        result = export_experiment(local_or_uri(args.experiment_dir), args.out, top=args.top,
-                                   with_model=not args.no_model)
+        result = export_experiment(
+            local_or_uri(args.experiment_dir), args.out, top=args.top, with_model=not args.no_model
+        )
         for name in result.files:
             print(os.path.join(result.out_dir, name))
         if result.best is None:
             print("no trial produced a result: wrote the tables only")
         else:
-            print(f"best trial: {result.best.trial_id} "
-                  f"{METRIC}={result.best.best_value:.4f}")
+            print(f"best trial: {result.best.trial_id} {METRIC}={result.best.best_value:.4f}")
         if result.tracked:
             print(result.tracked)
         return 0
@@ -207,8 +243,9 @@ class Retrain(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("best_config", help="an export's best_config.yaml")
-        parser.add_argument("--epochs", type=int_at_least(1), default=None,
-                            help="override train.epochs")
+        parser.add_argument(
+            "--epochs", type=int_at_least(1), default=None, help="override train.epochs"
+        )
         add_out(parser, "retrain-NAME beside BEST_CONFIG")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -242,9 +279,15 @@ class Status(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("experiment_dir", help="the experiment folder (path or URI)")
-        parser.add_argument("--watch", nargs="?", type=seconds, const=10.0, default=None,
-                            metavar="SECONDS",
-                            help="refresh every SECONDS (default 10) until the search ends")
+        parser.add_argument(
+            "--watch",
+            nargs="?",
+            type=seconds,
+            const=10.0,
+            default=None,
+            metavar="SECONDS",
+            help="refresh every SECONDS (default 10) until the search ends",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from search.outputs.status import experiment_status, format_status, watch_status
@@ -270,13 +313,19 @@ class Predict(Command):
     flags = {"top": "--top", "out": "--out", "model": "MODEL", "images": "IMAGES"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="best_model.keras of an export, or a retrain's "
-                                          "model.keras")
+        parser.add_argument(
+            "model", help="best_model.keras of an export, or a retrain's model.keras"
+        )
         parser.add_argument("images", nargs="+", help="image files (png, jpg) or folders")
-        parser.add_argument("--out", default=None,
-                            help="write a .csv or .json file (default: CSV on stdout)")
-        parser.add_argument("--top", type=int_at_least(1), default=3,
-                            help="classes per image, most probable first (default 3)")
+        parser.add_argument(
+            "--out", default=None, help="write a .csv or .json file (default: CSV on stdout)"
+        )
+        parser.add_argument(
+            "--top",
+            type=int_at_least(1),
+            default=3,
+            help="classes per image, most probable first (default 3)",
+        )
         parser.add_argument("--batch-size", type=int_at_least(1), default=64)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -290,17 +339,25 @@ class Predict(Command):
         if args.out is not None:
             check_output_path(args.out)
         result = predict_images(
-            args.model, args.images, top=args.top, batch_size=args.batch_size,
-            on_skip=lambda path, reason: print(f"skipped: {reason}", file=sys.stderr))
+            args.model,
+            args.images,
+            top=args.top,
+            batch_size=args.batch_size,
+            on_skip=lambda path, reason: print(f"skipped: {reason}", file=sys.stderr),
+        )
         if not result.named_classes:
-            print(f"note: no class_names.json beside {args.model}: classes are label ids",
-                  file=sys.stderr)
+            print(
+                f"note: no class_names.json beside {args.model}: classes are label ids",
+                file=sys.stderr,
+            )
         if args.out is None:
             print(predictions_csv(result, args.top), end="")
         else:
             write_predictions(result, args.out, args.top)
-            print(f"{len(result.predictions)} images predicted, {len(result.skipped)} "
-                  f"skipped -> {args.out}")
+            print(
+                f"{len(result.predictions)} images predicted, {len(result.skipped)} "
+                f"skipped -> {args.out}"
+            )
         return 0
 
 
@@ -310,11 +367,13 @@ class Describe(Command):
     flags = {"input_shape": "--input-shape", "num_classes": "--classes"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("config", help="a spec YAML (its model settings and the baseline "
-                                           "values), a JSON object of model settings, or a "
-                                           "JSON file")
-        parser.add_argument("--input-shape", default="32,32,3",
-                            help="H,W,C (default 32,32,3)")
+        parser.add_argument(
+            "config",
+            help="a spec YAML (its model settings and the baseline "
+            "values), a JSON object of model settings, or a "
+            "JSON file",
+        )
+        parser.add_argument("--input-shape", default="32,32,3", help="H,W,C (default 32,32,3)")
         parser.add_argument("--classes", type=int, default=10, help="number of classes")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -324,10 +383,10 @@ class Describe(Command):
         try:
             shape = tuple(int(p) for p in args.input_shape.split(","))
         except ValueError:
-            raise SpecError(f"--input-shape: must be H,W,C integers, "
-                            f"got {echo(args.input_shape)}") from None
-        described = describe_model_settings(settings, input_shape=shape,
-                                            num_classes=args.classes)
+            raise SpecError(
+                f"--input-shape: must be H,W,C integers, got {echo(args.input_shape)}"
+            ) from None
+        described = describe_model_settings(settings, input_shape=shape, num_classes=args.classes)
         # The summary's layer table does not show settings such as upsample_interpolation.
         print("model settings: " + ", ".join(f"{k}={v}" for k, v in described.settings.items()))
         print(described.summary)
@@ -337,15 +396,27 @@ class Describe(Command):
         return 0
 
 
-COMMANDS: tuple[Command, ...] = (Run(), Resume(), Extend(), Status(), Validate(), Describe(),
-                                 Export(), Retrain(), Report(), Predict())
+COMMANDS: tuple[Command, ...] = (
+    Run(),
+    Resume(),
+    Extend(),
+    Status(),
+    Validate(),
+    Describe(),
+    Export(),
+    Retrain(),
+    Report(),
+    Predict(),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``finetune-search`` parser with one sub-parser per command."""
-    parser = Parser(prog="finetune-search",
-                     description="Hyperparameter search for transfer learning: an input model "
-                                 "+ pretrained VGG16, tuned with Ray Tune, Optuna TPE and ASHA.")
+    parser = Parser(
+        prog="finetune-search",
+        description="Hyperparameter search for transfer learning: an input model "
+        "+ pretrained VGG16, tuned with Ray Tune, Optuna TPE and ASHA.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
         command.add_arguments(sub.add_parser(command.name, help=command.help))
@@ -358,7 +429,7 @@ def _message(err: Exception, command: Command | None) -> str:
     message = shorten(str(err))
     key = getattr(err, "key", None)
     if command is not None and key in command.flags and message.startswith(f"{key}:"):
-        message = command.flags[key] + message[len(key):]
+        message = command.flags[key] + message[len(key) :]
     return message
 
 

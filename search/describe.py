@@ -52,8 +52,10 @@ def describe_settings(source: str) -> dict[str, Any]:
 
         spec = load_spec(source)
         # The baseline also holds searched training settings (learning_rate...): not the model's.
-        value = {**spec.model, **{k: v for k, v in spec.baseline_point().items()
-                                  if k in MODEL_KEYS}}
+        value = {
+            **spec.model,
+            **{k: v for k, v in spec.baseline_point().items() if k in MODEL_KEYS},
+        }
         # A searched key without an original-method value: describe its first candidate.
         for key, dist in spec.space.items():
             if key not in value and key in MODEL_KEYS:
@@ -63,8 +65,9 @@ def describe_settings(source: str) -> dict[str, Any]:
     return value
 
 
-def describe_model_settings(settings: dict[str, Any], *, input_shape: tuple[int, ...],
-                            num_classes: int) -> ModelDescription:
+def describe_model_settings(
+    settings: dict[str, Any], *, input_shape: tuple[int, ...], num_classes: int
+) -> ModelDescription:
     """Builds the model ``settings`` describe and counts its parameters.
 
     Raises:
@@ -73,17 +76,21 @@ def describe_model_settings(settings: dict[str, Any], *, input_shape: tuple[int,
         ModelConfigError: On a model setting that breaks its rule.
     """
     if len(input_shape) != 3 or min(input_shape) < 1:
-        raise SpecError(f"input_shape: must be three positive integers H,W,C, "
-                        f"got {echo(input_shape)}", key="input_shape")
+        raise SpecError(
+            f"input_shape: must be three positive integers H,W,C, got {echo(input_shape)}",
+            key="input_shape",
+        )
     if num_classes < 2:
-        raise SpecError(f"num_classes: must be an int >= 2, got {num_classes}",
-                        key="num_classes")
+        raise SpecError(f"num_classes: must be an int >= 2, got {num_classes}", key="num_classes")
     from model_zoo import ModelConfig, build_model, describe_model, model_summary
 
     config = ModelConfig.from_mapping(settings)
     model = build_model(config, input_shape=input_shape, num_classes=num_classes)
     counts = describe_model(model)
-    return ModelDescription(settings=asdict(config), summary=model_summary(model),
-                            total_params=counts["total_params"],
-                            trainable_params=counts["trainable_params"],
-                            non_trainable_params=counts["non_trainable_params"])
+    return ModelDescription(
+        settings=asdict(config),
+        summary=model_summary(model),
+        total_params=counts["total_params"],
+        trainable_params=counts["trainable_params"],
+        non_trainable_params=counts["non_trainable_params"],
+    )

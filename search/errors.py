@@ -77,11 +77,18 @@ class WriteFailed(SpecError):
         error: The ``OSError`` the write raised.
     """
 
-    def __init__(self, what: str, where: str, error: BaseException,
-                 then: str = "`finetune-search resume` the experiment") -> None:
+    def __init__(
+        self,
+        what: str,
+        where: str,
+        error: BaseException,
+        then: str = "`finetune-search resume` the experiment",
+    ) -> None:
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-        super().__init__(f"{where}: could not write {what} ({reason}); nothing written "
-                         f"before it was changed: free space (or mend the disk), then {then}")
+        super().__init__(
+            f"{where}: could not write {what} ({reason}); nothing written "
+            f"before it was changed: free space (or mend the disk), then {then}"
+        )
         self.what, self.where, self.error = what, where, error
 
 
@@ -93,7 +100,8 @@ def disk_error(error: BaseException | None) -> BaseException | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, WriteFailed) or (
-                isinstance(error, OSError) and error.errno in DISK_ERRNOS):
+            isinstance(error, OSError) and error.errno in DISK_ERRNOS
+        ):
             return error
         if isinstance(error, OSError) and error.errno is None:  # pyarrow's: errno in the text
             found = _ERRNO_TEXT.search(str(error))

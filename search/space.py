@@ -93,16 +93,21 @@ def parse_distribution(value: Any, where: str) -> Distribution:
     """
     if not isinstance(value, Mapping):
         if isinstance(value, (list, tuple)):
-            raise SpecError(f"{where}: a list is ambiguous; write {{choice: {list(value)}}}, "
-                            f"got {echo(list(value))}")
+            raise SpecError(
+                f"{where}: a list is ambiguous; write {{choice: {list(value)}}}, "
+                f"got {echo(list(value))}"
+            )
         return Distribution("fixed", values=(value,))
     if len(value) != 1:
-        raise SpecError(f"{where}: must have exactly one of {', '.join(DISTRIBUTIONS)}, "
-                        f"got keys {sorted(map(str, value))}")
+        raise SpecError(
+            f"{where}: must have exactly one of {', '.join(DISTRIBUTIONS)}, "
+            f"got keys {sorted(map(str, value))}"
+        )
     kind, args = next(iter(value.items()))
     if kind not in DISTRIBUTIONS:
-        raise SpecError(f"{where}: unknown distribution `{kind}`"
-                        f"{did_you_mean(str(kind), DISTRIBUTIONS)}")
+        raise SpecError(
+            f"{where}: unknown distribution `{kind}`{did_you_mean(str(kind), DISTRIBUTIONS)}"
+        )
     if kind == "choice":
         if not isinstance(args, (list, tuple)) or len(args) == 0:
             raise SpecError(f"{where}.choice: must be a non-empty list, got {echo(args)}")
@@ -115,8 +120,10 @@ def parse_distribution(value: Any, where: str) -> Distribution:
     check = is_int if kind == "int" else is_number
     rule = "ints" if kind == "int" else "numbers"
     if not (check(low) and check(high)) or not (is_finite(low) and is_finite(high)):
-        raise SpecError(f"{where}.{kind}: low and high must be finite {rule}, "
-                        f"got low={echo(low)}, high={echo(high)}")
+        raise SpecError(
+            f"{where}.{kind}: low and high must be finite {rule}, "
+            f"got low={echo(low)}, high={echo(high)}"
+        )
     if kind == "int" and low > high or kind != "int" and low >= high:
         sign = "<=" if kind == "int" else "<"
         raise SpecError(f"{where}.{kind}: `low {sign} high` must hold, got low={low}, high={high}")
@@ -125,8 +132,9 @@ def parse_distribution(value: Any, where: str) -> Distribution:
     return Distribution(kind, low=low, high=high)
 
 
-def check_conditions(space: Mapping[str, Distribution], written: Mapping[str, Any],
-                     defaults: Mapping[str, Any]) -> None:
+def check_conditions(
+    space: Mapping[str, Distribution], written: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> None:
     """Refuses a searched conditional key that no trial would use.
 
     Args:
@@ -149,8 +157,10 @@ def check_conditions(space: Mapping[str, Distribution], written: Mapping[str, An
             candidates = (value,)
             why = f"{parent} is {echo(value)}" + ("" if parent in written else " (the default)")
         if not any(test(candidate) for candidate in candidates):
-            raise SpecError(f"space.{key}: only drawn when `{rule}`, but {why}; search or set "
-                            f"{parent}, or remove space.{key}")
+            raise SpecError(
+                f"space.{key}: only drawn when `{rule}`, but {why}; search or set "
+                f"{parent}, or remove space.{key}"
+            )
 
 
 def candidates(key: str, fixed: Any, space: Mapping[str, Distribution]) -> tuple:
@@ -158,18 +168,22 @@ def candidates(key: str, fixed: Any, space: Mapping[str, Distribution]) -> tuple
     return space[key].endpoints() if key in space else (fixed,)
 
 
-def check_jit_compile(model: Mapping[str, Any], jit_compile: Any,
-                      space: Mapping[str, Distribution]) -> None:
+def check_jit_compile(
+    model: Mapping[str, Any], jit_compile: Any, space: Mapping[str, Distribution]
+) -> None:
     """``jit_compile: true`` asks for XLA, which has no kernel for a smooth resize other than
     bilinear: refused here rather than at a trial's first step (``auto`` simply goes without)."""
     if True not in candidates("jit_compile", jit_compile, space):
         return
     if candidates("upsample", model.get("upsample", 2), space) == (1,):
         return
-    interpolations = candidates("upsample_interpolation",
-                                 model.get("upsample_interpolation", "nearest"), space)
+    interpolations = candidates(
+        "upsample_interpolation", model.get("upsample_interpolation", "nearest"), space
+    )
     for value in interpolations:
         if value not in XLA_INTERPOLATIONS:
-            raise SpecError(f"train.jit_compile: true needs upsample_interpolation in "
-                            f"{list(XLA_INTERPOLATIONS)} (XLA has no kernel for the others; "
-                            f"use jit_compile: auto), got upsample_interpolation={echo(value)}")
+            raise SpecError(
+                f"train.jit_compile: true needs upsample_interpolation in "
+                f"{list(XLA_INTERPOLATIONS)} (XLA has no kernel for the others; "
+                f"use jit_compile: auto), got upsample_interpolation={echo(value)}"
+            )

@@ -33,8 +33,18 @@ from search.data.spec import DatasetSpec
 from search.errors import SpecError
 from search.space import Distribution, check_conditions, check_jit_compile, parse_distribution
 
-SECTIONS = ("name", "dataset", "model", "train", "space", "search", "scheduler", "resources",
-            "storage", "tracking")
+SECTIONS = (
+    "name",
+    "dataset",
+    "model",
+    "train",
+    "space",
+    "search",
+    "scheduler",
+    "resources",
+    "storage",
+    "tracking",
+)
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULERS = ("asha", "fifo")
@@ -45,8 +55,14 @@ BACKENDS = ("tensorflow", "jax", "torch")  # Keras backends (search.trial.backen
 # The original method's settings (GaussianNoise 0.01, x2 nearest-neighbour upsampling, no input
 # convs, nothing frozen, a 256/0.75 head): the baseline trial every search is measured against.
 ORIGINAL_METHOD: dict[str, Any] = {
-    "noise_std": 0.01, "upsample": 2, "upsample_interpolation": "nearest", "input_convs": 0,
-    "freeze": 0, "dense_units": 256, "dropout": 0.75}
+    "noise_std": 0.01,
+    "upsample": 2,
+    "upsample_interpolation": "nearest",
+    "input_convs": 0,
+    "freeze": 0,
+    "dense_units": 256,
+    "dropout": 0.75,
+}
 
 QUICKSTART_PATH = Path(__file__).parent / "configs" / "quickstart.yaml"
 
@@ -84,13 +100,15 @@ class TrainSpec:
         check_one_of(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
         check_float(self.learning_rate, f"{where}.learning_rate", positive=True)
         if not is_number(self.momentum) or not 0 <= self.momentum < 1:
-            raise SpecError(f"{where}.momentum: must be a float in [0, 1), "
-                            f"got {echo(self.momentum)}")
+            raise SpecError(
+                f"{where}.momentum: must be a float in [0, 1), got {echo(self.momentum)}"
+            )
         check_one_of(self.augment, AUGMENT_CHOICES, f"{where}.augment")
         check_one_of(self.mixed_precision, PRECISIONS, f"{where}.mixed_precision")
         if self.jit_compile not in ("auto", True, False):
-            raise SpecError(f"{where}.jit_compile: must be auto, true or false, "
-                            f"got {echo(self.jit_compile)}")
+            raise SpecError(
+                f"{where}.jit_compile: must be auto, true or false, got {echo(self.jit_compile)}"
+            )
         check_int(self.seed, f"{where}.seed", 0)
         check_one_of(self.backend, BACKENDS, f"{where}.backend")
         check_checkpoint_settings(self.checkpoint, self.checkpoint_minutes, where)
@@ -102,9 +120,12 @@ TRAIN_KEYS = tuple(f.name for f in fields(TrainSpec))
 def setting_defaults() -> dict[str, Any]:
     """Every model and train setting's default: what a trial uses for a key nobody set."""
     return {**{f.name: f.default for f in fields(ModelConfig)}, **asdict(TrainSpec())}
+
+
 # Keys a trial's config may hold; never `backend`: a search trains on one (one Keras a process).
 SEARCHABLE_KEYS = tuple(MODEL_KEYS) + tuple(
-    k for k in TRAIN_KEYS if k not in ("epochs", "seed", "backend", *CHECKPOINT_KEYS))
+    k for k in TRAIN_KEYS if k not in ("epochs", "seed", "backend", *CHECKPOINT_KEYS)
+)
 
 
 @dataclass(frozen=True)
@@ -133,8 +154,13 @@ class SearchSpec:
             check_int(spec.max_concurrent, f"{where}.max_concurrent", 1)
         check_int(spec.seed, f"{where}.seed", 0)
         check_one_of(spec.algorithm, SEARCHERS, f"{where}.algorithm")
-        for key in ("time_budget_s", "budget_gpu_hours", "budget_device_hours",
-                    "cost_exponent", "prior_weight"):  # budgets > 0 where set, levers >= 0
+        for key in (
+            "time_budget_s",
+            "budget_gpu_hours",
+            "budget_device_hours",
+            "cost_exponent",
+            "prior_weight",
+        ):  # budgets > 0 where set, levers >= 0
             if (value := getattr(spec, key)) is not None or "budget" not in key:
                 check_float(value, f"{where}.{key}", positive="budget" in key, nonneg=True)
         check_bool(spec.baseline, f"{where}.baseline")
@@ -183,8 +209,9 @@ class ResourcesSpec:
             count = check_float(gpus, f"{where}.gpus_per_trial", nonneg=True)
             # Ray only packs fractional GPUs below one; above one a trial takes whole devices.
             if count > 1 and not count.is_integer():
-                raise SpecError(f"{where}.gpus_per_trial: above 1 must be a whole number, "
-                                f"got {echo(gpus)}")
+                raise SpecError(
+                    f"{where}.gpus_per_trial: above 1 must be a whole number, got {echo(gpus)}"
+                )
         return spec
 
 
@@ -206,8 +233,9 @@ class TrackingSpec:
         for key in ("uri", "experiment"):
             value = getattr(spec, key)
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise SpecError(f"{where}.{key}: must be a non-empty string or null, "
-                                f"got {echo(value)}")
+                raise SpecError(
+                    f"{where}.{key}: must be a non-empty string or null, got {echo(value)}"
+                )
         return spec
 
 
@@ -254,10 +282,15 @@ class ExperimentSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain YAML-ready data; ``load_spec_dict(spec.to_dict())`` round-trips."""
-        train = {k: v for k, v in asdict(self.train).items()
-                 if k not in self.space or k in self.baseline_values}
-        model = {**self.model,
-                 **{k: v for k, v in self.baseline_values.items() if k in MODEL_KEYS}}
+        train = {
+            k: v
+            for k, v in asdict(self.train).items()
+            if k not in self.space or k in self.baseline_values
+        }
+        model = {
+            **self.model,
+            **{k: v for k, v in self.baseline_values.items() if k in MODEL_KEYS},
+        }
         return {
             "name": self.name,
             "dataset": {k: v for k, v in asdict(self.dataset).items() if v is not None},
@@ -337,8 +370,9 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     check_keys(raw, SECTIONS, "spec")
     name = raw.get("name", None)
     if not isinstance(name, str) or any(c in name for c in "/\\:") or name in ("", ".", ".."):
-        raise SpecError(f"name: must be a non-empty string without '/', '\\' or ':', "
-                        f"got {echo(name)}")
+        raise SpecError(
+            f"name: must be a non-empty string without '/', '\\' or ':', got {echo(name)}"
+        )
     if "dataset" not in raw:
         raise SpecError("dataset: is required (e.g. dataset: {name: digits})")
     dataset = DatasetSpec.from_mapping(raw["dataset"], where="dataset")
@@ -358,42 +392,60 @@ def load_spec_dict(raw: Any, source: str = "spec") -> ExperimentSpec:
     search = SearchSpec.from_mapping(raw.get("search") or {})
     scheduler = SchedulerSpec.from_mapping(raw.get("scheduler") or {})
     if scheduler.grace_period > train.epochs:
-        raise SpecError(f"scheduler.grace_period: `grace_period <= max_t` must hold "
-                        f"(max_t = train.epochs), got grace_period={scheduler.grace_period}, "
-                        f"max_t={train.epochs}")
+        raise SpecError(
+            f"scheduler.grace_period: `grace_period <= max_t` must hold "
+            f"(max_t = train.epochs), got grace_period={scheduler.grace_period}, "
+            f"max_t={train.epochs}"
+        )
     resources = ResourcesSpec.from_mapping(raw.get("resources") or {})
     if search.budget_gpu_hours is not None and resources.gpus_per_trial == 0:
-        raise SpecError(f"search.budget_gpu_hours: trials hold no GPU (resources.gpus_per_trial"
-                        f" is 0), so GPU-hours never accrue; use search.budget_device_hours, "
-                        f"got budget_gpu_hours={echo(search.budget_gpu_hours)}")
+        raise SpecError(
+            f"search.budget_gpu_hours: trials hold no GPU (resources.gpus_per_trial"
+            f" is 0), so GPU-hours never accrue; use search.budget_device_hours, "
+            f"got budget_gpu_hours={echo(search.budget_gpu_hours)}"
+        )
     location = raw.get("storage", "./results")
     if not isinstance(location, str) or not location:
         raise SpecError(f"storage: must be a path or URI string, got {echo(location)}")
 
-    tracking = (None if raw.get("tracking") is None
-                else TrackingSpec.from_mapping(raw["tracking"]))
-    spec = ExperimentSpec(name=name, dataset=dataset, model=model, train=train, space=space,
-                          search=search, scheduler=scheduler, resources=resources,
-                          storage=location, tracking=tracking, baseline_values=baseline_values)
+    tracking = None if raw.get("tracking") is None else TrackingSpec.from_mapping(raw["tracking"])
+    spec = ExperimentSpec(
+        name=name,
+        dataset=dataset,
+        model=model,
+        train=train,
+        space=space,
+        search=search,
+        scheduler=scheduler,
+        resources=resources,
+        storage=location,
+        tracking=tracking,
+        baseline_values=baseline_values,
+    )
     outside = [k for k, v in spec.baseline_point().items() if not space[k].contains(v)]
     if search.baseline and outside:
         key = outside[0]
         value = spec.baseline_point()[key]
         whose = "the original method's" if key in ORIGINAL_METHOD else "the baseline's"
         if "baseline" in (raw.get("search") or {}):
-            raise SpecError(f"search.baseline: {whose} {key}={echo(value)} must "
-                            f"lie in space.{key} ({space[key].to_yaml()}); widen the space "
-                            f"or set search.baseline: false")
+            raise SpecError(
+                f"search.baseline: {whose} {key}={echo(value)} must "
+                f"lie in space.{key} ({space[key].to_yaml()}); widen the space "
+                f"or set search.baseline: false"
+            )
         # The baseline is on by default, not by request: a space that leaves it out is a
         # choice, so the search runs without it and says so.
-        note = (f"search.baseline: running without the baseline trial, {whose} "
-                f"{key}={echo(value)} lies outside space.{key} ({space[key].to_yaml()})")
+        note = (
+            f"search.baseline: running without the baseline trial, {whose} "
+            f"{key}={echo(value)} lies outside space.{key} ({space[key].to_yaml()})"
+        )
         spec = replace(spec, search=replace(search, baseline=False), notes=(note,))
     return spec
 
 
-def load_spec(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
-              **replacements: Any) -> ExperimentSpec:
+def load_spec(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None, **replacements: Any
+) -> ExperimentSpec:
     """Loads and validates an experiment spec from YAML.
 
     Args:

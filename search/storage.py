@@ -97,8 +97,9 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 def tree_bytes(fs: pafs.FileSystem, path: str) -> int:
     """Bytes of every file under ``path`` (0 when it does not exist)."""
     selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-    return sum(info.size or 0 for info in fs.get_file_info(selector)
-               if info.type == pafs.FileType.File)
+    return sum(
+        info.size or 0 for info in fs.get_file_info(selector) if info.type == pafs.FileType.File
+    )
 
 
 def remove_tree(fs: pafs.FileSystem, path: str) -> None:
@@ -124,8 +125,9 @@ def confined(out_dir: str, file_name: str) -> str:
     root = os.path.realpath(out_dir)
     target = os.path.realpath(os.path.join(root, file_name))
     if os.path.dirname(target) != root:
-        raise SpecError(f"out_dir: refusing to write {file_name!r} outside {out_dir}",
-                        key="out_dir")
+        raise SpecError(
+            f"out_dir: refusing to write {file_name!r} outside {out_dir}", key="out_dir"
+        )
     return target
 
 
@@ -140,8 +142,11 @@ def atomic_path(target: str, suffix: str | None = None) -> Iterator[str]:
     """
     directory, name = os.path.split(target)
     os.makedirs(directory or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.",
-                               suffix=os.path.splitext(name)[1] if suffix is None else suffix)
+    fd, tmp = tempfile.mkstemp(
+        dir=directory or ".",
+        prefix=f".{name}.",
+        suffix=os.path.splitext(name)[1] if suffix is None else suffix,
+    )
     os.close(fd)
     try:
         yield tmp

@@ -69,8 +69,13 @@ def ray_local():
     """A local Ray on loopback with 2 CPUs, never a cluster a stale file points to."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             _node_ip_address="127.0.0.1", configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+    )
     yield ray
     ray.shutdown()
 

@@ -70,8 +70,11 @@ def tree_digest(root: Path) -> dict[str, str]:
     only if no file was added, removed or changed."""
     import hashlib
 
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -81,11 +84,23 @@ def cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.Completed
     printed and every thread's stack at that moment (Python's faulthandler, on SIGABRT), so a
     hang says where it hung.
     """
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
-           **kwargs.pop("env", {})}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+        **kwargs.pop("env", {}),
+    }
     command = [sys.executable, "-m", "search", *args]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=REPO, env=env, start_new_session=True, **kwargs) as process:
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        **kwargs,
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -124,8 +139,13 @@ def _stacks_of_ray_workers_under(pid: int) -> str:
             title = " ".join(child.cmdline())
             if "ray::" not in title:
                 continue
-            dump = subprocess.run([py_spy, "dump", "--pid", str(child.pid)],
-                                  capture_output=True, text=True, timeout=30, check=False)
+            dump = subprocess.run(
+                [py_spy, "dump", "--pid", str(child.pid)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
             dumps.append(f"-- {child.pid} {title[:100]}\n{dump.stdout}{dump.stderr}")
     return "\n".join(dumps) or "(no Ray workers)"
 
@@ -161,14 +181,24 @@ def moto_s3_bucket(prefix: str = "bucket") -> Iterator[tuple[str, dict[str, str]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    settings = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-                "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
+    settings = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
     try:
-        pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing",
-                          secret_key="testing", region="us-east-1",
-                          allow_bucket_creation=True).create_dir(bucket)
+        pafs.S3FileSystem(
+            endpoint_override=endpoint,
+            scheme="http",
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+            allow_bucket_creation=True,
+        ).create_dir(bucket)
         yield f"s3://{bucket}", settings
     finally:
         server.stop()
@@ -197,10 +227,27 @@ def start_mlflow_server(folder: Path, timeout: float = 600) -> tuple[subprocess.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(folder / "mlflow-server.log", "w")  # noqa: SIM115 - the server holds it
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -228,8 +275,13 @@ def stop_process_group(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
 
 
-def wait_for(condition: Callable[[], Any], driver: subprocess.Popen, log_path: Path, what: str,
-             timeout: float = 600) -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    driver: subprocess.Popen,
+    log_path: Path,
+    what: str,
+    timeout: float = 600,
+) -> Any:
     """Polls ``condition`` until it returns something true, and returns that; fails when the
     driver ends first or ``timeout`` seconds pass, with the tail of its log."""
     deadline = time.time() + timeout
@@ -243,11 +295,17 @@ def wait_for(condition: Callable[[], Any], driver: subprocess.Popen, log_path: P
         time.sleep(0.2)
 
 
-def kill_when(condition: Callable[[], bool], driver: subprocess.Popen, log_path: Path,
-              what: str, timeout: float = 600) -> None:
+def kill_when(
+    condition: Callable[[], bool],
+    driver: subprocess.Popen,
+    log_path: Path,
+    what: str,
+    timeout: float = 600,
+) -> None:
     """SIGKILLs the driver's process group (the driver and the Ray it started) once
     ``condition`` holds, checked while the group is stopped (SIGSTOP), so that nothing the
     check read changes before the kill."""
+
     def stopped_check() -> bool:
         os.killpg(driver.pid, signal.SIGSTOP)
         found = False
@@ -259,4 +317,3 @@ def kill_when(condition: Callable[[], bool], driver: subprocess.Popen, log_path:
 
     wait_for(stopped_check, driver, log_path, what, timeout)
     driver.wait()
-

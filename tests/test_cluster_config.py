@@ -28,9 +28,19 @@ NODE_SETUP = ROOT / "scripts" / "node_setup.sh"
 REPO_MOUNT = "~/finetune-search"
 
 # GPUs per instance for the AWS types a cluster.yaml here may use.
-AWS_GPUS = {"g4dn.xlarge": 1, "g4dn.12xlarge": 4, "g5.xlarge": 1, "g5.2xlarge": 1,
-            "g5.12xlarge": 4, "g5.48xlarge": 8, "g6.xlarge": 1, "g6.12xlarge": 4,
-            "p3.2xlarge": 1, "p3.8xlarge": 4, "p4d.24xlarge": 8}
+AWS_GPUS = {
+    "g4dn.xlarge": 1,
+    "g4dn.12xlarge": 4,
+    "g5.xlarge": 1,
+    "g5.2xlarge": 1,
+    "g5.12xlarge": 4,
+    "g5.48xlarge": 8,
+    "g6.xlarge": 1,
+    "g6.12xlarge": 4,
+    "p3.2xlarge": 1,
+    "p3.8xlarge": 4,
+    "p4d.24xlarge": 8,
+}
 
 
 def raw_config() -> dict[str, Any]:
@@ -45,8 +55,11 @@ def prepared_config() -> dict[str, Any]:
 
 
 def worker_types(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: node for name, node in config["available_node_types"].items()
-            if name != config["head_node_type"]}
+    return {
+        name: node
+        for name, node in config["available_node_types"].items()
+        if name != config["head_node_type"]
+    }
 
 
 def ray_pin() -> str:
@@ -58,8 +71,11 @@ def ray_pin() -> str:
         requirements = re.findall(r'"(ray\[[^"]*)"', text)
     else:
         requirements = tomllib.loads(text)["project"]["dependencies"]
-    pins = [m.group(1) for r in requirements
-            if (m := re.fullmatch(r"ray(?:\[[^\]]*\])?==([0-9][0-9.]*)", r.replace(" ", "")))]
+    pins = [
+        m.group(1)
+        for r in requirements
+        if (m := re.fullmatch(r"ray(?:\[[^\]]*\])?==([0-9][0-9.]*)", r.replace(" ", "")))
+    ]
     if len(pins) != 1:
         raise AssertionError(f"pyproject.toml must pin ray exactly once, got {requirements}")
     return pins[0]
@@ -73,10 +89,18 @@ def load_script():
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,8 +156,9 @@ def test_every_node_gets_an_instance_profile_for_s3():
 def test_docker_image_is_a_cuda_12_image_of_the_pinned_ray():
     docker = raw_config()["docker"]
     image = docker["image"]
-    match = re.fullmatch(r"rayproject/ray:(?P<ray>[0-9.]+)-py3(?P<minor>\d+)-cu(?P<cuda>\d+)",
-                         image)
+    match = re.fullmatch(
+        r"rayproject/ray:(?P<ray>[0-9.]+)-py3(?P<minor>\d+)-cu(?P<cuda>\d+)", image
+    )
     assert match, f"not a rayproject/ray:<version>-py3XX-cuXXX image: {image}"
     assert match["ray"] == ray_pin()
     assert int(match["minor"]) >= 10  # requires-python >= 3.10
@@ -148,8 +173,10 @@ def test_docker_image_is_a_cuda_12_image_of_the_pinned_ray():
 def test_every_node_type_boots_the_one_pinned_gpu_driver_ami():
     """Without ImageId Ray picks its old default (Ubuntu 18.04, a CUDA 11 era driver)."""
     config = prepared_config()
-    images = {name: node["node_config"].get("ImageId", "")
-              for name, node in config["available_node_types"].items()}
+    images = {
+        name: node["node_config"].get("ImageId", "")
+        for name, node in config["available_node_types"].items()
+    }
     for name in worker_types(config):
         assert re.fullmatch(r"ami-[0-9a-f]{17}", images[name]), (name, images[name])
     assert len(set(images.values())) == 1, images  # one AMI to update, as the README says
@@ -160,8 +187,9 @@ def test_gpus_reach_the_worker_containers_only():
     config = prepared_config()
     docker = config["docker"]
     assert "--gpus all" in docker["worker_run_options"]
-    assert not any("--gpus" in option for option in
-                   docker["run_options"] + docker.get("head_run_options", []))
+    assert not any(
+        "--gpus" in option for option in docker["run_options"] + docker.get("head_run_options", [])
+    )
     for name, node in config["available_node_types"].items():
         assert "docker" not in node, f"{name} overrides the docker settings"
 
@@ -246,17 +274,38 @@ def cli_calls(monkeypatch):
 
 def test_script_runs_the_config_on_the_cluster_with_passthrough_options(cli_calls, monkeypatch):
     monkeypatch.chdir(ROOT)
-    code = load_script().main(["configs/cifar10.yaml", "--storage", "s3://b/fs",
-                               "--set", "search.num_samples=4", "--name", "c10"])
+    code = load_script().main(
+        [
+            "configs/cifar10.yaml",
+            "--storage",
+            "s3://b/fs",
+            "--set",
+            "search.num_samples=4",
+            "--name",
+            "c10",
+        ]
+    )
     assert code == 0
-    assert cli_calls == [["run", "configs/cifar10.yaml", "--address", "auto",
-                          "--set", "search.num_samples=4", "--storage", "s3://b/fs",
-                          "--name", "c10"]]
+    assert cli_calls == [
+        [
+            "run",
+            "configs/cifar10.yaml",
+            "--address",
+            "auto",
+            "--set",
+            "search.num_samples=4",
+            "--storage",
+            "s3://b/fs",
+            "--name",
+            "c10",
+        ]
+    ]
     assert os.environ["FINETUNE_SEARCH_AUTOSCALING"] == "1"
 
 
-def test_script_finds_a_relative_config_in_the_mounted_repository(cli_calls, monkeypatch,
-                                                                   tmp_path):
+def test_script_finds_a_relative_config_in_the_mounted_repository(
+    cli_calls, monkeypatch, tmp_path
+):
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     spec = home / "finetune-search" / "configs" / "cifar10.yaml"
     spec.parent.mkdir(parents=True)
@@ -273,16 +322,27 @@ def test_smoke_test_runs_the_quickstart_with_two_one_epoch_trials_on_gpus(cli_ca
 
     script = load_script()
     script.main(["--smoke-test"])
-    assert cli_calls == [["run", "--address", "auto",
-                          "--set", "search.num_samples=2", "--set", "train.epochs=1",
-                          "--set", "resources.gpus_per_trial=1"]]
+    assert cli_calls == [
+        [
+            "run",
+            "--address",
+            "auto",
+            "--set",
+            "search.num_samples=2",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "resources.gpus_per_trial=1",
+        ]
+    ]
     spec = load_spec(None, script.SMOKE_TEST_OVERRIDES)
     assert spec.search.num_samples == 2 and spec.train.epochs == 1
     assert spec.resources.gpus_per_trial == 1
 
 
-def test_smoke_test_asks_for_a_gpu_on_an_autoscaling_cluster_that_has_none_yet(cli_calls,
-                                                                              monkeypatch):
+def test_smoke_test_asks_for_a_gpu_on_an_autoscaling_cluster_that_has_none_yet(
+    cli_calls, monkeypatch
+):
     import ray
 
     from search.driver.cluster import resolve_gpus
@@ -305,8 +365,11 @@ def test_smoke_test_asks_for_a_gpu_on_an_autoscaling_cluster_that_has_none_yet(c
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(instruction, arguments) of the Dockerfile, continuation lines joined, comments out."""
-    lines = [line for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()
-             if not line.lstrip().startswith("#")]
+    lines = [
+        line
+        for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()
+        if not line.lstrip().startswith("#")
+    ]
     joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
     return [tuple(line.strip().split(None, 1)) for line in joined.splitlines() if line.strip()]
 
@@ -318,20 +381,24 @@ def fake_pip(tmp_path: Path) -> tuple[dict[str, str], Path]:
     (bin_dir / "pip").write_text(
         "#!/usr/bin/env bash\n"
         f'echo "pip $*" >> {log}\n'
-        'for ((i = 1; i < $#; i++)); do\n'
-        '  if [ "${!i}" = "-r" ]; then j=$((i + 1)); cat "${!j}" >> ' f"{log}; fi\n"
-        "done\n")
+        "for ((i = 1; i < $#; i++)); do\n"
+        '  if [ "${!i}" = "-r" ]; then j=$((i + 1)); cat "${!j}" >> '
+        f"{log}; fi\n"
+        "done\n"
+    )
     (bin_dir / "pip").chmod(0o755)
     home = tmp_path / "home"
     home.mkdir()
-    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent),
-                            os.environ.get("PATH", "")])
+    path = os.pathsep.join(
+        [str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    )
     return {**os.environ, "PATH": path, "HOME": str(home)}, log
 
 
 def run_node_setup(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(NODE_SETUP), str(ROOT)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        ["bash", str(NODE_SETUP), str(ROOT)], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_dockerfile_builds_on_the_clusters_image():
@@ -340,21 +407,27 @@ def test_dockerfile_builds_on_the_clusters_image():
 
 
 def test_dockerfile_lists_no_package_itself_only_what_pyproject_gives():
-    pip_commands = [c for op, args in dockerfile_instructions() if op == "RUN"
-                    for c in args.split("&&") if "pip " in c]
+    pip_commands = [
+        c
+        for op, args in dockerfile_instructions()
+        if op == "RUN"
+        for c in args.split("&&")
+        if "pip " in c
+    ]
     assert pip_commands, "the Dockerfile installs nothing"
     for command in pip_commands:
-        assert re.fullmatch(r"\s*pip install --no-cache-dir -r requirements\.txt\s*", command), \
+        assert re.fullmatch(r"\s*pip install --no-cache-dir -r requirements\.txt\s*", command), (
             command
+        )
 
 
-def test_dockerfile_build_installs_pyprojects_list_and_nodes_then_install_only_the_code(
-        tmp_path):
+def test_dockerfile_build_installs_pyprojects_list_and_nodes_then_install_only_the_code(tmp_path):
     """The Dockerfile's COPY and RUN, replayed with a logging pip, then a node's set-up."""
     import importlib.util as util
 
-    spec = util.spec_from_file_location("image_requirements",
-                                        ROOT / "scripts" / "image_requirements.py")
+    spec = util.spec_from_file_location(
+        "image_requirements", ROOT / "scripts" / "image_requirements.py"
+    )
     image_requirements = util.module_from_spec(spec)
     spec.loader.exec_module(image_requirements)
     env, log = fake_pip(tmp_path)
@@ -372,15 +445,19 @@ def test_dockerfile_build_installs_pyprojects_list_and_nodes_then_install_only_t
                 assert f"!{source}" in ignored, f"{source} is not in the build context"
                 (Path(local(dest)) / Path(source).name).write_bytes((ROOT / source).read_bytes())
         elif op == "RUN":
-            done = subprocess.run(["bash", "-c", local(args)], env=env, capture_output=True,
-                                  text=True, timeout=120)
+            done = subprocess.run(
+                ["bash", "-c", local(args)], env=env, capture_output=True, text=True, timeout=120
+            )
             assert done.returncode == 0, done.stderr
     wanted = image_requirements.requirements(
-        (ROOT / "pyproject.toml").read_text(encoding="utf-8"), ["gpu"])
+        (ROOT / "pyproject.toml").read_text(encoding="utf-8"), ["gpu"]
+    )
     assert "tensorflow[and-cuda]>=2.16" in wanted and f"ray[tune,default]=={ray_pin()}" in wanted
     assert not any(r.startswith("pytest") for r in wanted)  # not the test extra
     assert log.read_text().splitlines() == [
-        "pip install --no-cache-dir -r requirements.txt", *wanted]
+        "pip install --no-cache-dir -r requirements.txt",
+        *wanted,
+    ]
     assert not (home / "image-build").exists()
 
     log.unlink()
@@ -398,7 +475,8 @@ def test_node_setup_installs_everything_on_the_stock_image_keeping_its_ray(tmp_p
     assert done.returncode == 0, done.stderr
     assert "no baked dependencies" in done.stdout
     assert log.read_text().splitlines() == [
-        f"pip install -e {ROOT}[gpu] ray[tune,default]=={ray.__version__}"]
+        f"pip install -e {ROOT}[gpu] ray[tune,default]=={ray.__version__}"
+    ]
 
 
 def test_node_setup_installs_everything_when_pyproject_changed_since_the_image(tmp_path):
@@ -411,9 +489,18 @@ def test_node_setup_installs_everything_when_pyproject_changed_since_the_image(t
 
 
 def test_image_requirements_rejects_an_unknown_extra_with_status_2(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "image_requirements.py"),
-                           str(ROOT / "pyproject.toml"), "--extra", "gpus"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "image_requirements.py"),
+            str(ROOT / "pyproject.toml"),
+            "--extra",
+            "gpus",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: ") and "'gpus'" in done.stderr
     assert "Traceback" not in done.stderr
@@ -430,8 +517,12 @@ def fake_tensorflow(gpus: list[str]) -> Any:
     from types import SimpleNamespace
 
     devices = [SimpleNamespace(name=name) for name in gpus]
-    return SimpleNamespace(__version__="2.21.0", config=SimpleNamespace(
-        list_physical_devices=lambda kind: list(devices) if kind == "GPU" else []))
+    return SimpleNamespace(
+        __version__="2.21.0",
+        config=SimpleNamespace(
+            list_physical_devices=lambda kind: list(devices) if kind == "GPU" else []
+        ),
+    )
 
 
 def test_gpu_check_fails_loudly_when_tensorflow_sees_no_gpu(capsys):
@@ -444,7 +535,8 @@ def test_gpu_check_passes_and_names_the_gpus(capsys):
     gpus = ["/physical_device:GPU:0", "/physical_device:GPU:1"]
     assert load_check_gpu().main(fake_tensorflow(gpus)) == 0
     assert "sees 2 GPU(s): /physical_device:GPU:0, /physical_device:GPU:1" in (
-        capsys.readouterr().out)
+        capsys.readouterr().out
+    )
 
 
 def test_smoke_test_with_a_config_is_a_usage_error(cli_calls):

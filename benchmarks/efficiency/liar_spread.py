@@ -21,15 +21,23 @@ from search.driver.searcher import define_by_run
 from search.driver.study import make_sampler
 from search.space import parse_distribution
 
-SPACE = {"learning_rate": {"loguniform": [1e-4, 0.1]}, "noise_std": {"loguniform": [1e-3, 0.3]},
-         "dropout": {"uniform": [0.0, 0.8]}, "freeze": {"int": [0, 10]},
-         "upsample": {"int": [1, 5]}}
+SPACE = {
+    "learning_rate": {"loguniform": [1e-4, 0.1]},
+    "noise_std": {"loguniform": [1e-3, 0.3]},
+    "dropout": {"uniform": [0.0, 0.8]},
+    "freeze": {"int": [0, 10]},
+    "upsample": {"int": [1, 5]},
+}
 
 
 def _objective(params: Mapping[str, Any]) -> float:
     """A smooth synthetic accuracy with one optimum (lr 0.01, noise 0.01, dropout 0.3)."""
-    return 1.0 - 0.1 * (math.log10(params["learning_rate"]) + 2) ** 2 - 0.05 * (
-        math.log10(params["noise_std"]) + 2) ** 2 - (params["dropout"] - 0.3) ** 2
+    return (
+        1.0
+        - 0.1 * (math.log10(params["learning_rate"]) + 2) ** 2
+        - 0.05 * (math.log10(params["noise_std"]) + 2) ** 2
+        - (params["dropout"] - 0.3) ** 2
+    )
 
 
 def _unit(params: Mapping[str, Any], space: Mapping[str, Any]) -> list[float]:
@@ -43,15 +51,20 @@ def _unit(params: Mapping[str, Any], space: Mapping[str, Any]) -> list[float]:
     return point
 
 
-def concurrent_spread(constant_liar: bool, *, finished: int = 30, concurrent: int = 8,
-                      seed: int = 0) -> float:
+def concurrent_spread(
+    constant_liar: bool, *, finished: int = 30, concurrent: int = 8, seed: int = 0
+) -> float:
     """Mean pairwise distance of ``concurrent`` suggestions made before any reports."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = {k: parse_distribution(v, f"space.{k}") for k, v in SPACE.items()}
-    sampler = make_sampler(seed, "tpe", num_samples=finished + concurrent,
-                           max_concurrent=concurrent if constant_liar else 1)
+    sampler = make_sampler(
+        seed,
+        "tpe",
+        num_samples=finished + concurrent,
+        max_concurrent=concurrent if constant_liar else 1,
+    )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     suggest = define_by_run(space)
     for _ in range(finished):
@@ -65,21 +78,39 @@ def concurrent_spread(constant_liar: bool, *, finished: int = 30, concurrent: in
 
 def bench_liar_spread(seeds: int = 3) -> dict[str, Any]:
     """The spread with and without the constant liar, over ``seeds`` seeds."""
-    rows = [{"seed": seed, "liar": concurrent_spread(True, seed=seed),
-             "plain": concurrent_spread(False, seed=seed)} for seed in range(seeds)]
+    rows = [
+        {
+            "seed": seed,
+            "liar": concurrent_spread(True, seed=seed),
+            "plain": concurrent_spread(False, seed=seed),
+        }
+        for seed in range(seeds)
+    ]
     liar = sum(r["liar"] for r in rows) / len(rows)
     plain = sum(r["plain"] for r in rows) / len(rows)
-    return {"rows": rows, "liar_mean": liar, "plain_mean": plain, "ratio": liar / plain,
-            "finished": 30, "concurrent": 8}
+    return {
+        "rows": rows,
+        "liar_mean": liar,
+        "plain_mean": plain,
+        "ratio": liar / plain,
+        "finished": 30,
+        "concurrent": 8,
+    }
 
 
 def print_liar_spread(result: Mapping[str, Any]) -> str:
     """One line per seed and the means."""
-    lines = [f"b2. TPE's concurrent suggestions: mean pairwise distance in the unit cube of "
-             f"{result['concurrent']} suggestions made after {result['finished']} finished "
-             f"trials, before any reports (larger = less repetition)"]
-    lines += [f"  seed {r['seed']}: constant liar {r['liar']:.3f}, plain TPE {r['plain']:.3f}"
-              for r in result["rows"]]
-    lines.append(f"  mean: constant liar {result['liar_mean']:.3f}, plain TPE "
-                 f"{result['plain_mean']:.3f} (x{result['ratio']:.2f})")
+    lines = [
+        f"b2. TPE's concurrent suggestions: mean pairwise distance in the unit cube of "
+        f"{result['concurrent']} suggestions made after {result['finished']} finished "
+        f"trials, before any reports (larger = less repetition)"
+    ]
+    lines += [
+        f"  seed {r['seed']}: constant liar {r['liar']:.3f}, plain TPE {r['plain']:.3f}"
+        for r in result["rows"]
+    ]
+    lines.append(
+        f"  mean: constant liar {result['liar_mean']:.3f}, plain TPE "
+        f"{result['plain_mean']:.3f} (x{result['ratio']:.2f})"
+    )
     return "\n".join(lines)

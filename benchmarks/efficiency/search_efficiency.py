@@ -49,10 +49,19 @@ def search_spec(ctx: Context, method: str, seed: int) -> dict[str, Any]:
     return {
         "name": f"search-{method.replace('+', '-')}-seed{seed}",
         "dataset": {"name": "digits", "val_fraction": 0.2, "seed": 0},
-        "model": {"backbone": "small_cnn", "weights": "none", "dense_units": 64,
-                  "pooling": "flatten"},
-        "train": {"epochs": mode.search_epochs, "batch_size": 32, "optimizer": "sgd",
-                  "momentum": 0.9, "seed": seed},
+        "model": {
+            "backbone": "small_cnn",
+            "weights": "none",
+            "dense_units": 64,
+            "pooling": "flatten",
+        },
+        "train": {
+            "epochs": mode.search_epochs,
+            "batch_size": 32,
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "seed": seed,
+        },
         "space": {
             "learning_rate": {"loguniform": [1e-4, 0.3]},
             "noise_std": {"loguniform": [0.001, 0.3]},
@@ -60,8 +69,13 @@ def search_spec(ctx: Context, method: str, seed: int) -> dict[str, Any]:
             "upsample": {"choice": [1, 2]},
         },
         # No baseline trial for either method: both start from their sampler's first draw.
-        "search": {"num_samples": mode.search_trials, "max_concurrent": ctx.num_cpus,
-                   "seed": seed, "algorithm": choice["algorithm"], "baseline": False},
+        "search": {
+            "num_samples": mode.search_trials,
+            "max_concurrent": ctx.num_cpus,
+            "seed": seed,
+            "algorithm": choice["algorithm"],
+            "baseline": False,
+        },
         "scheduler": {"name": choice["scheduler"], "grace_period": 1, "reduction_factor": 3},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},
         "storage": str(ctx.workdir / "experiments"),
@@ -81,10 +95,14 @@ def search_run_figures(trials: Sequence[Any]) -> dict[str, Any]:
     rows = [row for t in trials for row in t.history]
     values = [r[METRIC] for r in rows if not r.get("trial_failed") and finite(r.get(METRIC))]
     best = max(values) if values else float("nan")
-    return {"trials": len(trials), "trial_epochs": len(rows),
-            "failed": sum(1 for t in trials if t.failed), "best": best,
-            "to_own_best": trial_epochs_to_within(rows, best) if values else None,
-            "rows": rows}
+    return {
+        "trials": len(trials),
+        "trial_epochs": len(rows),
+        "failed": sum(1 for t in trials if t.failed),
+        "best": best,
+        "to_own_best": trial_epochs_to_within(rows, best) if values else None,
+        "rows": rows,
+    }
 
 
 def bench_search(ctx: Context) -> dict[str, Any]:
@@ -101,13 +119,22 @@ def bench_search(ctx: Context) -> dict[str, Any]:
     for seed in ctx.mode.search_seeds:
         for method in SEARCH_METHODS:
             raw = search_spec(ctx, method, seed)
-            progress(f"search: {method} seed {seed} ({ctx.mode.search_trials} trials x "
-                     f"{ctx.mode.search_epochs} epochs)")
-            summary, wall = run_logged_search(raw, ctx,
-                                              ctx.workdir / "logs" / f"{raw['name']}.log")
+            progress(
+                f"search: {method} seed {seed} ({ctx.mode.search_trials} trials x "
+                f"{ctx.mode.search_epochs} epochs)"
+            )
+            summary, wall = run_logged_search(
+                raw, ctx, ctx.workdir / "logs" / f"{raw['name']}.log"
+            )
             ensure_ray_stopped("search")
-            runs.append({"method": method, "seed": seed, "wall_s": wall,
-                         **search_run_figures(summary.trials)})
+            runs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "wall_s": wall,
+                    **search_run_figures(summary.trials),
+                }
+            )
     for seed in ctx.mode.search_seeds:
         same_seed = [r for r in runs if r["seed"] == seed]
         best_both = max(r["best"] for r in same_seed)
@@ -119,35 +146,45 @@ def bench_search(ctx: Context) -> dict[str, Any]:
         mine = [r for r in runs if r["method"] == method]
         # A run that never got within a point of the joint best is counted at its whole
         # budget: a lower bound on what it would have needed.
-        censored = [r["to_both_best"] if r["to_both_best"] is not None else r["trial_epochs"]
-                    for r in mine]
-        means.append({
-            "method": method, "seed": "mean", "trials": mean([r["trials"] for r in mine]),
-            "trial_epochs": mean([r["trial_epochs"] for r in mine]),
-            "failed": mean([r["failed"] for r in mine]),
-            "wall_s": mean([r["wall_s"] for r in mine]),
-            "best": mean([r["best"] for r in mine]),
-            "to_own_best": mean([r["to_own_best"] for r in mine
-                                 if r["to_own_best"] is not None]),
-            "to_both_best": mean(censored),
-            "reached_both_best": sum(r["to_both_best"] is not None for r in mine),
-        })
+        censored = [
+            r["to_both_best"] if r["to_both_best"] is not None else r["trial_epochs"] for r in mine
+        ]
+        means.append(
+            {
+                "method": method,
+                "seed": "mean",
+                "trials": mean([r["trials"] for r in mine]),
+                "trial_epochs": mean([r["trial_epochs"] for r in mine]),
+                "failed": mean([r["failed"] for r in mine]),
+                "wall_s": mean([r["wall_s"] for r in mine]),
+                "best": mean([r["best"] for r in mine]),
+                "to_own_best": mean(
+                    [r["to_own_best"] for r in mine if r["to_own_best"] is not None]
+                ),
+                "to_both_best": mean(censored),
+                "reached_both_best": sum(r["to_both_best"] is not None for r in mine),
+            }
+        )
     asha, fifo = means
     ratio = asha["to_both_best"] / fifo["to_both_best"]
     budget_ratio = asha["trial_epochs"] / fifo["trial_epochs"]
     for run in runs:
         del run["rows"]
     return {
-        "runs": runs, "means": means,
+        "runs": runs,
+        "means": means,
         "ratio_to_target": ratio,
         "ratio_total_budget": budget_ratio,
         "target": "within 0.01 of the best val_accuracy reached by either method with the "
-                  "same seed (also reported: of the run's own best)",
+        "same seed (also reported: of the run's own best)",
         "goal": f"ASHA+TPE's trial-epochs to target <= {SEARCH_GOAL:.2f} x FIFO random's",
         "goal_met": ratio <= SEARCH_GOAL,
         "baseline_trial": False,
-        "spec": {k: v for k, v in search_spec(ctx, "asha+tpe", 0).items()
-                 if k in ("dataset", "model", "train", "space", "scheduler")},
+        "spec": {
+            k: v
+            for k, v in search_spec(ctx, "asha+tpe", 0).items()
+            if k in ("dataset", "model", "train", "space", "scheduler")
+        },
         "load_avg_before": load_before,
         "load_avg_after": load_average(),
         # Issue 13 item 5: the constant liar's effect on concurrent suggestions (no training).
@@ -165,14 +202,22 @@ def print_search(result: Mapping[str, Any], mode: Mode) -> str:
     Returns:
         The text to print.
     """
-    columns = [Column("method", "method"), Column("seed", "seed"), Column("trials", "trials"),
-               Column("trial_epochs", "trial-epochs", ".3g"), Column("failed", "failed", ".3g"),
-               Column("wall_s", "wall s", ".1f"), Column("best", "best val_acc", ".4f"),
-               Column("to_own_best", "epochs to own best-0.01", ".3g"),
-               Column("to_both_best", "epochs to joint best-0.01", ".3g")]
-    title = (f"b. Search efficiency: small_cnn on digits, {mode.search_trials} trials x "
-             f"{mode.search_epochs} epochs, seeds {list(mode.search_seeds)}, "
-             f"search.baseline: false for both")
+    columns = [
+        Column("method", "method"),
+        Column("seed", "seed"),
+        Column("trials", "trials"),
+        Column("trial_epochs", "trial-epochs", ".3g"),
+        Column("failed", "failed", ".3g"),
+        Column("wall_s", "wall s", ".1f"),
+        Column("best", "best val_acc", ".4f"),
+        Column("to_own_best", "epochs to own best-0.01", ".3g"),
+        Column("to_both_best", "epochs to joint best-0.01", ".3g"),
+    ]
+    title = (
+        f"b. Search efficiency: small_cnn on digits, {mode.search_trials} trials x "
+        f"{mode.search_epochs} epochs, seeds {list(mode.search_seeds)}, "
+        f"search.baseline: false for both"
+    )
     lines = [
         format_table(title, columns, list(result["runs"]) + list(result["means"])),
         "epochs to ... = trial-epochs, in the order results arrived, until a result within 0.01"

@@ -79,8 +79,14 @@ SECTION_BUDGET_S = 540  # the whole section, packing searches included: under 10
 FIRST_PACKING_GUESS_S = 150  # what a packing search is expected to take before one has run
 
 
-def vgg16_flops_per_image(height: int, width: int, *, num_classes: int = 10,
-                          dense_units: int = 256, training: bool = True) -> float:
+def vgg16_flops_per_image(
+    height: int,
+    width: int,
+    *,
+    num_classes: int = 10,
+    dense_units: int = 256,
+    training: bool = True,
+) -> float:
     """FLOPs for one image through VGG16 (3x3 same convs) and the flatten/dense head.
 
     Each conv costs ``2 * H * W * Cin * Cout * 9`` (a multiply-add is two FLOPs); each dense
@@ -127,8 +133,12 @@ def peak_tflops(gpu_name: str, mixed: bool, override: float | None = None) -> fl
     return None
 
 
-def timed_steps(step: Callable[[], Any], seconds: float, min_steps: int = MIN_TIMED_STEPS,
-                clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
+def timed_steps(
+    step: Callable[[], Any],
+    seconds: float,
+    min_steps: int = MIN_TIMED_STEPS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[int, float]:
     """Runs ``step`` until ``seconds`` have passed and at least ``min_steps`` ran.
 
     Args:
@@ -194,16 +204,27 @@ def gpu_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     # train_on_batch returns Python floats: each step waits for the device, so the timing is
     # honest.
     steps, seconds = timed_steps(lambda: model.train_on_batch(x, y), float(job["seconds"]))
-    return {"backend": backend.name, "size": size, "batch": batch, "precision": precision,
-            "xla": bool(job["xla"]), "steps": steps, "seconds": seconds,
-            "images_per_s": steps * batch / seconds, "device": "GPU:0" if gpus else "CPU"}
+    return {
+        "backend": backend.name,
+        "size": size,
+        "batch": batch,
+        "precision": precision,
+        "xla": bool(job["xla"]),
+        "steps": steps,
+        "seconds": seconds,
+        "images_per_s": steps * batch / seconds,
+        "device": "GPU:0" if gpus else "CPU",
+    }
 
 
 def _set_precision(keras: Any, backend: Any, gpus: list[Any], wanted: str) -> str:
     """Sets Keras's global policy; ``mixed`` is bfloat16 from compute capability 8 on,
     float16 before (the trials' ``auto``)."""
-    precision = (backends.resolve_precision("auto", backend.compute_capability(gpus))
-                 if wanted == "mixed" else "float32")
+    precision = (
+        backends.resolve_precision("auto", backend.compute_capability(gpus))
+        if wanted == "mixed"
+        else "float32"
+    )
     keras.mixed_precision.set_global_policy(precision)
     return precision
 
@@ -212,11 +233,23 @@ def _vgg16(keras: Any, size: int, xla: bool) -> Any:
     """The benchmark's VGG16 (random weights, the project's head), compiled as trials are."""
     from model_zoo import build_model
 
-    model = build_model({"backbone": "vgg16", "weights": "none", "upsample": 1,
-                         "noise_std": 0.0, "dense_units": 256, "dropout": 0.5},
-                        input_shape=(size, size, 3), num_classes=10)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", jit_compile=xla)
+    model = build_model(
+        {
+            "backbone": "vgg16",
+            "weights": "none",
+            "upsample": 1,
+            "noise_std": 0.0,
+            "dense_units": 256,
+            "dropout": 0.5,
+        },
+        input_shape=(size, size, 3),
+        num_classes=10,
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        jit_compile=xla,
+    )
     return model
 
 
@@ -263,40 +296,69 @@ def checkpoint_worker(job: Mapping[str, Any]) -> dict[str, Any]:
 
         model = _vgg16(keras, size, xla=False)
         # The checkpointer first: the epoch's time includes what its end waits for.
-        callbacks = [] if way == "none" else [checkpointer(
-            keras, way, during_validation=backend.saves_during_validation)]
-        model.fit(x[:split], y[:split], batch_size=batch, epochs=epochs, verbose=0,
-                  validation_data=(x[split:], y[split:]), shuffle=False,
-                  callbacks=[*callbacks, EpochTimer()])
+        callbacks = (
+            []
+            if way == "none"
+            else [checkpointer(keras, way, during_validation=backend.saves_during_validation)]
+        )
+        model.fit(
+            x[:split],
+            y[:split],
+            batch_size=batch,
+            epochs=epochs,
+            verbose=0,
+            validation_data=(x[split:], y[split:]),
+            shuffle=False,
+            callbacks=[*callbacks, EpochTimer()],
+        )
         epoch_s[way] = mean(seconds[1:])
-        checkpoint_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-                               for v in [*model.weights, *model.optimizer.variables])
+        checkpoint_bytes = sum(
+            int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+            for v in [*model.weights, *model.optimizer.variables]
+        )
         del model
         keras.backend.clear_session()
-    return {"kind": "checkpoint", "backend": backend.name, "size": size, "batch": batch,
-            "train_images": split, "val_images": images - split, "epochs": epochs,
-            "precision": precision, "epoch_s": epoch_s, "checkpoint_bytes": checkpoint_bytes,
-            "device": "GPU:0" if gpus else "CPU"}
+    return {
+        "kind": "checkpoint",
+        "backend": backend.name,
+        "size": size,
+        "batch": batch,
+        "train_images": split,
+        "val_images": images - split,
+        "epochs": epochs,
+        "precision": precision,
+        "epoch_s": epoch_s,
+        "checkpoint_bytes": checkpoint_bytes,
+        "device": "GPU:0" if gpus else "CPU",
+    }
 
 
 def _run_gpu_worker(job: Mapping[str, Any], log: Path) -> dict[str, Any]:
     command = [sys.executable, str(RUN_SCRIPT), "--gpu-worker", json.dumps(job)]
     try:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                              timeout=WORKER_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            command,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=WORKER_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired as err:
         tail = err.stderr or ""
         tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        raise RuntimeError(f"GPU worker {job} ran past {WORKER_TIMEOUT_S} s:\n"
-                           f"{tail[-3000:]}") from None
+        raise RuntimeError(
+            f"GPU worker {job} ran past {WORKER_TIMEOUT_S} s:\n{tail[-3000:]}"
+        ) from None
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}\n")
     if done.returncode != 0:
-        raise RuntimeError(f"GPU worker {job} exited with {done.returncode}:\n"
-                           f"{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"GPU worker {job} exited with {done.returncode}:\n{done.stderr[-3000:]}"
+        )
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(GPU_RESULT_PREFIX):
-            return json.loads(line[len(GPU_RESULT_PREFIX):])
+            return json.loads(line[len(GPU_RESULT_PREFIX) :])
     raise RuntimeError(f"GPU worker {job} printed no result (see {log})")
 
 
@@ -314,8 +376,11 @@ def write_packing_data(path: Path, images: int, seed: int = 0) -> Path:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    np.savez(path, x_train=rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8),
-             y_train=(np.arange(images) % 10).astype(np.int64))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8),
+        y_train=(np.arange(images) % 10).astype(np.int64),
+    )
     return path
 
 
@@ -337,23 +402,44 @@ def packing_spec(ctx: Context, per_gpu: int, data_path: Path) -> dict[str, Any]:
     return {
         "name": f"packing-{per_gpu}-per-gpu",
         "dataset": {"name": "npz", "path": str(data_path), "val_fraction": 0.1, "seed": 0},
-        "model": {"backbone": "vgg16", "weights": "none", "upsample": 2, "noise_std": 0.01,
-                  "dense_units": 256, "dropout": 0.5},
-        "train": {"epochs": ctx.mode.pack_epochs, "batch_size": 128, "optimizer": "sgd",
-                  "momentum": 0.9, "mixed_precision": "auto", "jit_compile": "auto",
-                  "backend": ctx.backend},
+        "model": {
+            "backbone": "vgg16",
+            "weights": "none",
+            "upsample": 2,
+            "noise_std": 0.01,
+            "dense_units": 256,
+            "dropout": 0.5,
+        },
+        "train": {
+            "epochs": ctx.mode.pack_epochs,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "mixed_precision": "auto",
+            "jit_compile": "auto",
+            "backend": ctx.backend,
+        },
         "space": {"learning_rate": {"loguniform": [0.001, 0.01]}},
-        "search": {"num_samples": 2 * per_gpu, "max_concurrent": per_gpu, "seed": 0,
-                   "algorithm": "random", "baseline": False, "max_failures": 0},
+        "search": {
+            "num_samples": 2 * per_gpu,
+            "max_concurrent": per_gpu,
+            "seed": 0,
+            "algorithm": "random",
+            "baseline": False,
+            "max_failures": 0,
+        },
         "scheduler": {"name": "fifo"},
-        "resources": {"cpus_per_trial": max(1, ctx.num_cpus // per_gpu),
-                      "gpus_per_trial": 1 / per_gpu},
+        "resources": {
+            "cpus_per_trial": max(1, ctx.num_cpus // per_gpu),
+            "gpus_per_trial": 1 / per_gpu,
+        },
         "storage": str(ctx.workdir / "experiments"),
     }
 
 
-def packing_figures(trials: Sequence[Any], max_t: int, wall_s: float,
-                    train_images: int) -> dict[str, Any]:
+def packing_figures(
+    trials: Sequence[Any], max_t: int, wall_s: float, train_images: int
+) -> dict[str, Any]:
     """Trials per hour and images/s (all trials together, and per trial) of one search.
 
     The span runs from the first trial's start to the last result, so Ray's start-up is left
@@ -374,18 +460,23 @@ def packing_figures(trials: Sequence[Any], max_t: int, wall_s: float,
     incomplete = [t.trial_id for t in trials if t.status(max_t) != TrialStatus.COMPLETE]
     if incomplete:
         raise RuntimeError(f"packing: trials {incomplete} did not complete")
-    first = min(float(t.history[0].get("attempt_started_at", t.history[0]["timestamp"]))
-                for t in trials)
+    first = min(
+        float(t.history[0].get("attempt_started_at", t.history[0]["timestamp"])) for t in trials
+    )
     last = max(float(r["timestamp"]) for t in trials for r in t.history)
     span = max(last - first, 1e-9)
     trial_epochs = sum(len(t.history) for t in trials)
     later = [float(r["images_per_s"]) for t in trials for r in t.history[1:]]
-    return {"trials": len(trials), "span_s": span, "wall_s": wall_s,
-            "trials_per_hour": len(trials) * 3600 / span,
-            "trials_per_hour_wall": len(trials) * 3600 / wall_s,
-            "trial_epochs": trial_epochs,
-            "aggregate_img_s": trial_epochs * train_images / span,
-            "trial_img_s": mean(later)}
+    return {
+        "trials": len(trials),
+        "span_s": span,
+        "wall_s": wall_s,
+        "trials_per_hour": len(trials) * 3600 / span,
+        "trials_per_hour_wall": len(trials) * 3600 / wall_s,
+        "trial_epochs": trial_epochs,
+        "aggregate_img_s": trial_epochs * train_images / span,
+        "trial_img_s": mean(later),
+    }
 
 
 def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[str, Any]:
@@ -403,8 +494,11 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
     if not gpus:
         message = no_gpu_message(ctx.backend)
         print(message, flush=True)
-        return {"skipped": True, "reason": message.removeprefix("skipped: "),
-                "backend": ctx.backend}
+        return {
+            "skipped": True,
+            "reason": message.removeprefix("skipped: "),
+            "backend": ctx.backend,
+        }
     began = time.perf_counter()
     names = gpu_names()
     name = names[0] if names else "unknown GPU"
@@ -415,15 +509,25 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
         flops = vgg16_flops_per_image(size, size)
         for precision, xla in GPU_MODES:
             progress(f"gpu: VGG16 {size}x{size} batch {batch} {precision} xla={xla}")
-            job = {"backend": ctx.backend, "size": size, "batch": batch,
-                   "precision": precision, "xla": xla,
-                   "seconds": ctx.mode.gpu_seconds, "warmup": ctx.mode.gpu_warmup}
+            job = {
+                "backend": ctx.backend,
+                "size": size,
+                "batch": batch,
+                "precision": precision,
+                "xla": xla,
+                "seconds": ctx.mode.gpu_seconds,
+                "warmup": ctx.mode.gpu_warmup,
+            }
             row = _run_gpu_worker(job, log)
             # The peak of the precision the worker really ran (mixed is float32 before Volta).
             peak = peak_tflops(name, row["precision"] != "float32", ctx.gpu_peak_tflops)
             achieved = row["images_per_s"] * flops / 1e12
-            row.update(train_gflops_per_image=flops / 1e9, tflops=achieved, peak_tflops=peak,
-                       share_of_peak=achieved / peak if peak else None)
+            row.update(
+                train_gflops_per_image=flops / 1e9,
+                tflops=achieved,
+                peak_tflops=peak,
+                share_of_peak=achieved / peak if peak else None,
+            )
             rows.append(row)
 
     data_path = write_packing_data(ctx.workdir / "packing.npz", ctx.mode.pack_images)
@@ -434,8 +538,10 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
         entry: dict[str, Any] = {"per_gpu": per_gpu, "gpus_per_trial": 1 / per_gpu}
         left = SECTION_BUDGET_S - (time.perf_counter() - began)
         if expected > left:
-            progress(f"gpu: {per_gpu} trial(s) per GPU skipped: ~{expected:.0f} s needed, "
-                     f"{left:.0f} s left of the section's {SECTION_BUDGET_S} s")
+            progress(
+                f"gpu: {per_gpu} trial(s) per GPU skipped: ~{expected:.0f} s needed, "
+                f"{left:.0f} s left of the section's {SECTION_BUDGET_S} s"
+            )
             packing.append({**entry, "skipped": f"time budget ({left:.0f} s left)"})
             continue
         raw = packing_spec(ctx, per_gpu, data_path)
@@ -447,19 +553,33 @@ def bench_gpu(ctx: Context, visible_gpus: Sequence[Any] | None = None) -> dict[s
         expected = 1.25 * wall  # more trials packed take a little longer than the last search
         complete = [t for t in summary.trials if t.status(summary.max_t) == TrialStatus.COMPLETE]
         if len(complete) < len(summary.trials):
-            packing.append({**entry, "skipped": f"cut by the time budget after {len(complete)} "
-                                                f"of {len(summary.trials)} trials"})
+            packing.append(
+                {
+                    **entry,
+                    "skipped": f"cut by the time budget after {len(complete)} "
+                    f"of {len(summary.trials)} trials",
+                }
+            )
             continue
-        packing.append({**entry, **packing_figures(summary.trials, summary.max_t, wall,
-                                                   train_images)})
-    checkpoint = bench_checkpoint_writes(ctx, log,
-                                         SECTION_BUDGET_S - (time.perf_counter() - began))
-    return {"skipped": False, "backend": ctx.backend, "gpu": name, "throughput": rows,
-            "packing": packing, "checkpoint": checkpoint,
-            "section_budget_s": SECTION_BUDGET_S,
-            "peak_source": "--gpu-peak-tflops" if ctx.gpu_peak_tflops else "datasheet table",
-            "packing_spec": {k: v for k, v in packing_spec(ctx, 1, data_path).items()
-                             if k in ("model", "train")}}
+        packing.append(
+            {**entry, **packing_figures(summary.trials, summary.max_t, wall, train_images)}
+        )
+    checkpoint = bench_checkpoint_writes(
+        ctx, log, SECTION_BUDGET_S - (time.perf_counter() - began)
+    )
+    return {
+        "skipped": False,
+        "backend": ctx.backend,
+        "gpu": name,
+        "throughput": rows,
+        "packing": packing,
+        "checkpoint": checkpoint,
+        "section_budget_s": SECTION_BUDGET_S,
+        "peak_source": "--gpu-peak-tflops" if ctx.gpu_peak_tflops else "datasheet table",
+        "packing_spec": {
+            k: v for k, v in packing_spec(ctx, 1, data_path).items() if k in ("model", "train")
+        },
+    }
 
 
 def bench_checkpoint_writes(ctx: Context, log: Path, left_s: float) -> dict[str, Any]:
@@ -472,16 +592,30 @@ def bench_checkpoint_writes(ctx: Context, log: Path, left_s: float) -> dict[str,
         ``{"skipped": reason}``.
     """
     if left_s < CHECKPOINT_GUESS_S:
-        progress(f"gpu: checkpoint writes skipped: ~{CHECKPOINT_GUESS_S:.0f} s needed, "
-                 f"{left_s:.0f} s left of the section's {SECTION_BUDGET_S} s")
+        progress(
+            f"gpu: checkpoint writes skipped: ~{CHECKPOINT_GUESS_S:.0f} s needed, "
+            f"{left_s:.0f} s left of the section's {SECTION_BUDGET_S} s"
+        )
         return {"skipped": f"time budget ({left_s:.0f} s left)"}
     size, batch, train_images, val_images, epochs = CHECKPOINT_CASE
-    progress(f"gpu: a checkpoint every epoch, VGG16 {size}x{size}, {train_images} images "
-             f"per epoch: {', '.join(CHECKPOINT_WAYS)}")
-    result = _run_gpu_worker({"kind": "checkpoint", "backend": ctx.backend, "size": size,
-                              "batch": batch, "train_images": train_images,
-                              "val_images": val_images, "epochs": epochs,
-                              "precision": "mixed", "ways": list(CHECKPOINT_WAYS)}, log)
+    progress(
+        f"gpu: a checkpoint every epoch, VGG16 {size}x{size}, {train_images} images "
+        f"per epoch: {', '.join(CHECKPOINT_WAYS)}"
+    )
+    result = _run_gpu_worker(
+        {
+            "kind": "checkpoint",
+            "backend": ctx.backend,
+            "size": size,
+            "batch": batch,
+            "train_images": train_images,
+            "val_images": val_images,
+            "epochs": epochs,
+            "precision": "mixed",
+            "ways": list(CHECKPOINT_WAYS),
+        },
+        log,
+    )
     return with_checkpoint_ratios(result)
 
 
@@ -489,9 +623,13 @@ def with_checkpoint_ratios(result: Mapping[str, Any]) -> dict[str, Any]:
     """The checkpoint worker's result with ``snapshot_ratio`` (the GPU trial's way over the
     CPU trial's) and ``checkpoint_cost`` (each way's epoch over one without checkpoints)."""
     epoch_s = result["epoch_s"]
-    return {**result, "snapshot_ratio": epoch_s["snapshot"] / epoch_s["beside"],
-            "checkpoint_cost": {way: seconds / epoch_s["none"]
-                                for way, seconds in epoch_s.items() if way != "none"}}
+    return {
+        **result,
+        "snapshot_ratio": epoch_s["snapshot"] / epoch_s["beside"],
+        "checkpoint_cost": {
+            way: seconds / epoch_s["none"] for way, seconds in epoch_s.items() if way != "none"
+        },
+    }
 
 
 def format_checkpoint_writes(result: Mapping[str, Any]) -> str:
@@ -499,13 +637,15 @@ def format_checkpoint_writes(result: Mapping[str, Any]) -> str:
     if "skipped" in result:
         return f"checkpoint writes: skipped ({result['skipped']})"
     epoch_s, cost = result["epoch_s"], result["checkpoint_cost"]
-    return (f"a checkpoint every epoch ({result['checkpoint_bytes'] / 1e6:.0f} MB; VGG16 "
-            f"{result['size']}x{result['size']}, {result['train_images']} images per epoch, "
-            f"{result['precision']}): {epoch_s['none']:.3f} s/epoch without, "
-            f"{epoch_s['beside']:.3f} waiting for the write (CPU trial's way, "
-            f"x{cost['beside']:.3f}), {epoch_s['snapshot']:.3f} waiting for the copy only "
-            f"(GPU trial's way, x{cost['snapshot']:.3f}); GPU way / CPU way = "
-            f"{result['snapshot_ratio']:.3f}")
+    return (
+        f"a checkpoint every epoch ({result['checkpoint_bytes'] / 1e6:.0f} MB; VGG16 "
+        f"{result['size']}x{result['size']}, {result['train_images']} images per epoch, "
+        f"{result['precision']}): {epoch_s['none']:.3f} s/epoch without, "
+        f"{epoch_s['beside']:.3f} waiting for the write (CPU trial's way, "
+        f"x{cost['beside']:.3f}), {epoch_s['snapshot']:.3f} waiting for the copy only "
+        f"(GPU trial's way, x{cost['snapshot']:.3f}); GPU way / CPU way = "
+        f"{result['snapshot_ratio']:.3f}"
+    )
 
 
 def print_gpu(result: Mapping[str, Any]) -> str:
@@ -523,22 +663,34 @@ def print_gpu(result: Mapping[str, Any]) -> str:
     throughput = format_table(
         f"d. GPU throughput: VGG16 (weights none) on {result['gpu']}, Keras on {backend}, "
         f"synthetic data on the device (peak: {result['peak_source']})",
-        [Column("size", "size"), Column("batch", "batch"), Column("precision", "precision"),
-         Column("xla", "XLA"), Column("images_per_s", "img/s", ".0f"),
-         Column("train_gflops_per_image", "GFLOP/img (train)", ".2f"),
-         Column("tflops", "TFLOP/s", ".1f"), Column("peak_tflops", "peak TFLOP/s", ".1f"),
-         Column("share_of_peak", "share of peak", ".1%")],
-        result["throughput"])
+        [
+            Column("size", "size"),
+            Column("batch", "batch"),
+            Column("precision", "precision"),
+            Column("xla", "XLA"),
+            Column("images_per_s", "img/s", ".0f"),
+            Column("train_gflops_per_image", "GFLOP/img (train)", ".2f"),
+            Column("tflops", "TFLOP/s", ".1f"),
+            Column("peak_tflops", "peak TFLOP/s", ".1f"),
+            Column("share_of_peak", "share of peak", ".1%"),
+        ],
+        result["throughput"],
+    )
     packing = format_table(
         "Trials packed on one GPU (VGG16 64x64, batch 128, two waves of trials)",
-        [Column("per_gpu", "trials/GPU"), Column("gpus_per_trial", "gpus_per_trial", ".2f"),
-         Column("skipped", "skipped"),
-         Column("trials", "trials"), Column("span_s", "first start->last result s", ".1f"),
-         Column("trials_per_hour", "trials/hour", ".1f"),
-         Column("trials_per_hour_wall", "trials/hour (incl. Ray start)", ".1f"),
-         Column("aggregate_img_s", "img/s all trials", ".0f"),
-         Column("trial_img_s", "img/s per trial (epochs 2+)", ".0f")],
-        result["packing"])
+        [
+            Column("per_gpu", "trials/GPU"),
+            Column("gpus_per_trial", "gpus_per_trial", ".2f"),
+            Column("skipped", "skipped"),
+            Column("trials", "trials"),
+            Column("span_s", "first start->last result s", ".1f"),
+            Column("trials_per_hour", "trials/hour", ".1f"),
+            Column("trials_per_hour_wall", "trials/hour (incl. Ray start)", ".1f"),
+            Column("aggregate_img_s", "img/s all trials", ".0f"),
+            Column("trial_img_s", "img/s per trial (epochs 2+)", ".0f"),
+        ],
+        result["packing"],
+    )
     checkpoint = result.get("checkpoint")  # runs before 2026-11-30 13:00 lack it
     tail = f"\n\n{format_checkpoint_writes(checkpoint)}" if checkpoint else ""
     return f"{throughput}\n\n{packing}{tail}"

@@ -69,8 +69,11 @@ def memory_mb() -> dict[str, float]:
                 out["rss"] = int(line.split()[1]) / 1024
     try:
         with open("/proc/self/smaps_rollup") as rollup:
-            fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup
-                      if line.split()[-1] == "kB"}
+            fields = {
+                line.split(":")[0]: int(line.split()[1])
+                for line in rollup
+                if line.split()[-1] == "kB"
+            }
     except OSError:  # kernels before 4.14
         return out
     out["pss"] = fields["Pss"] / 1024
@@ -106,8 +109,9 @@ def trial(config: dict[str, Any], data: Dataset | None = None) -> None:
     if config["pipeline"]:
         from search.data import make_input_pipeline
 
-        pipeline = make_input_pipeline(data.x_train, data.y_train, batch_size=256,
-                                       training=True, seed=0, augment="flip+crop")
+        pipeline = make_input_pipeline(
+            data.x_train, data.y_train, batch_size=256, training=True, seed=0, augment="flip+crop"
+        )
         ready = memory_mb()
         for _ in pipeline:
             pass
@@ -123,32 +127,43 @@ def run_mode(mode: str, data: Dataset, args: argparse.Namespace) -> dict[str, An
     with tempfile.TemporaryDirectory(prefix="data-sharing-") as scratch:
         barrier = Path(scratch, "barrier")
         barrier.mkdir()
-        config = {"size_mb": args.size_mb, "seed": 0, "barrier": str(barrier),
-                  "trials": args.trials, "pipeline": args.pipeline}
+        config = {
+            "size_mb": args.size_mb,
+            "seed": 0,
+            "barrier": str(barrier),
+            "trials": args.trials,
+            "pipeline": args.pipeline,
+        }
         trainable = tune.with_parameters(trial, data=data if mode == "shared" else None)
         # Fractional CPUs so that every trial runs at once (the barrier needs them all).
         trainable = tune.with_resources(trainable, {"cpu": args.num_cpus / args.trials})
         tuner = tune.Tuner(
             trainable,
             param_space=config,
-            tune_config=tune.TuneConfig(num_samples=args.trials,
-                                        max_concurrent_trials=args.trials),
-            run_config=tune.RunConfig(name=f"data-sharing-{mode}", storage_path=scratch,
-                                      verbose=0),
+            tune_config=tune.TuneConfig(
+                num_samples=args.trials, max_concurrent_trials=args.trials
+            ),
+            run_config=tune.RunConfig(
+                name=f"data-sharing-{mode}", storage_path=scratch, verbose=0
+            ),
         )
         results = tuner.fit()
         if results.errors:
             raise RuntimeError(f"{mode}: {results.errors[0]}")
         rows = [r.metrics for r in results]
-    summary: dict[str, Any] = {"mode": mode, "trials": len(rows),
-                               "dataset_mb": round(data.nbytes / 2**20, 1)}
+    summary: dict[str, Any] = {
+        "mode": mode,
+        "trials": len(rows),
+        "dataset_mb": round(data.nbytes / 2**20, 1),
+    }
     for key in ("rss", "pss", "uss"):
         summary[f"{key}_per_trial_mb"] = round(float(np.mean([r[f"{key}_mb"] for r in rows])), 1)
         growth = [r[f"{key}_mb"] - r[f"{key}_before_mb"] for r in rows]
         summary[f"{key}_growth_per_trial_mb"] = round(float(np.mean(growth)), 1)
     if args.pipeline:
         summary["pipeline_uss_growth_mb"] = round(
-            float(np.mean([r["pipeline_uss_growth_mb"] for r in rows])), 1)
+            float(np.mean([r["pipeline_uss_growth_mb"] for r in rows])), 1
+        )
     summary["zero_copy_in_workers"] = all(r["shared"] for r in rows)
     return summary
 
@@ -159,15 +174,25 @@ def machine() -> dict[str, Any]:
             total_kb = int(meminfo.readline().split()[1])
     except OSError:
         total_kb = 0
-    return {"cpus": os.cpu_count(), "memory_gb": round(total_kb / 2**20, 1),
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(total_kb / 2**20, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def print_table(rows: list[dict[str, Any]], pipeline: bool) -> None:
-    columns = [("mode", "mode"), ("trials", "trials"), ("dataset_mb", "dataset MB"),
-               ("rss_per_trial_mb", "RSS/trial MB"), ("pss_per_trial_mb", "PSS/trial MB"),
-               ("uss_per_trial_mb", "USS/trial MB"), ("pss_growth_per_trial_mb", "PSS growth MB"),
-               ("uss_growth_per_trial_mb", "USS growth MB")]
+    columns = [
+        ("mode", "mode"),
+        ("trials", "trials"),
+        ("dataset_mb", "dataset MB"),
+        ("rss_per_trial_mb", "RSS/trial MB"),
+        ("pss_per_trial_mb", "PSS/trial MB"),
+        ("uss_per_trial_mb", "USS/trial MB"),
+        ("pss_growth_per_trial_mb", "PSS growth MB"),
+        ("uss_growth_per_trial_mb", "USS growth MB"),
+    ]
     if pipeline:
         columns.append(("pipeline_uss_growth_mb", "tf.data USS growth MB"))
     widths = [max(len(title), *(len(str(r[key])) for r in rows)) for key, title in columns]
@@ -183,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=2, help="concurrent trials")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs for the local Ray")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--pipeline", action="store_true",
-                        help="also run one tf.data epoch per trial (imports TensorFlow)")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also run one tf.data epoch per trial (imports TensorFlow)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     if args.reduced:
@@ -193,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     data = synthetic_dataset(args.size_mb)
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         rows = [run_mode(mode, data, args) for mode in args.modes]
     finally:
@@ -202,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, args.pipeline)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), "size_mb": args.size_mb,
-                                         "results": rows}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"machine": machine(), "size_mb": args.size_mb, "results": rows}, indent=2)
+            + "\n"
+        )
     return 0
 
 

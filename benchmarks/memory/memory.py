@@ -40,10 +40,14 @@ def cifar_sized_object_store() -> dict[str, Any]:
     finally:
         ray.shutdown()
     ratio = size / pixels.nbytes
-    return {"source_bytes": int(pixels.nbytes), "object_store_bytes": int(size),
-            "object_store_ratio": ratio, "dtype": str(data.x_train.dtype),
-            "goal": f"object store <= {OBJECT_STORE_GOAL}x the source's pixels",
-            "goal_met": ratio <= OBJECT_STORE_GOAL}
+    return {
+        "source_bytes": int(pixels.nbytes),
+        "object_store_bytes": int(size),
+        "object_store_ratio": ratio,
+        "dtype": str(data.x_train.dtype),
+        "goal": f"object store <= {OBJECT_STORE_GOAL}x the source's pixels",
+        "goal_met": ratio <= OBJECT_STORE_GOAL,
+    }
 
 
 def bench_memory(ctx: Context) -> dict[str, Any]:
@@ -80,9 +84,15 @@ def bench_memory(ctx: Context) -> dict[str, Any]:
     progress("memory: a CIFAR-10-sized uint8 dataset in the object store")
     cifar = cifar_sized_object_store()
     ensure_ray_stopped("memory")
-    return {"args": args, "data_sharing": result, "table": table.getvalue().rstrip(),
-            "pss_saved_per_trial_mb": saved, "source_bytes": cifar["source_bytes"],
-            "object_store_bytes": cifar["object_store_bytes"], "cifar_sized": cifar}
+    return {
+        "args": args,
+        "data_sharing": result,
+        "table": table.getvalue().rstrip(),
+        "pss_saved_per_trial_mb": saved,
+        "source_bytes": cifar["source_bytes"],
+        "object_store_bytes": cifar["object_store_bytes"],
+        "cifar_sized": cifar,
+    }
 
 
 def print_memory(result: Mapping[str, Any]) -> str:
@@ -95,17 +105,23 @@ def print_memory(result: Mapping[str, Any]) -> str:
         The text to print.
     """
     size = result["data_sharing"]["size_mb"]
-    lines = [f"c. Data sharing: memory per trial, {size:g} MB dataset "
-             f"(benchmarks/memory/data_sharing.py {' '.join(result['args'][:-2])})",
-             result["table"]]
+    lines = [
+        f"c. Data sharing: memory per trial, {size:g} MB dataset "
+        f"(benchmarks/memory/data_sharing.py {' '.join(result['args'][:-2])})",
+        result["table"],
+    ]
     if result["pss_saved_per_trial_mb"] is not None:
         zero_copy = result["data_sharing"]["results"][0].get("zero_copy_in_workers")
-        lines.append(f"PSS saved per trial by sharing: {result['pss_saved_per_trial_mb']:.1f} MB;"
-                     f" zero-copy in workers: {format_cell(zero_copy)}")
+        lines.append(
+            f"PSS saved per trial by sharing: {result['pss_saved_per_trial_mb']:.1f} MB;"
+            f" zero-copy in workers: {format_cell(zero_copy)}"
+        )
     cifar = result["cifar_sized"]
-    lines.append(f"CIFAR-10-sized dataset ({CIFAR_TRAIN_SHAPE[0]:,} x 32 x 32 x 3, "
-                 f"{cifar['dtype']}): source pixels {cifar['source_bytes'] / 1e6:.1f} MB, in "
-                 f"the object store {cifar['object_store_bytes'] / 1e6:.1f} MB "
-                 f"({cifar['object_store_ratio']:.3f}x); goal {cifar['goal']}: "
-                 f"{'met' if cifar['goal_met'] else 'NOT met'}")
+    lines.append(
+        f"CIFAR-10-sized dataset ({CIFAR_TRAIN_SHAPE[0]:,} x 32 x 32 x 3, "
+        f"{cifar['dtype']}): source pixels {cifar['source_bytes'] / 1e6:.1f} MB, in "
+        f"the object store {cifar['object_store_bytes'] / 1e6:.1f} MB "
+        f"({cifar['object_store_ratio']:.3f}x); goal {cifar['goal']}: "
+        f"{'met' if cifar['goal_met'] else 'NOT met'}"
+    )
     return "\n".join(lines)

@@ -32,10 +32,17 @@ def storage_spec(ctx: Context) -> dict[str, Any]:
         "dataset": {"name": "digits", "subset": 300, "val_fraction": 0.2, "seed": 0},
         "model": {"backbone": "small_cnn", "weights": "none", "upsample": 1},
         "train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.05},
-        "space": {"learning_rate": {"loguniform": [0.001, 0.2]},
-                  "dropout": {"uniform": [0.0, 0.6]}},
-        "search": {"num_samples": ctx.mode.storage_trials, "max_concurrent": CONCURRENT,
-                   "seed": 0, "baseline": False, "keep_checkpoints": KEEP},
+        "space": {
+            "learning_rate": {"loguniform": [0.001, 0.2]},
+            "dropout": {"uniform": [0.0, 0.6]},
+        },
+        "search": {
+            "num_samples": ctx.mode.storage_trials,
+            "max_concurrent": CONCURRENT,
+            "seed": 0,
+            "baseline": False,
+            "keep_checkpoints": KEEP,
+        },
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
         "storage": str(ctx.workdir / "experiments"),
@@ -51,12 +58,13 @@ def count_storage(experiment_dir: str) -> dict[str, Any]:
     fs, root = storage.filesystem(experiment_dir)
     trials = load_trials(experiment_dir)
     folders = {t.trial_id: checkpoint_dirs(fs, t.path) for t in trials}
-    return {"trials": len(trials),
-            "checkpoints_kept": sum(len(f) for f in folders.values()),
-            "trials_with_checkpoints": sum(1 for f in folders.values() if f),
-            "checkpoint_bytes": sum(storage.tree_bytes(fs, d) for f in folders.values()
-                                    for d in f),
-            "storage_bytes": storage.tree_bytes(fs, root)}
+    return {
+        "trials": len(trials),
+        "checkpoints_kept": sum(len(f) for f in folders.values()),
+        "trials_with_checkpoints": sum(1 for f in folders.values() if f),
+        "checkpoint_bytes": sum(storage.tree_bytes(fs, d) for f in folders.values() for d in f),
+        "storage_bytes": storage.tree_bytes(fs, root),
+    }
 
 
 def bench_checkpoint_storage(ctx: Context) -> dict[str, Any]:
@@ -70,10 +78,15 @@ def bench_checkpoint_storage(ctx: Context) -> dict[str, Any]:
     summary, wall = run_logged_search(raw, ctx, ctx.workdir / "logs" / "storage.log")
     ensure_ray_stopped("overhead")
     counts = count_storage(summary.experiment_dir)
-    return {**counts, "keep": KEEP, "concurrent": CONCURRENT, "search_wall_s": wall,
-            "goal": f"trials holding checkpoints <= keep_checkpoints + concurrent = "
-                    f"{KEEP + CONCURRENT}",
-            "goal_met": counts["trials_with_checkpoints"] <= KEEP + CONCURRENT}
+    return {
+        **counts,
+        "keep": KEEP,
+        "concurrent": CONCURRENT,
+        "search_wall_s": wall,
+        "goal": f"trials holding checkpoints <= keep_checkpoints + concurrent = "
+        f"{KEEP + CONCURRENT}",
+        "goal_met": counts["trials_with_checkpoints"] <= KEEP + CONCURRENT,
+    }
 
 
 def print_checkpoint_storage(result: Mapping[str, Any]) -> str:
@@ -81,10 +94,13 @@ def print_checkpoint_storage(result: Mapping[str, Any]) -> str:
     table = format_table(
         f"What a search leaves in storage ({result['trials']} small_cnn trials, "
         f"keep_checkpoints={result['keep']}, {result['concurrent']} at once)",
-        [Column("trials_with_checkpoints", "trials holding checkpoints"),
-         Column("checkpoints_kept", "checkpoint folders"),
-         Column("checkpoint_bytes", "checkpoint bytes"),
-         Column("storage_bytes", "experiment folder bytes")],
-        [result])
+        [
+            Column("trials_with_checkpoints", "trials holding checkpoints"),
+            Column("checkpoints_kept", "checkpoint folders"),
+            Column("checkpoint_bytes", "checkpoint bytes"),
+            Column("storage_bytes", "experiment folder bytes"),
+        ],
+        [result],
+    )
     verdict = "met" if result["goal_met"] else "NOT met"
     return f"{table}\ngoal: {result['goal']}: {verdict}"

@@ -64,17 +64,40 @@ def overhead_spec(ctx: Context, name: str, subset: int | None = None) -> dict[st
     mode = ctx.mode
     return {
         "name": name,
-        "dataset": {"name": "digits", "subset": subset or mode.overhead_subset,
-                    "val_fraction": 0.2,
-                    "seed": 0},
-        "model": {"backbone": "vgg16", "weights": "none", "upsample": 1, "noise_std": 0.01,
-                  "dense_units": 256, "dropout": 0.5, "pooling": "flatten"},
-        "train": {"epochs": mode.overhead_epochs, "batch_size": mode.overhead_batch,
-                  "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.9,
-                  "mixed_precision": "auto", "jit_compile": "auto", "seed": 0},
+        "dataset": {
+            "name": "digits",
+            "subset": subset or mode.overhead_subset,
+            "val_fraction": 0.2,
+            "seed": 0,
+        },
+        "model": {
+            "backbone": "vgg16",
+            "weights": "none",
+            "upsample": 1,
+            "noise_std": 0.01,
+            "dense_units": 256,
+            "dropout": 0.5,
+            "pooling": "flatten",
+        },
+        "train": {
+            "epochs": mode.overhead_epochs,
+            "batch_size": mode.overhead_batch,
+            "optimizer": "sgd",
+            "learning_rate": 0.01,
+            "momentum": 0.9,
+            "mixed_precision": "auto",
+            "jit_compile": "auto",
+            "seed": 0,
+        },
         "space": {},
-        "search": {"num_samples": 1, "max_concurrent": 1, "seed": 0, "algorithm": "random",
-                   "baseline": False, "max_failures": 0},
+        "search": {
+            "num_samples": 1,
+            "max_concurrent": 1,
+            "seed": 0,
+            "algorithm": "random",
+            "baseline": False,
+            "max_failures": 0,
+        },
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
         # The whole machine for the one trial, as the plain fit has it.
         "resources": {"cpus_per_trial": ctx.num_cpus, "gpus_per_trial": "auto"},
@@ -82,8 +105,9 @@ def overhead_spec(ctx: Context, name: str, subset: int | None = None) -> dict[st
     }
 
 
-def plain_fit(spec: Any, per_epoch_calls: bool = False,
-              checkpoint: str | None = None) -> dict[str, Any]:
+def plain_fit(
+    spec: Any, per_epoch_calls: bool = False, checkpoint: str | None = None
+) -> dict[str, Any]:
     """Trains the spec's fixed trial with plain ``model.fit`` in this process, no Ray.
 
     Set up by the trial's own sequence, :mod:`search.trial.runtime` (devices, precision, XLA
@@ -115,8 +139,9 @@ def plain_fit(spec: Any, per_epoch_calls: bool = False,
     keras = run.keras
     batch = int(params["batch_size"])
     model = runtime.build_compiled_model(params, data.input_shape, data.num_classes)
-    train_ds, val_ds = runtime.make_pipelines(params, data.x_train, data.y_train, data.x_val,
-                                              data.y_val, batch)
+    train_ds, val_ds = runtime.make_pipelines(
+        params, data.x_train, data.y_train, data.x_val, data.y_val, batch
+    )
 
     train_seconds: list[float] = []
     epoch_seconds: list[float] = []
@@ -144,18 +169,34 @@ def plain_fit(spec: Any, per_epoch_calls: bool = False,
     epochs = int(params["epochs"])
     if per_epoch_calls:
         for epoch in range(epochs):
-            model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
-                      verbose=0, shuffle=False,
-                      callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()])
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
+            )
     else:
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
-                  callbacks=callbacks)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            verbose=0,
+            shuffle=False,
+            callbacks=callbacks,
+        )
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
     n = len(data.x_train)
-    return {"images_per_epoch": n, "precision": run.precision,
-            "images_per_s": [n / s for s in train_seconds], "epoch_seconds": epoch_seconds,
-            "first_batch_seconds": first_batch_seconds}
+    return {
+        "images_per_epoch": n,
+        "precision": run.precision,
+        "images_per_s": [n / s for s in train_seconds],
+        "epoch_seconds": epoch_seconds,
+        "first_batch_seconds": first_batch_seconds,
+    }
 
 
 CHECKPOINT_WRITES = ("after", "beside", "snapshot")
@@ -229,17 +270,22 @@ def checkpoint_overlap(ctx: Context, rounds: int = 2) -> dict[str, Any]:
     runs = []
     for round_ in range(rounds):
         for where in CHECKPOINT_WRITES:
-            progress(f"overhead: checkpoint every epoch, written {where} "
-                     f"({round_ + 1}/{rounds})")
+            progress(f"overhead: checkpoint every epoch, written {where} ({round_ + 1}/{rounds})")
             fitted = plain_fit(spec, checkpoint=where)
             runs.append({"where": where, "epoch_s": mean(fitted["epoch_seconds"][1:])})
-    seconds = {where: mean([r["epoch_s"] for r in runs if r["where"] == where])
-               for where in CHECKPOINT_WRITES}
-    return {"runs": runs, "after_epoch_s": seconds["after"],
-            "beside_epoch_s": seconds["beside"], "snapshot_epoch_s": seconds["snapshot"],
-            "ratio": seconds["beside"] / seconds["after"],
-            "snapshot_ratio": seconds["snapshot"] / seconds["after"],
-            "images": fitted["images_per_epoch"]}
+    seconds = {
+        where: mean([r["epoch_s"] for r in runs if r["where"] == where])
+        for where in CHECKPOINT_WRITES
+    }
+    return {
+        "runs": runs,
+        "after_epoch_s": seconds["after"],
+        "beside_epoch_s": seconds["beside"],
+        "snapshot_epoch_s": seconds["snapshot"],
+        "ratio": seconds["beside"] / seconds["after"],
+        "snapshot_ratio": seconds["snapshot"] / seconds["after"],
+        "images": fitted["images_per_epoch"],
+    }
 
 
 def format_overlap(result: Mapping[str, Any]) -> str:
@@ -247,13 +293,17 @@ def format_overlap(result: Mapping[str, Any]) -> str:
     from a snapshot beside the next epoch."""
     snapshot = ""
     if "snapshot_epoch_s" in result:  # runs before 2026-11-30 13:00 lack it
-        snapshot = (f", {result['snapshot_epoch_s']:.3f} from a snapshot beside the next "
-                    f"epoch (/ after = {result['snapshot_ratio']:.3f})")
-    return (f"checkpoint every epoch, plain fit, short epochs ({result['images']} images): "
-            f"{result['after_epoch_s']:.3f} s/epoch written after validation, "
-            f"{result['beside_epoch_s']:.3f} beside it (beside / after = "
-            f"{result['ratio']:.3f}){snapshot}; "
-            f"{sum(1 for run in result['runs'] if run['where'] == 'after')} interleaved rounds")
+        snapshot = (
+            f", {result['snapshot_epoch_s']:.3f} from a snapshot beside the next "
+            f"epoch (/ after = {result['snapshot_ratio']:.3f})"
+        )
+    return (
+        f"checkpoint every epoch, plain fit, short epochs ({result['images']} images): "
+        f"{result['after_epoch_s']:.3f} s/epoch written after validation, "
+        f"{result['beside_epoch_s']:.3f} beside it (beside / after = "
+        f"{result['ratio']:.3f}){snapshot}; "
+        f"{sum(1 for run in result['runs'] if run['where'] == 'after')} interleaved rounds"
+    )
 
 
 def cli_time_to_first_epoch(raw: Mapping[str, Any], ctx: Context, log: Path) -> dict[str, Any]:
@@ -282,14 +332,30 @@ def cli_time_to_first_epoch(raw: Mapping[str, Any], ctx: Context, log: Path) -> 
     name = str(raw["name"])
     path = ctx.workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(dict(raw), sort_keys=False), encoding="utf-8")
-    command = [sys.executable, "-m", "search", "run", str(path), "--num-cpus",
-               str(ctx.num_cpus), "--name", name]
+    command = [
+        sys.executable,
+        "-m",
+        "search",
+        "run",
+        str(path),
+        "--num-cpus",
+        str(ctx.num_cpus),
+        "--name",
+        name,
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started_s = first_epoch_s = None
     lines: list[str] = []
     began = time.perf_counter()
-    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    with subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as proc:
         for line in proc.stdout or ():
             now = time.perf_counter() - began
             lines.append(line)
@@ -307,27 +373,35 @@ def cli_time_to_first_epoch(raw: Mapping[str, Any], ctx: Context, log: Path) -> 
         raise RuntimeError(f"no `trial <id> epoch 1/N` line in the CLI's output (see {log})")
     trials = load_trials(str(Path(raw["storage"]) / name))
     epoch1 = float(trials[0].history[0]["epoch_seconds"]) if trials else float("nan")
-    return {"command": " ".join(command[1:]), "launch_to_started_s": started_s,
-            "launch_to_first_epoch_s": first_epoch_s, "cli_total_s": total_s,
-            "trial_epoch1_s": epoch1, "startup_s": first_epoch_s - epoch1}
+    return {
+        "command": " ".join(command[1:]),
+        "launch_to_started_s": started_s,
+        "launch_to_first_epoch_s": first_epoch_s,
+        "cli_total_s": total_s,
+        "trial_epoch1_s": epoch1,
+        "startup_s": first_epoch_s - epoch1,
+    }
 
 
 def _trial_run(history: Sequence[Mapping[str, Any]], images: int) -> dict[str, Any]:
     """The trial's per-epoch figures from its result rows."""
     held = [float(r["wall_seconds"]) for r in history]
-    return {"images_per_epoch": images, "precision": history[-1].get("precision"),
-            "images_per_s": [float(r["images_per_s"]) for r in history],
-            # The trial's whole epoch, as its thread lived it: from one report's hand-off to
-            # the next (training, validation, the checkpoint, and any wait for the last
-            # report, which Ray makes while the next epoch trains); the first includes the
-            # set-up. Ray's time_this_iter_s no longer spans that: it counts from the
-            # driver's next train() call, made while the trial already trains on.
-            "epoch_seconds": [b - a for a, b in zip([0.0, *held], held)],
-            "ray_time_this_iter_s": [float(r["time_this_iter_s"]) for r in history],
-            # Its parts: the epoch inside fit (training and validation, a checkpoint's model
-            # written beside validation), then the wait for the checkpoint.
-            "fit_seconds": [float(r["epoch_seconds"]) for r in history],
-            "checkpoint_seconds": [float(r.get("checkpoint_seconds", 0.0)) for r in history]}
+    return {
+        "images_per_epoch": images,
+        "precision": history[-1].get("precision"),
+        "images_per_s": [float(r["images_per_s"]) for r in history],
+        # The trial's whole epoch, as its thread lived it: from one report's hand-off to
+        # the next (training, validation, the checkpoint, and any wait for the last
+        # report, which Ray makes while the next epoch trains); the first includes the
+        # set-up. Ray's time_this_iter_s no longer spans that: it counts from the
+        # driver's next train() call, made while the trial already trains on.
+        "epoch_seconds": [b - a for a, b in zip([0.0, *held], held)],
+        "ray_time_this_iter_s": [float(r["time_this_iter_s"]) for r in history],
+        # Its parts: the epoch inside fit (training and validation, a checkpoint's model
+        # written beside validation), then the wait for the checkpoint.
+        "fit_seconds": [float(r["epoch_seconds"]) for r in history],
+        "checkpoint_seconds": [float(r.get("checkpoint_seconds", 0.0)) for r in history],
+    }
 
 
 def bench_overhead(ctx: Context) -> dict[str, Any]:
@@ -357,11 +431,12 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
     ensure_ray_stopped("overhead")
 
     progress("overhead: the same trial under run_search")
-    summary, search_wall = run_logged_search(raw, ctx,
-                                             ctx.workdir / "logs" / "overhead-trial.log")
+    summary, search_wall = run_logged_search(raw, ctx, ctx.workdir / "logs" / "overhead-trial.log")
     if len(summary.trials) != 1 or summary.trials[0].status(spec.max_t) != TrialStatus.COMPLETE:
-        raise RuntimeError(f"overhead: expected one complete trial, got "
-                           f"{[str(t.status(spec.max_t)) for t in summary.trials]}")
+        raise RuntimeError(
+            f"overhead: expected one complete trial, got "
+            f"{[str(t.status(spec.max_t)) for t in summary.trials]}"
+        )
     trial = _trial_run(summary.trials[0].history, runs[0][1]["images_per_epoch"])
     runs.append(("trial (run_search)", trial))
     ensure_ray_stopped("overhead")
@@ -378,25 +453,43 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
     rows = []
     for label, run in runs:
         later = run["images_per_s"][1:]
-        rows.append({"path": label, "epochs": len(run["images_per_s"]),
-                     "images": run["images_per_epoch"], "precision": run["precision"],
-                     "epoch1_img_s": run["images_per_s"][0], "img_s": harmonic_rate(later),
-                     "best_img_s": max(later, default=float("nan")), "spread": spread(later),
-                     "epoch_s": mean(run["epoch_seconds"][1:]),
-                     "first_batch_s": " ".join(f"{t:.2f}" for t in
-                                               run.get("first_batch_seconds", [])) or None,
-                     "per_epoch": " ".join(f"{r:.1f}" for r in run["images_per_s"]),
-                     "epoch_seconds": run["epoch_seconds"], "images_per_s": run["images_per_s"]})
-    pooled = {per_epoch: [r for label, run in runs if label.startswith(name)
-                          for r in run["images_per_s"][1:]]
-              for name, per_epoch in PLAIN_RUNS}
+        rows.append(
+            {
+                "path": label,
+                "epochs": len(run["images_per_s"]),
+                "images": run["images_per_epoch"],
+                "precision": run["precision"],
+                "epoch1_img_s": run["images_per_s"][0],
+                "img_s": harmonic_rate(later),
+                "best_img_s": max(later, default=float("nan")),
+                "spread": spread(later),
+                "epoch_s": mean(run["epoch_seconds"][1:]),
+                "first_batch_s": " ".join(f"{t:.2f}" for t in run.get("first_batch_seconds", []))
+                or None,
+                "per_epoch": " ".join(f"{r:.1f}" for r in run["images_per_s"]),
+                "epoch_seconds": run["epoch_seconds"],
+                "images_per_s": run["images_per_s"],
+            }
+        )
+    pooled = {
+        per_epoch: [
+            r for label, run in runs if label.startswith(name) for r in run["images_per_s"][1:]
+        ]
+        for name, per_epoch in PLAIN_RUNS
+    }
     plain_later = pooled[True]
     trial_later = trial["images_per_s"][1:]
     ratio = harmonic_rate(trial_later) / harmonic_rate(plain_later)
     best_ratio = max(trial_later) / max(plain_later)
     noise = max(spread(plain_later), spread(trial_later))
-    plain_epoch_s = mean([s for label, run in runs if label.startswith(PLAIN_RUNS[1][0])
-                          for s in run["epoch_seconds"][1:]])
+    plain_epoch_s = mean(
+        [
+            s
+            for label, run in runs
+            if label.startswith(PLAIN_RUNS[1][0])
+            for s in run["epoch_seconds"][1:]
+        ]
+    )
     normal = one_fit_ratios(runs)
     short = short_epochs(ctx)
     overlap = checkpoint_overlap(ctx)
@@ -413,24 +506,24 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
         "storage_bytes": storage["storage_bytes"],
         "storage": storage,
         "one_fit_goal": f"trial images/s (epochs 2+) >= {ONE_FIT_GOAL} of one plain fit call; "
-                        f"a whole epoch <= {WHOLE_EPOCH_GOAL}x plain's with validation; both "
-                        f"sizes",
-        "one_fit_goal_met": all(r["one_fit_ratio"] >= ONE_FIT_GOAL
-                                and r["whole_epoch_ratio"] <= WHOLE_EPOCH_GOAL
-                                for r in (normal, short)),
+        f"a whole epoch <= {WHOLE_EPOCH_GOAL}x plain's with validation; both "
+        f"sizes",
+        "one_fit_goal_met": all(
+            r["one_fit_ratio"] >= ONE_FIT_GOAL and r["whole_epoch_ratio"] <= WHOLE_EPOCH_GOAL
+            for r in (normal, short)
+        ),
         "spec": {k: raw[k] for k in ("dataset", "model", "train", "resources")},
         "rows": rows,
         "plain_img_s": harmonic_rate(plain_later),
         "plain_one_call_img_s": harmonic_rate(pooled[False]),
         "trial_img_s": harmonic_rate(trial_later),
         "ratio_trial_to_plain": ratio,
-        "ratio_trial_to_plain_one_call": harmonic_rate(trial_later) / harmonic_rate(
-            pooled[False]),
+        "ratio_trial_to_plain_one_call": harmonic_rate(trial_later) / harmonic_rate(pooled[False]),
         "ratio_best_epochs": best_ratio,
         "noise_spread": noise,
         "epoch_time_ratio": mean(trial["epoch_seconds"][1:]) / plain_epoch_s,
         "goal": f"trial images/s >= {OVERHEAD_GOAL:.0%} of plain model.fit's (a call per "
-                f"epoch, before and after pooled), epochs 2+, harmonic mean of the epochs",
+        f"epoch, before and after pooled), epochs 2+, harmonic mean of the epochs",
         "goal_met": ratio >= OVERHEAD_GOAL,
         "goal_met_best_epoch": best_ratio >= OVERHEAD_GOAL,
         "decidable": noise < 1 - OVERHEAD_GOAL,
@@ -455,18 +548,22 @@ def one_fit_ratios(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, A
     result: dict[str, Any] = {
         "one_fit_ratio": harmonic_rate(trial["images_per_s"][1:]) / plain_img_s,
         "whole_epoch_ratio": trial_epoch_s / plain_epoch_s,
-        "plain_epoch_s": plain_epoch_s, "trial_epoch_s": trial_epoch_s}
+        "plain_epoch_s": plain_epoch_s,
+        "trial_epoch_s": trial_epoch_s,
+    }
     if "fit_seconds" in trial:
         fit_s = mean(trial["fit_seconds"][1:])
         checkpoint_s = mean(trial["checkpoint_seconds"][1:])
         result["parts"] = {
-            "fit_s": fit_s, "checkpoint_wait_s": checkpoint_s,
+            "fit_s": fit_s,
+            "checkpoint_wait_s": checkpoint_s,
             # The trial's epoch less the two: the wait for the last epoch's report (Ray's copy
             # of a checkpoint to storage and the driver's answer, made while this epoch
             # trained) and the fit loop's own work between epochs.
             "report_s": trial_epoch_s - fit_s - checkpoint_s,
             "checkpoints": sum(1 for s in trial["checkpoint_seconds"][1:] if s > 0),
-            "epochs": len(trial["checkpoint_seconds"][1:])}
+            "epochs": len(trial["checkpoint_seconds"][1:]),
+        }
     return result
 
 
@@ -475,11 +572,13 @@ def format_parts(name: str, ratios: Mapping[str, Any]) -> str:
     parts = ratios.get("parts")
     if not parts:
         return f"{name}: no breakdown (results without checkpoint_seconds)"
-    return (f"{name}: a trial epoch {ratios['trial_epoch_s']:.3f} s against plain's "
-            f"{ratios['plain_epoch_s']:.3f} s = fit (training, validation) "
-            f"{parts['fit_s']:.3f} + checkpoint wait {parts['checkpoint_wait_s']:.3f} "
-            f"({parts['checkpoints']} checkpoints in {parts['epochs']} epochs) + waiting for "
-            f"the last report {parts['report_s']:.3f}")
+    return (
+        f"{name}: a trial epoch {ratios['trial_epoch_s']:.3f} s against plain's "
+        f"{ratios['plain_epoch_s']:.3f} s = fit (training, validation) "
+        f"{parts['fit_s']:.3f} + checkpoint wait {parts['checkpoint_wait_s']:.3f} "
+        f"({parts['checkpoints']} checkpoints in {parts['epochs']} epochs) + waiting for "
+        f"the last report {parts['report_s']:.3f}"
+    )
 
 
 def short_epochs(ctx: Context) -> dict[str, Any]:
@@ -493,8 +592,12 @@ def short_epochs(ctx: Context) -> dict[str, Any]:
     ensure_ray_stopped("overhead")
     progress("overhead: short epochs, the trial under run_search")
     summary, _ = run_logged_search(raw, ctx, ctx.workdir / "logs" / "overhead-short.log")
-    runs.append(("trial (run_search)",
-                 _trial_run(summary.trials[0].history, runs[0][1]["images_per_epoch"])))
+    runs.append(
+        (
+            "trial (run_search)",
+            _trial_run(summary.trials[0].history, runs[0][1]["images_per_epoch"]),
+        )
+    )
     ensure_ray_stopped("overhead")
     progress("overhead: short epochs, plain fit (after the trial)")
     runs.append(("plain fit, one call (after)", plain_fit(spec)))
@@ -510,25 +613,33 @@ def print_overhead(result: Mapping[str, Any]) -> str:
     Returns:
         The text to print.
     """
-    columns = [Column("path", "path"), Column("epochs", "epochs"),
-               Column("images", "images/epoch"), Column("precision", "precision"),
-               Column("epoch1_img_s", "epoch 1 img/s", ".1f"),
-               Column("img_s", "img/s epochs 2+", ".1f"),
-               Column("best_img_s", "best epoch img/s", ".1f"),
-               Column("spread", "spread (CV)", ".1%"),
-               Column("epoch_s", "s/epoch all-in", ".2f"),
-               Column("per_epoch", "per epoch img/s"),
-               Column("first_batch_s", "first batch s per epoch")]
+    columns = [
+        Column("path", "path"),
+        Column("epochs", "epochs"),
+        Column("images", "images/epoch"),
+        Column("precision", "precision"),
+        Column("epoch1_img_s", "epoch 1 img/s", ".1f"),
+        Column("img_s", "img/s epochs 2+", ".1f"),
+        Column("best_img_s", "best epoch img/s", ".1f"),
+        Column("spread", "spread (CV)", ".1%"),
+        Column("epoch_s", "s/epoch all-in", ".2f"),
+        Column("per_epoch", "per epoch img/s"),
+        Column("first_batch_s", "first batch s per epoch"),
+    ]
     spec = result["spec"]
     model = spec["model"]
-    title = (f"a. Framework overhead: {model['backbone']} weights={model['weights']} at 32x32, "
-             f"batch {spec['train']['batch_size']}, digits "
-             f"({result['rows'][0]['images']} train images), training part of each epoch")
+    title = (
+        f"a. Framework overhead: {model['backbone']} weights={model['weights']} at 32x32, "
+        f"batch {spec['train']['batch_size']}, digits "
+        f"({result['rows'][0]['images']} train images), training part of each epoch"
+    )
     cli = result["cli"]
     verdict = "met" if result["goal_met"] else "NOT met"
-    noise = (f"per-epoch spread {result['noise_spread']:.1%} is "
-             + ("below" if result["decidable"] else "ABOVE")
-             + f" the {1 - OVERHEAD_GOAL:.0%} the goal must resolve")
+    noise = (
+        f"per-epoch spread {result['noise_spread']:.1%} is "
+        + ("below" if result["decidable"] else "ABOVE")
+        + f" the {1 - OVERHEAD_GOAL:.0%} the goal must resolve"
+    )
     lines = [
         format_table(title, columns, result["rows"]),
         f"trial / plain img/s (epochs 2+; plain a call per epoch, before+after pooled) = "
@@ -554,11 +665,14 @@ def print_overhead(result: Mapping[str, Any]) -> str:
         "",
         format_table(
             "CLI start-up: `" + cli["command"] + "` (train.epochs=1)",
-            [Column("launch_to_started_s", "launch -> trial started s", ".1f"),
-             Column("launch_to_first_epoch_s", "launch -> epoch 1 reported s", ".1f"),
-             Column("trial_epoch1_s", "trial's epoch 1 s", ".1f"),
-             Column("startup_s", "start-up (difference) s", ".1f"),
-             Column("cli_total_s", "CLI total s", ".1f")],
-            [cli]),
+            [
+                Column("launch_to_started_s", "launch -> trial started s", ".1f"),
+                Column("launch_to_first_epoch_s", "launch -> epoch 1 reported s", ".1f"),
+                Column("trial_epoch1_s", "trial's epoch 1 s", ".1f"),
+                Column("startup_s", "start-up (difference) s", ".1f"),
+                Column("cli_total_s", "CLI total s", ".1f"),
+            ],
+            [cli],
+        ),
     ]
     return "\n".join(lines)

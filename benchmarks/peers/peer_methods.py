@@ -90,16 +90,21 @@ def _ray_rows(trials: list[Any], began: float) -> list[dict[str, Any]]:
     for trial in trials:
         first = True
         for row in sorted(trial.history, key=lambda r: int(r.get("epoch", 0))):
-            rows.append({"trial": trial.trial_id, "epoch": int(row.get("epoch", 0)),
-                         METRIC: float(row.get(METRIC, math.nan)),
-                         # The trial's own epoch time (Keras callback, begin to end), as the
-                         # peers' rows: not differences of wall_seconds, whose clock starts
-                         # with the attempt (imports, build, restore are the framework's).
-                         "fit_s": float(row.get("epoch_seconds", 0.0) or 0.0),
-                         "trial_failed": bool(row.get("trial_failed")),
-                         "t": float(row.get("timestamp", began)) - began,
-                         **({"config": dict(trial.config)} if first else {}),
-                         "_key": arrival_key(row)})
+            rows.append(
+                {
+                    "trial": trial.trial_id,
+                    "epoch": int(row.get("epoch", 0)),
+                    METRIC: float(row.get(METRIC, math.nan)),
+                    # The trial's own epoch time (Keras callback, begin to end), as the
+                    # peers' rows: not differences of wall_seconds, whose clock starts
+                    # with the attempt (imports, build, restore are the framework's).
+                    "fit_s": float(row.get("epoch_seconds", 0.0) or 0.0),
+                    "trial_failed": bool(row.get("trial_failed")),
+                    "t": float(row.get("timestamp", began)) - began,
+                    **({"config": dict(trial.config)} if first else {}),
+                    "_key": arrival_key(row),
+                }
+            )
             first = False
     rows.sort(key=lambda r: r.pop("_key"))
     return rows
@@ -149,22 +154,31 @@ def run_finetune_search(task: Task, seed: int, workdir: Path, ctx: Context) -> M
     def policy(spec: Any) -> dict[str, Any]:
         workdir.mkdir(parents=True, exist_ok=True)
         searcher, scheduler = make_search_policy(
-            spec, journal_path=str(workdir / "optuna_study.journal"),
-            num_samples=asha_trials(task), seed=method_seed("finetune_search", seed),
-            baseline=spec.search.baseline)
+            spec,
+            journal_path=str(workdir / "optuna_study.journal"),
+            num_samples=asha_trials(task),
+            seed=method_seed("finetune_search", seed),
+            baseline=spec.search.baseline,
+        )
         # Its space is its own (define-by-run) and it keeps the concurrency limit itself.
         return {"search_alg": searcher, "scheduler": scheduler, OWN_SPACE: True}
 
-    return _run_ray_tuner(task, seed, workdir, ctx, f"ours-seed{seed}", asha_trials(task),
-                          policy)
+    return _run_ray_tuner(task, seed, workdir, ctx, f"ours-seed{seed}", asha_trials(task), policy)
 
 
 # A make_config key: the searcher brings its space, metric and mode (no param_space).
 OWN_SPACE = "own_space"
 
 
-def _run_ray_tuner(task: Task, seed: int, workdir: Path, ctx: Context, name: str,
-                   num_samples: int, make_config: Callable[[Any], dict[str, Any]]) -> MethodRun:
+def _run_ray_tuner(
+    task: Task,
+    seed: int,
+    workdir: Path,
+    ctx: Context,
+    name: str,
+    num_samples: int,
+    make_config: Callable[[Any], dict[str, Any]],
+) -> MethodRun:
     """A plain ``tune.Tuner`` over the project's trainable, as Ray's docs show."""
     import ray
     from ray import tune
@@ -187,21 +201,37 @@ def _run_ray_tuner(task: Task, seed: int, workdir: Path, ctx: Context, name: str
             gpus = resolve_gpus(spec)
             trainable = tune.with_resources(
                 # A checkpoint every epoch, as Ray's own examples report them.
-                tune.with_parameters(train_trial, data=data,
-                                     fixed={**spec.fixed_config(), "gpus_per_trial": gpus,
-                                            "checkpoint": "every_epoch"}),
-                {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
+                tune.with_parameters(
+                    train_trial,
+                    data=data,
+                    fixed={
+                        **spec.fixed_config(),
+                        "gpus_per_trial": gpus,
+                        "checkpoint": "every_epoch",
+                    },
+                ),
+                {"cpu": spec.resources.cpus_per_trial, "gpu": gpus},
+            )
             objective = {} if own_space else {"metric": METRIC, "mode": MODE}
             tuner = tune.Tuner(
-                trainable, param_space=None if own_space else ray_space(spec.space),
-                tune_config=tune.TuneConfig(**objective, num_samples=num_samples,
-                                            max_concurrent_trials=task.concurrency, **config),
+                trainable,
+                param_space=None if own_space else ray_space(spec.space),
+                tune_config=tune.TuneConfig(
+                    **objective,
+                    num_samples=num_samples,
+                    max_concurrent_trials=task.concurrency,
+                    **config,
+                ),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(workdir / "experiments"), verbose=0,
+                    name=name,
+                    storage_path=str(workdir / "experiments"),
+                    verbose=0,
                     stop=TrialEpochBudget(task.budget),
                     # Every epoch's checkpoint kept: the test is of the best epoch within
                     # the budget, whichever that is.
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                ),
+            )
             grid = tuner.fit()
         finally:
             if started:
@@ -214,8 +244,9 @@ def _run_ray_tuner(task: Task, seed: int, workdir: Path, ctx: Context, name: str
     experiment = workdir / "experiments" / name
     (experiment / SPEC_FILE).write_text(dump_spec(spec), encoding="utf-8")
     trials = load_trials(str(experiment))
-    return MethodRun(_ray_rows(trials, began), wall, began, task.concurrency,
-                     _checkpoint_test(trials, data))
+    return MethodRun(
+        _ray_rows(trials, began), wall, began, task.concurrency, _checkpoint_test(trials, data)
+    )
 
 
 def run_ray_optuna(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
@@ -225,11 +256,21 @@ def run_ray_optuna(task: Task, seed: int, workdir: Path, ctx: Context) -> Method
     from ray.tune.search.optuna import OptunaSearch
 
     return _run_ray_tuner(
-        task, seed, workdir, ctx, f"ray-optuna-seed{seed}", asha_trials(task),
-        lambda spec: {"search_alg": OptunaSearch(seed=method_seed("ray_optuna", seed)),
-                      "scheduler": ASHAScheduler(max_t=task.max_t,
-                                                 grace_period=task.grace_period,
-                                                 reduction_factor=task.reduction_factor)})
+        task,
+        seed,
+        workdir,
+        ctx,
+        f"ray-optuna-seed{seed}",
+        asha_trials(task),
+        lambda spec: {
+            "search_alg": OptunaSearch(seed=method_seed("ray_optuna", seed)),
+            "scheduler": ASHAScheduler(
+                max_t=task.max_t,
+                grace_period=task.grace_period,
+                reduction_factor=task.reduction_factor,
+            ),
+        },
+    )
 
 
 def run_random_fifo(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
@@ -238,14 +279,29 @@ def run_random_fifo(task: Task, seed: int, workdir: Path, ctx: Context) -> Metho
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return _run_ray_tuner(
-        task, seed, workdir, ctx, f"random-fifo-seed{seed}", math.ceil(task.budget / task.max_t),
-        lambda spec: {"search_alg": BasicVariantGenerator(
-            random_state=method_seed("random_fifo", seed)),
-                      "scheduler": FIFOScheduler()})
+        task,
+        seed,
+        workdir,
+        ctx,
+        f"random-fifo-seed{seed}",
+        math.ceil(task.budget / task.max_t),
+        lambda spec: {
+            "search_alg": BasicVariantGenerator(random_state=method_seed("random_fifo", seed)),
+            "scheduler": FIFOScheduler(),
+        },
+    )
 
 
-def _optuna_worker(journal: str, study_name: str, task_file: str, seed: int, budget: int,
-                   grace_period: int, reduction_factor: int, log: str) -> None:
+def _optuna_worker(
+    journal: str,
+    study_name: str,
+    task_file: str,
+    seed: int,
+    budget: int,
+    grace_period: int,
+    reduction_factor: int,
+    log: str,
+) -> None:
     """One of the processes that share the study (Optuna's documented way to parallelise
     across processes): TPE suggests, the Hyperband pruner prunes, a callback stops the study
     once the trials have reported ``budget`` epochs."""
@@ -263,10 +319,15 @@ def _optuna_worker(journal: str, study_name: str, task_file: str, seed: int, bud
     space = {k: parse_distribution(v, f"space.{k}") for k, v in task["space"].items()}
     storage = JournalStorage(JournalFileBackend(journal))
     study = optuna.load_study(
-        study_name=study_name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.HyperbandPruner(min_resource=grace_period,
-                                              max_resource=task["max_t"],
-                                              reduction_factor=reduction_factor))
+        study_name=study_name,
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.HyperbandPruner(
+            min_resource=grace_period,
+            max_resource=task["max_t"],
+            reduction_factor=reduction_factor,
+        ),
+    )
 
     def objective(trial: optuna.Trial) -> float:
         config = {**define_by_run(space)(trial), **trial.params}
@@ -299,15 +360,29 @@ def run_optuna(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
     task_file = write_task(task, spec, peer_gpus(spec), workdir)
     journal = str(workdir / "optuna.journal")
     began = time.time()
-    optuna.create_study(study_name=spec.name, direction="maximize",
-                        storage=JournalStorage(JournalFileBackend(journal)))
+    optuna.create_study(
+        study_name=spec.name,
+        direction="maximize",
+        storage=JournalStorage(JournalFileBackend(journal)),
+    )
     spawn = multiprocessing.get_context("spawn")
     # Distinct seeds: workers with one seed would draw the same start-up configs.
-    workers = [spawn.Process(target=_optuna_worker, args=(
-        journal, spec.name, str(task_file), method_seed("optuna", seed) + k, task.budget,
-        task.grace_period,
-        task.reduction_factor, str(workdir / f"optuna-worker{k}.log")))
-        for k in range(task.concurrency)]
+    workers = [
+        spawn.Process(
+            target=_optuna_worker,
+            args=(
+                journal,
+                spec.name,
+                str(task_file),
+                method_seed("optuna", seed) + k,
+                task.budget,
+                task.grace_period,
+                task.reduction_factor,
+                str(workdir / f"optuna-worker{k}.log"),
+            ),
+        )
+        for k in range(task.concurrency)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -316,8 +391,9 @@ def run_optuna(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:
     failed = [w.exitcode for w in workers if w.exitcode != 0]
     if failed:
         raise RuntimeError(f"optuna: a worker exited with {failed[0]} (see {workdir})")
-    return MethodRun(_rows_since(read_rows(workdir / "rows"), began), wall, began,
-                     task.concurrency)
+    return MethodRun(
+        _rows_since(read_rows(workdir / "rows"), began), wall, began, task.concurrency
+    )
 
 
 def _keras_tuner_hypermodel(task_file: Path, space: Mapping[str, Any]) -> Any:
@@ -338,13 +414,24 @@ def _keras_tuner_hypermodel(task_file: Path, space: Mapping[str, Any]) -> Any:
 
         def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
             params = {**task["fixed"], **hp.values}
-            train_ds, val_ds = runtime.make_pipelines(params, data.x_train, data.y_train,
-                                                      data.x_val, data.y_val,
-                                                      int(params["batch_size"]))
+            train_ds, val_ds = runtime.make_pipelines(
+                params,
+                data.x_train,
+                data.y_train,
+                data.x_val,
+                data.y_val,
+                int(params["batch_size"]),
+            )
             config = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
             callbacks = [*kwargs.pop("callbacks", []), keras_recorder(task, data, config)]
-            return model.fit(train_ds, validation_data=val_ds, callbacks=callbacks, verbose=0,
-                             shuffle=False, **kwargs)
+            return model.fit(
+                train_ds,
+                validation_data=val_ds,
+                callbacks=callbacks,
+                verbose=0,
+                shuffle=False,
+                **kwargs,
+            )
 
     return HyperModel()
 
@@ -357,20 +444,29 @@ def _run_keras_tuner(task: Task, seed: int, workdir: Path, algorithm: str) -> Me
     began = time.time()
     with logged(workdir / "keras_tuner.log"):
         hypermodel = _keras_tuner_hypermodel(task_file, spec.space)
-        common = {"objective": keras_tuner.Objective(METRIC, direction="max"),
-                  "seed": method_seed(f"keras_tuner_{algorithm}", seed),
-                  "directory": str(workdir / "keras_tuner"), "project_name": spec.name,
-                  "overwrite": True}
+        common = {
+            "objective": keras_tuner.Objective(METRIC, direction="max"),
+            "seed": method_seed(f"keras_tuner_{algorithm}", seed),
+            "directory": str(workdir / "keras_tuner"),
+            "project_name": spec.name,
+            "overwrite": True,
+        }
         if algorithm == "hyperband":
-            iterations = math.ceil(task.budget / hyperband_iteration_epochs(
-                task.max_t, task.reduction_factor))
-            tuner = keras_tuner.Hyperband(hypermodel, max_epochs=task.max_t,
-                                          factor=task.reduction_factor,
-                                          hyperband_iterations=iterations, **common)
+            iterations = math.ceil(
+                task.budget / hyperband_iteration_epochs(task.max_t, task.reduction_factor)
+            )
+            tuner = keras_tuner.Hyperband(
+                hypermodel,
+                max_epochs=task.max_t,
+                factor=task.reduction_factor,
+                hyperband_iterations=iterations,
+                **common,
+            )
             tuner.search()
         else:
             tuner = keras_tuner.BayesianOptimization(
-                hypermodel, max_trials=math.ceil(task.budget / task.max_t), **common)
+                hypermodel, max_trials=math.ceil(task.budget / task.max_t), **common
+            )
             tuner.search(epochs=task.max_t)
     wall = time.time() - began
     return MethodRun(_rows_since(read_rows(workdir / "rows"), began), wall, began, 1)
@@ -410,24 +506,33 @@ def _run_syne_tune(task: Task, seed: int, workdir: Path, scheduler_name: str) ->
         task_file = write_task(task, spec, peer_gpus(spec), workdir)
         config_space = {**syne_space(spec.space), TASK_FILE_KEY: str(task_file)}
         scheduler_class = {"asha": ASHA, "bohb": BOHB}[scheduler_name]
-        scheduler = scheduler_class(config_space, metric=METRIC, do_minimize=False,
-                                    time_attr="epoch", max_t=task.max_t,
-                                    grace_period=task.grace_period,
-                                    reduction_factor=task.reduction_factor,
-                                    random_seed=method_seed(f"syne_tune_{scheduler_name}", seed))
+        scheduler = scheduler_class(
+            config_space,
+            metric=METRIC,
+            do_minimize=False,
+            time_attr="epoch",
+            max_t=task.max_t,
+            grace_period=task.grace_period,
+            reduction_factor=task.reduction_factor,
+            random_seed=method_seed(f"syne_tune_{scheduler_name}", seed),
+        )
         began = time.time()
         with logged(workdir / "syne_tune.log"):
-            tuner = Tuner(trial_backend=LocalBackend(entry_point=str(PEER_TRIAL)),
-                          scheduler=scheduler, n_workers=task.concurrency,
-                          stop_criterion=StoppingCriterion(max_num_evaluations=task.budget),
-                          tuner_name=spec.name.replace("_", "-"))
+            tuner = Tuner(
+                trial_backend=LocalBackend(entry_point=str(PEER_TRIAL)),
+                scheduler=scheduler,
+                n_workers=task.concurrency,
+                stop_criterion=StoppingCriterion(max_num_evaluations=task.budget),
+                tuner_name=spec.name.replace("_", "-"),
+            )
             tuner.run()
         wall = time.time() - began
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return MethodRun(_rows_since(read_rows(workdir / "rows"), began), wall, began,
-                     task.concurrency)
+    return MethodRun(
+        _rows_since(read_rows(workdir / "rows"), began), wall, began, task.concurrency
+    )
 
 
 def run_syne_tune(task: Task, seed: int, workdir: Path, ctx: Context) -> MethodRun:

@@ -71,7 +71,8 @@ class MethodRun:
     began: float
     concurrency: int
     test_of: Callable[[dict[str, Any]], float | None] = field(
-        default=lambda row: row.get("test_accuracy"))
+        default=lambda row: row.get("test_accuracy")
+    )
 
 
 def method_seed(name: str, seed: int) -> int:
@@ -82,7 +83,7 @@ def method_seed(name: str, seed: int) -> int:
     import hashlib
 
     digest = hashlib.blake2b(f"{name}:{seed}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") % (2 ** 31 - 1)
+    return int.from_bytes(digest, "little") % (2**31 - 1)
 
 
 def asha_trials(task: Task, margin: float = 1.3) -> int:
@@ -93,8 +94,8 @@ def asha_trials(task: Task, margin: float = 1.3) -> int:
     """
     expected, start, k = 0.0, 0, 0
     while True:
-        rung = min(task.grace_period * task.reduction_factor ** k, task.max_t)
-        expected += (rung - start) / task.reduction_factor ** k
+        rung = min(task.grace_period * task.reduction_factor**k, task.max_t)
+        expected += (rung - start) / task.reduction_factor**k
         if rung >= task.max_t:
             break
         start, k = rung, k + 1
@@ -130,10 +131,12 @@ def ray_space(space: Mapping[str, Any]) -> dict[str, Any]:
 
     out = {}
     for key, dist in space.items():
-        out[key] = {"uniform": lambda d: tune.uniform(d.low, d.high),
-                    "loguniform": lambda d: tune.loguniform(d.low, d.high),
-                    "int": lambda d: tune.randint(d.low, d.high + 1),  # Ray's upper is open
-                    "choice": lambda d: tune.choice(list(d.values))}[dist.kind](dist)
+        out[key] = {
+            "uniform": lambda d: tune.uniform(d.low, d.high),
+            "loguniform": lambda d: tune.loguniform(d.low, d.high),
+            "int": lambda d: tune.randint(d.low, d.high + 1),  # Ray's upper is open
+            "choice": lambda d: tune.choice(list(d.values)),
+        }[dist.kind](dist)
     return out
 
 
@@ -146,8 +149,9 @@ def keras_tuner_config(hp: Any, space: Mapping[str, Any]) -> dict[str, Any]:
         elif dist.kind == "int":
             out[key] = hp.Int(key, dist.low, dist.high)
         else:
-            out[key] = hp.Float(key, dist.low, dist.high,
-                                sampling="log" if dist.kind == "loguniform" else "linear")
+            out[key] = hp.Float(
+                key, dist.low, dist.high, sampling="log" if dist.kind == "loguniform" else "linear"
+            )
     return out
 
 
@@ -157,10 +161,12 @@ def syne_space(space: Mapping[str, Any]) -> dict[str, Any]:
 
     out = {}
     for key, dist in space.items():
-        out[key] = {"uniform": lambda d: uniform(d.low, d.high),
-                    "loguniform": lambda d: loguniform(d.low, d.high),
-                    "int": lambda d: randint(d.low, d.high),  # Syne's bounds are inclusive
-                    "choice": lambda d: choice(list(d.values))}[dist.kind](dist)
+        out[key] = {
+            "uniform": lambda d: uniform(d.low, d.high),
+            "loguniform": lambda d: loguniform(d.low, d.high),
+            "int": lambda d: randint(d.low, d.high),  # Syne's bounds are inclusive
+            "choice": lambda d: choice(list(d.values)),
+        }[dist.kind](dist)
     return out
 
 
@@ -174,13 +180,18 @@ def write_task(task: Task, spec: Any, gpus: float, workdir: Path) -> Path:
 
     path = workdir / "task.json"
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "fixed": {**spec.fixed_config(), "gpus_per_trial": gpus},
-        "dataset": {k: v for k, v in asdict(spec.dataset).items() if v is not None},
-        "space": task.raw["space"],
-        "max_t": task.max_t,
-        "rows": str(workdir / "rows"),
-    }), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "fixed": {**spec.fixed_config(), "gpus_per_trial": gpus},
+                "dataset": {k: v for k, v in asdict(spec.dataset).items() if v is not None},
+                "space": task.raw["space"],
+                "max_t": task.max_t,
+                "rows": str(workdir / "rows"),
+            }
+        ),
+        encoding="utf-8",
+    )
     return path
 
 

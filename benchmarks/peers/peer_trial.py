@@ -76,8 +76,13 @@ class EpochRecorder:
         trial: The trial's name in the rows.
     """
 
-    def __init__(self, task: Mapping[str, Any], data: Any, trial: str,
-                 config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        task: Mapping[str, Any],
+        data: Any,
+        trial: str,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.data = data
         self.trial = trial
         self.config = dict(config) if config is not None else None
@@ -102,8 +107,15 @@ class EpochRecorder:
             began = time.perf_counter()
             test_accuracy = evaluate_test(model, self.data)
             test_s = time.perf_counter() - began
-        row = {"trial": self.trial, "epoch": int(epoch), METRIC: float(value),
-               "t": arrived, "fit_s": fit_s, "test_s": test_s, "test_accuracy": test_accuracy}
+        row = {
+            "trial": self.trial,
+            "epoch": int(epoch),
+            METRIC: float(value),
+            "t": arrived,
+            "fit_s": fit_s,
+            "test_s": test_s,
+            "test_accuracy": test_accuracy,
+        }
         if self.config is not None:
             row["config"], self.config = self.config, None
         with open(self.path, "a", encoding="utf-8") as out:
@@ -116,8 +128,9 @@ def evaluate_test(model: Any, data: Any) -> float | None:
         return None
     from search.data.split import to_unit_float  # uint8 sources stay uint8 in the Dataset
 
-    _, accuracy = model.evaluate(to_unit_float(data.x_test), data.y_test, batch_size=256,
-                                 verbose=0)
+    _, accuracy = model.evaluate(
+        to_unit_float(data.x_test), data.y_test, batch_size=256, verbose=0
+    )
     return float(accuracy)
 
 
@@ -135,13 +148,18 @@ def build(params: Mapping[str, Any], data: Any) -> tuple[Any, Any, Any]:
 
     runtime.prepare(params, gpu_fraction=float(params.get("gpus_per_trial", 0) or 0))
     model = runtime.build_compiled_model(params, data.input_shape, data.num_classes)
-    train_ds, val_ds = runtime.make_pipelines(params, data.x_train, data.y_train, data.x_val,
-                                              data.y_val, int(params["batch_size"]))
+    train_ds, val_ds = runtime.make_pipelines(
+        params, data.x_train, data.y_train, data.x_val, data.y_val, int(params["batch_size"])
+    )
     return model, train_ds, val_ds
 
 
-def train_epochs(config: Mapping[str, Any], task: Mapping[str, Any],
-                 report: Callable[[int, float], None], trial: str | None = None) -> float:
+def train_epochs(
+    config: Mapping[str, Any],
+    task: Mapping[str, Any],
+    report: Callable[[int, float], None],
+    trial: str | None = None,
+) -> float:
     """Trains one config for up to ``max_t`` epochs, one ``fit`` call per epoch.
 
     Args:
@@ -162,8 +180,15 @@ def train_epochs(config: Mapping[str, Any], task: Mapping[str, Any],
     timer = epoch_timer()
     value = float("nan")
     for epoch in range(1, int(task["max_t"]) + 1):
-        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch - 1,
-                            epochs=epoch, verbose=0, shuffle=False, callbacks=[timer])
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            initial_epoch=epoch - 1,
+            epochs=epoch,
+            verbose=0,
+            shuffle=False,
+            callbacks=[timer],
+        )
         value = float(history.history[METRIC][-1])
         recorder.record(model, epoch, value, timer.seconds)
         report(epoch, value)
@@ -187,8 +212,9 @@ def epoch_timer() -> Any:
     return EpochTimer()
 
 
-def keras_recorder(task: Mapping[str, Any], data: Any,
-                   config: Mapping[str, Any] | None = None) -> Any:
+def keras_recorder(
+    task: Mapping[str, Any], data: Any, config: Mapping[str, Any] | None = None
+) -> Any:
     """A Keras callback that records every epoch of one ``fit`` (for Keras Tuner's trials).
 
     Keras Tuner calls ``fit`` itself; the callback times each epoch from its start to its end
@@ -204,8 +230,9 @@ def keras_recorder(task: Mapping[str, Any], data: Any,
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             fit_s = time.perf_counter() - self.began
-            recorder.record(self.model, epoch + 1, float((logs or {}).get(METRIC, math.nan)),
-                            fit_s)
+            recorder.record(
+                self.model, epoch + 1, float((logs or {}).get(METRIC, math.nan)), fit_s
+            )
 
     return Recorder()
 

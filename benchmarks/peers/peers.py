@@ -63,47 +63,70 @@ from benchmarks.peers.peer_task import MethodRun, Task  # noqa: E402
 PEER_PACKAGES = ("keras-tuner", "syne-tune")
 
 
-def space(upsample: list[int], freeze: list[int], noise: tuple[float, float],
-          learning_rate: tuple[float, float], dropout: tuple[float, float]) -> dict[str, Any]:
+def space(
+    upsample: list[int],
+    freeze: list[int],
+    noise: tuple[float, float],
+    learning_rate: tuple[float, float],
+    dropout: tuple[float, float],
+) -> dict[str, Any]:
     """The searched settings, in the spec's vocabulary (every peer can express them)."""
-    return {"noise_std": {"loguniform": list(noise)}, "upsample": {"choice": upsample},
-            "input_convs": {"int": [0, 2]}, "freeze": {"choice": freeze},
-            "learning_rate": {"loguniform": list(learning_rate)},
-            "dropout": {"uniform": list(dropout)}}
+    return {
+        "noise_std": {"loguniform": list(noise)},
+        "upsample": {"choice": upsample},
+        "input_convs": {"int": [0, 2]},
+        "freeze": {"choice": freeze},
+        "learning_rate": {"loguniform": list(learning_rate)},
+        "dropout": {"uniform": list(dropout)},
+    }
 
 
-def digits_task(max_t: int, budget: int, concurrency: int,
-                train_images: int | None = None) -> Task:
+def digits_task(
+    max_t: int, budget: int, concurrency: int, train_images: int | None = None
+) -> Task:
     """small_cnn on scikit-learn's digits (CPU). ``freeze`` 3/5 freeze the first one/two
     conv blocks of small_cnn (random weights: a real, usually harmful, choice)."""
     dataset: dict[str, Any] = {"name": "digits", "val_fraction": 0.2, "seed": 0}
     if train_images is not None:
         dataset["subset"] = train_images
-    return Task(raw={
-        "dataset": dataset,
-        "model": {"backbone": "small_cnn", "weights": "none", "dense_units": 64,
-                  "pooling": "flatten"},
-        "train": {"epochs": max_t, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9},
-        "space": space([1, 2], [0, 3, 5], (0.001, 0.3), (1e-4, 0.3), (0.0, 0.8)),
-        "search": {"max_concurrent": concurrency, "algorithm": "tpe", "baseline": False},
-        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},
-    }, budget=budget, concurrency=concurrency)
+    return Task(
+        raw={
+            "dataset": dataset,
+            "model": {
+                "backbone": "small_cnn",
+                "weights": "none",
+                "dense_units": 64,
+                "pooling": "flatten",
+            },
+            "train": {"epochs": max_t, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9},
+            "space": space([1, 2], [0, 3, 5], (0.001, 0.3), (1e-4, 0.3), (0.0, 0.8)),
+            "search": {"max_concurrent": concurrency, "algorithm": "tpe", "baseline": False},
+            "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
+            "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},
+        },
+        budget=budget,
+        concurrency=concurrency,
+    )
 
 
 def cifar_task(max_t: int, budget: int, concurrency: int) -> Task:
     """VGG16 (ImageNet weights where Keras has them, else random) on CIFAR-10, one GPU per
     trial: the README's method, on 10,000 training images so a comparison fits in hours."""
-    return Task(raw={
-        "dataset": {"name": "cifar10", "val_fraction": 0.1, "seed": 0, "subset": 10000},
-        "model": {"backbone": "vgg16", "weights": "auto", "pooling": "flatten"},
-        "train": {"epochs": max_t, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9},
-        "space": space([1, 2, 3, 4, 5], [0, 4, 7, 11, 15], (0.001, 0.1), (1e-4, 0.05),
-                       (0.3, 0.8)),
-        "search": {"max_concurrent": concurrency, "algorithm": "tpe", "baseline": False},
-        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
-        "resources": {"cpus_per_trial": 4, "gpus_per_trial": 1},
-    }, budget=budget, concurrency=concurrency)
+    return Task(
+        raw={
+            "dataset": {"name": "cifar10", "val_fraction": 0.1, "seed": 0, "subset": 10000},
+            "model": {"backbone": "vgg16", "weights": "auto", "pooling": "flatten"},
+            "train": {"epochs": max_t, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9},
+            "space": space(
+                [1, 2, 3, 4, 5], [0, 4, 7, 11, 15], (0.001, 0.1), (1e-4, 0.05), (0.3, 0.8)
+            ),
+            "search": {"max_concurrent": concurrency, "algorithm": "tpe", "baseline": False},
+            "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
+            "resources": {"cpus_per_trial": 4, "gpus_per_trial": 1},
+        },
+        budget=budget,
+        concurrency=concurrency,
+    )
 
 
 @dataclass(frozen=True)
@@ -123,10 +146,8 @@ class Size:
 SIZES = {
     # 500 of the digits' training images (about half the epoch time of all 1,149) and one
     # Hyperband iteration at max_t 9: all eight methods, three seeds, in about 40 min on 2 cores.
-    "full": Size("full", max_t=9, budget=75, seeds=(0, 1, 2), variants=True,
-                 train_images=500),
-    "reduced": Size("reduced", max_t=3, budget=22, seeds=(0, 1), variants=False,
-                    train_images=500),
+    "full": Size("full", max_t=9, budget=75, seeds=(0, 1, 2), variants=True, train_images=500),
+    "reduced": Size("reduced", max_t=3, budget=22, seeds=(0, 1), variants=False, train_images=500),
 }
 
 
@@ -134,11 +155,15 @@ SIZES = {
 # the run
 
 
-def run_comparison(task: Task, seeds: Sequence[int], names: Sequence[str], workdir: Path,
-                   ctx: Context,
-                   after_seed: Callable[[dict[str, Any]], None] | None = None,
-                   done: Mapping[str, Sequence[dict[str, Any]]] | None = None
-                   ) -> dict[str, Any]:
+def run_comparison(
+    task: Task,
+    seeds: Sequence[int],
+    names: Sequence[str],
+    workdir: Path,
+    ctx: Context,
+    after_seed: Callable[[dict[str, Any]], None] | None = None,
+    done: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """Runs every method for every seed and computes the figures.
 
     Args:
@@ -158,7 +183,8 @@ def run_comparison(task: Task, seeds: Sequence[int], names: Sequence[str], workd
     runners = {**METHODS, **VARIANTS}
     done = done or {}
     per_seed: dict[str, list[dict[str, Any]]] = {
-        name: [r for r in done.get(name, ()) if r["seed"] in seeds] for name in names}
+        name: [r for r in done.get(name, ()) if r["seed"] in seeds] for name in names
+    }
     for seed in seeds:
         if all(any(r["seed"] == seed for r in per_seed[name]) for name in names):
             progress(f"peers: seed {seed} measured before (--resume), kept")
@@ -166,30 +192,53 @@ def run_comparison(task: Task, seeds: Sequence[int], names: Sequence[str], workd
         runs: dict[str, MethodRun] = {}
         figures: dict[str, dict[str, Any]] = {}
         for name in names:
-            progress(f"peers: {name} seed {seed} (budget {task.budget} trial-epochs, max_t "
-                     f"{task.max_t}, load {load_average()})")
+            progress(
+                f"peers: {name} seed {seed} (budget {task.budget} trial-epochs, max_t "
+                f"{task.max_t}, load {load_average()})"
+            )
             run = runners[name](task, seed, workdir / f"{name}-seed{seed}", ctx)
             if not run.rows:
-                raise RuntimeError(f"{name} seed {seed}: no epoch was trained (see the logs in "
-                                   f"{workdir / f'{name}-seed{seed}'})")
+                raise RuntimeError(
+                    f"{name} seed {seed}: no epoch was trained (see the logs in "
+                    f"{workdir / f'{name}-seed{seed}'})"
+                )
             runs[name], figures[name] = run, run_figures(run, task.budget)
-            progress(f"peers: {name} seed {seed}: best {figures[name]['best_val']:.4f} in "
-                     f"{figures[name]['trial_epochs']} trial-epochs, {run.wall_s:.0f} s")
-        best_any = max((f["best_val"] for f in figures.values() if finite(f["best_val"])),
-                       default=float("nan"))
+            progress(
+                f"peers: {name} seed {seed}: best {figures[name]['best_val']:.4f} in "
+                f"{figures[name]['trial_epochs']} trial-epochs, {run.wall_s:.0f} s"
+            )
+        best_any = max(
+            (f["best_val"] for f in figures.values() if finite(f["best_val"])),
+            default=float("nan"),
+        )
         for name in names:
             epochs, seconds = to_target(runs[name].rows, task.budget, best_any)
             # The rows (each trial's config on its first) stay in the JSON: every figure can
             # be computed again from them.
-            per_seed[name].append({"seed": seed, **figures[name], "best_any": best_any,
-                                   "epochs_to_target": epochs, "seconds_to_target": seconds,
-                                   "rows": runs[name].rows})
+            per_seed[name].append(
+                {
+                    "seed": seed,
+                    **figures[name],
+                    "best_any": best_any,
+                    "epochs_to_target": epochs,
+                    "seconds_to_target": seconds,
+                    "rows": runs[name].rows,
+                }
+            )
         if after_seed is not None:
-            done = list(seeds[:seeds.index(seed) + 1])
-            after_seed({**summarize(per_seed, task.budget), "budget_trial_epochs": task.budget,
-                        "seeds": done})
-    return {**summarize(per_seed, task.budget), "budget_trial_epochs": task.budget,
-            "seeds": list(seeds)}
+            done = list(seeds[: seeds.index(seed) + 1])
+            after_seed(
+                {
+                    **summarize(per_seed, task.budget),
+                    "budget_trial_epochs": task.budget,
+                    "seeds": done,
+                }
+            )
+    return {
+        **summarize(per_seed, task.budget),
+        "budget_trial_epochs": task.budget,
+        "seeds": list(seeds),
+    }
 
 
 def check_peers_installed() -> None:
@@ -203,29 +252,48 @@ def check_peers_installed() -> None:
         except metadata.PackageNotFoundError:
             missing.append(package)
     if missing:
-        raise SystemExit(f"peers.py: {', '.join(missing)} not installed; run "
-                         f"pip install -e \".[bench]\"")
+        raise SystemExit(
+            f'peers.py: {", ".join(missing)} not installed; run pip install -e ".[bench]"'
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reduced", action="store_true",
-                        help="2 seeds, max_t 3, 22 trial-epochs, 500 training images: "
-                             "~15 min on 2 idle CPU cores")
-    parser.add_argument("--cifar", action="store_true",
-                        help="VGG16 on CIFAR-10, one GPU per trial (a GPU machine)")
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help="2 seeds, max_t 3, 22 trial-epochs, 500 training images: ~15 min on 2 idle CPU cores",
+    )
+    parser.add_argument(
+        "--cifar", action="store_true", help="VGG16 on CIFAR-10, one GPU per trial (a GPU machine)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the seeds the --json file already holds (same size, task "
-                             "and methods) and run only the others")
-    parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="seeds 0..N-1 instead of the size's")
-    parser.add_argument("--methods", default=None,
-                        help="comma-separated subset of " + ",".join([*METHODS, *VARIANTS]))
-    parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1,
-                        help="CPUs for each local Ray (default: all)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep experiment folders and logs here (default: a temp folder)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the seeds the --json file already holds (same size, task "
+        "and methods) and run only the others",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 instead of the size's"
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of " + ",".join([*METHODS, *VARIANTS]),
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPUs for each local Ray (default: all)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep experiment folders and logs here (default: a temp folder)",
+    )
     return parser
 
 
@@ -237,13 +305,15 @@ def choose_methods(text: str | None, size: Size) -> list[str]:
     chosen = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in known]
     if unknown or not chosen:
-        raise SystemExit(f"--methods: must be a comma-separated subset of {','.join(known)}, "
-                         f"got {text!r}")
+        raise SystemExit(
+            f"--methods: must be a comma-separated subset of {','.join(known)}, got {text!r}"
+        )
     return [m for m in known if m in chosen]
 
 
-def resumed_runs(path: Path | None, size: str, task: Task,
-                 names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+def resumed_runs(
+    path: Path | None, size: str, task: Task, names: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
     """The per-seed records a ``--json`` file of an earlier run of the same comparison holds
     (none when it does not exist yet).
 
@@ -263,11 +333,15 @@ def resumed_runs(path: Path | None, size: str, task: Task,
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"--resume: {path} is not a peers.py report ({err!r})") from None
     if old_size != size or old_task != jsonable(dict(task.raw)):
-        raise SystemExit(f"--resume: {path} holds another comparison (size {old_size!r}, or "
-                         f"another task); got size {size!r}: write to a new --json")
+        raise SystemExit(
+            f"--resume: {path} holds another comparison (size {old_size!r}, or "
+            f"another task); got size {size!r}: write to a new --json"
+        )
     if sorted(runs) != sorted(names):
-        raise SystemExit(f"--resume: {path} holds the methods {','.join(sorted(runs))}, got "
-                         f"--methods {','.join(names)}")
+        raise SystemExit(
+            f"--resume: {path} holds the methods {','.join(sorted(runs))}, got "
+            f"--methods {','.join(names)}"
+        )
     return runs
 
 
@@ -282,35 +356,54 @@ def main(argv: list[str] | None = None) -> int:
         concurrency = max(1, len(gpu_names()))
         task = cifar_task(size.max_t, size.budget, concurrency)
     else:
-        task = digits_task(size.max_t, size.budget, concurrency=min(2, args.num_cpus),
-                           train_images=size.train_images)
+        task = digits_task(
+            size.max_t,
+            size.budget,
+            concurrency=min(2, args.num_cpus),
+            train_images=size.train_images,
+        )
     done = resumed_runs(args.json, size.name, task, names) if args.resume else {}
     keep = args.workdir is not None
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="peers-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(mode=REDUCED if args.reduced else FULL, workdir=workdir,
-                  num_cpus=args.num_cpus)
+    ctx = Context(mode=REDUCED if args.reduced else FULL, workdir=workdir, num_cpus=args.num_cpus)
     machine = machine_info(*PEER_PACKAGES)
-    print(format_pairs(f"finetune-search vs peers ({size.name}, "
-                       f"{'cifar10/vgg16' if args.cifar else 'digits/small_cnn'})",
-                       [*machine.items(), ("date", time.strftime("%Y-%m-%d")),
-                        ("seeds", list(seeds)), ("budget trial-epochs", task.budget),
-                        ("max_t", task.max_t), ("concurrency", task.concurrency)]), flush=True)
+    print(
+        format_pairs(
+            f"finetune-search vs peers ({size.name}, "
+            f"{'cifar10/vgg16' if args.cifar else 'digits/small_cnn'})",
+            [
+                *machine.items(),
+                ("date", time.strftime("%Y-%m-%d")),
+                ("seeds", list(seeds)),
+                ("budget trial-epochs", task.budget),
+                ("max_t", task.max_t),
+                ("concurrency", task.concurrency),
+            ],
+        ),
+        flush=True,
+    )
     began = time.perf_counter()
 
     def finish(result: dict[str, Any], complete: bool) -> dict[str, Any]:
-        result.update({"size": size.name, "task": dict(task.raw), "max_t": task.max_t,
-                       "concurrency": task.concurrency, "machine": machine,
-                       "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": complete,
-                       "total_seconds": time.perf_counter() - began})
-        variants = {n: result["methods"].pop(n) for n in list(result["methods"])
-                    if n in VARIANTS}
+        result.update(
+            {
+                "size": size.name,
+                "task": dict(task.raw),
+                "max_t": task.max_t,
+                "concurrency": task.concurrency,
+                "machine": machine,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "complete": complete,
+                "total_seconds": time.perf_counter() - began,
+            }
+        )
+        variants = {n: result["methods"].pop(n) for n in list(result["methods"]) if n in VARIANTS}
         if variants:
             result["variants"] = variants
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(jsonable(result), indent=2) + "\n",
-                                 encoding="utf-8")
+            args.json.write_text(json.dumps(jsonable(result), indent=2) + "\n", encoding="utf-8")
         return {**result, "methods": {**result["methods"], **variants}}
 
     def after_seed(partial: dict[str, Any]) -> None:
@@ -319,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n(after seeds {shown['seeds']})\n{print_tables(shown)}", flush=True)
 
     try:
-        result = finish(run_comparison(task, seeds, names, workdir, ctx, after_seed, done),
-                        complete=True)
+        result = finish(
+            run_comparison(task, seeds, names, workdir, ctx, after_seed, done), complete=True
+        )
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -52,28 +52,51 @@ def card_figures(task: TableTask, table: Path) -> dict[str, Any]:
             "configs": int(mask.sum()),
             "epoch_s_median": float(np.median(seed0.cost[mask].mean(axis=1))),
             "final_val_median": float(np.median(last[mask])),
-            **{f"spearman_epoch{e}": spearman(seed0.val[mask, e - 1], last[mask])
-               for e in EARLY_EPOCHS if e <= task.max_t}}
-    overall = {f"spearman_epoch{e}": spearman(seed0.val[:, e - 1], last)
-               for e in EARLY_EPOCHS if e <= task.max_t}
+            **{
+                f"spearman_epoch{e}": spearman(seed0.val[mask, e - 1], last[mask])
+                for e in EARLY_EPOCHS
+                if e <= task.max_t
+            },
+        }
+    overall = {
+        f"spearman_epoch{e}": spearman(seed0.val[:, e - 1], last)
+        for e in EARLY_EPOCHS
+        if e <= task.max_t
+    }
     checks = {f"k-NN, k={k}": check_surrogate(task, curves, k) for k in (1, 3, 5)}
     checks["random forest"] = check_surrogate(task, curves, 0, "forest")
     best = int(seed0.val.max(axis=1).argmax())
-    return {"table": str(table.name), "runs": len(curves), "planned": dict(planned),
-            "have": dict(have), "max_t": task.max_t, "noise": noise_by_epoch(curves),
-            "by_upsample": by_upsample, "overall": overall, "surrogate": checks,
-            "best": {"config_id": seed0.config_ids[best], "config": seed0.configs[best],
-                     "val": float(seed0.val[best].max())},
-            "chance_runs": int((last <= 0.15).sum())}
+    return {
+        "table": str(table.name),
+        "runs": len(curves),
+        "planned": dict(planned),
+        "have": dict(have),
+        "max_t": task.max_t,
+        "noise": noise_by_epoch(curves),
+        "by_upsample": by_upsample,
+        "overall": overall,
+        "surrogate": checks,
+        "best": {
+            "config_id": seed0.config_ids[best],
+            "config": seed0.configs[best],
+            "val": float(seed0.val[best].max()),
+        },
+        "chance_runs": int((last <= 0.15).sum()),
+    }
 
 
 def render(task: TableTask, figures: dict[str, Any], meta: dict[str, Any]) -> str:
     chunks = meta.get("chunks", [])
     machine = chunks[-1]["machine"] if chunks else {}
-    kinds = ", ".join(f"{kind} {figures['have'].get(kind, 0)}/{count}"
-                      for kind, count in figures["planned"].items())
-    versions = ", ".join(f"{k} {machine[k]}" for k in ("python", "tensorflow", "keras", "ray",
-                                                       "optuna") if k in machine)
+    kinds = ", ".join(
+        f"{kind} {figures['have'].get(kind, 0)}/{count}"
+        for kind, count in figures["planned"].items()
+    )
+    versions = ", ".join(
+        f"{k} {machine[k]}"
+        for k in ("python", "tensorflow", "keras", "ray", "optuna")
+        if k in machine
+    )
     lines = [
         f"# Data card: {task.name}",
         "",
@@ -109,33 +132,49 @@ def render(task: TableTask, figures: dict[str, Any], meta: dict[str, Any]) -> st
         "|---|" + "---|" * task.max_t,
         "| val sd | " + " | ".join(f"{v:.3f}" for v in figures["noise"]["val_sd"]) + " |",
         "| val sd, robust (the simulator's) | "
-        + " | ".join(f"{v:.3f}" for v in figures["noise"]["val_sd_robust"]) + " |",
+        + " | ".join(f"{v:.3f}" for v in figures["noise"]["val_sd_robust"])
+        + " |",
         "| test sd | " + " | ".join(f"{v:.3f}" for v in figures["noise"]["test_sd"]) + " |",
         "",
         "**Cost and early ranking per `upsample`** (Spearman of epoch-e val accuracy with the "
         "last epoch's, over the table's seed-0 configurations):",
         "",
         "| upsample | configs | epoch s (median) | final val (median) | "
-        + " | ".join(f"Spearman e{e}" for e in EARLY_EPOCHS) + " |",
+        + " | ".join(f"Spearman e{e}" for e in EARLY_EPOCHS)
+        + " |",
         "|---|---|---|---|" + "---|" * len(EARLY_EPOCHS),
     ]
     for value, row in figures["by_upsample"].items():
-        lines.append(f"| {value} | {row['configs']} | {row['epoch_s_median']:.2f} | "
-                     f"{row['final_val_median']:.3f} | "
-                     + " | ".join(f"{row.get(f'spearman_epoch{e}', float('nan')):.2f}"
-                                  for e in EARLY_EPOCHS) + " |")
-    lines.append("| all | " + str(sum(r["configs"] for r in figures["by_upsample"].values()))
-                 + " | | | " + " | ".join(f"{figures['overall'][f'spearman_epoch{e}']:.2f}"
-                                          for e in EARLY_EPOCHS) + " |")
-    lines += ["", "**Surrogate** (k nearest table configurations with inverse-distance weights, "
-              "or a random forest over whole curves; `simulate.py --surrogate`), on the "
-              "held-out configurations trained for real:", "",
-              "| surrogate | held out | Spearman (final val) | MAE (final val) | "
-              "Spearman (best epoch) |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {value} | {row['configs']} | {row['epoch_s_median']:.2f} | "
+            f"{row['final_val_median']:.3f} | "
+            + " | ".join(
+                f"{row.get(f'spearman_epoch{e}', float('nan')):.2f}" for e in EARLY_EPOCHS
+            )
+            + " |"
+        )
+    lines.append(
+        "| all | "
+        + str(sum(r["configs"] for r in figures["by_upsample"].values()))
+        + " | | | "
+        + " | ".join(f"{figures['overall'][f'spearman_epoch{e}']:.2f}" for e in EARLY_EPOCHS)
+        + " |"
+    )
+    lines += [
+        "",
+        "**Surrogate** (k nearest table configurations with inverse-distance weights, "
+        "or a random forest over whole curves; `simulate.py --surrogate`), on the "
+        "held-out configurations trained for real:",
+        "",
+        "| surrogate | held out | Spearman (final val) | MAE (final val) | "
+        "Spearman (best epoch) |",
+        "|---|---|---|---|---|",
+    ]
     for name, check in figures["surrogate"].items():
-        lines.append(f"| {name} | {check['holdout']} | {check['spearman']:.3f} | "
-                     f"{check['mae']:.3f} | {check['spearman_best_epoch']:.3f} |")
+        lines.append(
+            f"| {name} | {check['holdout']} | {check['spearman']:.3f} | "
+            f"{check['mae']:.3f} | {check['spearman_best_epoch']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -58,8 +58,9 @@ class Method:
 
     name = "method"
 
-    def __init__(self, task: TableTask, seed: int, workers: int,
-                 budget_seconds: float | None = None) -> None:
+    def __init__(
+        self, task: TableTask, seed: int, workers: int, budget_seconds: float | None = None
+    ) -> None:
         self.task = task
         self.seed = method_seed(self.name, seed)
         self.workers = workers
@@ -97,8 +98,15 @@ class RayTrial:
     trial_id: str
 
 
-def tell_result(searcher: Any, scheduler: Any, trial: RayTrial, epoch: int, value: float,
-                last_epoch: int, seconds: float | None = None) -> bool:
+def tell_result(
+    searcher: Any,
+    scheduler: Any,
+    trial: RayTrial,
+    epoch: int,
+    value: float,
+    last_epoch: int,
+    seconds: float | None = None,
+) -> bool:
     """Tells a Ray searcher and scheduler one epoch's result as Ray's ``TuneController`` does:
     the scheduler decides first; a trial that goes on is heard by the searcher as a result, one
     that stops (or reached ``last_epoch``) by both as complete. Shared by the simulator and
@@ -112,8 +120,12 @@ def tell_result(searcher: Any, scheduler: Any, trial: RayTrial, epoch: int, valu
     """
     from ray.tune.schedulers import TrialScheduler
 
-    result = {METRIC: value, TIME_ATTR: epoch, "training_iteration": epoch,
-              "trial_id": trial.trial_id}
+    result = {
+        METRIC: value,
+        TIME_ATTR: epoch,
+        "training_iteration": epoch,
+        "trial_id": trial.trial_id,
+    }
     if seconds is not None:
         result["wall_seconds"] = seconds
     decision = scheduler.on_trial_result(None, trial, result)
@@ -136,8 +148,9 @@ def sync_journal(searcher: Any) -> None:
 class RayMethod(Method):
     """A Ray searcher and scheduler, driven as Ray's ``TuneController`` drives them."""
 
-    def __init__(self, task: TableTask, seed: int, workers: int,
-                 budget_seconds: float | None = None) -> None:
+    def __init__(
+        self, task: TableTask, seed: int, workers: int, budget_seconds: float | None = None
+    ) -> None:
         super().__init__(task, seed, workers, budget_seconds)
         self.count = 0
         self.searcher, self.scheduler = self.build()
@@ -153,27 +166,42 @@ class RayMethod(Method):
         self.count += 1
         trial = RayTrial(trial_id)
         self.scheduler.on_trial_add(None, trial)
-        return Job(trial_id, _space_config(self.task, config), 1, self.task.max_t,
-                   {"trial": trial})
+        return Job(
+            trial_id, _space_config(self.task, config), 1, self.task.max_t, {"trial": trial}
+        )
 
     def report(self, job: Job, epoch: int, value: float) -> bool:
-        return tell_result(self.searcher, self.scheduler, job.state["trial"], epoch, value,
-                           job.last, job.state.get("seconds"))
+        return tell_result(
+            self.searcher,
+            self.scheduler,
+            job.state["trial"],
+            epoch,
+            value,
+            job.last,
+            job.state.get("seconds"),
+        )
 
 
-def sim_spec(task: TableTask, name: str = "sim",
-             settings: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
+def sim_spec(
+    task: TableTask, name: str = "sim", settings: Mapping[str, Mapping[str, Any]] | None = None
+) -> Any:
     """The experiment spec ``run_search`` would get for the tabulated task: the spec's own
     defaults for how it searches, ``settings`` (section -> keys) overriding them."""
     from search.spec import SearchSpec, load_spec_dict
 
     settings = settings or {}
-    defaults = {key: getattr(SearchSpec, key)
-                for key in ("algorithm", "baseline", "cost_exponent", "prior_weight")}
-    raw = {**task.raw, "name": name, "storage": tempfile.gettempdir(),
-           "train": {**task.raw["train"], "learning_rate": task.baseline["learning_rate"]},
-           "search": {**task.raw["search"], **defaults, **settings.get("search", {})},
-           "scheduler": {**task.raw["scheduler"], **settings.get("scheduler", {})}}
+    defaults = {
+        key: getattr(SearchSpec, key)
+        for key in ("algorithm", "baseline", "cost_exponent", "prior_weight")
+    }
+    raw = {
+        **task.raw,
+        "name": name,
+        "storage": tempfile.gettempdir(),
+        "train": {**task.raw["train"], "learning_rate": task.baseline["learning_rate"]},
+        "search": {**task.raw["search"], **defaults, **settings.get("search", {})},
+        "scheduler": {**task.raw["scheduler"], **settings.get("scheduler", {})},
+    }
     return load_spec_dict(raw, source="benchmarks/quality")
 
 
@@ -189,17 +217,21 @@ class FinetuneSearch(RayMethod):
         from search.driver.policy import make_search_policy
 
         self.folder = tempfile.mkdtemp(prefix="sim-ours-")
-        settings = {section: dict(keys) for section, keys in self.settings.items()
-                    if section != "prior"}
+        settings = {
+            section: dict(keys) for section, keys in self.settings.items() if section != "prior"
+        }
         if self.budget_seconds:
             # Told its device budget, as a user would write it (it cools the cost lever).
-            settings.setdefault("search", {})["budget_device_hours"] = (
-                self.budget_seconds / 3600.0)
+            settings.setdefault("search", {})["budget_device_hours"] = self.budget_seconds / 3600.0
         spec = sim_spec(self.task, settings=settings)
         searcher, scheduler = make_search_policy(
-            spec, journal_path=os.path.join(self.folder, "optuna_study.journal"),
-            num_samples=self.num_samples, seed=self.seed, baseline=spec.search.baseline,
-            prior=self.settings.get("prior"))
+            spec,
+            journal_path=os.path.join(self.folder, "optuna_study.journal"),
+            num_samples=self.num_samples,
+            seed=self.seed,
+            baseline=spec.search.baseline,
+            prior=self.settings.get("prior"),
+        )
         searcher.set_max_concurrency(self.workers)
         scheduler.remember([])  # a new search: nothing recorded before this run
         return searcher, scheduler
@@ -221,12 +253,20 @@ class RayOptuna(RayMethod):
         from ray.tune.schedulers import ASHAScheduler
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(space=optuna_space(self.task), metric=METRIC, mode="max",
-                                sampler=optuna.samplers.TPESampler(seed=self.seed))
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max",
-                                  max_t=self.task.max_t,
-                                  grace_period=int(self.task.raw["scheduler"]["grace_period"]),
-                                  reduction_factor=self.task.raw["scheduler"]["reduction_factor"])
+        searcher = OptunaSearch(
+            space=optuna_space(self.task),
+            metric=METRIC,
+            mode="max",
+            sampler=optuna.samplers.TPESampler(seed=self.seed),
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=METRIC,
+            mode="max",
+            max_t=self.task.max_t,
+            grace_period=int(self.task.raw["scheduler"]["grace_period"]),
+            reduction_factor=self.task.raw["scheduler"]["reduction_factor"],
+        )
         return searcher, scheduler
 
 
@@ -258,18 +298,23 @@ class OptunaHyperband(Method):
 
     name = "optuna"
 
-    def __init__(self, task: TableTask, seed: int, workers: int,
-                 budget_seconds: float | None = None) -> None:
+    def __init__(
+        self, task: TableTask, seed: int, workers: int, budget_seconds: float | None = None
+    ) -> None:
         super().__init__(task, seed, workers, budget_seconds)
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         scheduler = task.raw["scheduler"]
         self.study = optuna.create_study(
-            direction="maximize", sampler=optuna.samplers.TPESampler(seed=self.seed),
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=self.seed),
             pruner=optuna.pruners.HyperbandPruner(
-                min_resource=int(scheduler["grace_period"]), max_resource=task.max_t,
-                reduction_factor=int(scheduler["reduction_factor"])))
+                min_resource=int(scheduler["grace_period"]),
+                max_resource=task.max_t,
+                reduction_factor=int(scheduler["reduction_factor"]),
+            ),
+        )
 
     def suggest(self) -> Job | None:
         trial = self.study.ask()
@@ -309,8 +354,9 @@ class KerasTunerHyperband(Method):
 
     name = "keras_tuner"
 
-    def __init__(self, task: TableTask, seed: int, workers: int,
-                 budget_seconds: float | None = None) -> None:
+    def __init__(
+        self, task: TableTask, seed: int, workers: int, budget_seconds: float | None = None
+    ) -> None:
         super().__init__(task, seed, workers, budget_seconds)
         import keras_tuner
 
@@ -325,9 +371,13 @@ class KerasTunerHyperband(Method):
                 hp.Choice(d.name, list(d.values))
         self.folder = tempfile.mkdtemp(prefix="sim-kt-")
         self.oracle = keras_tuner.oracles.HyperbandOracle(
-            objective=keras_tuner.Objective(METRIC, direction="max"), max_epochs=task.max_t,
-            factor=int(task.raw["scheduler"]["reduction_factor"]), hyperband_iterations=1000,
-            seed=self.seed, hyperparameters=hp)
+            objective=keras_tuner.Objective(METRIC, direction="max"),
+            max_epochs=task.max_t,
+            factor=int(task.raw["scheduler"]["reduction_factor"]),
+            hyperband_iterations=1000,
+            seed=self.seed,
+            hyperparameters=hp,
+        )
         self.oracle._set_project_dir(self.folder, "sim")
         self.oracle._display.verbose = 0
         self.free = [f"worker{k}" for k in range(workers)]
@@ -346,8 +396,13 @@ class KerasTunerHyperband(Method):
         values = trial.hyperparameters.values
         first = int(values.get("tuner/initial_epoch", 0)) + 1
         last = int(values.get("tuner/epochs", self.task.max_t))
-        return Job(trial.trial_id, _space_config(self.task, values), first, last,
-                   {"trial": trial, "tuner_id": tuner_id})
+        return Job(
+            trial.trial_id,
+            _space_config(self.task, values),
+            first,
+            last,
+            {"trial": trial, "tuner_id": tuner_id},
+        )
 
     def report(self, job: Job, epoch: int, value: float) -> bool:
         import keras_tuner
@@ -383,8 +438,9 @@ class SyneTune(Method):
     name = "syne_tune"
     scheduler_name = "asha"
 
-    def __init__(self, task: TableTask, seed: int, workers: int,
-                 budget_seconds: float | None = None) -> None:
+    def __init__(
+        self, task: TableTask, seed: int, workers: int, budget_seconds: float | None = None
+    ) -> None:
         super().__init__(task, seed, workers, budget_seconds)
         from syne_tune.optimizer.baselines import ASHA, BOHB
 
@@ -395,9 +451,15 @@ class SyneTune(Method):
         scheduler = task.raw["scheduler"]
         np.random.seed(self.seed)  # Syne Tune's ASHA picks brackets with NumPy's global state
         self.scheduler = {"asha": ASHA, "bohb": BOHB}[self.scheduler_name](
-            syne_space(sim_spec(task).space), metric=METRIC, do_minimize=False,
-            time_attr=TIME_ATTR, max_t=task.max_t, grace_period=int(scheduler["grace_period"]),
-            reduction_factor=scheduler["reduction_factor"], random_seed=self.seed)
+            syne_space(sim_spec(task).space),
+            metric=METRIC,
+            do_minimize=False,
+            time_attr=TIME_ATTR,
+            max_t=task.max_t,
+            grace_period=int(scheduler["grace_period"]),
+            reduction_factor=scheduler["reduction_factor"],
+            random_seed=self.seed,
+        )
         self.count = 0
 
     def suggest(self) -> Job | None:
@@ -407,8 +469,13 @@ class SyneTune(Method):
         trial = _SyneTrial(self.count, dict(suggestion.config))
         self.count += 1
         self.scheduler.on_trial_add(trial)
-        return Job(trial.trial_id, _space_config(self.task, trial.config), 1, self.task.max_t,
-                   {"trial": trial})
+        return Job(
+            trial.trial_id,
+            _space_config(self.task, trial.config),
+            1,
+            self.task.max_t,
+            {"trial": trial},
+        )
 
     def report(self, job: Job, epoch: int, value: float) -> bool:
         # As Syne Tune's Tuner: every result to on_trial_result; a trial that reached max_t
@@ -437,8 +504,9 @@ class RandomFIFO(Method):
 
     name = "random_fifo"
 
-    def __init__(self, task: TableTask, seed: int, workers: int,
-                 budget_seconds: float | None = None) -> None:
+    def __init__(
+        self, task: TableTask, seed: int, workers: int, budget_seconds: float | None = None
+    ) -> None:
         super().__init__(task, seed, workers, budget_seconds)
         self.rng = np.random.default_rng(self.seed)
         self.count = 0
@@ -460,8 +528,9 @@ class OneEpochTopK(RandomFIFO):
 
     name = "one_epoch_topk"
 
-    def __init__(self, task: TableTask, seed: int, workers: int,
-                 budget_seconds: float | None = None) -> None:
+    def __init__(
+        self, task: TableTask, seed: int, workers: int, budget_seconds: float | None = None
+    ) -> None:
         super().__init__(task, seed, workers, budget_seconds)
         self.screened: list[tuple[float, int, dict[str, Any]]] = []
 
@@ -484,8 +553,14 @@ class OneEpochTopK(RandomFIFO):
 # The ablation: ours with settings of its spec changed (levers on or off, alone or together).
 # A deliberately poor prior: the most expensive configuration, with the learning rate, the
 # dropout and the noise at the top of their ranges (near chance on the table).
-BAD_PRIOR = {"noise_std": 0.3, "upsample": 5, "input_convs": 2, "freeze": 5,
-             "learning_rate": 0.3, "dropout": 0.8}
+BAD_PRIOR = {
+    "noise_std": 0.3,
+    "upsample": 5,
+    "input_convs": 2,
+    "freeze": 5,
+    "learning_rate": 0.3,
+    "dropout": 0.8,
+}
 
 LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     # TPE models the highest rung d+2 trials reached (BOHB's rule)
@@ -509,27 +584,37 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "cost_aware+tpe_rungs": {"search": {"cost_exponent": 1.0, "algorithm": "tpe_rungs"}},
     "prior+tpe_rungs": {"search": {"prior_weight": 3.0, "algorithm": "tpe_rungs"}},
     "cost_aware+prior": {"search": {"cost_exponent": 1.0, "prior_weight": 3.0}},
-    "cost_aware+prior+tpe_rungs": {"search": {"cost_exponent": 1.0, "prior_weight": 3.0,
-                                              "algorithm": "tpe_rungs"}},
+    "cost_aware+prior+tpe_rungs": {
+        "search": {"cost_exponent": 1.0, "prior_weight": 3.0, "algorithm": "tpe_rungs"}
+    },
     "cost_aware+prior+tpe_rungs+examined_rungs": {
         "search": {"cost_exponent": 1.0, "prior_weight": 3.0, "algorithm": "tpe_rungs"},
-        "scheduler": {"min_rung_results": 3}},
+        "scheduler": {"min_rung_results": 3},
+    },
     # together
-    "tpe_rungs+examined_rungs": {"search": {"algorithm": "tpe_rungs"},
-                                 "scheduler": {"min_rung_results": 3}},
+    "tpe_rungs+examined_rungs": {
+        "search": {"algorithm": "tpe_rungs"},
+        "scheduler": {"min_rung_results": 3},
+    },
     "no_baseline+tpe_rungs": {"search": {"algorithm": "tpe_rungs", "baseline": False}},
-    "no_baseline+examined_rungs": {"search": {"baseline": False},
-                                   "scheduler": {"min_rung_results": 3}},
-    "no_baseline+tpe_rungs+examined_rungs": {"search": {"algorithm": "tpe_rungs",
-                                                        "baseline": False},
-                                             "scheduler": {"min_rung_results": 3}},
+    "no_baseline+examined_rungs": {
+        "search": {"baseline": False},
+        "scheduler": {"min_rung_results": 3},
+    },
+    "no_baseline+tpe_rungs+examined_rungs": {
+        "search": {"algorithm": "tpe_rungs", "baseline": False},
+        "scheduler": {"min_rung_results": 3},
+    },
 }
 
 
 def lever_method(lever: str) -> type[Method]:
     """Ours with ``LEVERS[lever]`` applied, named ``finetune_search+<lever>``."""
-    return type(f"Ours_{lever}", (FinetuneSearch,),
-                {"name": f"{FinetuneSearch.name}+{lever}", "settings": LEVERS[lever]})
+    return type(
+        f"Ours_{lever}",
+        (FinetuneSearch,),
+        {"name": f"{FinetuneSearch.name}+{lever}", "settings": LEVERS[lever]},
+    )
 
 
 METHODS: dict[str, type[Method]] = {
@@ -555,7 +640,6 @@ def clamp_config(task: TableTask, config: Mapping[str, Any]) -> dict[str, Any]:
             value = int(min(max(int(round(float(value))), d.low), d.high))
         out[d.name] = value
     return out
-
 
 
 def method_class(name: str) -> type[Method]:

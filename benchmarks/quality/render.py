@@ -43,9 +43,14 @@ def _to_target(cell: Mapping[str, Any]) -> str:
 def methods_table(methods: Mapping[str, Any], fractions: list[float]) -> str:
     """One Markdown table: a row per method, ours first."""
     names = sorted(methods, key=lambda n: (n != OURS, n))
-    head = ["method", *[f"regret IQM @{int(f * 100)}% [95% CI]" for f in fractions],
-            *[f"p vs ours @{int(f * 100)}%" for f in fractions],
-            "device-s to 1 pt (median)", "test acc", "trials"]
+    head = [
+        "method",
+        *[f"regret IQM @{int(f * 100)}% [95% CI]" for f in fractions],
+        *[f"p vs ours @{int(f * 100)}%" for f in fractions],
+        "device-s to 1 pt (median)",
+        "test acc",
+        "trials",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         m = methods[name]
@@ -55,8 +60,11 @@ def methods_table(methods: Mapping[str, Any], fractions: list[float]) -> str:
             cells.append(f"{_fmt(m['regret_iqm'][f])} [{_fmt(low)}, {_fmt(high)}]")
         for f in map(str, fractions):
             cells.append("(ours)" if name == OURS else _p(m["wilcoxon_p_vs_ours"].get(f)))
-        cells += [_to_target(m["seconds_to_within_1pt"]), _fmt(m["test_acc"]["mean"]),
-                  _fmt(m["trials_mean"], 1)]
+        cells += [
+            _to_target(m["seconds_to_within_1pt"]),
+            _fmt(m["test_acc"]["mean"]),
+            _fmt(m["trials_mean"], 1),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -69,21 +77,25 @@ def _surrogate_name(result: Mapping[str, Any]) -> str:
 
 def quality_tables(result: Mapping[str, Any]) -> str:
     """Every W's table, with the run's set-up above them."""
-    parts = [f"Simulated search quality: {result['seeds']} seeds, budget "
-             f"{result['budget']:.0f} {result['budget_unit']} ({result['budget_trials']:g} "
-             f"average full trainings), table {result['table']['path']} "
-             f"({result['table']['runs']} runs), surrogate {_surrogate_name(result)} "
-             f"(held-out Spearman {_fmt(result['surrogate']['spearman'])}, MAE "
-             f"{_fmt(result['surrogate']['mae'])})"]
+    parts = [
+        f"Simulated search quality: {result['seeds']} seeds, budget "
+        f"{result['budget']:.0f} {result['budget_unit']} ({result['budget_trials']:g} "
+        f"average full trainings), table {result['table']['path']} "
+        f"({result['table']['runs']} runs), surrogate {_surrogate_name(result)} "
+        f"(held-out Spearman {_fmt(result['surrogate']['spearman'])}, MAE "
+        f"{_fmt(result['surrogate']['mae'])})"
+    ]
     for workers, block in result["by_workers"].items():
-        parts.append(f"\nW = {workers}\n\n" + methods_table(block["methods"],
-                                                            result["fractions"]))
+        parts.append(f"\nW = {workers}\n\n" + methods_table(block["methods"], result["fractions"]))
         if block.get("ablation"):
-            ablation = {OURS: block["methods"][OURS],
-                        **{f"{OURS}+{lever}": figures
-                           for lever, figures in block["ablation"].items()}}
-            parts.append(f"\nW = {workers}, ablation (ours with one lever changed)\n\n"
-                         + methods_table(ablation, result["fractions"]))
+            ablation = {
+                OURS: block["methods"][OURS],
+                **{f"{OURS}+{lever}": figures for lever, figures in block["ablation"].items()},
+            }
+            parts.append(
+                f"\nW = {workers}, ablation (ours with one lever changed)\n\n"
+                + methods_table(ablation, result["fractions"])
+            )
     return "\n".join(parts)
 
 
@@ -122,19 +134,30 @@ README_BLOCK = "quality-sim"
 
 def readme_block(result: Mapping[str, Any], json_path: str) -> str:
     """What the README carries between its ``quality-sim`` markers."""
-    return (f"From `{json_path}` ({result['date'][:10]}, `{result['command']}`, "
-            f"{result['elapsed_s'] / 60:.1f} min):\n\n" + quality_tables(result))
+    return (
+        f"From `{json_path}` ({result['date'][:10]}, `{result['command']}`, "
+        f"{result['elapsed_s'] / 60:.1f} min):\n\n" + quality_tables(result)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path)
     parser.add_argument("--plot", type=Path, default=None)
-    parser.add_argument("--page", "--readme", dest="readme", type=Path, default=None,
-                        help="put the tables between this markdown page's markers (--block), "
-                             "e.g. docs/compared.md")
-    parser.add_argument("--block", default=README_BLOCK,
-                        help="the page block's name (quality-sim, quality-ablation)")
+    parser.add_argument(
+        "--page",
+        "--readme",
+        dest="readme",
+        type=Path,
+        default=None,
+        help="put the tables between this markdown page's markers (--block), "
+        "e.g. docs/compared.md",
+    )
+    parser.add_argument(
+        "--block",
+        default=README_BLOCK,
+        help="the page block's name (quality-sim, quality-ablation)",
+    )
     args = parser.parse_args(argv)
     result = json.loads(args.json.read_text(encoding="utf-8"))
     print(quality_tables(result))
@@ -144,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.common import replace_block
 
         text = args.readme.read_text(encoding="utf-8")
-        args.readme.write_text(replace_block(text, args.block,
-                                             readme_block(result, str(args.json))),
-                               encoding="utf-8")
+        args.readme.write_text(
+            replace_block(text, args.block, readme_block(result, str(args.json))), encoding="utf-8"
+        )
     return 0
 
 

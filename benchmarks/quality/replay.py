@@ -78,7 +78,8 @@ def journal_events(path: Path) -> Iterator[tuple[str, int, Any]]:
 
             distribution = json_to_distribution(log["distribution"])
             params[log["trial_id"]][log["param_name"]] = distribution.to_external_repr(
-                log["param_value_internal"])
+                log["param_value_internal"]
+            )
         elif op == SET_TRIAL_STATE_VALUES:
             state = log["state"]
             if state == RUNNING:
@@ -114,10 +115,12 @@ def replay(experiment_dir: Path, seed: int | None = None) -> ReplayReport:
     report = ReplayReport()
     with tempfile.TemporaryDirectory(prefix="replay-") as folder:
         searcher, scheduler = make_search_policy(
-            spec, journal_path=str(Path(folder) / "optuna_study.journal"),
+            spec,
+            journal_path=str(Path(folder) / "optuna_study.journal"),
             num_samples=spec.search.num_samples,
             seed=spec.search.seed if seed is None else seed,
-            baseline=spec.search.baseline)
+            baseline=spec.search.baseline,
+        )
         searcher.set_max_concurrency(spec.search.max_concurrent)
         scheduler.remember([])
         simulated: dict[int, RayTrial] = {}  # real trial id -> its simulated trial
@@ -126,14 +129,15 @@ def replay(experiment_dir: Path, seed: int | None = None) -> ReplayReport:
         # (real trial id, its parameters as the journal records them after the start, the
         # simulated suggestion): compared once the whole journal is read.
         starts: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
-        for kind, real_id, payload in journal_events(
-                Path(journal_path_for(str(experiment_dir)))):
+        for kind, real_id, payload in journal_events(Path(journal_path_for(str(experiment_dir)))):
             if kind == "start":
                 trial = RayTrial(f"{len(simulated):05d}")
                 config = searcher.suggest(trial.trial_id)
                 if config is None:
-                    report.mismatches.append(f"trial {real_id}: the simulated searcher "
-                                             "suggested nothing where the search started one")
+                    report.mismatches.append(
+                        f"trial {real_id}: the simulated searcher "
+                        "suggested nothing where the search started one"
+                    )
                     continue
                 scheduler.on_trial_add(None, trial)
                 simulated[real_id] = trial
@@ -143,8 +147,9 @@ def replay(experiment_dir: Path, seed: int | None = None) -> ReplayReport:
                 step, value = payload
                 real_last[real_id] = step
                 report.epochs += 1
-                if not tell_result(searcher, scheduler, simulated[real_id], step, value,
-                                   spec.max_t):
+                if not tell_result(
+                    searcher, scheduler, simulated[real_id], step, value, spec.max_t
+                ):
                     stopped_at[real_id] = step
                     if step < spec.max_t:
                         report.stops.append((real_id, step))
@@ -153,12 +158,15 @@ def replay(experiment_dir: Path, seed: int | None = None) -> ReplayReport:
                 if stopped_at.get(real_id) != last:
                     report.mismatches.append(
                         f"trial {real_id}: the search ended it {payload} after epoch {last}, "
-                        f"the simulated scheduler at {stopped_at.get(real_id, 'none')}")
+                        f"the simulated scheduler at {stopped_at.get(real_id, 'none')}"
+                    )
         for real_id, real_params, config in starts:
             for key, value in real_params.items():
                 if key not in config or not _same(value, config[key]):
-                    report.mismatches.append(f"trial {real_id}: {key} = {value!r} in the "
-                                             f"search, {config.get(key)!r} simulated")
+                    report.mismatches.append(
+                        f"trial {real_id}: {key} = {value!r} in the "
+                        f"search, {config.get(key)!r} simulated"
+                    )
         sync_journal(searcher)
     return report
 
@@ -170,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", type=Path, help="a local experiment folder")
     args = parser.parse_args(argv)
     report = replay(args.experiment)
-    print(f"{report.trials} trials, {report.epochs} epochs replayed; simulated stops "
-          f"{report.stops}")
+    print(
+        f"{report.trials} trials, {report.epochs} epochs replayed; simulated stops {report.stops}"
+    )
     for line in report.mismatches:
         print("MISMATCH", line)
     print("same decisions" if not report.mismatches else f"{len(report.mismatches)} differences")

@@ -62,9 +62,16 @@ def budget_for(curves: Any, unit: str, full_trials: float, max_t: int) -> float:
     return float(full_trials * curves.cost.sum(axis=1).mean())
 
 
-def simulate_one(method_name: str, task: TableTask, objective: Any, seed: int, workers: int,
-                 budget: float, unit: str, budget_seconds: float | None = None
-                 ) -> dict[str, Any]:
+def simulate_one(
+    method_name: str,
+    task: TableTask,
+    objective: Any,
+    seed: int,
+    workers: int,
+    budget: float,
+    unit: str,
+    budget_seconds: float | None = None,
+) -> dict[str, Any]:
     """One method, one seed: the trace of its incumbent against what it spent.
 
     ``budget_seconds`` is the budget in device-seconds, as a method that plans by its device
@@ -148,8 +155,9 @@ def at_fraction(trace: Sequence[tuple], budget: float, unit: str, fraction: floa
     return last
 
 
-def run_figures(run: Mapping[str, Any], best: float, median: float, budget: float,
-                unit: str) -> dict[str, Any]:
+def run_figures(
+    run: Mapping[str, Any], best: float, median: float, budget: float, unit: str
+) -> dict[str, Any]:
     """A run's regret at each fraction, its cost to within 1 and 0.5 point, its final test."""
     trace = run["trace"]
     out: dict[str, Any] = {"regret": {}, "trials": run["trials"]}
@@ -161,9 +169,12 @@ def run_figures(run: Mapping[str, Any], best: float, median: float, budget: floa
         out[f"seconds_{name}"] = reached[0] if reached else None  # None: censored
         out[f"epochs_{name}"] = reached[1] if reached else None
     out["test_acc"] = trace[-1][4] if trace else None
-    out["curve"] = [regret(p[3] if p else float("nan"), best, median) for p in
-                    (at_fraction(trace, budget, unit, (i + 1) / PLOT_POINTS)
-                     for i in range(PLOT_POINTS))]
+    out["curve"] = [
+        regret(p[3] if p else float("nan"), best, median)
+        for p in (
+            at_fraction(trace, budget, unit, (i + 1) / PLOT_POINTS) for i in range(PLOT_POINTS)
+        )
+    ]
     return out
 
 
@@ -173,8 +184,9 @@ def iqm(values: Sequence[float]) -> float:
     return float(trim_mean(np.asarray(values, float), 0.25))
 
 
-def bootstrap_ci(values: Sequence[float], stat: Any = iqm, reps: int = 1000,
-                 seed: int = 0) -> list[float]:
+def bootstrap_ci(
+    values: Sequence[float], stat: Any = iqm, reps: int = 1000, seed: int = 0
+) -> list[float]:
     values = np.asarray(values, float)
     rng = np.random.default_rng(seed)
     draws = [stat(values[rng.integers(0, len(values), len(values))]) for _ in range(reps)]
@@ -188,9 +200,13 @@ def censored_median(values: Sequence[float | None], budget: float) -> dict[str, 
     censored = len(values) - len(reached)
     ordered = reached + [math.inf] * censored
     median = ordered[(len(ordered) - 1) // 2] if ordered else math.inf
-    return {"median": median if math.isfinite(median) else None,
-            "median_censored": not math.isfinite(median), "censored": censored,
-            "runs": len(values), "budget": budget}
+    return {
+        "median": median if math.isfinite(median) else None,
+        "median_censored": not math.isfinite(median),
+        "censored": censored,
+        "runs": len(values),
+        "budget": budget,
+    }
 
 
 def wilcoxon_p(ours: Sequence[float], other: Sequence[float]) -> float | None:
@@ -202,15 +218,21 @@ def wilcoxon_p(ours: Sequence[float], other: Sequence[float]) -> float | None:
     return float(wilcoxon(diff, zero_method="zsplit").pvalue)
 
 
-def summarize(per_method: Mapping[str, list[dict[str, Any]]], budget: float,
-              unit: str) -> dict[str, Any]:
+def summarize(
+    per_method: Mapping[str, list[dict[str, Any]]], budget: float, unit: str
+) -> dict[str, Any]:
     """Per method: IQM regret and interval per fraction, censored medians, test accuracy,
     Wilcoxon p against ours (on regret at each fraction, paired by seed), the anytime curve."""
     out: dict[str, Any] = {}
     ours = per_method.get(OURS)
     for name, runs in per_method.items():
-        figures: dict[str, Any] = {"regret_iqm": {}, "regret_ci": {}, "regret_median": {},
-                                   "wilcoxon_p_vs_ours": {}, "ours_minus_method_iqm": {}}
+        figures: dict[str, Any] = {
+            "regret_iqm": {},
+            "regret_ci": {},
+            "regret_median": {},
+            "wilcoxon_p_vs_ours": {},
+            "ours_minus_method_iqm": {},
+        }
         for fraction in map(str, FRACTIONS):
             values = [r["regret"][fraction] for r in runs]
             figures["regret_iqm"][fraction] = iqm(values)
@@ -220,17 +242,24 @@ def summarize(per_method: Mapping[str, list[dict[str, Any]]], budget: float,
                 mine = [r["regret"][fraction] for r in ours]
                 figures["wilcoxon_p_vs_ours"][fraction] = wilcoxon_p(mine, values)
                 figures["ours_minus_method_iqm"][fraction] = iqm(np.subtract(mine, values))
-        for key in ("seconds_to_within_1pt", "seconds_to_within_0_5pt", "epochs_to_within_1pt",
-                    "epochs_to_within_0_5pt"):
+        for key in (
+            "seconds_to_within_1pt",
+            "seconds_to_within_0_5pt",
+            "epochs_to_within_1pt",
+            "epochs_to_within_0_5pt",
+        ):
             figures[key] = censored_median([r[key] for r in runs], budget)
         tests = [r["test_acc"] for r in runs if r["test_acc"] is not None]
-        figures["test_acc"] = {"mean": float(np.mean(tests)) if tests else None,
-                               "iqm": iqm(tests) if tests else None}
+        figures["test_acc"] = {
+            "mean": float(np.mean(tests)) if tests else None,
+            "iqm": iqm(tests) if tests else None,
+        }
         figures["trials_mean"] = float(np.mean([r["trials"] for r in runs]))
         curves = np.array([r["curve"] for r in runs])
         figures["anytime_iqm"] = [iqm(curves[:, i]) for i in range(curves.shape[1])]
-        figures["anytime_ci"] = [bootstrap_ci(curves[:, i], reps=200)
-                                 for i in range(curves.shape[1])]
+        figures["anytime_ci"] = [
+            bootstrap_ci(curves[:, i], reps=200) for i in range(curves.shape[1])
+        ]
         out[name] = figures
     return out
 
@@ -247,19 +276,22 @@ def _init_worker(table: str, task_name: str, k: int, kind: str = "knn") -> None:
 
     task = TASKS[task_name]()
     curves = read_curves(Path(table), task)
-    _WORKER.update(task=task, surrogate=make_surrogate(task, curves, kind, k),
-                   noise=noise_by_epoch(curves)["val_sd_robust"])
+    _WORKER.update(
+        task=task,
+        surrogate=make_surrogate(task, curves, kind, k),
+        noise=noise_by_epoch(curves)["val_sd_robust"],
+    )
 
 
-def _job(args: tuple[str, int, int, float, str, float]
-         ) -> tuple[str, int, int, dict[str, Any]]:
+def _job(args: tuple[str, int, int, float, str, float]) -> tuple[str, int, int, dict[str, Any]]:
     from surrogate import NoisyObjective
 
     name, seed, workers, budget, unit, budget_seconds = args
     objective = NoisyObjective(_WORKER["surrogate"], _WORKER["noise"], seed)
     began = time.process_time()
-    run = simulate_one(name, _WORKER["task"], objective, seed, workers, budget, unit,
-                       budget_seconds)
+    run = simulate_one(
+        name, _WORKER["task"], objective, seed, workers, budget, unit, budget_seconds
+    )
     run["cpu_s"] = time.process_time() - began
     return name, seed, workers, run
 
@@ -272,29 +304,48 @@ def reference_values(task: TableTask, curves: Any) -> dict[str, float]:
     table = table_curves(curves)
     best_epoch = table.val.max(axis=1)
     sobol = np.array([v for v, r in zip(best_epoch, table.roles) if r == "sobol"])
-    return {"best": float(best_epoch.max()), "median": float(np.median(sobol)),
-            "best_config": table.configs[int(best_epoch.argmax())]}
+    return {
+        "best": float(best_epoch.max()),
+        "median": float(np.median(sobol)),
+        "best_config": table.configs[int(best_epoch.argmax())],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="digits")
-    parser.add_argument("--table", type=Path, default=None,
-                        help="the Parquet table (default: the task's in benchmarks/quality/data)")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help="the Parquet table (default: the task's in benchmarks/quality/data)",
+    )
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--workers", default="2,8", help="comma-separated W values")
     parser.add_argument("--methods", default=None, help="comma-separated subset")
-    parser.add_argument("--ablation", default=None, metavar="LEVERS",
-                        help="also ours with each of these levers (comma-separated, of "
-                             "methods.LEVERS), written under ablation.<lever>")
-    parser.add_argument("--budget-trials", type=float, default=30.0,
-                        help="the budget, in full trainings of an average configuration")
+    parser.add_argument(
+        "--ablation",
+        default=None,
+        metavar="LEVERS",
+        help="also ours with each of these levers (comma-separated, of "
+        "methods.LEVERS), written under ablation.<lever>",
+    )
+    parser.add_argument(
+        "--budget-trials",
+        type=float,
+        default=30.0,
+        help="the budget, in full trainings of an average configuration",
+    )
     parser.add_argument("--budget-unit", choices=("seconds", "epochs"), default="seconds")
     parser.add_argument("--k", type=int, default=None, help="surrogate neighbours")
-    parser.add_argument("--surrogate", choices=("knn", "forest"), default="forest",
-                        help="the surrogate between the table's points: a random forest over "
-                             "whole curves (the default: the better held-out check, see the "
-                             "data card), or k nearest neighbours")
+    parser.add_argument(
+        "--surrogate",
+        choices=("knn", "forest"),
+        default="forest",
+        help="the surrogate between the table's points: a random forest over "
+        "whole curves (the default: the better held-out check, see the "
+        "data card), or k nearest neighbours",
+    )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quick", action="store_true", help="3 seeds, W = 2 only")
     parser.add_argument("--json", type=Path, default=None)
@@ -308,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     task = TASKS[args.task]()
     table = args.table or table_path(task)
     if not table.exists():
-        parser.error(f"--table: no table at {table}; make it with "
-                     "benchmarks/quality/build_table.py")
+        parser.error(
+            f"--table: no table at {table}; make it with benchmarks/quality/build_table.py"
+        )
     names = list(METHODS) if args.methods is None else [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
@@ -323,16 +375,22 @@ def main(argv: list[str] | None = None) -> int:
     workers = [2] if args.quick else [int(w) for w in args.workers.split(",")]
     curves = read_curves(table, task)
     checks = {k: check_surrogate(task, curves, k) for k in (1, 2, 3, 5, 8)}
-    k = args.k or max(checks, key=lambda kk: (np.nan_to_num(checks[kk]["spearman"], nan=-1)))
+    k = args.k or max(checks, key=lambda kk: np.nan_to_num(checks[kk]["spearman"], nan=-1))
     used = checks[k] if args.surrogate == "knn" else check_surrogate(task, curves, k, "forest")
     ref = reference_values(task, curves)
     budget = budget_for(curves, args.budget_unit, args.budget_trials, task.max_t)
-    progress(f"simulate: {len(curves)} runs in {table}; best {ref['best']:.4f}, median random "
-             f"{ref['median']:.4f}; surrogate {args.surrogate} k={k} (holdout spearman "
-             f"{used['spearman']:.3f}); budget {budget:.0f} {args.budget_unit}")
+    progress(
+        f"simulate: {len(curves)} runs in {table}; best {ref['best']:.4f}, median random "
+        f"{ref['median']:.4f}; surrogate {args.surrogate} k={k} (holdout spearman "
+        f"{used['spearman']:.3f}); budget {budget:.0f} {args.budget_unit}"
+    )
     budget_seconds = budget_for(curves, "seconds", args.budget_trials, task.max_t)
-    jobs = [(name, seed, w, budget, args.budget_unit, budget_seconds)
-            for w in workers for seed in range(seeds) for name in names]
+    jobs = [
+        (name, seed, w, budget, args.budget_unit, budget_seconds)
+        for w in workers
+        for seed in range(seeds)
+        for name in names
+    ]
     began = time.perf_counter()
     results: dict[int, dict[str, list]] = {w: {n: [None] * seeds for n in names} for w in workers}
     cpu: dict[str, float] = {n: 0.0 for n in names}
@@ -340,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.processes > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(args.processes, _init_worker,
-                                                       initargs) as pool:
+        with multiprocessing.get_context("spawn").Pool(
+            args.processes, _init_worker, initargs
+        ) as pool:
             for done, (name, seed, w, run) in enumerate(pool.imap_unordered(_job, jobs), 1):
                 results[w][name][seed] = run
                 cpu[name] += run["cpu_s"]
@@ -356,27 +415,61 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - began
     by_workers = {}
     for w in workers:
-        per_method = {n: [run_figures(r, ref["best"], ref["median"], budget, args.budget_unit)
-                          for r in results[w][n]] for n in names}
-        by_workers[str(w)] = {"methods": summarize(per_method, budget, args.budget_unit),
-                              "runs": {n: [{k2: v for k2, v in f.items() if k2 != "curve"}
-                                           for f in per_method[n]] for n in names}}
+        per_method = {
+            n: [
+                run_figures(r, ref["best"], ref["median"], budget, args.budget_unit)
+                for r in results[w][n]
+            ]
+            for n in names
+        }
+        by_workers[str(w)] = {
+            "methods": summarize(per_method, budget, args.budget_unit),
+            "runs": {
+                n: [{k2: v for k2, v in f.items() if k2 != "curve"} for f in per_method[n]]
+                for n in names
+            },
+        }
     for block in by_workers.values():
-        block["ablation"] = {name.split("+", 1)[1]: block["methods"].pop(name)
-                             for name in list(block["methods"]) if "+" in name}
-    out = {"seeds": seeds, "workers": workers, "budget": budget, "budget_unit": args.budget_unit,
-           "budget_trials": args.budget_trials, "fractions": list(FRACTIONS),
-           "table": {"path": str(table.relative_to(QUALITY.parents[1])
-                                 if table.is_relative_to(QUALITY.parents[1]) else table),
-                     "runs": len(curves), "rows": int(len(curves) * task.max_t)},
-           "reference": ref, "noise": noise_by_epoch(curves),
-           "surrogate": {"kind": args.surrogate, "k": k, "spearman": used["spearman"],
-                         "mae": used["mae"], "checks": checks, "used": used},
-           "methods": by_workers[str(workers[0])]["methods"],
-           "ablation": by_workers[str(workers[0])]["ablation"], "by_workers": by_workers,
-           "cpu_seconds_by_method": cpu, "elapsed_s": elapsed,
-           "command": " ".join(["simulate.py", *(argv if argv is not None else sys.argv[1:])]),
-           "machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        block["ablation"] = {
+            name.split("+", 1)[1]: block["methods"].pop(name)
+            for name in list(block["methods"])
+            if "+" in name
+        }
+    out = {
+        "seeds": seeds,
+        "workers": workers,
+        "budget": budget,
+        "budget_unit": args.budget_unit,
+        "budget_trials": args.budget_trials,
+        "fractions": list(FRACTIONS),
+        "table": {
+            "path": str(
+                table.relative_to(QUALITY.parents[1])
+                if table.is_relative_to(QUALITY.parents[1])
+                else table
+            ),
+            "runs": len(curves),
+            "rows": int(len(curves) * task.max_t),
+        },
+        "reference": ref,
+        "noise": noise_by_epoch(curves),
+        "surrogate": {
+            "kind": args.surrogate,
+            "k": k,
+            "spearman": used["spearman"],
+            "mae": used["mae"],
+            "checks": checks,
+            "used": used,
+        },
+        "methods": by_workers[str(workers[0])]["methods"],
+        "ablation": by_workers[str(workers[0])]["ablation"],
+        "by_workers": by_workers,
+        "cpu_seconds_by_method": cpu,
+        "elapsed_s": elapsed,
+        "command": " ".join(["simulate.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     print(format_report(out))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,15 @@ class Curves:
 
     def select(self, mask: Sequence[bool]) -> Curves:
         index = np.flatnonzero(np.asarray(mask))
-        return Curves([self.config_ids[i] for i in index], [self.roles[i] for i in index],
-                      [self.seeds[i] for i in index], [self.configs[i] for i in index],
-                      self.val[index], self.test[index], self.cost[index])
+        return Curves(
+            [self.config_ids[i] for i in index],
+            [self.roles[i] for i in index],
+            [self.seeds[i] for i in index],
+            [self.configs[i] for i in index],
+            self.val[index],
+            self.test[index],
+            self.cost[index],
+        )
 
     def __len__(self) -> int:
         return len(self.config_ids)
@@ -58,13 +64,14 @@ def read_curves(path: Path, task: TableTask) -> Curves:
         run = run.sort_values("epoch")
         if len(run) < task.max_t:
             continue
-        run = run.iloc[:task.max_t]
+        run = run.iloc[: task.max_t]
         first = run.iloc[0]
         ids.append(str(config_id))
         roles.append(str(first["role"]))
         seeds.append(int(seed))
-        configs.append({n: (first[n].item() if hasattr(first[n], "item") else first[n])
-                        for n in names})
+        configs.append(
+            {n: (first[n].item() if hasattr(first[n], "item") else first[n]) for n in names}
+        )
         val.append(run["val_accuracy"].to_numpy(float))
         test.append(run["test_accuracy"].to_numpy(float))
         cost.append(run["fit_s"].to_numpy(float))
@@ -97,14 +104,17 @@ class Surrogate:
         if hit is not None:
             return hit
         distance = np.sqrt(((self.points - np.array(key)) ** 2).sum(axis=1))
-        nearest = np.argsort(distance, kind="stable")[:self.k]
+        nearest = np.argsort(distance, kind="stable")[: self.k]
         if distance[nearest[0]] < 1e-5:  # the key is rounded to 6 decimals
             nearest, weights = nearest[:1], np.ones(1)
         else:
             weights = 1.0 / distance[nearest]
         weights = weights / weights.sum()
-        out = (weights @ self.curves.val[nearest], weights @ self.curves.test[nearest],
-               weights @ self.curves.cost[nearest])
+        out = (
+            weights @ self.curves.val[nearest],
+            weights @ self.curves.test[nearest],
+            weights @ self.curves.cost[nearest],
+        )
         self._cache[key] = out
         return out
 
@@ -130,8 +140,9 @@ class ForestSurrogate(Surrogate):
         seed: The forests' random state.
     """
 
-    def __init__(self, task: TableTask, curves: Curves, trees: int = 60, min_leaf: int = 2,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, task: TableTask, curves: Curves, trees: int = 60, min_leaf: int = 2, seed: int = 0
+    ) -> None:
         super().__init__(task, curves, k=1)
         self.epochs = curves.val.shape[1]
         self._own = {self.key(c): i for i, c in enumerate(curves.configs)}
@@ -150,22 +161,34 @@ class ForestSurrogate(Surrogate):
             out = (self.curves.val[own], self.curves.test[own], self.curves.cost[own])
         else:
             accuracy = _walk(self._accuracy, key)
-            out = (accuracy[:self.epochs], accuracy[self.epochs:],
-                   np.exp(_walk(self._cost, key)))
+            out = (
+                accuracy[: self.epochs],
+                accuracy[self.epochs :],
+                np.exp(_walk(self._cost, key)),
+            )
         self._cache[key] = out
         return out
 
 
-def _forest(points: np.ndarray, targets: np.ndarray, trees: int, min_leaf: int,
-            seed: int) -> list[tuple]:
+def _forest(
+    points: np.ndarray, targets: np.ndarray, trees: int, min_leaf: int, seed: int
+) -> list[tuple]:
     """A fitted random forest as plain node arrays, for :func:`_walk`."""
     from sklearn.ensemble import RandomForestRegressor
 
-    forest = RandomForestRegressor(n_estimators=trees, min_samples_leaf=min_leaf,
-                                   random_state=seed).fit(points, targets)
-    return [(t.tree_.children_left.tolist(), t.tree_.children_right.tolist(),
-             t.tree_.feature.tolist(), t.tree_.threshold.tolist(), t.tree_.value[:, :, 0])
-            for t in forest.estimators_]
+    forest = RandomForestRegressor(
+        n_estimators=trees, min_samples_leaf=min_leaf, random_state=seed
+    ).fit(points, targets)
+    return [
+        (
+            t.tree_.children_left.tolist(),
+            t.tree_.children_right.tolist(),
+            t.tree_.feature.tolist(),
+            t.tree_.threshold.tolist(),
+            t.tree_.value[:, :, 0],
+        )
+        for t in forest.estimators_
+    ]
 
 
 def _walk(forest: list[tuple], point: Sequence[float]) -> np.ndarray:
@@ -181,8 +204,7 @@ def _walk(forest: list[tuple], point: Sequence[float]) -> np.ndarray:
 
 def table_curves(curves: Curves) -> Curves:
     """The runs the surrogate is built from: table configurations, seed 0."""
-    return curves.select([r in TABLE_ROLES and s == 0 for r, s in zip(curves.roles,
-                                                                        curves.seeds)])
+    return curves.select([r in TABLE_ROLES and s == 0 for r, s in zip(curves.roles, curves.seeds)])
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -193,8 +215,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def make_surrogate(task: TableTask, curves: Curves, kind: str = "knn", k: int = 3
-                   ) -> Surrogate:
+def make_surrogate(task: TableTask, curves: Curves, kind: str = "knn", k: int = 3) -> Surrogate:
     """The surrogate of ``kind``: ``knn`` (:class:`Surrogate`, ``k`` neighbours) or
     ``forest`` (:class:`ForestSurrogate`), built from ``curves``' table runs."""
     table = table_curves(curves)
@@ -205,8 +226,7 @@ def make_surrogate(task: TableTask, curves: Curves, kind: str = "knn", k: int = 
     raise ValueError(f"surrogate: must be knn or forest, got {kind!r}")
 
 
-def check_surrogate(task: TableTask, curves: Curves, k: int, kind: str = "knn"
-                    ) -> dict[str, Any]:
+def check_surrogate(task: TableTask, curves: Curves, k: int, kind: str = "knn") -> dict[str, Any]:
     """The surrogate's final-epoch predictions on held-out configurations trained for real.
 
     Returns:
@@ -218,25 +238,42 @@ def check_surrogate(task: TableTask, curves: Curves, k: int, kind: str = "knn"
     predicted = [surrogate.predict(c)[0] for c in held.configs]
     last_pred = [p[-1] for p in predicted]
     best_pred = [p.max() for p in predicted]
-    return {"k": k, "kind": kind, "holdout": len(held),
-            "spearman": spearman(last_pred, held.val[:, -1]) if len(held) else float("nan"),
-            "mae": float(np.mean(np.abs(np.array(last_pred) - held.val[:, -1])))
-            if len(held) else float("nan"),
-            "spearman_best_epoch": spearman(best_pred, held.val.max(axis=1))
-            if len(held) else float("nan")}
+    return {
+        "k": k,
+        "kind": kind,
+        "holdout": len(held),
+        "spearman": spearman(last_pred, held.val[:, -1]) if len(held) else float("nan"),
+        "mae": float(np.mean(np.abs(np.array(last_pred) - held.val[:, -1])))
+        if len(held)
+        else float("nan"),
+        "spearman_best_epoch": spearman(best_pred, held.val.max(axis=1))
+        if len(held)
+        else float("nan"),
+    }
 
 
 def noise_by_epoch(curves: Curves) -> dict[str, Any]:
     """The table's noise: per epoch, the standard deviation of one run's validation (and
     test) accuracy, from the configurations trained with two seeds (``sd(diff) / sqrt 2``)."""
-    first = {cid: i for i, (cid, s, r) in enumerate(zip(curves.config_ids, curves.seeds,
-                                                         curves.roles)) if s == 0}
-    pairs = [(first[cid], i) for i, (cid, r) in enumerate(zip(curves.config_ids, curves.roles))
-             if r == REPEAT and cid in first]
+    first = {
+        cid: i
+        for i, (cid, s, r) in enumerate(zip(curves.config_ids, curves.seeds, curves.roles))
+        if s == 0
+    }
+    pairs = [
+        (first[cid], i)
+        for i, (cid, r) in enumerate(zip(curves.config_ids, curves.roles))
+        if r == REPEAT and cid in first
+    ]
     if not pairs:
         zeros = [0.0] * curves.val.shape[1]
-        return {"pairs": 0, "val_sd": zeros, "test_sd": zeros, "val_sd_robust": zeros,
-                "final_val_abs_diff_median": 0.0}
+        return {
+            "pairs": 0,
+            "val_sd": zeros,
+            "test_sd": zeros,
+            "val_sd_robust": zeros,
+            "final_val_abs_diff_median": 0.0,
+        }
     a, b = zip(*pairs)
     val_diff = curves.val[list(a)] - curves.val[list(b)]
     test_diff = curves.test[list(a)] - curves.test[list(b)]
@@ -244,11 +281,13 @@ def noise_by_epoch(curves: Curves) -> dict[str, Any]:
     # (a high learning rate), which the surrogate's curve already carries: the simulator's
     # noise is the robust sd (1.4826 x the median absolute difference), the plain one is kept.
     robust = 1.4826 * np.median(np.abs(val_diff - np.median(val_diff, axis=0)), axis=0)
-    return {"pairs": len(pairs),
-            "val_sd": [float(x) for x in val_diff.std(axis=0, ddof=1) / math.sqrt(2)],
-            "test_sd": [float(x) for x in test_diff.std(axis=0, ddof=1) / math.sqrt(2)],
-            "val_sd_robust": [float(x) for x in robust / math.sqrt(2)],
-            "final_val_abs_diff_median": float(np.median(np.abs(val_diff[:, -1])))}
+    return {
+        "pairs": len(pairs),
+        "val_sd": [float(x) for x in val_diff.std(axis=0, ddof=1) / math.sqrt(2)],
+        "test_sd": [float(x) for x in test_diff.std(axis=0, ddof=1) / math.sqrt(2)],
+        "val_sd_robust": [float(x) for x in robust / math.sqrt(2)],
+        "final_val_abs_diff_median": float(np.median(np.abs(val_diff[:, -1]))),
+    }
 
 
 class NoisyObjective:

@@ -121,15 +121,21 @@ class TableTask:
 STRATA = ("upsample", "input_convs")
 
 
-def _dimensions(upsample: Sequence[int], freeze: Sequence[int], noise: tuple[float, float],
-                learning_rate: tuple[float, float],
-                dropout: tuple[float, float]) -> tuple[Dimension, ...]:
-    return (Dimension("noise_std", "log", *noise),
-            Dimension("upsample", "choice", values=tuple(upsample)),
-            Dimension("input_convs", "int", 0, 2),
-            Dimension("freeze", "choice", values=tuple(freeze)),
-            Dimension("learning_rate", "log", *learning_rate),
-            Dimension("dropout", "linear", *dropout))
+def _dimensions(
+    upsample: Sequence[int],
+    freeze: Sequence[int],
+    noise: tuple[float, float],
+    learning_rate: tuple[float, float],
+    dropout: tuple[float, float],
+) -> tuple[Dimension, ...]:
+    return (
+        Dimension("noise_std", "log", *noise),
+        Dimension("upsample", "choice", values=tuple(upsample)),
+        Dimension("input_convs", "int", 0, 2),
+        Dimension("freeze", "choice", values=tuple(freeze)),
+        Dimension("learning_rate", "log", *learning_rate),
+        Dimension("dropout", "linear", *dropout),
+    )
 
 
 def digits_task(max_t: int = 9) -> TableTask:
@@ -139,8 +145,14 @@ def digits_task(max_t: int = 9) -> TableTask:
     dims = _dimensions([1, 2, 3, 4, 5], [0, 3, 5], (0.001, 0.3), (1e-4, 0.3), (0.0, 0.8))
     raw = dict(peers_digits(max_t, budget=0, concurrency=1, train_images=500).raw)
     raw["space"] = {d.name: d.to_spec() for d in dims}
-    baseline = {"noise_std": 0.01, "upsample": 2, "input_convs": 0, "freeze": 0,
-                "learning_rate": 0.01, "dropout": 0.75}
+    baseline = {
+        "noise_std": 0.01,
+        "upsample": 2,
+        "input_convs": 0,
+        "freeze": 0,
+        "learning_rate": 0.01,
+        "dropout": 0.75,
+    }
     return TableTask("digits-small_cnn", dims, raw, baseline)
 
 
@@ -148,12 +160,17 @@ def cifar10_task(max_t: int = 9) -> TableTask:
     """VGG16 on CIFAR-10 (10,000 training images), one GPU: run with ``--task cifar10``."""
     from benchmarks.peers.peers import cifar_task
 
-    dims = _dimensions([1, 2, 3, 4, 5], [0, 4, 7, 11, 15], (0.001, 0.1), (1e-4, 0.05),
-                       (0.3, 0.8))
+    dims = _dimensions([1, 2, 3, 4, 5], [0, 4, 7, 11, 15], (0.001, 0.1), (1e-4, 0.05), (0.3, 0.8))
     raw = dict(cifar_task(max_t, budget=0, concurrency=1).raw)
     raw["space"] = {d.name: d.to_spec() for d in dims}
-    baseline = {"noise_std": 0.01, "upsample": 2, "input_convs": 0, "freeze": 0,
-                "learning_rate": 0.01, "dropout": 0.75}
+    baseline = {
+        "noise_std": 0.01,
+        "upsample": 2,
+        "input_convs": 0,
+        "freeze": 0,
+        "learning_rate": 0.01,
+        "dropout": 0.75,
+    }
     return TableTask("cifar10-vgg16", dims, raw, baseline)
 
 
@@ -176,15 +193,28 @@ def _sobol_configs(task: TableTask, per_cell: int, seed: int) -> list[dict[str, 
     from scipy.stats import qmc
 
     free = [d for d in task.dimensions if d.name not in STRATA]
-    cells = [(u, c) for u in task.dimension("upsample").values
-             for c in range(int(task.dimension("input_convs").low),
-                            int(task.dimension("input_convs").high) + 1)]
+    cells = [
+        (u, c)
+        for u in task.dimension("upsample").values
+        for c in range(
+            int(task.dimension("input_convs").low), int(task.dimension("input_convs").high) + 1
+        )
+    ]
     per: list[list[dict[str, Any]]] = []
     for index, (upsample, convs) in enumerate(cells):
         points = qmc.Sobol(d=len(free), scramble=True, seed=seed * 1000 + index).random(
-            2 ** math.ceil(math.log2(max(per_cell, 1))))[:per_cell]
-        per.append([{**{d.name: d.from_unit(float(u)) for d, u in zip(free, point)},
-                     "upsample": upsample, "input_convs": convs} for point in points])
+            2 ** math.ceil(math.log2(max(per_cell, 1)))
+        )[:per_cell]
+        per.append(
+            [
+                {
+                    **{d.name: d.from_unit(float(u)) for d, u in zip(free, point)},
+                    "upsample": upsample,
+                    "input_convs": convs,
+                }
+                for point in points
+            ]
+        )
     return [cell[i] for i in range(per_cell) for cell in per]
 
 
@@ -231,11 +261,11 @@ def plan(task: TableTask) -> list[Planned]:
                 out.append(Planned(f"sobol-{j:04d}", REPEAT, REPEAT_SEED, sobol[j]))
                 repeats += 1
             if holds < task.holdout:
-                out.append(Planned(f"holdout-{holds:04d}", HOLDOUT, TRAIN_SEED,
-                                   holdout[holds]))
+                out.append(Planned(f"holdout-{holds:04d}", HOLDOUT, TRAIN_SEED, holdout[holds]))
                 holds += 1
         if (i + 1) % 20 == 0 and perturbs < task.perturbations:
-            out.append(Planned(f"perturbed-{perturbs:04d}", PERTURBED, TRAIN_SEED,
-                               perturbed[perturbs]))
+            out.append(
+                Planned(f"perturbed-{perturbs:04d}", PERTURBED, TRAIN_SEED, perturbed[perturbs])
+            )
             perturbs += 1
     return out

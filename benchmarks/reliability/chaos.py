@@ -45,9 +45,12 @@ SPEC: dict[str, Any] = {
     "dataset": {"name": "digits", "subset": 200, "val_fraction": 0.25, "seed": 0},
     "model": {"backbone": "small_cnn", "weights": "none", "dense_units": 32},
     "train": {"epochs": 4, "batch_size": 32, "optimizer": "adam", "checkpoint": "asha_rungs"},
-    "space": {"noise_std": {"loguniform": [0.001, 0.1]}, "upsample": {"choice": [1, 2]},
-              "dropout": {"uniform": [0.3, 0.8]},
-              "learning_rate": {"loguniform": [0.0003, 0.01]}},
+    "space": {
+        "noise_std": {"loguniform": [0.001, 0.1]},
+        "upsample": {"choice": [1, 2]},
+        "dropout": {"uniform": [0.3, 0.8]},
+        "learning_rate": {"loguniform": [0.0003, 0.01]},
+    },
     "search": {"num_samples": 6, "max_concurrent": 2, "seed": 0, "max_failures": 2},
     "scheduler": {"grace_period": 1, "reduction_factor": 2},
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
@@ -57,9 +60,14 @@ COMMAND_TIMEOUT_S = 900
 
 def _driver(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
     with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, "-m", "search", *args, "--num-cpus", "2"],
-                                cwd=cwd, env={**env, "PYTHONPATH": str(REPO)}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "search", *args, "--num-cpus", "2"],
+            cwd=cwd,
+            env={**env, "PYTHONPATH": str(REPO)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -95,35 +103,49 @@ def check_invariants(experiment: str, name: str, num_samples: int, max_t: int) -
             newest[str(ray_id)] = frozen
         if frozen.state == TrialState.RUNNING:
             violations.append(f"study trial {frozen.number} still RUNNING")
-        if (frozen.state == TrialState.FAIL and frozen.user_attrs.get(ATTR_END) ==
-                REASON_ORPHANED and frozen.intermediate_values):
-            violations.append(f"orphaned study trial {frozen.number} reported "
-                              f"{sorted(frozen.intermediate_values)}")
+        if (
+            frozen.state == TrialState.FAIL
+            and frozen.user_attrs.get(ATTR_END) == REASON_ORPHANED
+            and frozen.intermediate_values
+        ):
+            violations.append(
+                f"orphaned study trial {frozen.number} reported "
+                f"{sorted(frozen.intermediate_values)}"
+            )
         if frozen.intermediate_values and ray_id is not None:
             record = trials.get(str(ray_id))
             reported = max(frozen.intermediate_values)
             if record is None:
-                violations.append(f"study trial {frozen.number} reported epoch {reported}; "
-                                  f"Ray's results have no trial {ray_id}")
+                violations.append(
+                    f"study trial {frozen.number} reported epoch {reported}; "
+                    f"Ray's results have no trial {ray_id}"
+                )
             elif record.epochs_run < reported:
-                violations.append(f"trial {ray_id}: the study has epoch {reported}, Ray's "
-                                  f"results {record.epochs_run}")
+                violations.append(
+                    f"trial {ray_id}: the study has epoch {reported}, Ray's "
+                    f"results {record.epochs_run}"
+                )
     for ray_id, frozen in newest.items():
         ended = str(frozen.user_attrs.get(ATTR_END, ""))
         if frozen.state == TrialState.PRUNED and ended.startswith("asha@") and ray_id in trials:
             stopped_at = int(ended.split("@", 1)[1])
             if trials[ray_id].epochs_run > stopped_at:
-                violations.append(f"trial {ray_id} trained {trials[ray_id].epochs_run} epochs; "
-                                  f"ASHA stopped it at {stopped_at}")
+                violations.append(
+                    f"trial {ray_id} trained {trials[ray_id].epochs_run} epochs; "
+                    f"ASHA stopped it at {stopped_at}"
+                )
     for ray_id, record in trials.items():
         if record.epochs_run < 1 and not (record.failed and record.failure_reason):
-            violations.append(f"trial {ray_id}: no epoch trained and no error named "
-                              f"({record.status(max_t).value})")
+            violations.append(
+                f"trial {ray_id}: no epoch trained and no error named "
+                f"({record.status(max_t).value})"
+            )
     return violations
 
 
-def cycle_spec(name: str, index: int, spec: dict[str, Any], storage: str,
-               root: Path) -> tuple[dict[str, Any], Path, str]:
+def cycle_spec(
+    name: str, index: int, spec: dict[str, Any], storage: str, root: Path
+) -> tuple[dict[str, Any], Path, str]:
     """Cycle ``index``'s spec (its own search seed) written under ``root``: (the spec, its
     file, the experiment's folder or URI)."""
     raw = {**json.loads(json.dumps(spec)), "name": name, "storage": storage}
@@ -133,8 +155,9 @@ def cycle_spec(name: str, index: int, spec: dict[str, Any], storage: str,
     return raw, spec_path, f"{storage.rstrip('/')}/{name}"
 
 
-def run_cycle(index: int, rng: random.Random, storage: str, root: Path,
-              env: dict[str, str]) -> dict[str, Any]:
+def run_cycle(
+    index: int, rng: random.Random, storage: str, root: Path, env: dict[str, str]
+) -> dict[str, Any]:
     name = f"chaos{index}"
     raw, spec_path, experiment = cycle_spec(name, index, SPEC, storage, root)
     log = root / f"{name}.log"
@@ -159,12 +182,18 @@ def run_cycle(index: int, rng: random.Random, storage: str, root: Path,
                 code = driver.wait(timeout=COMMAND_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 _kill_group(driver)
-                return {"cycle": index, "events": events, "violations": [
-                    f"{command[0]} still ran after {COMMAND_TIMEOUT_S} s (a hang)"]}
+                return {
+                    "cycle": index,
+                    "events": events,
+                    "violations": [f"{command[0]} still ran after {COMMAND_TIMEOUT_S} s (a hang)"],
+                }
             events.append(f"{command[0]} exited {code}")
             if code != 0:
-                return {"cycle": index, "events": events, "violations": [
-                    f"{command[0]} exited {code}: {log.read_text()[-1500:]}"]}
+                return {
+                    "cycle": index,
+                    "events": events,
+                    "violations": [f"{command[0]} exited {code}: {log.read_text()[-1500:]}"],
+                }
             break
         if rng.random() < 0.5:  # the next command on a fresh machine
             machine += 1
@@ -172,13 +201,17 @@ def run_cycle(index: int, rng: random.Random, storage: str, root: Path,
             events.append("fresh machine")
         # A driver killed before it took its lock left nothing: run it again.
         has_spec = store.path_exists(store.join(experiment, "spec.yaml"))
-        command = (["resume", experiment] if has_spec else
-                   ["run", str(spec_path), "--name", name])
-    violations = check_invariants(experiment, name, raw["search"]["num_samples"],
-                                  raw["train"]["epochs"])
-    return {"cycle": index, "kills": sum(" killed at " in event for event in events),
-            "events": events, "violations": violations,
-            "seconds": round(time.monotonic() - started, 1)}
+        command = ["resume", experiment] if has_spec else ["run", str(spec_path), "--name", name]
+    violations = check_invariants(
+        experiment, name, raw["search"]["num_samples"], raw["train"]["epochs"]
+    )
+    return {
+        "cycle": index,
+        "kills": sum(" killed at " in event for event in events),
+        "events": events,
+        "violations": violations,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,13 +238,23 @@ def main(argv: list[str] | None = None) -> int:
             result = run_cycle(index, rng, storage, root, env)
             results.append(result)
             print(json.dumps(result), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                            capture_output=True, check=False).stdout.strip()
-    summary = {"storage": args.storage, "seed": args.seed, "commit": commit,
-               "cycles": len(results),
-               "spec": SPEC, "kills": sum(r.get("kills", 0) for r in results),
-               "cycles_with_violations": sum(1 for r in results if r["violations"]),
-               "results": results}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        check=False,
+    ).stdout.strip()
+    summary = {
+        "storage": args.storage,
+        "seed": args.seed,
+        "commit": commit,
+        "cycles": len(results),
+        "spec": SPEC,
+        "kills": sum(r.get("kills", 0) for r in results),
+        "cycles_with_violations": sum(1 for r in results if r["violations"]),
+        "results": results,
+    }
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
     return 1 if summary["cycles_with_violations"] else 0
 

@@ -113,10 +113,11 @@ def arm_driver() -> None:
             if _count("journal_writes") == number:
                 import json
 
-                data = "".join(json.dumps(log, separators=(",", ":")) + "\n"
-                               for log in logs).encode()
+                data = "".join(
+                    json.dumps(log, separators=(",", ":")) + "\n" for log in logs
+                ).encode()
                 fd = os.open(backend._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-                os.write(fd, data[:max(1, len(data) // 2)])
+                os.write(fd, data[: max(1, len(data) // 2)])
                 os.close(fd)
                 _kill_group("journal write")
             real_append(backend, logs)

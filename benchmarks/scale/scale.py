@@ -57,8 +57,7 @@ SCALE_SPACE: dict[str, Any] = {
 # small pure helpers (tested in tests/benchmarks/test_scale.py)
 
 
-def growth_per_trial(trace: Sequence[Mapping[str, Any]], key: str, start: int,
-                     end: int) -> float:
+def growth_per_trial(trace: Sequence[Mapping[str, Any]], key: str, start: int, end: int) -> float:
     """How much ``key`` grew per finished trial between the samples at ``start`` and ``end``.
 
     Args:
@@ -90,8 +89,7 @@ def linear_growth(trace: Sequence[Mapping[str, Any]], key: str, floor: float) ->
     """
     marks = sorted(int(s["finished"]) for s in trace)
     if len(marks) < 5:
-        return {"early": float("nan"), "late": float("nan"), "ratio": float("nan"),
-                "linear": None}
+        return {"early": float("nan"), "late": float("nan"), "ratio": float("nan"), "linear": None}
     last = marks[-1]
 
     def nearest(target: float) -> int:
@@ -100,8 +98,12 @@ def linear_growth(trace: Sequence[Mapping[str, Any]], key: str, floor: float) ->
     early = growth_per_trial(trace, key, nearest(last / 4), nearest(last / 2))
     late = growth_per_trial(trace, key, nearest(3 * last / 4), last)
     ratio = late / early if early > 0 else float("nan")
-    return {"early": early, "late": late, "ratio": ratio,
-            "linear": late <= max(LINEAR_SLACK * max(early, 0.0), floor)}
+    return {
+        "early": early,
+        "late": late,
+        "ratio": ratio,
+        "linear": late <= max(LINEAR_SLACK * max(early, 0.0), floor),
+    }
 
 
 def scale_sizes(points: Sequence[int], concurrent: int) -> int:
@@ -143,11 +145,15 @@ def scale_spec(ctx: Context, trials: int, concurrent: int) -> dict[str, Any]:
         "train": {"epochs": MAX_T, "batch_size": 64, "seed": 0},
         "space": SCALE_SPACE,
         # The searcher as shipped (search.algorithm's default), so its suggest is what is timed.
-        "search": {"num_samples": trials, "max_concurrent": concurrent, "seed": 0,
-                   "baseline": False, "max_failures": 0},
+        "search": {
+            "num_samples": trials,
+            "max_concurrent": concurrent,
+            "seed": 0,
+            "baseline": False,
+            "max_failures": 0,
+        },
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
-        "resources": {"cpus_per_trial": round(ctx.num_cpus / concurrent, 4),
-                      "gpus_per_trial": 1},
+        "resources": {"cpus_per_trial": round(ctx.num_cpus / concurrent, 4), "gpus_per_trial": 1},
         "storage": str(ctx.workdir / "experiments"),
     }
 
@@ -173,16 +179,25 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
     raw = scale_spec(ctx, trials, concurrent)
     spec = load_spec(raw)
     scale_sim.ship_by_value()
-    progress(f"scale: {trials} simulated trials, {concurrent} at once on {concurrent} logical "
-             f"GPUs, points {list(points)}")
+    progress(
+        f"scale: {trials} simulated trials, {concurrent} at once on {concurrent} logical "
+        f"GPUs, points {list(points)}"
+    )
     load_before = load_average()
-    probe = ScaleProbe(journal=journal_path_for(spec.experiment_path),
-                       experiment_dir=spec.experiment_path)
+    probe = ScaleProbe(
+        journal=journal_path_for(spec.experiment_path), experiment_dir=spec.experiment_path
+    )
     log = ctx.workdir / "logs" / f"{raw['name']}.log"
     with logged(log):
         # The driver's connect() keeps a Ray that is already up: this one declares the GPUs.
-        ray.init(address="local", num_cpus=ctx.num_cpus, num_gpus=concurrent,
-                 include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=ctx.num_cpus,
+            num_gpus=concurrent,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+        )
         try:
             with probe.installed():
                 began = time.perf_counter()
@@ -196,11 +211,13 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
     counts = summary.counts()
     epochs = sum(len(t.history) for t in summary.trials)
     if len(summary.trials) != trials or counts[TrialStatus.FAILED.value]:
-        raise RuntimeError(f"scale: {len(summary.trials)} of {trials} trials, {counts} "
-                           f"(see {log})")
+        raise RuntimeError(
+            f"scale: {len(summary.trials)} of {trials} trials, {counts} (see {log})"
+        )
     if probe.results != epochs:
-        raise RuntimeError(f"scale: the searcher saw {probe.results} results, the trials "
-                           f"wrote {epochs}")
+        raise RuntimeError(
+            f"scale: the searcher saw {probe.results} results, the trials wrote {epochs}"
+        )
     rows = point_rows(probe, points)
     last = probe.trace[-1]
     cpu_per_epoch = last["driver_cpu_s"] / max(last["trial_epochs"], 1)
@@ -220,12 +237,18 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
     }
     best = summary.best_value
     return {
-        "trials": len(summary.trials), "concurrent": concurrent, "logical_gpus": concurrent,
-        "cpus_per_trial": raw["resources"]["cpus_per_trial"], "max_t": MAX_T,
-        "points": rows, "suggest_p99_ms": suggest_p99,
+        "trials": len(summary.trials),
+        "concurrent": concurrent,
+        "logical_gpus": concurrent,
+        "cpus_per_trial": raw["resources"]["cpus_per_trial"],
+        "max_t": MAX_T,
+        "points": rows,
+        "suggest_p99_ms": suggest_p99,
         "suggest_cpu_p99_ms": rows[-1]["suggest_cpu_p99_ms"],
         "suggest_declined": probe.declined,
-        "wall_s": wall, "trial_epochs": epochs, "counts": counts,
+        "wall_s": wall,
+        "trial_epochs": epochs,
+        "counts": counts,
         "best_val_accuracy": best,
         "trials_per_minute": len(summary.trials) * 60 / wall,
         "trial_epochs_per_minute": epochs * 60 / wall,
@@ -235,9 +258,12 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
         "snapshots": len(probe.snapshots),
         "snapshot_s_total": sum(s for _, s in probe.snapshots),
         "snapshot_s_max": max((s for _, s in probe.snapshots), default=0.0),
-        "growth": growth, "goals": goals, "goal_met": all(goals.values()),
+        "growth": growth,
+        "goals": goals,
+        "goal_met": all(goals.values()),
         "trace": probe.trace,
-        "load_avg_before": load_before, "load_avg_after": load_average(),
+        "load_avg_before": load_before,
+        "load_avg_after": load_average(),
     }
 
 
@@ -250,21 +276,28 @@ def print_scale(result: Mapping[str, Any]) -> str:
     Returns:
         The text to print.
     """
-    title = (f"e. Scale: {result['trials']} simulated trials (max_t {result['max_t']}, ASHA, "
-             f"TPE) through run_search, {result['concurrent']} at once on "
-             f"{result['logical_gpus']} logical GPUs, {result['cpus_per_trial']:g} CPU each")
-    table = format_table(title, [
-        Column("finished", "finished"), Column("suggestions", "suggests"),
-        Column("suggest_p50_ms", "suggest p50 ms", ".1f"),
-        Column("suggest_p99_ms", "suggest p99 ms", ".1f"),
-        Column("suggest_cpu_p99_ms", "p99 thread CPU ms", ".1f"),
-        Column("driver_rss_mb", "driver RSS MB", ".0f"),
-        Column("journal_bytes", "journal bytes"),
-        Column("snapshot_bytes", "Ray snapshot bytes"),
-        Column("driver_cpu_s_per_trial_epoch", "driver CPU s/trial-epoch", ".4f"),
-        Column("wall_s_per_trial_epoch", "wall s/trial-epoch", ".4f"),
-        Column("running", "running"),
-    ], result["points"])
+    title = (
+        f"e. Scale: {result['trials']} simulated trials (max_t {result['max_t']}, ASHA, "
+        f"TPE) through run_search, {result['concurrent']} at once on "
+        f"{result['logical_gpus']} logical GPUs, {result['cpus_per_trial']:g} CPU each"
+    )
+    table = format_table(
+        title,
+        [
+            Column("finished", "finished"),
+            Column("suggestions", "suggests"),
+            Column("suggest_p50_ms", "suggest p50 ms", ".1f"),
+            Column("suggest_p99_ms", "suggest p99 ms", ".1f"),
+            Column("suggest_cpu_p99_ms", "p99 thread CPU ms", ".1f"),
+            Column("driver_rss_mb", "driver RSS MB", ".0f"),
+            Column("journal_bytes", "journal bytes"),
+            Column("snapshot_bytes", "Ray snapshot bytes"),
+            Column("driver_cpu_s_per_trial_epoch", "driver CPU s/trial-epoch", ".4f"),
+            Column("wall_s_per_trial_epoch", "wall s/trial-epoch", ".4f"),
+            Column("running", "running"),
+        ],
+        result["points"],
+    )
     goals = result["goals"]
 
     def verdict(ok: bool) -> str:
@@ -274,8 +307,10 @@ def print_scale(result: Mapping[str, Any]) -> str:
 
     def grown(key: str, unit: str, scale: float = 1.0) -> str:
         g = growth[key]
-        return (f"{g['early'] * scale:.3g} -> {g['late'] * scale:.3g} {unit}/trial "
-                f"(2nd -> 4th quarter)")
+        return (
+            f"{g['early'] * scale:.3g} -> {g['late'] * scale:.3g} {unit}/trial "
+            f"(2nd -> 4th quarter)"
+        )
 
     budget = result["driver_budget_s_per_trial_epoch"]
     lines = [

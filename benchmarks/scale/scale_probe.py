@@ -47,8 +47,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def suggest_window(calls: Sequence[tuple[int, float]], finished: int,
-                   window: int = SUGGEST_WINDOW) -> list[float]:
+def suggest_window(
+    calls: Sequence[tuple[int, float]], finished: int, window: int = SUGGEST_WINDOW
+) -> list[float]:
     """The latencies of the last ``window`` suggestions made while at most ``finished`` trials
     had finished.
 
@@ -112,13 +113,13 @@ class ScaleProbe:
         """The driver's state now, with the trials finished and trial-epochs seen."""
         states = glob.glob(os.path.join(self.experiment_dir, "experiment_state-*.json"))
         return {
-            "finished": self.finished, "trial_epochs": self.results,
+            "finished": self.finished,
+            "trial_epochs": self.results,
             "running": len(self.calls) - self.finished,
             "wall_s": time.perf_counter() - self.began,
             "driver_cpu_s": time.process_time() - self.cpu_began,
             "driver_rss_mb": driver_rss_mb(),
-            "journal_bytes": os.path.getsize(self.journal) if os.path.exists(self.journal)
-            else 0,
+            "journal_bytes": os.path.getsize(self.journal) if os.path.exists(self.journal) else 0,
             "snapshot_bytes": max((os.path.getsize(p) for p in states), default=0),
             "snapshots": len(self.snapshots),
             "snapshot_s": sum(s for _, s in self.snapshots),
@@ -163,8 +164,9 @@ class ScaleProbe:
             probe.results += 1
             on_result(searcher, trial_id, result)
 
-        def counted_complete(searcher: Any, trial_id: str, result: dict | None = None,
-                             error: bool = False) -> None:
+        def counted_complete(
+            searcher: Any, trial_id: str, result: dict | None = None, error: bool = False
+        ) -> None:
             on_complete(searcher, trial_id, result, error)
             probe.on_finished(trial_id)
 
@@ -202,25 +204,28 @@ def point_rows(probe: ScaleProbe, points: Sequence[int]) -> list[dict[str, Any]]
     for point in points:
         sample = by_finished.get(point)
         if sample is None:
-            raise RuntimeError(f"scale: no sample at {point} finished trials "
-                               f"(the run finished {probe.finished})")
+            raise RuntimeError(
+                f"scale: no sample at {point} finished trials (the run finished {probe.finished})"
+            )
         window = suggest_window(probe.calls, point)
         cpu_window = suggest_window(probe.cpu_calls, point)
         epochs = sample["trial_epochs"] - previous["trial_epochs"]
-        rows.append({
-            "finished": point,
-            "suggestions": len(window),
-            "suggest_p50_ms": percentile(window, 50) * 1e3,
-            "suggest_p99_ms": percentile(window, 99) * 1e3,
-            "suggest_cpu_p99_ms": percentile(cpu_window, 99) * 1e3,
-            "driver_rss_mb": sample["driver_rss_mb"],
-            "journal_bytes": sample["journal_bytes"],
-            "snapshot_bytes": sample["snapshot_bytes"],
-            "trial_epochs": sample["trial_epochs"],
-            "driver_cpu_s_per_trial_epoch": (sample["driver_cpu_s"] - previous["driver_cpu_s"])
-            / max(epochs, 1),
-            "wall_s_per_trial_epoch": (sample["wall_s"] - previous["wall_s"]) / max(epochs, 1),
-            "running": sample["running"],
-        })
+        rows.append(
+            {
+                "finished": point,
+                "suggestions": len(window),
+                "suggest_p50_ms": percentile(window, 50) * 1e3,
+                "suggest_p99_ms": percentile(window, 99) * 1e3,
+                "suggest_cpu_p99_ms": percentile(cpu_window, 99) * 1e3,
+                "driver_rss_mb": sample["driver_rss_mb"],
+                "journal_bytes": sample["journal_bytes"],
+                "snapshot_bytes": sample["snapshot_bytes"],
+                "trial_epochs": sample["trial_epochs"],
+                "driver_cpu_s_per_trial_epoch": (sample["driver_cpu_s"] - previous["driver_cpu_s"])
+                / max(epochs, 1),
+                "wall_s_per_trial_epoch": (sample["wall_s"] - previous["wall_s"]) / max(epochs, 1),
+                "running": sample["running"],
+            }
+        )
         previous = sample
     return rows

@@ -60,8 +60,9 @@ def config_quality(config: Mapping[str, Any]) -> float:
 
 def _noise(config: Mapping[str, Any], epoch: int, seed: int) -> float:
     # A hash of the config, not Python's hash(), which differs between processes.
-    text = json.dumps({"config": dict(config), "epoch": epoch, "seed": seed}, sort_keys=True,
-                      default=str)
+    text = json.dumps(
+        {"config": dict(config), "epoch": epoch, "seed": seed}, sort_keys=True, default=str
+    )
     rng = random.Random(int(hashlib.sha256(text.encode()).hexdigest()[:16], 16))
     return rng.gauss(0.0, NOISE_STD)
 
@@ -109,14 +110,21 @@ def simulated_trainable(config: dict[str, Any], *, data: Any, fixed: Mapping[str
     epoch = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder, open(
-                os.path.join(folder, "state.json"), encoding="utf-8") as handle:
+        with (
+            checkpoint.as_directory() as folder,
+            open(os.path.join(folder, "state.json"), encoding="utf-8") as handle,
+        ):
             epoch = int(json.load(handle)["epoch"])
     while epoch < int(params["epochs"]):
         epoch += 1
         accuracy = simulated_accuracy(config, epoch, seed)
-        report = EpochReport(epoch=epoch, val_accuracy=accuracy, accuracy=accuracy,
-                             val_loss=1.0 - accuracy, loss=1.0 - accuracy)
+        report = EpochReport(
+            epoch=epoch,
+            val_accuracy=accuracy,
+            accuracy=accuracy,
+            val_loss=1.0 - accuracy,
+            loss=1.0 - accuracy,
+        )
         with tempfile.TemporaryDirectory(prefix="sim-checkpoint-") as folder:
             with open(os.path.join(folder, "state.json"), "w", encoding="utf-8") as handle:
                 json.dump({"epoch": epoch}, handle)

@@ -18,8 +18,14 @@ from search.data.pipeline import AUGMENT_CHOICES, make_input_pipeline
 from search.data.spec import DATASET_NAMES, DatasetSpec
 from search.data.split import Dataset, split_pool
 
-__all__ = ["AUGMENT_CHOICES", "DATASET_NAMES", "Dataset", "DatasetSpec", "load_dataset",
-           "make_input_pipeline"]
+__all__ = [
+    "AUGMENT_CHOICES",
+    "DATASET_NAMES",
+    "Dataset",
+    "DatasetSpec",
+    "load_dataset",
+    "make_input_pipeline",
+]
 
 
 def load_dataset(spec: DatasetSpec) -> Dataset:
@@ -39,7 +45,12 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     """
     from search.data import cifar, parquet, sources
 
-    loaders = {"cifar10": cifar.load_cifar, "cifar100": cifar.load_cifar,
-               "digits": sources.load_digits, "folder": sources.load_folder,
-               "parquet": parquet.load_parquet, "npz": sources.load_npz}
+    loaders = {
+        "cifar10": cifar.load_cifar,
+        "cifar100": cifar.load_cifar,
+        "digits": sources.load_digits,
+        "folder": sources.load_folder,
+        "parquet": parquet.load_parquet,
+        "npz": sources.load_npz,
+    }
     return split_pool(loaders[spec.name](spec), spec)

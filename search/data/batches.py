@@ -42,8 +42,9 @@ def flip_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def crop_images(images: np.ndarray, rng: np.random.Generator,
-                padding: int = CROP_PADDING) -> np.ndarray:
+def crop_images(
+    images: np.ndarray, rng: np.random.Generator, padding: int = CROP_PADDING
+) -> np.ndarray:
     """Each image reflect-padded by ``padding`` pixels and cropped back to size at a random
     offset (as the ``tf.data`` pipeline's ``crop``)."""
     height, width = images.shape[1], images.shape[2]
@@ -53,12 +54,19 @@ def crop_images(images: np.ndarray, rng: np.random.Generator,
     # One slice per image: about 3x faster than one fancy-indexed gather of the whole batch.
     out = np.empty_like(images)
     for k, (top, left) in enumerate(offsets):
-        out[k] = padded[k, top:top + height, left:left + width]
+        out[k] = padded[k, top : top + height, left : left + width]
     return out
 
 
-def make_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, training: bool, seed: int,
-                 augment: str | None = None) -> Any:
+def make_batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    augment: str | None = None,
+) -> Any:
     """Builds a trial's ``keras.utils.PyDataset`` over (possibly shared, read-only) arrays.
 
     Args:
@@ -84,8 +92,11 @@ def make_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, training: boo
         """Batch ``index`` of the current epoch; the epoch advances at each epoch's end."""
 
         def __init__(self) -> None:
-            super().__init__(workers=PIPELINE_PARALLELISM, use_multiprocessing=False,
-                             max_queue_size=PIPELINE_PREFETCH)
+            super().__init__(
+                workers=PIPELINE_PARALLELISM,
+                use_multiprocessing=False,
+                max_queue_size=PIPELINE_PREFETCH,
+            )
             self.epoch = 0
             self._order: tuple[int, np.ndarray] | None = None
 
@@ -103,7 +114,7 @@ def make_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, training: boo
             return cached[1]
 
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-            rows = self.order()[index * batch_size:(index + 1) * batch_size]
+            rows = self.order()[index * batch_size : (index + 1) * batch_size]
             images, labels = to_float_images(x[rows]), y[rows]
             if ops:
                 rng = np.random.default_rng([seed, self.epoch, index])

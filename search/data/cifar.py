@@ -71,12 +71,26 @@ class _CifarLayout(NamedTuple):
 
 
 _CIFAR = {
-    "cifar10": _CifarLayout(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_TRAIN_FILES,
-                            CIFAR10_TEST_FILE, CIFAR10_META_FILE, CIFAR10_URL,
-                            KERAS_CIFAR10_FNAME, KERAS_CIFAR10_SHA256),
-    "cifar100": _CifarLayout(CIFAR100_ARCHIVE, CIFAR100_FOLDER, CIFAR100_TRAIN_FILES,
-                             CIFAR100_TEST_FILE, CIFAR100_META_FILE, CIFAR100_URL,
-                             KERAS_CIFAR100_FNAME, KERAS_CIFAR100_SHA256),
+    "cifar10": _CifarLayout(
+        CIFAR10_ARCHIVE,
+        CIFAR10_FOLDER,
+        CIFAR10_TRAIN_FILES,
+        CIFAR10_TEST_FILE,
+        CIFAR10_META_FILE,
+        CIFAR10_URL,
+        KERAS_CIFAR10_FNAME,
+        KERAS_CIFAR10_SHA256,
+    ),
+    "cifar100": _CifarLayout(
+        CIFAR100_ARCHIVE,
+        CIFAR100_FOLDER,
+        CIFAR100_TRAIN_FILES,
+        CIFAR100_TEST_FILE,
+        CIFAR100_META_FILE,
+        CIFAR100_URL,
+        KERAS_CIFAR100_FNAME,
+        KERAS_CIFAR100_SHA256,
+    ),
 }
 
 
@@ -114,9 +128,11 @@ class _ArrayGuard:
 
     def _fits(self, nbytes: int) -> None:
         if nbytes > self.max_bytes:
-            raise pickle.UnpicklingError(f"refused an array of {nbytes} bytes from a "
-                                         f"{self.max_bytes}-byte file (larger than the file "
-                                         f"could hold)")
+            raise pickle.UnpicklingError(
+                f"refused an array of {nbytes} bytes from a "
+                f"{self.max_bytes}-byte file (larger than the file "
+                f"could hold)"
+            )
 
     def _sized(self, shape: Any, dtype: np.dtype) -> None:
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -197,9 +213,11 @@ class _CifarUnpickler(pickle.Unpickler):
         try:
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
-            raise DataError(f"{self._source}: refused to unpickle {module}.{name}; a CIFAR batch "
-                            f"only holds NumPy arrays, so this file may run code when loaded "
-                            f"and was not loaded") from None
+            raise DataError(
+                f"{self._source}: refused to unpickle {module}.{name}; a CIFAR batch "
+                f"only holds NumPy arrays, so this file may run code when loaded "
+                f"and was not loaded"
+            ) from None
 
 
 def _unpickle(data: bytes, source: str) -> Any:
@@ -210,10 +228,21 @@ def _unpickle(data: bytes, source: str) -> Any:
         return loaded
     except DataError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, OverflowError, MemoryError, RecursionError) as exc:
-        raise DataError(f"{source}: not a readable CIFAR pickle "
-                        f"({type(exc).__name__}: {one_line(exc)})") from exc
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        MemoryError,
+        RecursionError,
+    ) as exc:
+        raise DataError(
+            f"{source}: not a readable CIFAR pickle ({type(exc).__name__}: {one_line(exc)})"
+        ) from exc
 
 
 def _str_keys(obj: Any, source: str) -> dict[str, Any]:
@@ -222,23 +251,30 @@ def _str_keys(obj: Any, source: str) -> dict[str, Any]:
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def _cifar_batch(obj: Any, source: str, label_key: str, num_classes: int,
-                 split: str) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batch(
+    obj: Any, source: str, label_key: str, num_classes: int, split: str
+) -> tuple[np.ndarray, np.ndarray]:
     batch = _str_keys(obj, source)
     for key in ("data", label_key):
         if key not in batch:
             raise DataError(f"{source}: no {key!r} entry; it has {sorted(batch)}")
     data = batch["data"]
-    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
-            or data.shape[1] != CIFAR_ROW_LENGTH):
-        got = (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray)
-               else type(data).__name__)
-        raise DataError(f"{source}: 'data' must be a uint8 array of shape (N, "
-                        f"{CIFAR_ROW_LENGTH}), got {got}")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != CIFAR_ROW_LENGTH
+    ):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(
+            f"{source}: 'data' must be a uint8 array of shape (N, {CIFAR_ROW_LENGTH}), got {got}"
+        )
     labels = np.asarray(batch[label_key])
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
-        raise DataError(f"{source}: {label_key!r} must be {len(data)} integer labels, one per "
-                        f"row of 'data', got {labels.dtype} with shape {labels.shape}")
+        raise DataError(
+            f"{source}: {label_key!r} must be {len(data)} integer labels, one per "
+            f"row of 'data', got {labels.dtype} with shape {labels.shape}"
+        )
     check_labels(labels, num_classes, source, split)  # here, to name the batch file
     # Rows are CHW planes (all red, then green, then blue); Keras and our models want NHWC.
     # A view; the split copies only the rows it keeps.
@@ -249,13 +285,13 @@ def _cifar_names(obj: Any, source: str, names_key: str) -> tuple[str, ...]:
     meta = _str_keys(obj, source)
     names = meta.get(names_key)
     if not isinstance(names, (list, tuple)) or not names:
-        raise DataError(f"{source}: no {names_key!r} list of class names; "
-                        f"it has {sorted(meta)}")
+        raise DataError(f"{source}: no {names_key!r} list of class names; it has {sorted(meta)}")
     return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
 
 
-def _cifar_members_from_archive(archive: Path, layout: _CifarLayout,
-                                wanted: Sequence[str]) -> dict[str, Any]:
+def _cifar_members_from_archive(
+    archive: Path, layout: _CifarLayout, wanted: Sequence[str]
+) -> dict[str, Any]:
     found: dict[str, Any] = {}
     try:
         # Streaming ("r|*") reads the archive once and never extracts to disk, so member
@@ -264,8 +300,12 @@ def _cifar_members_from_archive(archive: Path, layout: _CifarLayout,
             for member in tar:
                 name = member.name.removeprefix("./")
                 base = name.rsplit("/", 1)[-1]
-                if (not member.isfile() or base not in wanted or base in found
-                        or name not in (base, f"{layout.folder}/{base}")):
+                if (
+                    not member.isfile()
+                    or base not in wanted
+                    or base in found
+                    or name not in (base, f"{layout.folder}/{base}")
+                ):
                     continue
                 file = tar.extractfile(member)
                 if file is not None:
@@ -276,19 +316,23 @@ def _cifar_members_from_archive(archive: Path, layout: _CifarLayout,
         raise DataError(f"{archive}: not a readable CIFAR archive ({one_line(exc)})") from exc
     missing = [f for f in wanted if f not in found]
     if missing:
-        raise DataError(f"{archive}: no {layout.folder}/{missing[0]} in the archive; a "
-                        f"{_cifar_title(layout)} archive holds {', '.join(wanted)}")
+        raise DataError(
+            f"{archive}: no {layout.folder}/{missing[0]} in the archive; a "
+            f"{_cifar_title(layout)} archive holds {', '.join(wanted)}"
+        )
     return found
 
 
-def _cifar_members_from_folder(folder: Path, layout: _CifarLayout,
-                               wanted: Sequence[str]) -> dict[str, Any]:
+def _cifar_members_from_folder(
+    folder: Path, layout: _CifarLayout, wanted: Sequence[str]
+) -> dict[str, Any]:
     found = {}
     for base in wanted:
         file = folder / base
         if not file.is_file():
-            raise DataError(f"{folder}: no {base}; a {_cifar_title(layout)} folder holds "
-                            f"{', '.join(wanted)}")
+            raise DataError(
+                f"{folder}: no {base}; a {_cifar_title(layout)} folder holds {', '.join(wanted)}"
+            )
         try:
             data = file.read_bytes()
         except OSError as exc:
@@ -322,8 +366,13 @@ def fetch_with_keras(layout: _CifarLayout) -> Path:
     """Downloads through Keras (hash-checked) into its cache; returns the extracted folder."""
     from keras.utils import get_file  # imports TensorFlow: only on this rare path
 
-    extracted = get_file(fname=layout.keras_fname, origin=layout.url, extract=True,
-                         file_hash=layout.keras_sha256, cache_dir=str(_keras_home()))
+    extracted = get_file(
+        fname=layout.keras_fname,
+        origin=layout.url,
+        extract=True,
+        file_hash=layout.keras_sha256,
+        cache_dir=str(_keras_home()),
+    )
     return Path(extracted) / layout.folder
 
 
@@ -337,9 +386,11 @@ def _locate_cifar(spec: DatasetSpec, layout: _CifarLayout) -> Path:
     try:
         return fetch_with_keras(layout)
     except Exception as exc:  # noqa: BLE001 - get_file raises bare Exception on network errors
-        raise DataError(f"{spec.name}: not in the Keras cache and the download failed "
-                        f"({one_line(exc)}); download {layout.url} and set dataset.path to it, "
-                        f"or put it at {target}") from exc
+        raise DataError(
+            f"{spec.name}: not in the Keras cache and the download failed "
+            f"({one_line(exc)}); download {layout.url} and set dataset.path to it, "
+            f"or put it at {target}"
+        ) from exc
 
 
 def load_cifar(spec: DatasetSpec) -> Pool:
@@ -354,20 +405,23 @@ def load_cifar(spec: DatasetSpec) -> Pool:
         # Accept both the batches folder itself and a folder that contains it.
         folder = location if (location / layout.meta_file).exists() else location / layout.folder
         if not folder.is_dir():
-            raise DataError(f"{location}: neither a {_cifar_title(layout)} folder (with "
-                            f"{layout.meta_file}) nor one containing {layout.folder}/")
+            raise DataError(
+                f"{location}: neither a {_cifar_title(layout)} folder (with "
+                f"{layout.meta_file}) nor one containing {layout.folder}/"
+            )
         members = _cifar_members_from_folder(folder, layout, wanted)
         source = str(folder)
     else:
         members = _cifar_members_from_archive(location, layout, wanted)
         source = str(location)
     names = _cifar_names(members[layout.meta_file], f"{source}:{layout.meta_file}", names_key)
-    parts = [_cifar_batch(members[f], f"{source}:{f}", label_key, len(names), "training")
-             for f in layout.train_files]
-    x_test, y_test = _cifar_batch(members[layout.test_file], f"{source}:{layout.test_file}",
-                                  label_key, len(names), "test")
+    parts = [
+        _cifar_batch(members[f], f"{source}:{f}", label_key, len(names), "training")
+        for f in layout.train_files
+    ]
+    x_test, y_test = _cifar_batch(
+        members[layout.test_file], f"{source}:{layout.test_file}", label_key, len(names), "test"
+    )
     x = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     y = np.concatenate([p[1] for p in parts])
     return Pool(x, y, x_test, y_test, names, source)
-
-

@@ -39,9 +39,11 @@ def _read_parquet_table(spec: DatasetSpec) -> tuple[Any, str]:
         columns = dataset.schema.names
         missing = [c for c in (spec.image_column, spec.label_column) if c not in columns]
         if missing:
-            raise DataError(f"{location}: no column {missing[0]!r} (it has "
-                            f"{', '.join(columns) or 'no columns'}); set dataset.image_column / "
-                            f"dataset.label_column")
+            raise DataError(
+                f"{location}: no column {missing[0]!r} (it has "
+                f"{', '.join(columns) or 'no columns'}); set dataset.image_column / "
+                f"dataset.label_column"
+            )
         wanted = [spec.image_column, spec.label_column]
         if SPLIT_COLUMN in columns and SPLIT_COLUMN not in wanted:
             wanted.append(SPLIT_COLUMN)
@@ -77,15 +79,18 @@ def _parquet_images(column: Any, spec: DatasetSpec, source: str) -> np.ndarray:
         return decode_images(encoded, sources, spec.image_size)
     if _is_list_type(kind):
         return _pixel_rows(_nested_to_numpy(array, source, name), spec, source)
-    raise DataError(f"{source}: column {name!r} has type {kind}; expected encoded PNG/JPEG "
-                    f"bytes, lists of pixel values or a fixed-shape tensor")
+    raise DataError(
+        f"{source}: column {name!r} has type {kind}; expected encoded PNG/JPEG "
+        f"bytes, lists of pixel values or a fixed-shape tensor"
+    )
 
 
 def _is_list_type(kind: Any) -> bool:
     import pyarrow as pa
 
-    return (pa.types.is_list(kind) or pa.types.is_large_list(kind)
-            or pa.types.is_fixed_size_list(kind))
+    return (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    )
 
 
 def _nested_to_numpy(array: Any, source: str, column: str) -> np.ndarray:
@@ -99,14 +104,18 @@ def _nested_to_numpy(array: Any, source: str, column: str) -> np.ndarray:
             raise DataError(f"{source}: column {column!r} has null pixel lists")
         lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
         if len(lengths) and (lengths != lengths[0]).any():
-            raise DataError(f"{source}: column {column!r} has pixel lists of different lengths "
-                            f"({lengths.min()} to {lengths.max()}); every image needs the same "
-                            f"shape")
+            raise DataError(
+                f"{source}: column {column!r} has pixel lists of different lengths "
+                f"({lengths.min()} to {lengths.max()}); every image needs the same "
+                f"shape"
+            )
         shape.append(int(lengths[0]) if len(lengths) else 0)
         array = array.flatten()
     if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
-        raise DataError(f"{source}: column {column!r} holds {array.type} values; pixels must "
-                        f"be integers 0..255 or floats 0..1")
+        raise DataError(
+            f"{source}: column {column!r} holds {array.type} values; pixels must "
+            f"be integers 0..255 or floats 0..1"
+        )
     if array.null_count:
         raise DataError(f"{source}: column {column!r} has null pixel values")
     return array.to_numpy(zero_copy_only=False).reshape(shape)
@@ -117,9 +126,11 @@ def _pixel_rows(pixels: np.ndarray, spec: DatasetSpec, source: str) -> np.ndarra
     if pixels.ndim == 2:
         # Flat rows are read with image_size, the only place their shape can come from.
         if pixels.shape[1] != height * width * 3:
-            raise DataError(f"{source}: column {spec.image_column!r} holds flat pixel lists of "
-                            f"length {pixels.shape[1]}; dataset.image_size {[height, width]} "
-                            f"needs {height}*{width}*3 = {height * width * 3}")
+            raise DataError(
+                f"{source}: column {spec.image_column!r} holds flat pixel lists of "
+                f"length {pixels.shape[1]}; dataset.image_size {[height, width]} "
+                f"needs {height}*{width}*3 = {height * width * 3}"
+            )
         pixels = pixels.reshape(-1, height, width, 3)
     return as_nhwc3(pixels, source, f"column {spec.image_column!r}")
 
@@ -135,15 +146,19 @@ def _parquet_labels(column: Any, source: str, name: str) -> tuple[np.ndarray, tu
     if pa.types.is_integer(array.type):
         y = array.to_numpy(zero_copy_only=False).astype(np.int64)
         if (y < 0).any():
-            raise DataError(f"{source}: column {name!r} has negative label {int(y.min())}; "
-                            f"labels must be class ids 0, 1, ...")
+            raise DataError(
+                f"{source}: column {name!r} has negative label {int(y.min())}; "
+                f"labels must be class ids 0, 1, ..."
+            )
         return y, tuple(str(i) for i in range(int(y.max()) + 1))
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         values = np.asarray(array.to_pylist(), dtype=object)
         names, y = np.unique(values.astype(str), return_inverse=True)
         return y.astype(np.int64), tuple(str(n) for n in names)
-    raise DataError(f"{source}: column {name!r} has type {array.type}; expected integer "
-                    f"class ids or string class names")
+    raise DataError(
+        f"{source}: column {name!r} has type {array.type}; expected integer "
+        f"class ids or string class names"
+    )
 
 
 def load_parquet(spec: DatasetSpec) -> Pool:
@@ -155,16 +170,15 @@ def load_parquet(spec: DatasetSpec) -> Pool:
         split = table.column(SPLIT_COLUMN).to_pylist()
         unknown = sorted({str(s) for s in split} - set(SPLIT_VALUES))
         if unknown:
-            raise DataError(f"{source}: column {SPLIT_COLUMN!r} must hold "
-                            f"{' or '.join(SPLIT_VALUES)}, got {unknown[0]!r}")
+            raise DataError(
+                f"{source}: column {SPLIT_COLUMN!r} must hold "
+                f"{' or '.join(SPLIT_VALUES)}, got {unknown[0]!r}"
+            )
         is_test = np.asarray([s == "test" for s in split])
         if is_test.all():
-            raise DataError(f"{source}: every row has {SPLIT_COLUMN}=test; none left to train "
-                            f"on")
+            raise DataError(f"{source}: every row has {SPLIT_COLUMN}=test; none left to train on")
     x = _parquet_images(table.column(spec.image_column), spec, source)
     if is_test is None:
         return Pool(x, y, None, None, names, source)
     x_test, y_test = (x[is_test], y[is_test]) if is_test.any() else (None, None)
     return Pool(x[~is_test], y[~is_test], x_test, y_test, names, source)
-
-

@@ -16,8 +16,7 @@ PIPELINE_PARALLELISM = 2  # batches gathered/augmented at once
 PIPELINE_PREFETCH = 2  # batches ready ahead of the device
 
 
-def check_pipeline_args(x: np.ndarray, y: np.ndarray, batch_size: int,
-                        augment: str | None) -> str:
+def check_pipeline_args(x: np.ndarray, y: np.ndarray, batch_size: int, augment: str | None) -> str:
     """Checks a pipeline's arguments (every backend's); returns ``augment`` (``none`` for
     ``None``)."""
     augment = "none" if augment is None else augment
@@ -44,8 +43,15 @@ def scale_to_unit(tf: Any, images: Any) -> Any:
     return images
 
 
-def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, training: bool,
-                        seed: int, augment: str | None = None) -> Any:
+def make_input_pipeline(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    augment: str | None = None,
+) -> Any:
     """Builds a trial's ``tf.data`` pipeline over (possibly shared, read-only) arrays.
 
     The arrays are never converted to one big tensor: the pipeline shuffles indices and
@@ -79,8 +85,7 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
         return x[indices], y[indices]
 
     def load(indices: Any) -> tuple[Any, Any]:
-        images, labels = tf.numpy_function(gather, [indices], (x_dtype, y_dtype),
-                                           stateful=False)
+        images, labels = tf.numpy_function(gather, [indices], (x_dtype, y_dtype), stateful=False)
         images.set_shape((None, *image_shape))
         labels.set_shape((None,))
         return scale_to_unit(tf, images), labels
@@ -88,16 +93,20 @@ def make_input_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int, traini
     pipeline = tf.data.Dataset.range(len(y))
     if training:
         pipeline = pipeline.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    pipeline = pipeline.batch(batch_size).map(load, num_parallel_calls=PIPELINE_PARALLELISM,
-                                              deterministic=True)
+    pipeline = pipeline.batch(batch_size).map(
+        load, num_parallel_calls=PIPELINE_PARALLELISM, deterministic=True
+    )
     if training and augment != "none":
         # One stateless seed per batch, new each epoch, repeatable from `seed`.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(
-            2, drop_remainder=True)
+            2, drop_remainder=True
+        )
         ops = augment.split("+")
         pipeline = tf.data.Dataset.zip((pipeline, seeds)).map(
             lambda batch, batch_seed: (_augment(tf, batch[0], batch_seed, ops), batch[1]),
-            num_parallel_calls=PIPELINE_PARALLELISM, deterministic=True)
+            num_parallel_calls=PIPELINE_PARALLELISM,
+            deterministic=True,
+        )
     # tf.data's autotuner stalled the first batch of about half the epochs by ~2.3 s with the
     # CPU idle (benchmarks/overhead/overhead.py); fixed parallelism and a fixed prefetch
     # keep the device fed without it.
@@ -114,8 +123,9 @@ def _augment(tf: Any, images: Any, seed: Any, ops: Sequence[str]) -> Any:
         height, width = images.shape[1], images.shape[2]
         pad = min(CROP_PADDING, height - 1, width - 1)  # REFLECT needs pad < size
         padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        offsets = tf.random.stateless_uniform((tf.shape(images)[0], 2), crop_seed, minval=0,
-                                              maxval=2 * pad + 1, dtype=tf.int32)
+        offsets = tf.random.stateless_uniform(
+            (tf.shape(images)[0], 2), crop_seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32
+        )
         # Each image gets its own window: gather its rows, then its columns.
         rows = offsets[:, :1] + tf.range(height)[tf.newaxis, :]
         cols = offsets[:, 1:] + tf.range(width)[tf.newaxis, :]

@@ -47,8 +47,9 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         # Direct construction gets the same checks as a config file.
-        values = _check_spec_values({f.name: getattr(self, f.name) for f in fields(self)},
-                                    DEFAULT_WHERE)
+        values = _check_spec_values(
+            {f.name: getattr(self, f.name) for f in fields(self)}, DEFAULT_WHERE
+        )
         for key, value in values.items():
             object.__setattr__(self, key, value)
 
@@ -68,8 +69,10 @@ class DatasetSpec:
                 ``name``, or a value of the wrong type or range.
         """
         if not isinstance(mapping, Mapping):
-            raise SpecError(f"{where}: must be a mapping such as {{name: digits}}, "
-                            f"got {type(mapping).__name__}")
+            raise SpecError(
+                f"{where}: must be a mapping such as {{name: digits}}, "
+                f"got {type(mapping).__name__}"
+            )
         check_keys(mapping, [f.name for f in fields(cls)], where)
         if "name" not in mapping:
             raise SpecError(f"{where}.name: is required, one of {', '.join(DATASET_NAMES)}")
@@ -84,8 +87,9 @@ def _check_spec_values(values: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(name, str) or name not in DATASET_NAMES:
         close = difflib.get_close_matches(str(name), DATASET_NAMES, n=1)
         hint = f" (did you mean {echo(close[0])}?)" if close else ""
-        raise SpecError(f"{where}.name: must be one of {', '.join(DATASET_NAMES)}, "
-                        f"got {echo(name)}{hint}")
+        raise SpecError(
+            f"{where}.name: must be one of {', '.join(DATASET_NAMES)}, got {echo(name)}{hint}"
+        )
 
     path = values["path"]
     if isinstance(path, os.PathLike):
@@ -95,8 +99,10 @@ def _check_spec_values(values: dict[str, Any], where: str) -> dict[str, Any]:
     if path is None and name in ("folder", "parquet", "npz"):
         raise SpecError(f"{where}.path: is required for name {echo(name)}")
     if path is not None and name == "digits":
-        raise SpecError(f"{where}.path: digits is bundled with scikit-learn and takes no path, "
-                        f"got {echo(path)}")
+        raise SpecError(
+            f"{where}.path: digits is bundled with scikit-learn and takes no path, "
+            f"got {echo(path)}"
+        )
 
     fraction = values["val_fraction"]
     if not is_finite(fraction) or not 0 < fraction < 1:
@@ -115,22 +121,27 @@ def _check_spec_values(values: dict[str, Any], where: str) -> dict[str, Any]:
 
     mode = values["label_mode"]
     if mode not in LABEL_MODES:
-        raise SpecError(f"{where}.label_mode: must be one of {', '.join(LABEL_MODES)}, "
-                        f"got {echo(mode)}")
+        raise SpecError(
+            f"{where}.label_mode: must be one of {', '.join(LABEL_MODES)}, got {echo(mode)}"
+        )
     if mode != "fine" and name != "cifar100":
-        raise SpecError(f"{where}.label_mode: only applies to cifar100, got {echo(mode)} "
-                        f"for name {echo(name)}")
+        raise SpecError(
+            f"{where}.label_mode: only applies to cifar100, got {echo(mode)} for name {echo(name)}"
+        )
 
     size = values["image_size"]
-    if (not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 2
-            or not all(is_int(v) and v > 0 for v in size)):
-        raise SpecError(f"{where}.image_size: must be [height, width] with positive ints, "
-                        f"got {echo(size)}")
+    if (
+        not isinstance(size, Sequence)
+        or isinstance(size, str)
+        or len(size) != 2
+        or not all(is_int(v) and v > 0 for v in size)
+    ):
+        raise SpecError(
+            f"{where}.image_size: must be [height, width] with positive ints, got {echo(size)}"
+        )
     out["image_size"] = (int(size[0]), int(size[1]))
 
     for key in ("image_column", "label_column"):
         if not isinstance(values[key], str) or not values[key]:
             raise SpecError(f"{where}.{key}: must be a non-empty string, got {echo(values[key])}")
     return out
-
-

@@ -62,8 +62,10 @@ class Dataset:
 
     def __repr__(self) -> str:
         test = None if self.x_test is None else self.x_test.shape
-        return (f"Dataset(train={self.x_train.shape}, val={self.x_val.shape}, test={test}, "
-                f"num_classes={self.num_classes})")
+        return (
+            f"Dataset(train={self.x_train.shape}, val={self.x_val.shape}, test={test}, "
+            f"num_classes={self.num_classes})"
+        )
 
 
 class Pool(NamedTuple):
@@ -75,8 +77,6 @@ class Pool(NamedTuple):
     y_test: np.ndarray | None
     class_names: tuple[str, ...]
     source: str  # names the file in error messages
-
-
 
 
 def split_pool(pool: Pool, spec: DatasetSpec) -> Dataset:
@@ -91,33 +91,46 @@ def split_pool(pool: Pool, spec: DatasetSpec) -> Dataset:
         # Two per class, so that the validation split below can still take one of each.
         need = int(np.minimum(counts, 2).sum())
         if spec.subset < need:
-            raise SpecError(f"{DEFAULT_WHERE}.subset: must keep 2 examples of each of the "
-                            f"{len(counts)} classes present for a stratified validation split, "
-                            f"so at least {need}, got {spec.subset}")
-        keep, _ = stratified_split(y, spec.subset, low=np.minimum(counts, 2), keep_in_rest=0,
-                                    rng=stream_rng(spec.seed, STREAM_SUBSET))
+            raise SpecError(
+                f"{DEFAULT_WHERE}.subset: must keep 2 examples of each of the "
+                f"{len(counts)} classes present for a stratified validation split, "
+                f"so at least {need}, got {spec.subset}"
+            )
+        keep, _ = stratified_split(
+            y,
+            spec.subset,
+            low=np.minimum(counts, 2),
+            keep_in_rest=0,
+            rng=stream_rng(spec.seed, STREAM_SUBSET),
+        )
         y = y[keep]
 
     classes, counts = np.unique(y, return_counts=True)
     if (counts < 2).any():
         label = int(classes[np.argmax(counts < 2)])
-        raise DataError(f"{pool.source}: class {pool.class_names[label]!r} (label {label}) has "
-                        f"1 training example; a stratified validation split needs at least 2 "
-                        f"per class (one to train on, one to validate)")
+        raise DataError(
+            f"{pool.source}: class {pool.class_names[label]!r} (label {label}) has "
+            f"1 training example; a stratified validation split needs at least 2 "
+            f"per class (one to train on, one to validate)"
+        )
     n = len(y)
     n_val = math.ceil(spec.val_fraction * n)
     if n_val < len(classes):
-        raise SpecError(f"{DEFAULT_WHERE}.val_fraction: {spec.val_fraction} of {n} training "
-                        f"examples is {n_val} for validation, fewer than the {len(classes)} "
-                        f"classes; a stratified split needs one of each, so raise val_fraction"
-                        + (" or subset" if spec.subset is not None else ""))
+        raise SpecError(
+            f"{DEFAULT_WHERE}.val_fraction: {spec.val_fraction} of {n} training "
+            f"examples is {n_val} for validation, fewer than the {len(classes)} "
+            f"classes; a stratified split needs one of each, so raise val_fraction"
+            + (" or subset" if spec.subset is not None else "")
+        )
     if n - n_val < len(classes):
-        raise SpecError(f"{DEFAULT_WHERE}.val_fraction: {spec.val_fraction} of {n} training "
-                        f"examples leaves {n - n_val} to train on, fewer than the "
-                        f"{len(classes)} classes; lower val_fraction")
-    val_local, train_local = stratified_split(y, n_val, low=np.ones_like(counts),
-                                              keep_in_rest=1,
-                                              rng=stream_rng(spec.seed, STREAM_VAL))
+        raise SpecError(
+            f"{DEFAULT_WHERE}.val_fraction: {spec.val_fraction} of {n} training "
+            f"examples leaves {n - n_val} to train on, fewer than the "
+            f"{len(classes)} classes; lower val_fraction"
+        )
+    val_local, train_local = stratified_split(
+        y, n_val, low=np.ones_like(counts), keep_in_rest=1, rng=stream_rng(spec.seed, STREAM_VAL)
+    )
     train_idx, val_idx = keep[train_local], keep[val_local]
     has_test = pool.x_test is not None and pool.y_test is not None
     return Dataset(
@@ -160,19 +173,24 @@ def to_unit_float(x: np.ndarray) -> np.ndarray:
 
 def check_labels(y: np.ndarray, num_classes: int, source: str, split: str) -> None:
     if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise DataError(f"{source}: {split} labels must be 1-D integer class ids, "
-                        f"got {y.dtype} with shape {y.shape}")
+        raise DataError(
+            f"{source}: {split} labels must be 1-D integer class ids, "
+            f"got {y.dtype} with shape {y.shape}"
+        )
     if len(y) == 0:
         raise DataError(f"{source}: has no {split} examples")
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
         index = int(np.argmax(bad))
-        raise DataError(f"{source}: {split} label {int(y[index])} at index {index} is out of "
-                        f"range; labels must be in [0, {num_classes}) for {num_classes} classes")
+        raise DataError(
+            f"{source}: {split} label {int(y[index])} at index {index} is out of "
+            f"range; labels must be in [0, {num_classes}) for {num_classes} classes"
+        )
 
 
-def stratified_split(y: np.ndarray, n_first: int, *, low: np.ndarray, keep_in_rest: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    y: np.ndarray, n_first: int, *, low: np.ndarray, keep_in_rest: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Splits indices of `y` into `n_first` and the rest, keeping class proportions.
 
     Each class gives the first part at least `low[c]` and leaves at least `keep_in_rest`;
@@ -188,8 +206,7 @@ def stratified_split(y: np.ndarray, n_first: int, *, low: np.ndarray, keep_in_re
     return np.sort(by_class[first]), np.sort(by_class[~first])
 
 
-def apportion(counts: np.ndarray, total: int, *, low: np.ndarray,
-               high: np.ndarray) -> np.ndarray:
+def apportion(counts: np.ndarray, total: int, *, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Largest-remainder apportionment of `total` in proportion to `counts`, within bounds."""
     quota = counts * (total / counts.sum())
     alloc = np.clip(np.floor(quota).astype(np.int64), low, high)
@@ -201,5 +218,3 @@ def apportion(counts: np.ndarray, total: int, *, low: np.ndarray,
         else:
             alloc[np.argmin(np.where(alloc > low, quota - alloc, np.inf))] -= 1
     return alloc
-
-

@@ -67,24 +67,39 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         self.progress = 0.0
         self._space: dict[str, BaseDistribution] = {}
 
-    def _sample(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def _sample(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        search_space: dict[str, BaseDistribution],
+    ) -> dict[str, Any]:
         # The acquisition sees the candidates in Optuna's internal form; it needs the
         # distributions to read them back.
         self._space = search_space
         return super()._sample(study, trial, search_space)
 
-    def _compute_acquisition_func(self, samples: dict[str, np.ndarray], mpe_below: Any,
-                                  mpe_above: Any) -> np.ndarray:
+    def _compute_acquisition_func(
+        self, samples: dict[str, np.ndarray], mpe_below: Any, mpe_above: Any
+    ) -> np.ndarray:
         values = super()._compute_acquisition_func(samples, mpe_below, mpe_above)
         alpha = cooled_exponent(self.cost_exponent, self.progress)
         costly = [name for name in samples if name == "upsample" and name in self._space]
         if alpha == 0.0 or not costly:
             return values
         size = len(values)
-        log_cost = np.array([math.log(relative_epoch_cost(
-            {name: self._space[name].to_external_repr(samples[name][i]) for name in costly}))
-            for i in range(size)])
+        log_cost = np.array(
+            [
+                math.log(
+                    relative_epoch_cost(
+                        {
+                            name: self._space[name].to_external_repr(samples[name][i])
+                            for name in costly
+                        }
+                    )
+                )
+                for i in range(size)
+            ]
+        )
         return values - alpha * log_cost
 
 
@@ -96,8 +111,9 @@ def prior_probability(prior_weight: float, suggested: int) -> float:
     return prior_weight / (prior_weight + max(suggested, 0))
 
 
-def prior_draw(prior: Mapping[str, Any], space: Mapping[str, Distribution],
-               rng: np.random.Generator) -> dict[str, Any]:
+def prior_draw(
+    prior: Mapping[str, Any], space: Mapping[str, Distribution], rng: np.random.Generator
+) -> dict[str, Any]:
     """A perturbation of the prior point: each searched setting it holds moved by a normal
     step of ``PRIOR_SPREAD`` of its range (on the log scale for ``loguniform``), clipped to the
     range; a choice keeps its value with probability ``PRIOR_KEEP_CHOICE``, else takes a

@@ -47,8 +47,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         try:
             ray.init(address=address, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise SpecError(f"--address: cannot join the Ray cluster at {echo(address)} "
-                            f"({str(err).splitlines()[0]})") from None
+            raise SpecError(
+                f"--address: cannot join the Ray cluster at {echo(address)} "
+                f"({str(err).splitlines()[0]})"
+            ) from None
         return True
     # Every epoch checkpoints by design; Ray's advice to checkpoint less is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -56,15 +58,21 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     # every interface (it has no loopback-only mode), so the local Ray is locked instead: no
     # dashboard or job API, and Ray's token authentication, which a new local Ray turns on by
     # itself unless the user opted out with RAY_AUTH_MODE=disabled.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             configure_logging=False, log_to_driver=True)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=True,
+    )
     return True
 
 
 def cluster_has_autoscaler() -> bool:
     """Whether nodes may still join (a launcher or KubeRay cluster scaling from zero workers)."""
     return os.environ.get(AUTOSCALING_ENV, "") == "1" or bool(
-        os.environ.get("RAY_CLUSTER_NAME") or os.environ.get("KUBERAY_GEN_RAY_START_CMD"))
+        os.environ.get("RAY_CLUSTER_NAME") or os.environ.get("KUBERAY_GEN_RAY_START_CMD")
+    )
 
 
 def resolve_gpus(spec: ExperimentSpec) -> float:
@@ -84,23 +92,31 @@ def resolve_gpus(spec: ExperimentSpec) -> float:
         requested = 1.0 if gpus_in_cluster > 0 or cluster_has_autoscaler() else 0.0
     requested = float(requested)
     if requested > 0 and gpus_in_cluster == 0 and not cluster_has_autoscaler():
-        raise SpecError(f"resources.gpus_per_trial: the Ray cluster has no GPU, so no trial "
-                        f"could start; set 0 or auto, got {spec.resources.gpus_per_trial!r}")
+        raise SpecError(
+            f"resources.gpus_per_trial: the Ray cluster has no GPU, so no trial "
+            f"could start; set 0 or auto, got {spec.resources.gpus_per_trial!r}"
+        )
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not cluster_has_autoscaler():
-        fits = any(n.get("CPU", 0) >= spec.resources.cpus_per_trial
-                   and n.get("GPU", 0) >= requested for n in nodes)
+        fits = any(
+            n.get("CPU", 0) >= spec.resources.cpus_per_trial and n.get("GPU", 0) >= requested
+            for n in nodes
+        )
         if not fits:
             largest = max((n.get("CPU", 0) for n in nodes), default=0)
             cpus = spec.resources.cpus_per_trial
-            raise SpecError(f"resources.cpus_per_trial: no node has {cpus:g} CPUs and "
-                            f"{requested:g} GPUs for one trial (largest node: {largest:g} "
-                            f"CPUs), got cpus_per_trial={cpus:g}")
+            raise SpecError(
+                f"resources.cpus_per_trial: no node has {cpus:g} CPUs and "
+                f"{requested:g} GPUs for one trial (largest node: {largest:g} "
+                f"CPUs), got cpus_per_trial={cpus:g}"
+            )
     if requested == 0 and spec.search.budget_gpu_hours is not None:
-        raise SpecError(f"search.budget_gpu_hours: trials hold no GPU on this cluster "
-                        f"(gpus_per_trial resolves to 0), so GPU-hours never accrue; use "
-                        f"search.budget_device_hours, got "
-                        f"budget_gpu_hours={spec.search.budget_gpu_hours!r}")
+        raise SpecError(
+            f"search.budget_gpu_hours: trials hold no GPU on this cluster "
+            f"(gpus_per_trial resolves to 0), so GPU-hours never accrue; use "
+            f"search.budget_device_hours, got "
+            f"budget_gpu_hours={spec.search.budget_gpu_hours!r}"
+        )
     return requested
 
 
@@ -119,15 +135,16 @@ def check_shared_storage(spec: ExperimentSpec) -> None:
         return
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if cluster_has_autoscaler():
-        cluster = (f"a cluster that adds nodes ({AUTOSCALING_ENV}=1, a cluster launcher or "
-                   f"KubeRay)")
+        cluster = f"a cluster that adds nodes ({AUTOSCALING_ENV}=1, a cluster launcher or KubeRay)"
     elif len(alive) > 1:
         cluster = f"a cluster of {len(alive)} nodes"
     else:
         return
-    raise SpecError(f"storage: {cluster} needs shared storage for checkpoints (s3://..., "
-                    f"gs://..., or an NFS path with {SHARED_FS_ENV}=1), got local path "
-                    f"{spec.storage!r}")
+    raise SpecError(
+        f"storage: {cluster} needs shared storage for checkpoints (s3://..., "
+        f"gs://..., or an NFS path with {SHARED_FS_ENV}=1), got local path "
+        f"{spec.storage!r}"
+    )
 
 
 def check_object_store(dataset_bytes: int) -> None:
@@ -138,18 +155,29 @@ def check_object_store(dataset_bytes: int) -> None:
         SpecError: With both sizes and what to change.
     """
     node_id = ray.get_runtime_context().get_node_id()
-    capacity = next((node["Resources"].get("object_store_memory") for node in ray.nodes()
-                     if node.get("NodeID") == node_id), None)
+    capacity = next(
+        (
+            node["Resources"].get("object_store_memory")
+            for node in ray.nodes()
+            if node.get("NodeID") == node_id
+        ),
+        None,
+    )
     if capacity is not None and dataset_bytes > capacity:
-        raise SpecError(f"dataset: needs {dataset_bytes / 2**20:,.0f} MiB in Ray's object store, "
-                        f"which holds {capacity / 2**20:,.0f} MiB on this node; lower "
-                        f"dataset.subset or dataset.image_size, store uint8 pixels, or give Ray "
-                        f"more (ray start --object-store-memory)")
+        raise SpecError(
+            f"dataset: needs {dataset_bytes / 2**20:,.0f} MiB in Ray's object store, "
+            f"which holds {capacity / 2**20:,.0f} MiB on this node; lower "
+            f"dataset.subset or dataset.image_size, store uint8 pixels, or give Ray "
+            f"more (ray start --object-store-memory)"
+        )
 
 
 def _format_resources(resources: Mapping[str, float]) -> str:
-    shown = {k: v for k, v in sorted(resources.items())
-             if k in ("CPU", "GPU") or k.startswith("accelerator_type")}
+    shown = {
+        k: v
+        for k, v in sorted(resources.items())
+        if k in ("CPU", "GPU") or k.startswith("accelerator_type")
+    }
     return " ".join(f"{k}={v:g}" for k, v in shown.items()) or "nothing"
 
 
@@ -166,9 +194,12 @@ class WaitReporter(tune.Callback):
         resources: Returns (free, total) resources of the cluster; Ray's by default.
     """
 
-    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 resources: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]]
-                 | None = None) -> None:
+    def __init__(
+        self,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        resources: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]] | None = None,
+    ) -> None:
         self.interval_s = interval_s
         self.clock = clock
         self.resources = resources
@@ -187,15 +218,23 @@ class WaitReporter(tune.Callback):
         if self.last_said is not None and now - self.last_said < self.interval_s:
             return
         self.last_said = now
-        free, total = self.resources() if self.resources else (ray.available_resources(),
-                                                                ray.cluster_resources())
+        free, total = (
+            self.resources()
+            if self.resources
+            else (ray.available_resources(), ray.cluster_resources())
+        )
         demand = _format_resources(pending[0].placement_group_factory.required_resources)
         minutes, seconds = divmod(int(now - self.waiting_since), 60)
-        hint = ("the autoscaler adds nodes for it; if none comes, `ray status` and "
-                "`ray monitor cluster.yaml` say why (e.g. a GPU quota, no node type that fits)"
-                if cluster_has_autoscaler() else
-                "no node can be added: the trials wait until resources free up")
-        print(f"[{time.strftime('%H:%M:%S')}] waiting {minutes}m{seconds:02d}s with no trial "
-              f"running: {len(pending)} pending, each asking {demand}; the cluster has "
-              f"{_format_resources(free)} free of {_format_resources(total)}; {hint}",
-              file=sys.stdout, flush=True)
+        hint = (
+            "the autoscaler adds nodes for it; if none comes, `ray status` and "
+            "`ray monitor cluster.yaml` say why (e.g. a GPU quota, no node type that fits)"
+            if cluster_has_autoscaler()
+            else "no node can be added: the trials wait until resources free up"
+        )
+        print(
+            f"[{time.strftime('%H:%M:%S')}] waiting {minutes}m{seconds:02d}s with no trial "
+            f"running: {len(pending)} pending, each asking {demand}; the cluster has "
+            f"{_format_resources(free)} free of {_format_resources(total)}; {hint}",
+            file=sys.stdout,
+            flush=True,
+        )

@@ -34,15 +34,18 @@ RAY_REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
 # A line worth showing from a worker: a warning or an error, in Python's or logging's words.
 NOTEWORTHY = re.compile(r"\b(?:\w*Warning|WARNING|\w*Error|ERROR|\w*Exception|CRITICAL)\b")
 # Worker lines that look noteworthy but are the stack's start-up or shut-down chatter.
-CHATTER = tuple(re.compile(p) for p in (
-    r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w.]+:\d+\]",  # absl/glog C++ lines (TF, XLA)
-    r"absl::InitializeLog\(\)",
-    r"oneDNN custom operations",
-    r"cuInit|cuda drivers|CUDA error|Unable to register cu\w+ factory",
-    r"This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler",
-    r"Checkpoint successfully created",
-    r"sigterm_handler|SystemExit",
-))
+CHATTER = tuple(
+    re.compile(p)
+    for p in (
+        r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w.]+:\d+\]",  # absl/glog C++ lines (TF, XLA)
+        r"absl::InitializeLog\(\)",
+        r"oneDNN custom operations",
+        r"cuInit|cuda drivers|CUDA error|Unable to register cu\w+ factory",
+        r"This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler",
+        r"Checkpoint successfully created",
+        r"sigterm_handler|SystemExit",
+    )
+)
 # Ray Tune's "new output" engine prints a configuration box and a TensorBoard hint for a
 # folder under /tmp/ray even at verbose=0; the legacy engine at verbose=0 prints nothing.
 RAY_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
@@ -55,7 +58,7 @@ def worker_message(line: str) -> str | None:
     match = WORKER_PREFIX.match(plain)
     if match is None:
         return None
-    return RAY_REPEATED.sub("", plain[match.end():]).rstrip()
+    return RAY_REPEATED.sub("", plain[match.end() :]).rstrip()
 
 
 def is_chatter(message: str) -> bool:

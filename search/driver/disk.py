@@ -39,26 +39,37 @@ def refusing_full_disks() -> Iterator[None]:
     ray_failure = TuneController._process_trial_failure
     ray_result = LoggerCallback.on_trial_result
 
-    def process_trial_failure(controller: TuneController, trial: Any,
-                              exception: BaseException | None = None) -> None:
+    def process_trial_failure(
+        controller: TuneController, trial: Any, exception: BaseException | None = None
+    ) -> None:
         found = trial_disk_error(exception)
         if found is None:
             ray_failure(controller, trial, exception=exception)  # type: ignore[arg-type]
             return
         if isinstance(found, WriteFailed):
             raise found
-        raise WriteFailed(f"a checkpoint of trial {trial.trial_id}",
-                          getattr(found, "filename", None) or trial.storage.trial_fs_path, found)
+        raise WriteFailed(
+            f"a checkpoint of trial {trial.trial_id}",
+            getattr(found, "filename", None) or trial.storage.trial_fs_path,
+            found,
+        )
 
-    def on_trial_result(callback: LoggerCallback, iteration: int, trials: list, trial: Any,
-                        result: dict, **info: Any) -> None:
+    def on_trial_result(
+        callback: LoggerCallback,
+        iteration: int,
+        trials: list,
+        trial: Any,
+        result: dict,
+        **info: Any,
+    ) -> None:
         try:
             ray_result(callback, iteration, trials, trial, result, **info)
         except OSError as err:
             if disk_error(err) is None:
                 raise
-            raise WriteFailed(f"a result row of trial {trial.trial_id}",
-                              err.filename or trial.local_path, err) from None
+            raise WriteFailed(
+                f"a result row of trial {trial.trial_id}", err.filename or trial.local_path, err
+            ) from None
 
     TuneController._process_trial_failure = process_trial_failure  # type: ignore[method-assign,assignment]
     LoggerCallback.on_trial_result = on_trial_result  # type: ignore[method-assign,assignment]

@@ -81,8 +81,9 @@ PARTIAL_SUFFIX = ".partial"
 FileStamp = tuple[int, int]  # (mtime in ns, size): a file changed since it was uploaded
 
 
-def read_changed_files(local_path: str, uploaded: dict[str, FileStamp]
-                       ) -> tuple[dict[str, bytes], dict[str, FileStamp]]:
+def read_changed_files(
+    local_path: str, uploaded: dict[str, FileStamp]
+) -> tuple[dict[str, bytes], dict[str, FileStamp]]:
     """The files under ``local_path`` whose stamp differs from ``uploaded``'s, and every file's
     stamp now (paths relative to ``local_path``, ``/``-separated).
 
@@ -116,8 +117,7 @@ def write_files_atomically(files: dict[str, bytes], target_dir: str) -> None:
     """Writes each file under the local ``target_dir`` through a temporary file and a rename,
     the experiment state last."""
     for relative in _state_last(files):
-        with storage.atomic_path(os.path.join(target_dir, relative),
-                                 suffix=PARTIAL_SUFFIX) as tmp:
+        with storage.atomic_path(os.path.join(target_dir, relative), suffix=PARTIAL_SUFFIX) as tmp:
             Path(tmp).write_bytes(files[relative])
 
 
@@ -214,9 +214,12 @@ class SnapshotUpload:
         uploaded: Called once it is written (remembers what was written).
     """
 
-    def __init__(self, upload: Callable[[], None] | None,
-                 folders: list[tuple[pafs.FileSystem, str]],
-                 uploaded: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        upload: Callable[[], None] | None,
+        folders: list[tuple[pafs.FileSystem, str]],
+        uploaded: Callable[[], None] | None = None,
+    ) -> None:
         self.upload = upload
         self.folders = folders
         self.uploaded = uploaded
@@ -269,38 +272,58 @@ def ray_snapshots() -> Iterator[None]:
     # (staging folder, target) -> the stamps of the files the last upload there wrote
     uploaded_stamps: dict[tuple[str, str], dict[str, FileStamp]] = {}
 
-    def sync_up_command(syncer: _FilesystemSyncer, local_path: str, uri: str,
-                        exclude: list | None = None) -> tuple[Any, dict]:
+    def sync_up_command(
+        syncer: _FilesystemSyncer, local_path: str, uri: str, exclude: list | None = None
+    ) -> tuple[Any, dict]:
         if exclude or not os.path.isdir(local_path):
-            upload, upload_kwargs = ray_command(syncer, local_path=local_path, uri=uri,
-                                                exclude=exclude)
-            return _run_upload, {"job": SnapshotUpload(functools.partial(upload,
-                                                                         **upload_kwargs),
-                                                       DEFERRED.take())}
+            upload, upload_kwargs = ray_command(
+                syncer, local_path=local_path, uri=uri, exclude=exclude
+            )
+            return _run_upload, {
+                "job": SnapshotUpload(functools.partial(upload, **upload_kwargs), DEFERRED.take())
+            }
         # Read now, in the driver's thread: Ray (and its loggers) rewrite the staging folder
         # while the background thread uploads it, a newer state included.
         key = (local_path, uri)
         files, stamps = read_changed_files(local_path, uploaded_stamps.get(key, {}))
         fs = syncer.storage_filesystem
-        write = (functools.partial(write_files_atomically, files, uri)
-                 if isinstance(fs, pafs.LocalFileSystem) else
-                 functools.partial(write_objects, files, fs, uri))
-        return _run_upload, {"job": SnapshotUpload(
-            write, DEFERRED.take(), functools.partial(uploaded_stamps.__setitem__, key, stamps))}
+        write = (
+            functools.partial(write_files_atomically, files, uri)
+            if isinstance(fs, pafs.LocalFileSystem)
+            else functools.partial(write_objects, files, fs, uri)
+        )
+        return _run_upload, {
+            "job": SnapshotUpload(
+                write, DEFERRED.take(), functools.partial(uploaded_stamps.__setitem__, key, stamps)
+            )
+        }
 
     pacing = {"last_s": 0.0, "ended_at": float("-inf")}  # the last snapshot's duration, end
 
-    def paced_sync_up(manager: _ExperimentCheckpointManager, save_fn: Callable[[], None],
-                      force: bool = False, wait: bool = False) -> None:
+    def paced_sync_up(
+        manager: _ExperimentCheckpointManager,
+        save_fn: Callable[[], None],
+        force: bool = False,
+        wait: bool = False,
+    ) -> None:
         if REFUSED_SNAPSHOTS:
             refused = REFUSED_SNAPSHOTS.pop()
-            raise refused if isinstance(refused, WriteFailed) else WriteFailed(
-                "Ray's experiment snapshot", str(getattr(manager._storage, "experiment_fs_path",
-                                                         "the experiment")), refused)
+            raise (
+                refused
+                if isinstance(refused, WriteFailed)
+                else WriteFailed(
+                    "Ray's experiment snapshot",
+                    str(getattr(manager._storage, "experiment_fs_path", "the experiment")),
+                    refused,
+                )
+            )
         saved, synced = manager._last_save_time, manager._last_sync_time
         began = time.monotonic()
-        held = (manager._should_force_sync_up and not force
-                and began - pacing["ended_at"] < SNAPSHOT_SPACING * pacing["last_s"])
+        held = (
+            manager._should_force_sync_up
+            and not force
+            and began - pacing["ended_at"] < SNAPSHOT_SPACING * pacing["last_s"]
+        )
         if held:  # Ray's timer may still take one; the forced one waits for its turn
             manager._should_force_sync_up = False
         try:
@@ -327,10 +350,12 @@ def ray_snapshots() -> Iterator[None]:
             # one suggests (a journal with a line cut short did this). Refuse instead.
             controller._fail_fast = True
             where = getattr(controller._storage, "experiment_fs_path", "the experiment")
-            raise SpecError(f"{where}: Ray could not restore "
-                            f"the search's state ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}); the search "
-                            f"was not resumed") from err
+            raise SpecError(
+                f"{where}: Ray could not restore "
+                f"the search's state ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); the search "
+                f"was not resumed"
+            ) from err
 
     _FilesystemSyncer._sync_up_command = sync_up_command  # type: ignore[method-assign,assignment]
     TuneController.resume = strict_resume  # type: ignore[method-assign,assignment]
@@ -376,10 +401,14 @@ def check_resumable_state(round_path: str) -> None:
     try:
         json.loads(text)
     except ValueError as error:
-        way_on = (f"remove it to resume from the older {names[-2]}" if len(names) > 1 else
-                  "no older state is there to resume from, so run the search again under "
-                  "another name")
+        way_on = (
+            f"remove it to resume from the older {names[-2]}"
+            if len(names) > 1
+            else "no older state is there to resume from, so run the search again under "
+            "another name"
+        )
         raise SpecError(
             f"{newest}: Ray's experiment state must be whole JSON to resume, got "
             f"{len(text)} bytes that end mid-document ({error}; a driver killed while "
-            f"writing it); {way_on}") from None
+            f"writing it); {way_on}"
+        ) from None

@@ -98,9 +98,11 @@ class GroupCommitJournal(JournalFileBackend):
         try:
             yield from super().read_logs(log_number_from)
         except ValueError as err:  # json's decode error, Optuna's "Invalid log format."
-            raise SpecError(f"{self._file_path}: the study journal has a damaged line ({err}); "
-                            f"nothing was changed: restore the journal from a copy or remove "
-                            f"that line") from None
+            raise SpecError(
+                f"{self._file_path}: the study journal has a damaged line ({err}); "
+                f"nothing was changed: restore the journal from a copy or remove "
+                f"that line"
+            ) from None
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         """Appends ``logs``, one JSON line each, with a single ``write``; the fsync follows.
@@ -131,8 +133,9 @@ class GroupCommitJournal(JournalFileBackend):
             self._dirty = True
             _pending.add(self)
             if self._syncer is None:
-                self._syncer = threading.Thread(target=self._sync_loop, daemon=True,
-                                                name="optuna-journal-sync")
+                self._syncer = threading.Thread(
+                    target=self._sync_loop, daemon=True, name="optuna-journal-sync"
+                )
                 self._syncer.start()
 
     def sync(self) -> None:
@@ -182,8 +185,9 @@ def drop_torn_tail(fd: int) -> int:
             break
         end = start
     os.ftruncate(fd, end)
-    logger.warning("the study journal ended in a line cut short (%d bytes); removed it",
-                   size - end)
+    logger.warning(
+        "the study journal ended in a line cut short (%d bytes); removed it", size - end
+    )
     return end
 
 

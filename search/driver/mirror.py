@@ -32,8 +32,9 @@ JOURNAL_SYNC_S = 60.0
 class _Upload:
     """What the running driver uploads, where, and whether it still may (it holds the lock)."""
 
-    def __init__(self, experiment_dir: str, local_dir: str, lock: DriverLock,
-                 interval_s: float) -> None:
+    def __init__(
+        self, experiment_dir: str, local_dir: str, lock: DriverLock, interval_s: float
+    ) -> None:
         self.experiment_dir = experiment_dir
         self.local_dir = local_dir
         self.lock = lock
@@ -53,9 +54,13 @@ class _Upload:
             # Another driver took the experiment (--force): never overwrite its journal.
             self.lost = True
             holder = read_owner(self.experiment_dir)
-            print(f"warning: {self.experiment_dir}: driver.lock now belongs to "
-                  f"{holder.describe() if holder else 'nobody'}; this driver no longer "
-                  f"uploads the study journal (stop it)", file=sys.stderr, flush=True)
+            print(
+                f"warning: {self.experiment_dir}: driver.lock now belongs to "
+                f"{holder.describe() if holder else 'nobody'}; this driver no longer "
+                f"uploads the study journal (stop it)",
+                file=sys.stderr,
+                flush=True,
+            )
             return False
         return folder.sync_journal(self.experiment_dir, self.local_dir)
 
@@ -64,8 +69,9 @@ _active: _Upload | None = None
 
 
 @contextlib.contextmanager
-def mirroring(experiment_dir: str, local_dir: str, lock: DriverLock,
-              interval_s: float = JOURNAL_SYNC_S) -> Iterator[_Upload]:
+def mirroring(
+    experiment_dir: str, local_dir: str, lock: DriverLock, interval_s: float = JOURNAL_SYNC_S
+) -> Iterator[_Upload]:
     """While the block runs, :class:`JournalMirror` callbacks upload ``local_dir``'s journal
     to ``experiment_dir`` (a cloud experiment; a local one needs no copy)."""
     global _active

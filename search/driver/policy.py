@@ -17,10 +17,16 @@ from search.driver.searcher import AshaAwareOptunaSearch
 from search.spec import ExperimentSpec
 
 
-def make_search_policy(spec: ExperimentSpec, *, journal_path: str, num_samples: int, seed: int,
-                       baseline: bool, budget: DeviceBudget | None = None,
-                       prior: dict[str, Any] | None = None
-                       ) -> tuple[AshaAwareOptunaSearch, TrialScheduler]:
+def make_search_policy(
+    spec: ExperimentSpec,
+    *,
+    journal_path: str,
+    num_samples: int,
+    seed: int,
+    baseline: bool,
+    budget: DeviceBudget | None = None,
+    prior: dict[str, Any] | None = None,
+) -> tuple[AshaAwareOptunaSearch, TrialScheduler]:
     """The searcher and the scheduler a search runs with: what decides which configurations
     are tried and which trials stop.
 

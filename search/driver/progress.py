@@ -37,15 +37,24 @@ class ProgressPrinter(tune.Callback):
         tally = " ".join(f"{s.value}={states.count(s)}" for s in TALLY)
         best = f" best={self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         # sys.stdout is looked up each time: the tuner pickles its callbacks.
-        print(f"[{time.strftime('%H:%M:%S')}] {text}  |  {tally}{best}", file=sys.stdout,
-              flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {text}  |  {tally}{best}", file=sys.stdout, flush=True
+        )
 
-    def setup(self, stop: Any = None, num_samples: int | None = None,
-              total_num_samples: int | None = None, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         # Where to look while it runs (Ray's own hint names a folder under /tmp/ray instead).
-        print(f"[{time.strftime('%H:%M:%S')}] watch it: finetune-search status "
-              f"{self.experiment_dir} --watch  |  tensorboard --logdir {self.experiment_dir}",
-              file=sys.stdout, flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] watch it: finetune-search status "
+            f"{self.experiment_dir} --watch  |  tensorboard --logdir {self.experiment_dir}",
+            file=sys.stdout,
+            flush=True,
+        )
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         watchdog.observe(trials)  # what the stall watchdog reports from
@@ -55,8 +64,9 @@ class ProgressPrinter(tune.Callback):
         params = " ".join(f"{k}={format_value(v)}" for k, v in sorted(trial.config.items()))
         self._say(f"trial {trial.trial_id} started: {params}")
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         epoch = int(result.get(TIME_ATTR, 0))
         self.last_epoch[trial.trial_id] = epoch
         if result.get("trial_failed"):
@@ -64,13 +74,17 @@ class ProgressPrinter(tune.Callback):
             self._say(f"trial {trial.trial_id} failed: {result.get('failure_reason')}")
             return
         value = result.get(METRIC)
-        if isinstance(value, float) and value == value and is_better(
-            value, self.best[0] if self.best else None
+        if (
+            isinstance(value, float)
+            and value == value
+            and is_better(value, self.best[0] if self.best else None)
         ):
             self.best = (value, trial.trial_id)
-        self._say(f"trial {trial.trial_id} epoch {epoch}/{self.max_t} {METRIC}={value:.4f} "
-                  f"loss={result.get('loss', float('nan')):.4f} "
-                  f"{result.get('images_per_s', 0):.0f} img/s")
+        self._say(
+            f"trial {trial.trial_id} epoch {epoch}/{self.max_t} {METRIC}={value:.4f} "
+            f"loss={result.get('loss', float('nan')):.4f} "
+            f"{result.get('images_per_s', 0):.0f} img/s"
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epoch = self.last_epoch.get(trial.trial_id, 0)

@@ -33,9 +33,11 @@ CHECKPOINT_PREFIX = "checkpoint_"  # Ray's checkpoint folders inside a trial's f
 
 def checkpoint_dirs(fs: storage.pafs.FileSystem, trial_path: str) -> list[str]:
     """The checkpoint folders in one trial's folder."""
-    return [info.path for info in storage.list_dir(fs, trial_path)
-            if info.base_name.startswith(CHECKPOINT_PREFIX)
-            and info.type == storage.FileType.Directory]
+    return [
+        info.path
+        for info in storage.list_dir(fs, trial_path)
+        if info.base_name.startswith(CHECKPOINT_PREFIX) and info.type == storage.FileType.Directory
+    ]
 
 
 class CheckpointPruner(tune.Callback):
@@ -56,8 +58,7 @@ class CheckpointPruner(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled with the tuner before the run; a restored one reads the records again.
-        return {"keep": self.keep, "max_t": self.max_t, "_values": {}, "_holding": {},
-                "_fs": None}
+        return {"keep": self.keep, "max_t": self.max_t, "_values": {}, "_holding": {}, "_fs": None}
 
     def remember(self, records: list[TrialRecord]) -> None:
         """Takes in the trials that earlier runs and rounds finished (tests call it too)."""
@@ -67,8 +68,9 @@ class CheckpointPruner(tune.Callback):
             status = record.status(self.max_t)
             finished = status in (Status.COMPLETE, Status.STOPPED, Status.FAILED)
             if finished:
-                self._values[record.trial_id] = (None if status == Status.FAILED
-                                                 else record.best_value)
+                self._values[record.trial_id] = (
+                    None if status == Status.FAILED else record.best_value
+                )
                 self._holding[record.trial_id] = record.path
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -80,9 +82,15 @@ class CheckpointPruner(tune.Callback):
         # What this run saw (a trial resumed at its last epoch reports nothing: then only the
         # result Ray restored with it) and what the trial's results hold (what export ranks
         # by; a resumed trial's earlier epochs may be only there): its best of all.
-        seen = [trial.metric_analysis.get(METRIC, {}).get(MODE), last.get(METRIC),
-                *(row.get(METRIC) for row in read_result_rows(self._fs, trial.path)
-                  if not row.get("trial_failed"))]
+        seen = [
+            trial.metric_analysis.get(METRIC, {}).get(MODE),
+            last.get(METRIC),
+            *(
+                row.get(METRIC)
+                for row in read_result_rows(self._fs, trial.path)
+                if not row.get("trial_failed")
+            ),
+        ]
         values = [float(v) for v in seen if isinstance(v, (int, float)) and math.isfinite(v)]
         if not failed and not values:
             return  # no value to rank it by: its checkpoints stay
@@ -93,10 +101,9 @@ class CheckpointPruner(tune.Callback):
 
     def kept(self) -> list[str]:
         """The finished trials that keep their checkpoints: the best ``keep`` by the metric."""
-        scored = [(v, t) for t, v in self._values.items()
-                  if v is not None and math.isfinite(v)]
+        scored = [(v, t) for t, v in self._values.items() if v is not None and math.isfinite(v)]
         scored.sort(key=lambda item: item[0], reverse=MODE == "max")
-        return [trial_id for _, trial_id in scored[:self.keep]]
+        return [trial_id for _, trial_id in scored[: self.keep]]
 
     def prune(self) -> None:
         """Deletes the checkpoints of every finished trial outside :meth:`kept`."""

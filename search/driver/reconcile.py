@@ -47,12 +47,16 @@ RAY_CONTINUED = ("RUNNING", "PENDING", "PAUSED", "ERROR")
 
 
 def _epoch_values(trial: TrialRecord) -> dict[int, float]:
-    return {int(r[TIME_ATTR]): float(r[METRIC]) for r in trial.good_rows
-            if isinstance(r.get(METRIC), (int, float)) and math.isfinite(r[METRIC])}
+    return {
+        int(r[TIME_ATTR]): float(r[METRIC])
+        for r in trial.good_rows
+        if isinstance(r.get(METRIC), (int, float)) and math.isfinite(r[METRIC])
+    }
 
 
-def _outcome(trial: TrialRecord, max_t: int, values: Mapping[int, float]
-             ) -> tuple[Any, float | None, str]:
+def _outcome(
+    trial: TrialRecord, max_t: int, values: Mapping[int, float]
+) -> tuple[Any, float | None, str]:
     """The study state, value and end reason of a Ray trial that will not run again."""
     from optuna.trial import TrialState
 
@@ -71,9 +75,14 @@ def _outcome(trial: TrialRecord, max_t: int, values: Mapping[int, float]
     return TrialState.PRUNED, values[max(values)], reason
 
 
-def _rebuilt(trial: TrialRecord, space: Mapping[str, Distribution], state: Any,
-             value: float | None, reason: str | None,
-             values: Mapping[int, float]) -> optuna.trial.FrozenTrial:
+def _rebuilt(
+    trial: TrialRecord,
+    space: Mapping[str, Distribution],
+    state: Any,
+    value: float | None,
+    reason: str | None,
+    values: Mapping[int, float],
+) -> optuna.trial.FrozenTrial:
     import optuna
 
     searched = {k: d for k, d in space.items() if d.kind != "fixed"}
@@ -82,14 +91,23 @@ def _rebuilt(trial: TrialRecord, space: Mapping[str, Distribution], state: Any,
     if reason is not None:
         attrs[ATTR_END] = reason
     return optuna.trial.create_trial(
-        state=state, value=value, params=params,
+        state=state,
+        value=value,
+        params=params,
         distributions={k: searched[k].to_optuna() for k in params},
-        intermediate_values=dict(values), user_attrs=attrs)
+        intermediate_values=dict(values),
+        user_attrs=attrs,
+    )
 
 
-def reconcile_study(study: optuna.Study, trials: Iterable[TrialRecord], *, max_t: int,
-                    space: Mapping[str, Distribution],
-                    continued_round: str | None = None) -> list[str]:
+def reconcile_study(
+    study: optuna.Study,
+    trials: Iterable[TrialRecord],
+    *,
+    max_t: int,
+    space: Mapping[str, Distribution],
+    continued_round: str | None = None,
+) -> list[str]:
     """Gives every Ray trial a study record that agrees with its results.
 
     - A Ray trial the study does not know gets a new record (its params, every epoch's value,
@@ -129,15 +147,13 @@ def reconcile_study(study: optuna.Study, trials: Iterable[TrialRecord], *, max_t
             continue
         if frozen.state != TrialState.RUNNING:
             continue
-        missing = {step: v for step, v in values.items()
-                   if step not in frozen.intermediate_values}
+        missing = {step: v for step, v in values.items() if step not in frozen.intermediate_values}
         for step, value in missing.items():
             storage.set_trial_intermediate_value(frozen._trial_id, step, value)
         if not continues:
             state, final, reason = _outcome(trial, max_t, values)
             storage.set_trial_user_attr(frozen._trial_id, ATTR_END, reason)
-            study.tell(frozen.number, final if state != TrialState.PRUNED else None,
-                       state=state)
+            study.tell(frozen.number, final if state != TrialState.PRUNED else None, state=state)
         if missing or not continues:
             changed.append(trial.trial_id)
     return changed
@@ -153,9 +169,15 @@ def _newest_records(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
     return newest
 
 
-def rebuild_lost_trials(study: optuna.Study, trials: Iterable[TrialRecord], *, round_dir: str,
-                        space: Mapping[str, Distribution], fixed_config: Mapping[str, Any],
-                        max_t: int) -> list[str]:
+def rebuild_lost_trials(
+    study: optuna.Study,
+    trials: Iterable[TrialRecord],
+    *,
+    round_dir: str,
+    space: Mapping[str, Distribution],
+    fixed_config: Mapping[str, Any],
+    max_t: int,
+) -> list[str]:
     """Gives Ray's results the trials that the study saw train but Ray's results lack.
 
     On cloud storage a trial's results reach the bucket with Ray's experiment snapshot, which
@@ -180,39 +202,57 @@ def rebuild_lost_trials(study: optuna.Study, trials: Iterable[TrialRecord], *, r
     known = {t.trial_id for t in trials}
     rebuilt = []
     for ray_id, frozen in _newest_records(study).items():
-        if ray_id in known or not frozen.intermediate_values or frozen.state not in (
-                TrialState.RUNNING, TrialState.PRUNED, TrialState.COMPLETE):
+        if (
+            ray_id in known
+            or not frozen.intermediate_values
+            or frozen.state not in (TrialState.RUNNING, TrialState.PRUNED, TrialState.COMPLETE)
+        ):
             continue
         values = dict(sorted(frozen.intermediate_values.items()))
         last = max(values)
         if frozen.state == TrialState.RUNNING:
             complete = last >= max_t
-            study._storage.set_trial_user_attr(frozen._trial_id, ATTR_END,
-                                               REASON_MAX_T if complete else REASON_LOST)
-            study.tell(frozen.number, values[last] if complete else None,
-                       state=TrialState.COMPLETE if complete else TrialState.PRUNED)
+            study._storage.set_trial_user_attr(
+                frozen._trial_id, ATTR_END, REASON_MAX_T if complete else REASON_LOST
+            )
+            study.tell(
+                frozen.number,
+                values[last] if complete else None,
+                state=TrialState.COMPLETE if complete else TrialState.PRUNED,
+            )
             frozen = study._storage.get_trial(frozen._trial_id)
         try:  # the settings the searcher returned beside the drawn ones
             fixed = define_by_run(space, fixed_config)(optuna.trial.FixedTrial(frozen.params))
         except ValueError:
             fixed = {}
         start = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
-        rows = [{TIME_ATTR: step, "training_iteration": step, METRIC: value,
-                 "trial_id": ray_id, "timestamp": int(start) + step, REBUILT_FROM_STUDY: True}
-                for step, value in values.items()]
+        rows = [
+            {
+                TIME_ATTR: step,
+                "training_iteration": step,
+                METRIC: value,
+                "trial_id": ray_id,
+                "timestamp": int(start) + step,
+                REBUILT_FROM_STUDY: True,
+            }
+            for step, value in values.items()
+        ]
         if frozen.state == TrialState.PRUNED:
             rows[-1][STOP_REASON] = str(frozen.user_attrs.get(ATTR_END) or REASON_LOST)
         folder = storage.join(round_dir, f"{TRIAL_DIR_PREFIX}{ray_id}")
-        storage.write_atomic(storage.join(folder, "params.json"),
-                             json.dumps({**frozen.params, **fixed}))
-        storage.write_atomic(storage.join(folder, "result.json"),
-                             "".join(json.dumps(row) + "\n" for row in rows))
+        storage.write_atomic(
+            storage.join(folder, "params.json"), json.dumps({**frozen.params, **fixed})
+        )
+        storage.write_atomic(
+            storage.join(folder, "result.json"), "".join(json.dumps(row) + "\n" for row in rows)
+        )
         rebuilt.append(ray_id)
     return rebuilt
 
 
-def drop_untrained_strays(fs: Any, trials: Iterable[TrialRecord], ray_ids: Iterable[str], *,
-                          round_name: str) -> list[TrialRecord]:
+def drop_untrained_strays(
+    fs: Any, trials: Iterable[TrialRecord], ray_ids: Iterable[str], *, round_name: str
+) -> list[TrialRecord]:
     """Removes the folders of ``round_name``'s trials that Ray's state does not know
     (``ray_ids``) and that never reported an epoch; returns the other trials.
 
@@ -231,8 +271,12 @@ def drop_untrained_strays(fs: Any, trials: Iterable[TrialRecord], ray_ids: Itera
     known = set(ray_ids)
     kept = []
     for trial in trials:
-        if (trial.round == round_name and trial.path and trial.trial_id not in known
-                and not trial.history):
+        if (
+            trial.round == round_name
+            and trial.path
+            and trial.trial_id not in known
+            and not trial.history
+        ):
             storage.remove_tree(fs, trial.path)  # a path inside ``fs``, as the records hold
             continue
         kept.append(trial)
@@ -266,8 +310,11 @@ def final_stops(study: optuna.Study) -> dict[str, int]:
     from optuna.trial import TrialState
 
     newest = _newest_records(study)
-    return {ray_id: max(frozen.intermediate_values) for ray_id, frozen in newest.items()
-            if frozen.state == TrialState.PRUNED and frozen.intermediate_values}
+    return {
+        ray_id: max(frozen.intermediate_values)
+        for ray_id, frozen in newest.items()
+        if frozen.state == TrialState.PRUNED and frozen.intermediate_values
+    }
 
 
 def ray_trials(experiment_dir: str, continued_round: str | None = None) -> list[TrialRecord]:
@@ -285,8 +332,15 @@ def ray_trials(experiment_dir: str, continued_round: str | None = None) -> list[
             continue
         for trial_id, state in ray_trial_states(fs, round_path).items():
             if trial_id not in known:
-                trials.append(TrialRecord(trial_id=trial_id, round=round_name, path="",
-                                          config=state["config"], ray_status=state["status"]))
+                trials.append(
+                    TrialRecord(
+                        trial_id=trial_id,
+                        round=round_name,
+                        path="",
+                        config=state["config"],
+                        ray_status=state["status"],
+                    )
+                )
     return trials
 
 
@@ -303,8 +357,9 @@ class Reconciled:
     round_trials: int | None = None
 
 
-def reconcile_before_start(spec: ExperimentSpec, experiment_dir: str, journal: str,
-               continued_round: str | None) -> Reconciled:
+def reconcile_before_start(
+    spec: ExperimentSpec, experiment_dir: str, journal: str, continued_round: str | None
+) -> Reconciled:
     """Brings the study and Ray's results in line before the searcher opens the study (the
     driver's step before Ray starts, :func:`search.driver.service._drive`).
 
@@ -331,22 +386,38 @@ def reconcile_before_start(spec: ExperimentSpec, experiment_dir: str, journal: s
         trials = drop_untrained_strays(fs, trials, recorded, round_name=continued_round)
         # Ray's state, and folders with results that a killed upload left out of it
         in_round = len({t.trial_id for t in trials if t.round == continued_round})
-    if not trials and not storage.exists(fs, storage.join(root, STUDY_FILE)) and not (
-            os.path.exists(journal)):
+    if (
+        not trials
+        and not storage.exists(fs, storage.join(root, STUDY_FILE))
+        and not (os.path.exists(journal))
+    ):
         return Reconciled()
     study = open_study(journal, spec.name, spec.search.seed, spec.search.algorithm)
-    changed = reconcile_study(study, trials, max_t=spec.max_t, space=spec.space,
-                              continued_round=continued_round)
+    changed = reconcile_study(
+        study, trials, max_t=spec.max_t, space=spec.space, continued_round=continued_round
+    )
     if changed:
-        print(f"study: {len(changed)} trial record(s) rebuilt from Ray's results (the journal "
-              f"was missing or older than them)", flush=True)
+        print(
+            f"study: {len(changed)} trial record(s) rebuilt from Ray's results (the journal "
+            f"was missing or older than them)",
+            flush=True,
+        )
     if continued_round is None:
         return Reconciled(final_stops(study))
-    lost = rebuild_lost_trials(study, trials, round_dir=round_uri, space=spec.space,
-                               fixed_config=spec.fixed_config(), max_t=spec.max_t)
+    lost = rebuild_lost_trials(
+        study,
+        trials,
+        round_dir=round_uri,
+        space=spec.space,
+        fixed_config=spec.fixed_config(),
+        max_t=spec.max_t,
+    )
     if lost:
-        print(f"results: {len(lost)} trial(s) rebuilt from the study (they trained, but the "
-              f"driver was killed before Ray's results reached storage; their checkpoints "
-              f"are lost): {', '.join(lost)}", flush=True)
+        print(
+            f"results: {len(lost)} trial(s) rebuilt from the study (they trained, but the "
+            f"driver was killed before Ray's results reached storage; their checkpoints "
+            f"are lost): {', '.join(lost)}",
+            flush=True,
+        )
     fail_orphans(study, {t.trial_id for t in trials} | set(lost))
     return Reconciled(final_stops(study), in_round + len(lost))

@@ -89,7 +89,7 @@ class TrialHistory:
         if start == 0:
             return list(trials)
         older = [_find(trials, n) for n in sorted(self._unfinished)]
-        older += trials[_index(trials, self._ranked_below):start]
+        older += trials[_index(trials, self._ranked_below) : start]
         self._unfinished.clear()
         for trial in older:
             if trial is None:
@@ -104,10 +104,12 @@ class TrialHistory:
                 self._unfinished.add(trial.number)
         self._ranked_below = max(self._ranked_below, trials[start].number)
         first_recent = trials[start].number
-        kept = sorted(n for n in {number for _, number in self._best} | self._unfinished
-                      if n < first_recent)
+        kept = sorted(
+            n for n in {number for _, number in self._best} | self._unfinished if n < first_recent
+        )
         return [t for t in (_find(trials, n) for n in kept) if t is not None] + list(
-            trials[start:])
+            trials[start:]
+        )
 
 
 def _index(trials: Sequence[FrozenTrial], number: int) -> int:
@@ -157,8 +159,9 @@ class _StudyView:
     ``get_trials``/``trials``); everything else is the real study's.
     """
 
-    def __init__(self, study: optuna.Study, history: TrialHistory,
-                 rung_epochs: Sequence[int] = ()) -> None:
+    def __init__(
+        self, study: optuna.Study, history: TrialHistory, rung_epochs: Sequence[int] = ()
+    ) -> None:
         self._study = study
         self._history = history
         self._rung_epochs = tuple(rung_epochs)
@@ -166,8 +169,12 @@ class _StudyView:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
-                    use_cache: bool = False) -> list[FrozenTrial]:
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
         # The real study's cache is the one Optuna clears on ask and tell.
         trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
         kept = self._history.select(trials, self._study.direction == StudyDirection.MAXIMIZE)
@@ -179,8 +186,9 @@ class _StudyView:
             kept = [t for t in kept if t.state in states]
         return copy.deepcopy(kept) if deepcopy else kept
 
-    def get_trials(self, deepcopy: bool = True,
-                   states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
         return self._get_trials(deepcopy=deepcopy, states=states)
 
     @property
@@ -203,11 +211,19 @@ class BoundedHistorySampler(optuna.samplers.BaseSampler):
         ValueError: When ``window < 1`` or ``keep_best < 0``.
     """
 
-    def __init__(self, sampler: optuna.samplers.BaseSampler, *, window: int = HISTORY_WINDOW,
-                 keep_best: int = KEEP_BEST, rung_epochs: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        sampler: optuna.samplers.BaseSampler,
+        *,
+        window: int = HISTORY_WINDOW,
+        keep_best: int = KEEP_BEST,
+        rung_epochs: Sequence[int] = (),
+    ) -> None:
         if window < 1 or keep_best < 0:
-            raise ValueError(f"window must be >= 1 and keep_best >= 0, got window={window}, "
-                             f"keep_best={keep_best}")
+            raise ValueError(
+                f"window must be >= 1 and keep_best >= 0, got window={window}, "
+                f"keep_best={keep_best}"
+            )
         self.sampler = sampler
         self._history = TrialHistory(window, keep_best)
         self._rung_epochs = tuple(rung_epochs)
@@ -223,24 +239,37 @@ class BoundedHistorySampler(optuna.samplers.BaseSampler):
         # Samplers pickled before rung_epochs existed have none.
         return _StudyView(study, self._history, getattr(self, "_rung_epochs", ()))
 
-    def infer_relative_search_space(self, study: optuna.Study,
-                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
         return self.sampler.infer_relative_search_space(self._view(study), trial)
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return self.sampler.sample_relative(self._view(study), trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        return self.sampler.sample_independent(self._view(study), trial, param_name,
-                                               param_distribution)
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self.sampler.sample_independent(
+            self._view(study), trial, param_name, param_distribution
+        )
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.sampler.before_trial(self._view(study), trial)
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
         self.sampler.after_trial(self._view(study), trial, state, values)
 
     def reseed_rng(self) -> None:

@@ -96,8 +96,10 @@ class DeviceBudget(Stopper):
     def load_recorded(self, records: Iterable[TrialRecord]) -> None:
         """Counts what the experiment's trials already spent (earlier runs and rounds)."""
         for record in records:
-            self.record(record.trial_id, {"gpu_seconds": record.gpu_seconds,
-                                          "wall_seconds": record.wall_seconds})
+            self.record(
+                record.trial_id,
+                {"gpu_seconds": record.gpu_seconds, "wall_seconds": record.wall_seconds},
+            )
 
     def spent(self, field: str) -> float:
         """Seconds of ``field`` spent by all trials so far."""
@@ -105,8 +107,10 @@ class DeviceBudget(Stopper):
 
     def progress(self) -> float:
         """The share of the budget spent, in [0, 1]: the furthest of its limits."""
-        return min(max((self.spent(field) / limit for field, limit in self.limits.items()),
-                       default=0.0), 1.0)
+        return min(
+            max((self.spent(field) / limit for field, limit in self.limits.items()), default=0.0),
+            1.0,
+        )
 
     @property
     def reached(self) -> bool:
@@ -115,9 +119,11 @@ class DeviceBudget(Stopper):
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         self.record(trial_id, result)
-        if not self.reached or result.get("trial_failed") or int(
-            result.get(TIME_ATTR, 0)
-        ) >= self.max_t:
+        if (
+            not self.reached
+            or result.get("trial_failed")
+            or int(result.get(TIME_ATTR, 0)) >= self.max_t
+        ):
             return False
         # Ray hands a stopper the very dict that its loggers then write to result.json and
         # that becomes the trial's last result (what the searcher receives): the reason
@@ -132,8 +138,11 @@ class DeviceBudget(Stopper):
 
 def budget_for(spec: ExperimentSpec) -> DeviceBudget | None:
     """The spec's device budgets, or ``None`` when it sets none."""
-    limits = {field: getattr(spec.search, key) * 3600 for key, field in BUDGET_FIELDS.items()
-              if getattr(spec.search, key) is not None}
+    limits = {
+        field: getattr(spec.search, key) * 3600
+        for key, field in BUDGET_FIELDS.items()
+        if getattr(spec.search, key) is not None
+    }
     return DeviceBudget(limits, spec.max_t) if limits else None
 
 
@@ -149,10 +158,12 @@ def check_budget_left(spec: ExperimentSpec, records: list[TrialRecord], spec_pat
     budget.load_recorded(records)
     for key, field in BUDGET_FIELDS.items():
         if field in budget.limits and budget.spent(field) >= budget.limits[field]:
-            raise SpecError(f"search.{key}: the experiment has spent "
-                            f"{budget.spent(field) / 3600:.4g} of its "
-                            f"{budget.limits[field] / 3600:.4g} hours, so no trial could start; "
-                            f"raise it in {spec_path} to extend the search")
+            raise SpecError(
+                f"search.{key}: the experiment has spent "
+                f"{budget.spent(field) / 3600:.4g} of its "
+                f"{budget.limits[field] / 3600:.4g} hours, so no trial could start; "
+                f"raise it in {spec_path} to extend the search"
+            )
 
 
 def recorded_trials(trial: Any) -> list[TrialRecord]:
@@ -240,8 +251,9 @@ class TieAwareBracket(_Bracket):
     factor, the first ``factor - 1`` stop there and the next goes on if it beats them).
     """
 
-    def __init__(self, *args: Any, min_results: int = 0, break_ties: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, min_results: int = 0, break_ties: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.min_results = min_results
         self.break_ties = break_ties
@@ -259,8 +271,12 @@ class TieAwareBracket(_Bracket):
             size = len(rung) + missing
             return TrialScheduler.CONTINUE if ahead < size / self.rf else TrialScheduler.STOP
         # Brackets pickled before break_ties existed break them.
-        if (getattr(self, "break_ties", True) and rung and cur_rew is not None
-                and cur_rew == self.cutoff(rung)):
+        if (
+            getattr(self, "break_ties", True)
+            and rung
+            and cur_rew is not None
+            and cur_rew == self.cutoff(rung)
+        ):
             ahead = sum(1 for value in rung.values() if value >= cur_rew)
             if ahead >= (len(rung) + 1) / self.rf:
                 rung[trial.trial_id] = cur_rew
@@ -301,17 +317,33 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
         **asha: ``ASHAScheduler``'s other arguments.
     """
 
-    def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float,
-                 budget: DeviceBudget | None = None, min_rung_results: int = 0,
-                 break_ties: bool = True, **asha: Any) -> None:
-        super().__init__(max_t=max_t, grace_period=grace_period,
-                         reduction_factor=reduction_factor, **asha)
+    def __init__(
+        self,
+        *,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+        budget: DeviceBudget | None = None,
+        min_rung_results: int = 0,
+        break_ties: bool = True,
+        **asha: Any,
+    ) -> None:
+        super().__init__(
+            max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor, **asha
+        )
         # The same rungs as Ray builds them, deciding ties at the cutoff by arrival.
-        self._brackets = [TieAwareBracket(grace_period, max_t, reduction_factor, s,
-                                          stop_last_trials=self._stop_last_trials,
-                                          min_results=min_rung_results,
-                                          break_ties=break_ties)
-                          for s in range(len(self._brackets))]
+        self._brackets = [
+            TieAwareBracket(
+                grace_period,
+                max_t,
+                reduction_factor,
+                s,
+                stop_last_trials=self._stop_last_trials,
+                min_results=min_rung_results,
+                break_ties=break_ties,
+            )
+            for s in range(len(self._brackets))
+        ]
         self.budget = budget
         self._records_read = False
         self._stopped_at: dict[str, int] = {}
@@ -319,13 +351,11 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
     def _needs_records(self) -> bool:
         return True
 
-    def remember(self, records: list[TrialRecord],
-                 stops: Mapping[str, int] | None = None) -> None:
+    def remember(self, records: list[TrialRecord], stops: Mapping[str, int] | None = None) -> None:
         """Takes in the recorded results and where the study says trials were stopped
         (``stops``; by default what :func:`study_records` holds): the study's stops win."""
         super().remember(records)
-        self._stopped_at = {**self._replay(records),
-                            **(_study_stops if stops is None else stops)}
+        self._stopped_at = {**self._replay(records), **(_study_stops if stops is None else stops)}
         self._restored_unchecked = True
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
@@ -334,9 +364,12 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
             self._restored_unchecked = False
             for trial in list(tune_controller.get_trials()):
                 stopped_at = self._stopped_at.get(trial.trial_id)
-                if (trial.status == Trial.PENDING and stopped_at is not None
-                        and trial.last_result
-                        and int(trial.last_result.get(TIME_ATTR, 0)) >= stopped_at):
+                if (
+                    trial.status == Trial.PENDING
+                    and stopped_at is not None
+                    and trial.last_result
+                    and int(trial.last_result.get(TIME_ATTR, 0)) >= stopped_at
+                ):
                     # Stopped there before the search was interrupted, and Ray's older state
                     # resumes it: one more epoch would train past the stop.
                     tune_controller.stop_trial(trial)
@@ -345,9 +378,15 @@ class RememberingASHA(_RemembersExperiment, ASHAScheduler):
     def _replay(self, records: list[TrialRecord]) -> dict[str, int]:
         """Feeds every recorded epoch to ASHA in the order reported; returns where it
         stopped which trial."""
-        rows = sorted(((row.get("timestamp", 0), record.trial_id, row) for record in records
-                       for row in record.good_rows if is_finite(row.get(METRIC))),
-                      key=lambda item: (item[0], item[1], item[2].get(TIME_ATTR, 0)))
+        rows = sorted(
+            (
+                (row.get("timestamp", 0), record.trial_id, row)
+                for record in records
+                for row in record.good_rows
+                if is_finite(row.get(METRIC))
+            ),
+            key=lambda item: (item[0], item[1], item[2].get(TIME_ATTR, 0)),
+        )
         stopped: dict[str, int] = {}
         for _, trial_id, row in rows:
             if trial_id in stopped:
@@ -386,16 +425,23 @@ def checkpoint_rungs(spec: ExperimentSpec) -> tuple[int, ...]:
     ``train.checkpoint: asha_rungs`` writes checkpoints."""
     if spec.scheduler.name != "asha":
         return ()
-    return asha_rung_epochs(spec.scheduler.grace_period, spec.scheduler.reduction_factor,
-                            spec.max_t)
+    return asha_rung_epochs(
+        spec.scheduler.grace_period, spec.scheduler.reduction_factor, spec.max_t
+    )
 
 
 def make_scheduler(spec: ExperimentSpec, budget: DeviceBudget | None) -> TrialScheduler:
     """The spec's scheduler (ASHA or FIFO) over ``budget``."""
     if spec.scheduler.name == "asha":
-        return RememberingASHA(budget=budget, time_attr=TIME_ATTR, metric=METRIC, mode=MODE,
-                               max_t=spec.max_t, grace_period=spec.scheduler.grace_period,
-                               reduction_factor=spec.scheduler.reduction_factor,
-                               min_rung_results=spec.scheduler.min_rung_results,
-                               break_ties=spec.scheduler.break_ties)
+        return RememberingASHA(
+            budget=budget,
+            time_attr=TIME_ATTR,
+            metric=METRIC,
+            mode=MODE,
+            max_t=spec.max_t,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+            min_rung_results=spec.scheduler.min_rung_results,
+            break_ties=spec.scheduler.break_ties,
+        )
     return BudgetFIFO(budget=budget)

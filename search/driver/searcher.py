@@ -84,8 +84,9 @@ class define_by_run:  # noqa: N801 - used like a function; a class so the search
         fixed_config: The settings every trial shares; a condition may read them.
     """
 
-    def __init__(self, space: Mapping[str, Distribution],
-                 fixed_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, space: Mapping[str, Distribution], fixed_config: Mapping[str, Any] | None = None
+    ) -> None:
         self.space = dict(space)
         # A key nobody set takes model_zoo's or the train section's default.
         self.base = {**setting_defaults(), **dict(fixed_config or {})}
@@ -168,8 +169,9 @@ class AshaAwareOptunaSearch(OptunaSearch):
         self._num_samples = num_samples
         self._rung_epochs = tuple(rung_epochs)
         self._max_concurrent: int | None = None
-        study = open_study(journal_path, study_name, seed, algorithm, num_samples,
-                           rung_epochs=self._rung_epochs)
+        study = open_study(
+            journal_path, study_name, seed, algorithm, num_samples, rung_epochs=self._rung_epochs
+        )
         super().__init__(
             space=define_by_run(space, fixed_config),
             metric=METRIC,
@@ -195,9 +197,14 @@ class AshaAwareOptunaSearch(OptunaSearch):
         if not self._ot_trials:
             # A restored search keeps the sampler (and random state) it was pickled with; a
             # fresh one would draw the start-up configs it already tried.
-            sampler = make_sampler(self._sampler_seed, self._algorithm, self._num_samples,
-                                   max_concurrent, getattr(self, "_rung_epochs", ()),
-                                   getattr(self, "_cost_exponent", 0.0))
+            sampler = make_sampler(
+                self._sampler_seed,
+                self._algorithm,
+                self._num_samples,
+                max_concurrent,
+                getattr(self, "_rung_epochs", ()),
+                getattr(self, "_cost_exponent", 0.0),
+            )
             self._sampler = sampler
             self._ot_study.sampler = sampler
         return True
@@ -236,15 +243,17 @@ class AshaAwareOptunaSearch(OptunaSearch):
         if not weight or not self._prior_point:
             return
         storage = self._ot_study._storage
-        if storage.get_all_trials(self._ot_study._study_id, deepcopy=False,
-                                  states=(TrialState.WAITING,)):
+        if storage.get_all_trials(
+            self._ot_study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+        ):
             return  # the baseline (or a draw) is queued already
         suggested = storage.get_n_trials(self._ot_study._study_id)
         # One generator per trial number: a resumed search draws what it would have drawn.
         rng = np.random.default_rng([self._sampler_seed, suggested])
         if rng.random() < prior_probability(weight, suggested):
-            self._ot_study.enqueue_trial(prior_draw(self._prior_point, self._space_spec, rng),
-                                         skip_if_exists=False)
+            self._ot_study.enqueue_trial(
+                prior_draw(self._prior_point, self._space_spec, rng), skip_if_exists=False
+            )
 
     # -- results --------------------------------------------------------------------------
 
@@ -268,26 +277,34 @@ class AshaAwareOptunaSearch(OptunaSearch):
             frozen = self._continue(trial_id, frozen)
         storage.set_trial_intermediate_value(frozen._trial_id, step, value)
 
-    def _continue(self, trial_id: str, finished: optuna.trial.FrozenTrial
-                  ) -> optuna.trial.FrozenTrial:
+    def _continue(
+        self, trial_id: str, finished: optuna.trial.FrozenTrial
+    ) -> optuna.trial.FrozenTrial:
         """A new study trial for a Ray trial that goes on after its study trial finished."""
         storage = self._ot_study._storage
         template = optuna.trial.create_trial(
-            state=TrialState.RUNNING, params=finished.params,
+            state=TrialState.RUNNING,
+            params=finished.params,
             distributions=finished.distributions,
             intermediate_values=finished.intermediate_values,
-            user_attrs={ATTR_RAY_TRIAL: trial_id, ATTR_CONTINUES: finished.number})
+            user_attrs={ATTR_RAY_TRIAL: trial_id, ATTR_CONTINUES: finished.number},
+        )
         study_id = storage.get_study_id_from_name(self._ot_study.study_name)
         new_id = storage.create_new_trial(study_id, template_trial=template)
         self._ot_trials[trial_id] = optuna.Trial(self._ot_study, new_id)
         self._completed_trials.discard(trial_id)
-        logger.info("Ray trial %s goes on after study trial %d finished (%s): recorded as "
-                    "study trial %d", trial_id, finished.number, finished.state.name,
-                    storage.get_trial_number_from_id(new_id))
+        logger.info(
+            "Ray trial %s goes on after study trial %d finished (%s): recorded as study trial %d",
+            trial_id,
+            finished.number,
+            finished.state.name,
+            storage.get_trial_number_from_id(new_id),
+        )
         return storage.get_trial(new_id)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         if trial_id not in self._ot_trials:
             return
         if result and not result.get("trial_failed"):
@@ -302,8 +319,9 @@ class AshaAwareOptunaSearch(OptunaSearch):
             # Told already (this run, or before a resume), and nothing new since.
             self._completed_trials.add(trial_id)
             return
-        state_name, reason = trial_outcome(result, error, self._max_t,
-                                           trained=bool(frozen.intermediate_values))
+        state_name, reason = trial_outcome(
+            result, error, self._max_t, trained=bool(frozen.intermediate_values)
+        )
         state = TrialState[state_name]
         # A pruned trial's value is its last intermediate value (Optuna takes it, as its own
         # pruners do); a failed trial has none.
@@ -327,25 +345,37 @@ class AshaAwareOptunaSearch(OptunaSearch):
         """Points the study at ``journal_path`` and fails trials no Ray trial owns any more."""
         self._journal_path = journal_path
         study_name = self._ot_study.study_name
-        study = open_study(journal_path, study_name, self._sampler_seed, self._algorithm,
-                           getattr(self, "_num_samples", None))
+        study = open_study(
+            journal_path,
+            study_name,
+            self._sampler_seed,
+            self._algorithm,
+            getattr(self, "_num_samples", None),
+        )
         study.sampler = self._ot_study.sampler
         # Find each Ray trial's record by its link, not by the pickled Optuna id: a journal
         # rebuilt from Ray's results (search.driver.reconcile) numbers its trials anew. A
         # trial with no record was suggested but never reached Ray's results: drop it.
-        records = {str(t.user_attrs[ATTR_RAY_TRIAL]): t
-                   for t in study.get_trials(deepcopy=False) if ATTR_RAY_TRIAL in t.user_attrs}
-        self._ot_trials = {trial_id: optuna.Trial(study, records[trial_id]._trial_id)
-                           for trial_id in self._ot_trials if trial_id in records}
+        records = {
+            str(t.user_attrs[ATTR_RAY_TRIAL]): t
+            for t in study.get_trials(deepcopy=False)
+            if ATTR_RAY_TRIAL in t.user_attrs
+        }
+        self._ot_trials = {
+            trial_id: optuna.Trial(study, records[trial_id]._trial_id)
+            for trial_id in self._ot_trials
+            if trial_id in records
+        }
         # A trial the driver found orphaned (Ray's results lack it) never runs again: it
         # must not hold a slot of max_concurrent.
         self._completed_trials.update(
-            trial_id for trial_id in self._ot_trials
-            if records[trial_id].user_attrs.get(ATTR_END) == REASON_ORPHANED)
+            trial_id
+            for trial_id in self._ot_trials
+            if records[trial_id].user_attrs.get(ATTR_END) == REASON_ORPHANED
+        )
         owned = {t._trial_id for t in self._ot_trials.values()}
         self._ot_study = study
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen._trial_id not in owned:
                 study._storage.set_trial_user_attr(frozen._trial_id, ATTR_END, REASON_ORPHANED)
                 study.tell(frozen.number, state=TrialState.FAIL)
-

@@ -93,8 +93,11 @@ class SearchSummary:
         return self.best.best_value if self.best else None
 
     def counts(self) -> dict[str, int]:
-        counts = {TrialStatus.COMPLETE.value: 0, TrialStatus.STOPPED.value: 0,
-                  TrialStatus.FAILED.value: 0}
+        counts = {
+            TrialStatus.COMPLETE.value: 0,
+            TrialStatus.STOPPED.value: 0,
+            TrialStatus.FAILED.value: 0,
+        }
         for trial in self.trials:
             status = trial.status(self.max_t).value
             counts[status] = counts.get(status, 0) + 1
@@ -108,10 +111,14 @@ def summarize(experiment_dir: str, max_t: int, interrupted: bool = False) -> Sea
     returns from ``fit`` after saving its state on the first Ctrl-C).
     """
     trials = load_trials(experiment_dir)
-    interrupted = interrupted or any(
-        t.status(max_t) == TrialStatus.UNFINISHED for t in trials)
-    return SearchSummary(experiment_dir=experiment_dir, trials=trials,
-                         best=best_trial(trials), max_t=max_t, interrupted=interrupted)
+    interrupted = interrupted or any(t.status(max_t) == TrialStatus.UNFINISHED for t in trials)
+    return SearchSummary(
+        experiment_dir=experiment_dir,
+        trials=trials,
+        best=best_trial(trials),
+        max_t=max_t,
+        interrupted=interrupted,
+    )
 
 
 def with_fresh_name(spec: ExperimentSpec) -> ExperimentSpec:
@@ -129,26 +136,46 @@ def _trial_dirname(trial: Any) -> str:
     return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
 
 
-def _wrap_trainable(spec: ExperimentSpec, data: Any, gpus: float,
-                    trainable: Trainable | None) -> Any:
+def _wrap_trainable(
+    spec: ExperimentSpec, data: Any, gpus: float, trainable: Trainable | None
+) -> Any:
     """The trainable with its resources, and the dataset put in the object store once."""
-    fixed = {**spec.fixed_config(), "gpus_per_trial": gpus,
-             RUNG_EPOCHS_KEY: checkpoint_rungs(spec)}
+    fixed = {
+        **spec.fixed_config(),
+        "gpus_per_trial": gpus,
+        RUNG_EPOCHS_KEY: checkpoint_rungs(spec),
+    }
     return tune.with_resources(
         tune.with_parameters(trainable or train_trial, data=data, fixed=fixed),
         {"cpu": spec.resources.cpus_per_trial, "gpu": gpus},
     )
 
 
-def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir: str,
-                 run_name: str, storage_path: str, local_dir: str, num_samples: int, seed: int,
-                 baseline: bool, trainable: Trainable | None = None) -> tune.Tuner:
+def _build_tuner(
+    spec: ExperimentSpec,
+    data: Any,
+    gpus: float,
+    *,
+    experiment_dir: str,
+    run_name: str,
+    storage_path: str,
+    local_dir: str,
+    num_samples: int,
+    seed: int,
+    baseline: bool,
+    trainable: Trainable | None = None,
+) -> tune.Tuner:
     # One budget object, pickled with the tuner: the stopper that ends running trials and
     # the scheduler that keeps new ones from starting share it (also after a resume).
     budget = budget_for(spec)
     search_alg, scheduler = make_search_policy(
-        spec, journal_path=journal_path_for(local_dir), num_samples=num_samples, seed=seed,
-        baseline=baseline, budget=budget)
+        spec,
+        journal_path=journal_path_for(local_dir),
+        num_samples=num_samples,
+        seed=seed,
+        baseline=baseline,
+        budget=budget,
+    )
     return tune.Tuner(
         _wrap_trainable(spec, data, gpus, trainable),
         tune_config=tune.TuneConfig(
@@ -168,12 +195,17 @@ def _build_tuner(spec: ExperimentSpec, data: Any, gpus: float, *, experiment_dir
             stop=budget,
             # The best checkpoint is what export takes; Ray also keeps the latest to resume.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=CHECKPOINTS_KEPT, checkpoint_score_attribute=METRIC,
-                checkpoint_score_order=MODE),
-            callbacks=[ProgressPrinter(spec.max_t, experiment_dir), JournalMirror(),
-                       WaitReporter(), CheckpointPruner(spec.search.keep_checkpoints,
-                                                        spec.max_t),
-                       *([MlflowTracker(spec, experiment_dir)] if spec.tracking else [])],
+                num_to_keep=CHECKPOINTS_KEPT,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE,
+            ),
+            callbacks=[
+                ProgressPrinter(spec.max_t, experiment_dir),
+                JournalMirror(),
+                WaitReporter(),
+                CheckpointPruner(spec.search.keep_checkpoints, spec.max_t),
+                *([MlflowTracker(spec, experiment_dir)] if spec.tracking else []),
+            ],
             verbose=0,
         ),
     )
@@ -194,10 +226,18 @@ def _fit(tuner: tune.Tuner, experiment_dir: str) -> bool:
     return False
 
 
-def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, *,
-           address: str | None, num_cpus: int | None, force: bool = False,
-           continued_round: str | None = None, fresh: bool = False,
-           stall_minutes: float = DEFAULT_STALL_MINUTES) -> SearchSummary:
+def _drive(
+    spec: ExperimentSpec,
+    experiment_dir: str,
+    make_tuner: TunerFactory,
+    *,
+    address: str | None,
+    num_cpus: int | None,
+    force: bool = False,
+    continued_round: str | None = None,
+    fresh: bool = False,
+    stall_minutes: float = DEFAULT_STALL_MINUTES,
+) -> SearchSummary:
     """The sequence every search runs: lock, data, cluster checks, study reconciled with Ray's
     results, fit (the journal mirrored to cloud storage as trials finish), last upload.
 
@@ -241,14 +281,17 @@ def _drive(spec: ExperimentSpec, experiment_dir: str, make_tuner: TunerFactory, 
                 folder.fetch_journal(experiment_dir, journal)
             records = Reconciled()
             if not fresh:  # resume, extend: the study and Ray's results agree
-                records = reconcile_before_start(spec, experiment_dir, journal,
-                                                 continued_round)
+                records = reconcile_before_start(spec, experiment_dir, journal, continued_round)
             # What the model's outputs mean, for export and predict to name them.
             folder.write_class_names(experiment_dir, data.class_names)
-            with mirroring(experiment_dir, local_dir, lock) as upload, \
-                    relocated_journal(journal), \
-                    study_records(records.stops, records.round_trials), ray_snapshots(), \
-                    refusing_full_disks(), watching(stall_minutes, spec.max_t):
+            with (
+                mirroring(experiment_dir, local_dir, lock) as upload,
+                relocated_journal(journal),
+                study_records(records.stops, records.round_trials),
+                ray_snapshots(),
+                refusing_full_disks(),
+                watching(stall_minutes, spec.max_t),
+            ):
                 interrupted = _fit(make_tuner(data, gpus, local_dir), experiment_dir)
                 upload()
         except SpecError:
@@ -277,26 +320,36 @@ def _start_fresh(spec: ExperimentSpec, experiment_dir: str) -> bool:
         raise _exists_error(experiment_dir)
     left = folder.clear_for_start(experiment_dir, keep=(LOCK_FILE,))
     if left:
-        print(f"note: {experiment_dir}: a search that never started was left there (its "
-              f"driver stopped before Ray's first snapshot; found {', '.join(sorted(left))}); "
-              f"starting it anew", flush=True)
+        print(
+            f"note: {experiment_dir}: a search that never started was left there (its "
+            f"driver stopped before Ray's first snapshot; found {', '.join(sorted(left))}); "
+            f"starting it anew",
+            flush=True,
+        )
     storage.write_atomic(storage.join(experiment_dir, folder.SPEC_FILE), dump_spec(spec))
     return bool(left)
 
 
 def _exists_error(experiment_dir: str) -> SpecError:
-    return SpecError(f"name: the experiment folder {experiment_dir} already exists; "
-                     f"`finetune-search resume` or `extend` it, or pick another name")
+    return SpecError(
+        f"name: the experiment folder {experiment_dir} already exists; "
+        f"`finetune-search resume` or `extend` it, or pick another name"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # the entry points
 
 
-def run_search(spec: ExperimentSpec, *, address: str | None = None,
-               num_cpus: int | None = None, trainable: Trainable | None = None,
-               force: bool = False, stall_minutes: float = DEFAULT_STALL_MINUTES
-               ) -> SearchSummary:
+def run_search(
+    spec: ExperimentSpec,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    trainable: Trainable | None = None,
+    force: bool = False,
+    stall_minutes: float = DEFAULT_STALL_MINUTES,
+) -> SearchSummary:
     """Runs a whole search: validates resources, loads the data once, tunes, summarizes.
 
     Args:
@@ -320,31 +373,66 @@ def run_search(spec: ExperimentSpec, *, address: str | None = None,
     experiment_dir = spec.experiment_path
     if folder.experiment_exists(experiment_dir) and not folder.never_started(experiment_dir):
         raise _exists_error(experiment_dir)
-    return _run_new(spec, experiment_dir, address=address, num_cpus=num_cpus,
-                    trainable=trainable, force=force, stall_minutes=stall_minutes)
+    return _run_new(
+        spec,
+        experiment_dir,
+        address=address,
+        num_cpus=num_cpus,
+        trainable=trainable,
+        force=force,
+        stall_minutes=stall_minutes,
+    )
 
 
-def _run_new(spec: ExperimentSpec, experiment_dir: str, *, address: str | None,
-             num_cpus: int | None, trainable: Trainable | None, force: bool,
-             stall_minutes: float) -> SearchSummary:
+def _run_new(
+    spec: ExperimentSpec,
+    experiment_dir: str,
+    *,
+    address: str | None,
+    num_cpus: int | None,
+    trainable: Trainable | None,
+    force: bool,
+    stall_minutes: float,
+) -> SearchSummary:
     """A new search in ``experiment_dir`` (empty, or left by a search that never started)."""
     storage_path, run_name = storage.split_name(experiment_dir)
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
-        return _build_tuner(spec, data, gpus, experiment_dir=experiment_dir,
-                            run_name=run_name, storage_path=storage_path,
-                            local_dir=local_dir, num_samples=spec.search.num_samples,
-                            seed=spec.search.seed, baseline=spec.search.baseline,
-                            trainable=trainable)
+        return _build_tuner(
+            spec,
+            data,
+            gpus,
+            experiment_dir=experiment_dir,
+            run_name=run_name,
+            storage_path=storage_path,
+            local_dir=local_dir,
+            num_samples=spec.search.num_samples,
+            seed=spec.search.seed,
+            baseline=spec.search.baseline,
+            trainable=trainable,
+        )
 
-    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
-                  force=force, fresh=True, stall_minutes=stall_minutes)
+    return _drive(
+        spec,
+        experiment_dir,
+        make_tuner,
+        address=address,
+        num_cpus=num_cpus,
+        force=force,
+        fresh=True,
+        stall_minutes=stall_minutes,
+    )
 
 
-def resume_search(experiment_dir: str, *, address: str | None = None,
-                  num_cpus: int | None = None, trainable: Trainable | None = None,
-                  force: bool = False, stall_minutes: float = DEFAULT_STALL_MINUTES
-                  ) -> SearchSummary:
+def resume_search(
+    experiment_dir: str,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    trainable: Trainable | None = None,
+    force: bool = False,
+    stall_minutes: float = DEFAULT_STALL_MINUTES,
+) -> SearchSummary:
     """Continues an interrupted search: unfinished and errored trials resume from checkpoints.
 
     Finished trials are neither lost nor run again; the searcher's study is reattached to the
@@ -361,32 +449,64 @@ def resume_search(experiment_dir: str, *, address: str | None = None,
     spec = folder.load_experiment_spec(experiment_dir)
     if folder.never_started(experiment_dir):
         # Its driver was killed while it started: nothing ran, so it starts now.
-        print(f"note: {experiment_dir}: the search never started (its driver stopped before "
-              f"Ray's first snapshot); starting it from its {folder.SPEC_FILE}", flush=True)
-        return _run_new(spec, experiment_dir, address=address, num_cpus=num_cpus,
-                        trainable=trainable, force=force, stall_minutes=stall_minutes)
+        print(
+            f"note: {experiment_dir}: the search never started (its driver stopped before "
+            f"Ray's first snapshot); starting it from its {folder.SPEC_FILE}",
+            flush=True,
+        )
+        return _run_new(
+            spec,
+            experiment_dir,
+            address=address,
+            num_cpus=num_cpus,
+            trainable=trainable,
+            force=force,
+            stall_minutes=stall_minutes,
+        )
     fs, root = storage.filesystem(experiment_dir)
     round_name, _ = folder.round_dirs(fs, root)[-1]
     # Ray restores from a URI (s3://...) or a local path, never a path inside a filesystem.
-    round_path = (experiment_dir if round_name == folder.MAIN_ROUND
-                  else storage.join(experiment_dir, round_name))
+    round_path = (
+        experiment_dir
+        if round_name == folder.MAIN_ROUND
+        else storage.join(experiment_dir, round_name)
+    )
     if not tune.Tuner.can_restore(round_path):
-        raise SpecError(f"{experiment_dir}: no Ray experiment state to resume from (the search "
-                        f"was stopped before its first checkpoint); start it again with run")
+        raise SpecError(
+            f"{experiment_dir}: no Ray experiment state to resume from (the search "
+            f"was stopped before its first checkpoint); start it again with run"
+        )
     check_resumable_state(round_path)
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
-        return tune.Tuner.restore(round_path,
-                                  trainable=_wrap_trainable(spec, data, gpus, trainable),
-                                  resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(
+            round_path,
+            trainable=_wrap_trainable(spec, data, gpus, trainable),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
 
-    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
-                  force=force, continued_round=round_name, stall_minutes=stall_minutes)
+    return _drive(
+        spec,
+        experiment_dir,
+        make_tuner,
+        address=address,
+        num_cpus=num_cpus,
+        force=force,
+        continued_round=round_name,
+        stall_minutes=stall_minutes,
+    )
 
 
-def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
-                  num_cpus: int | None = None, force: bool = False,
-                  stall_minutes: float = DEFAULT_STALL_MINUTES) -> SearchSummary:
+def extend_search(
+    experiment_dir: str,
+    more: int,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    force: bool = False,
+    stall_minutes: float = DEFAULT_STALL_MINUTES,
+) -> SearchSummary:
     """Runs ``more`` trials on a finished search, continuing the same Optuna study.
 
     TPE starts from every trial already in the study (complete and pruned), which Ray Tune
@@ -399,16 +519,32 @@ def extend_search(experiment_dir: str, more: int, *, address: str | None = None,
     if isinstance(more, bool) or not isinstance(more, int) or more < 1:
         raise SpecError(f"more: must be an int >= 1, got {echo(more)}", key="more")
     spec = folder.load_experiment_spec(experiment_dir)
-    check_budget_left(spec, load_trials(experiment_dir),
-                      storage.join(experiment_dir, folder.SPEC_FILE))
+    check_budget_left(
+        spec, load_trials(experiment_dir), storage.join(experiment_dir, folder.SPEC_FILE)
+    )
     fs, root = storage.filesystem(experiment_dir)
     index = len(folder.round_dirs(fs, root))
 
     def make_tuner(data: Any, gpus: float, local_dir: str) -> tune.Tuner:
-        return _build_tuner(spec, data, gpus, experiment_dir=experiment_dir,
-                            run_name=folder.round_name(index),
-                            storage_path=experiment_dir, local_dir=local_dir, num_samples=more,
-                            seed=spec.search.seed + index, baseline=False)
+        return _build_tuner(
+            spec,
+            data,
+            gpus,
+            experiment_dir=experiment_dir,
+            run_name=folder.round_name(index),
+            storage_path=experiment_dir,
+            local_dir=local_dir,
+            num_samples=more,
+            seed=spec.search.seed + index,
+            baseline=False,
+        )
 
-    return _drive(spec, experiment_dir, make_tuner, address=address, num_cpus=num_cpus,
-                  force=force, stall_minutes=stall_minutes)
+    return _drive(
+        spec,
+        experiment_dir,
+        make_tuner,
+        address=address,
+        num_cpus=num_cpus,
+        force=force,
+        stall_minutes=stall_minutes,
+    )

@@ -23,9 +23,14 @@ def startup_trials(num_samples: int | None) -> int:
     return max(2, min(10, num_samples // 4))
 
 
-def make_sampler(seed: int, algorithm: str = "tpe", num_samples: int | None = None,
-                 max_concurrent: int | None = 1, rung_epochs: Sequence[int] = (),
-                 cost_exponent: float = 0.0) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    seed: int,
+    algorithm: str = "tpe",
+    num_samples: int | None = None,
+    max_concurrent: int | None = 1,
+    rung_epochs: Sequence[int] = (),
+    cost_exponent: float = 0.0,
+) -> optuna.samplers.BaseSampler:
     """The search's Optuna sampler: random, or TPE with a constant liar for parallel trials.
 
     ``tpe_rungs`` is TPE that models the highest of ``rung_epochs`` (ASHA's rungs and
@@ -50,18 +55,28 @@ def make_sampler(seed: int, algorithm: str = "tpe", num_samples: int | None = No
     if algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     parallel = max_concurrent is None or max_concurrent > 1
-    settings: dict[str, Any] = {"seed": seed,
-                                "n_startup_trials": startup_trials(num_samples),
-                                "constant_liar": parallel}
-    tpe = (CostAwareTPESampler(cost_exponent=cost_exponent, **settings) if cost_exponent > 0
-           else optuna.samplers.TPESampler(**settings))
-    return BoundedHistorySampler(tpe, rung_epochs=rung_epochs if algorithm == "tpe_rungs"
-                                 else ())
+    settings: dict[str, Any] = {
+        "seed": seed,
+        "n_startup_trials": startup_trials(num_samples),
+        "constant_liar": parallel,
+    }
+    tpe = (
+        CostAwareTPESampler(cost_exponent=cost_exponent, **settings)
+        if cost_exponent > 0
+        else optuna.samplers.TPESampler(**settings)
+    )
+    return BoundedHistorySampler(tpe, rung_epochs=rung_epochs if algorithm == "tpe_rungs" else ())
 
 
-def open_study(journal_path: str, study_name: str, seed: int,
-               algorithm: str = "tpe", num_samples: int | None = None,
-               max_concurrent: int | None = 1, rung_epochs: Sequence[int] = ()) -> optuna.Study:
+def open_study(
+    journal_path: str,
+    study_name: str,
+    seed: int,
+    algorithm: str = "tpe",
+    num_samples: int | None = None,
+    max_concurrent: int | None = 1,
+    rung_epochs: Sequence[int] = (),
+) -> optuna.Study:
     """Opens (or creates) the experiment's study in Optuna's journal file storage.
 
     The journal is an append-only log in Optuna's format, written by

@@ -27,9 +27,14 @@ TRACKED_METRICS = (*METRICS, "images_per_s", "gpu_seconds", "wall_seconds")
 
 
 def _finite_metrics(result: dict[str, Any]) -> dict[str, float]:
-    return {k: float(result[k]) for k in TRACKED_METRICS
-            if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)
-            and result[k] == result[k] and abs(result[k]) != float("inf")}
+    return {
+        k: float(result[k])
+        for k in TRACKED_METRICS
+        if isinstance(result.get(k), (int, float))
+        and not isinstance(result.get(k), bool)
+        and result[k] == result[k]
+        and abs(result[k]) != float("inf")
+    }
 
 
 class MlflowTracker(tune.Callback):
@@ -61,8 +66,12 @@ class MlflowTracker(tune.Callback):
             action(*args)
         except Exception as err:  # noqa: BLE001 - tracking must never stop a search
             self.broken = True
-            print(f"warning: MLflow tracking stopped for this run ({one_line(err)}); the "
-                  f"search goes on", file=sys.stderr, flush=True)
+            print(
+                f"warning: MLflow tracking stopped for this run ({one_line(err)}); the "
+                f"search goes on",
+                file=sys.stderr,
+                flush=True,
+            )
 
     @property
     def live(self) -> MlflowStore:
@@ -71,13 +80,21 @@ class MlflowTracker(tune.Callback):
             raise RuntimeError("the MLflow store is used before it was opened")
         return self.store
 
-    def setup(self, stop: Any = None, num_samples: int | None = None,
-              total_num_samples: int | None = None, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         def open_parent() -> None:
-            params = {**self.spec.fixed_config(), "max_t": self.spec.max_t,
-                      "num_samples": self.spec.search.num_samples,
-                      "algorithm": self.spec.search.algorithm,
-                      "scheduler": self.spec.scheduler.name}
+            params = {
+                **self.spec.fixed_config(),
+                "max_t": self.spec.max_t,
+                "num_samples": self.spec.search.num_samples,
+                "algorithm": self.spec.search.algorithm,
+                "scheduler": self.spec.scheduler.name,
+            }
             self.parent = self.live.open_parent_run(self.spec.name, params)
 
         self._safely(open_parent)
@@ -85,19 +102,24 @@ class MlflowTracker(tune.Callback):
     def _run_of(self, trial: Any) -> str:
         if trial.trial_id not in self.runs:
             self.runs[trial.trial_id] = self.live.open_trial_run(
-                cast(str, self.parent), trial.trial_id, dict(trial.config))
+                cast(str, self.parent), trial.trial_id, dict(trial.config)
+            )
         return self.runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._safely(self._run_of, trial)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         self.last[trial.trial_id] = result
 
         def log() -> None:
-            self.live.log(self._run_of(trial), metrics=_finite_metrics(result),
-                           step=int(result.get(TIME_ATTR, 0)))
+            self.live.log(
+                self._run_of(trial),
+                metrics=_finite_metrics(result),
+                step=int(result.get(TIME_ATTR, 0)),
+            )
 
         if not result.get("trial_failed"):
             self._safely(log)
@@ -109,7 +131,8 @@ class MlflowTracker(tune.Callback):
             run_id = self._run_of(trial)
             self.live.log(run_id, tags={TAG_STATE: state, TAG_STOP: reason})
             self.live.client.set_terminated(
-                run_id, status="FAILED" if state == STATE_FAIL else "FINISHED")
+                run_id, status="FAILED" if state == STATE_FAIL else "FINISHED"
+            )
 
         self._safely(end)
 

@@ -43,10 +43,14 @@ def view_of(trial: Any) -> TrialView:
     """A Ray ``Trial`` as the watchdog keeps it (read in the driver's loop)."""
     result = trial.last_result or {}
     state = getattr(trial, "temporary_state", None)
-    return TrialView(trial_id=trial.trial_id, status=str(trial.status),
-                     epoch=int(result.get(TIME_ATTR, 0) or 0), pid=result.get("pid"),
-                     has_worker=getattr(state, "ray_actor", None) is not None,
-                     reported_at=result.get("timestamp"))
+    return TrialView(
+        trial_id=trial.trial_id,
+        status=str(trial.status),
+        epoch=int(result.get(TIME_ATTR, 0) or 0),
+        pid=result.get("pid"),
+        has_worker=getattr(state, "ray_actor", None) is not None,
+        reported_at=result.get("timestamp"),
+    )
 
 
 def _ago(seconds: float) -> str:
@@ -64,8 +68,9 @@ class StallWatchdog:
         clock: Monotonic seconds (tests pass a fake one).
     """
 
-    def __init__(self, stall_s: float, max_t: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, stall_s: float, max_t: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.stall_s = stall_s
         self.max_t = max_t
         self.clock = clock
@@ -93,8 +98,11 @@ class StallWatchdog:
         now = self.clock()
         with self._lock:
             running = [v for v in self.trials.values() if v.status == "RUNNING"]
-            if not running or now - self.moved_at < self.stall_s or (
-                    self.said_at is not None and now - self.said_at < self.stall_s):
+            if (
+                not running
+                or now - self.moved_at < self.stall_s
+                or (self.said_at is not None and now - self.said_at < self.stall_s)
+            ):
                 return None
             self.said_at = now
             turned_ago = now - self.turned_at
@@ -104,24 +112,32 @@ class StallWatchdog:
             frame = sys._current_frames().get(loop_thread)
             if frame is not None:
                 where = traceback.extract_stack(frame)[-1]
-                loop = (f"the driver's loop has been blocked for {_ago(turned_ago)} in "
-                        f"{where.name} ({where.filename}:{where.lineno})")
-        return (f"[{time.strftime('%H:%M:%S')}] stalled: no trial has reported, started or "
-                f"ended for {_ago(now - self.moved_at)} while {len(running)} "
-                f"{'is' if len(running) == 1 else 'are'} running: {'; '.join(parts)}; {loop}")
+                loop = (
+                    f"the driver's loop has been blocked for {_ago(turned_ago)} in "
+                    f"{where.name} ({where.filename}:{where.lineno})"
+                )
+        return (
+            f"[{time.strftime('%H:%M:%S')}] stalled: no trial has reported, started or "
+            f"ended for {_ago(now - self.moved_at)} while {len(running)} "
+            f"{'is' if len(running) == 1 else 'are'} running: {'; '.join(parts)}; {loop}"
+        )
 
     def _waits_for(self, view: TrialView) -> str:
         if not view.has_worker:
-            return (f"trial {view.trial_id} (epoch {view.epoch}/{self.max_t}) has no worker "
-                    f"process: Ray lists it running, but nothing runs it")
+            return (
+                f"trial {view.trial_id} (epoch {view.epoch}/{self.max_t}) has no worker "
+                f"process: Ray lists it running, but nothing runs it"
+            )
         worker = f"worker pid {view.pid}" if view.pid is not None else "its worker"
         if not view.epoch:
             return f"trial {view.trial_id} waits for its first report from {worker}"
         last = ""
         if view.reported_at is not None:
             last = f", reported {_ago(max(0.0, time.time() - view.reported_at))} ago"
-        return (f"trial {view.trial_id} waits for epoch {view.epoch + 1}'s report from "
-                f"{worker} (epoch {view.epoch}/{self.max_t}{last})")
+        return (
+            f"trial {view.trial_id} waits for epoch {view.epoch + 1}'s report from "
+            f"{worker} (epoch {view.epoch}/{self.max_t}{last})"
+        )
 
 
 _active: StallWatchdog | None = None

@@ -48,11 +48,15 @@ def check_experiment_dir(path: str) -> tuple[storage.pafs.FileSystem, str]:
         raise SpecError(f"{path}: experiment folder is empty (did the search start?)")
     if not storage.exists(fs, storage.join(root, SPEC_FILE)):
         if storage.exists(fs, storage.join(root, LOCK_FILE)) and never_started(path):
-            raise SpecError(f"{path}: the search never started (its driver stopped right "
-                            f"after taking {LOCK_FILE}, before writing {SPEC_FILE}); start it "
-                            f"again with `finetune-search run` under the same name")
-        raise SpecError(f"{path}: not a finetune-search experiment (no {SPEC_FILE}; "
-                        f"expected the folder `finetune-search run` created)")
+            raise SpecError(
+                f"{path}: the search never started (its driver stopped right "
+                f"after taking {LOCK_FILE}, before writing {SPEC_FILE}); start it "
+                f"again with `finetune-search run` under the same name"
+            )
+        raise SpecError(
+            f"{path}: not a finetune-search experiment (no {SPEC_FILE}; "
+            f"expected the folder `finetune-search run` created)"
+        )
     return fs, root
 
 
@@ -81,8 +85,13 @@ _JOURNAL_INTERMEDIATE_VALUE = 7  # Optuna's JournalOperation.SET_TRIAL_INTERMEDI
 # What a driver writes before its search starts: its lock, spec.yaml, the run id, the class
 # names and the journal; and Ray's files from before its first experiment snapshot.
 _START_FILES = frozenset({LOCK_FILE, SPEC_FILE, RUN_ID_FILE, CLASS_NAMES_FILE, STUDY_FILE})
-_RAY_START_PATTERNS = ("*.pkl", "basic-variant-state-*.json", "search_gen_state-*.json",
-                       ".validate_storage_marker", ".*.partial")
+_RAY_START_PATTERNS = (
+    "*.pkl",
+    "basic-variant-state-*.json",
+    "search_gen_state-*.json",
+    ".validate_storage_marker",
+    ".*.partial",
+)
 
 
 def never_started(experiment_dir: str) -> bool:
@@ -99,7 +108,8 @@ def never_started(experiment_dir: str) -> bool:
         if info.type == storage.FileType.Directory:
             return False
         if info.base_name not in _START_FILES and not any(
-                fnmatch.fnmatch(info.base_name, pattern) for pattern in _RAY_START_PATTERNS):
+            fnmatch.fnmatch(info.base_name, pattern) for pattern in _RAY_START_PATTERNS
+        ):
             return False
         names.add(info.base_name)
     if not names & {LOCK_FILE, SPEC_FILE}:
@@ -157,8 +167,9 @@ def load_experiment_spec(experiment_dir: str):  # -> ExperimentSpec (import kept
 
 def write_class_names(folder: str, class_names: list[str] | tuple[str, ...]) -> None:
     """Writes ``class_names.json`` (label order) into a folder (local path or URI)."""
-    storage.write_atomic(storage.join(folder, CLASS_NAMES_FILE),
-                         json.dumps(list(class_names)) + "\n")
+    storage.write_atomic(
+        storage.join(folder, CLASS_NAMES_FILE), json.dumps(list(class_names)) + "\n"
+    )
 
 
 def read_class_names(folder: str) -> list[str] | None:
@@ -194,10 +205,14 @@ def _read_json(folder: str, file_name: str) -> tuple[str, object]:
 def round_dirs(fs: storage.pafs.FileSystem, root: str) -> list[tuple[str, str]]:
     """The Ray experiments inside the folder: the first run, then each ``extend`` round."""
     rounds = [(MAIN_ROUND, root)]
-    extra = sorted((i for i in storage.list_dir(fs, root)
-                    if i.type == storage.FileType.Directory
-                    and i.base_name.startswith(ROUND_PREFIX)),
-                   key=lambda i: int(i.base_name[len(ROUND_PREFIX):] or 0))
+    extra = sorted(
+        (
+            i
+            for i in storage.list_dir(fs, root)
+            if i.type == storage.FileType.Directory and i.base_name.startswith(ROUND_PREFIX)
+        ),
+        key=lambda i: int(i.base_name[len(ROUND_PREFIX) :] or 0),
+    )
     rounds += [(i.base_name, i.path) for i in extra]
     return rounds
 
@@ -233,8 +248,7 @@ def local_mirror_dir(experiment_dir: str, run_id: str | None = None) -> str:
         return experiment_dir
     digest = hashlib.sha256(experiment_dir.encode("utf-8")).hexdigest()[:12]
     name = storage.split_name(experiment_dir)[1]
-    cache = os.path.join(os.path.expanduser("~"), ".cache", "finetune-search",
-                         f"{name}-{digest}")
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "finetune-search", f"{name}-{digest}")
     os.makedirs(cache, exist_ok=True)
     if run_id is not None:
         marker = os.path.join(cache, RUN_ID_FILE)
@@ -265,8 +279,7 @@ def sync_journal(experiment_dir: str, local_dir: str) -> bool:
         return False
     with open(source, "rb") as handle:
         data = handle.read()
-    storage.write_atomic(storage.join(experiment_dir, STUDY_FILE),
-                         data[:data.rfind(b"\n") + 1])
+    storage.write_atomic(storage.join(experiment_dir, STUDY_FILE), data[: data.rfind(b"\n") + 1])
     return True
 
 

@@ -58,8 +58,10 @@ class ExportResult:
 
 
 def _write_text(out_dir: str, file_name: str, text: str) -> str:
-    with (storage.atomic_path(storage.confined(out_dir, file_name)) as tmp,
-          open(tmp, "w", encoding="utf-8") as handle):
+    with (
+        storage.atomic_path(storage.confined(out_dir, file_name)) as tmp,
+        open(tmp, "w", encoding="utf-8") as handle,
+    ):
         handle.write(text)
     return file_name
 
@@ -101,8 +103,13 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _metadata(spec: ExperimentSpec, trial: TrialRecord, rank: int, max_t: int,
-              class_names: list[str] | None = None) -> dict:
+def _metadata(
+    spec: ExperimentSpec,
+    trial: TrialRecord,
+    rank: int,
+    max_t: int,
+    class_names: list[str] | None = None,
+) -> dict:
     best = trial.best
     meta = {
         "experiment": spec.name,
@@ -122,13 +129,16 @@ def _metadata(spec: ExperimentSpec, trial: TrialRecord, rank: int, max_t: int,
     return meta
 
 
-def config_document(spec: ExperimentSpec, trial: TrialRecord, rank: int,
-                    class_names: list[str] | None = None) -> str:
+def config_document(
+    spec: ExperimentSpec, trial: TrialRecord, rank: int, class_names: list[str] | None = None
+) -> str:
     """One runnable spec as YAML, with its provenance (and the model's class names, in label
     order, when known) as a comment block."""
     meta = _metadata(spec, trial, rank, spec.max_t, class_names)
-    header = "\n".join(f"# {line}" for line in yaml.safe_dump(
-        {"finetune_search_export": meta}, sort_keys=False).splitlines())
+    header = "\n".join(
+        f"# {line}"
+        for line in yaml.safe_dump({"finetune_search_export": meta}, sort_keys=False).splitlines()
+    )
     body = yaml.safe_dump(fixed_spec(spec, trial.config), sort_keys=False)
     return f"{header}\n{body}"
 
@@ -183,17 +193,19 @@ def history_table(trials: list[TrialRecord]) -> pa.Table:
     rows = []
     for trial in trials:
         for row in trial.history:
-            rows.append({
-                "trial_id": trial.trial_id,
-                "epoch": int(row.get(TIME_ATTR, 0)),
-                **{m: row.get(m) for m in METRICS},
-                "images_per_s": row.get("images_per_s"),
-                "wall_seconds": row.get("wall_seconds"),
-                "gpu_seconds": row.get("gpu_seconds"),
-                "trial_failed": bool(row.get("trial_failed", False)),
-                "backend": row.get("backend") or None,
-                "timestamp": row.get("timestamp"),
-            })
+            rows.append(
+                {
+                    "trial_id": trial.trial_id,
+                    "epoch": int(row.get(TIME_ATTR, 0)),
+                    **{m: row.get(m) for m in METRICS},
+                    "images_per_s": row.get("images_per_s"),
+                    "wall_seconds": row.get("wall_seconds"),
+                    "gpu_seconds": row.get("gpu_seconds"),
+                    "trial_failed": bool(row.get("trial_failed", False)),
+                    "backend": row.get("backend") or None,
+                    "timestamp": row.get("timestamp"),
+                }
+            )
     return _table(rows)
 
 
@@ -225,8 +237,7 @@ def _write_table(out_dir: str, stem: str, table: pa.Table) -> list[str]:
 # the best model
 
 
-def best_checkpoint(trial: TrialRecord,
-                    fs: storage.pafs.FileSystem | None = None) -> str | None:
+def best_checkpoint(trial: TrialRecord, fs: storage.pafs.FileSystem | None = None) -> str | None:
     """The trial's checkpoint folder with the best metric (Ray keeps the best and the
     latest).
 
@@ -246,8 +257,9 @@ def best_checkpoint(trial: TrialRecord,
             continue
         state = json.loads(storage.read_text(fs, state_path))
         value = state.get("last_metrics", {}).get(METRIC)
-        if value is not None and (best_value is None or (
-                value > best_value if MODE == "max" else value < best_value)):
+        if value is not None and (
+            best_value is None or (value > best_value if MODE == "max" else value < best_value)
+        ):
             best_path, best_value = info.path, value
     return best_path
 
@@ -257,11 +269,18 @@ def _copy_model(trial: TrialRecord, experiment_dir: str, out_dir: str) -> str:
     checkpoint = best_checkpoint(trial, fs)
     if checkpoint is None:
         lost = any(row.get(REBUILT_FROM_STUDY) for row in trial.history)
-        why = (" (its results were rebuilt from the study after its driver was killed; its "
-               "checkpoints were lost): retrain its config from best_config.yaml, or export "
-               "with --no-model") if lost else ""
-        raise SpecError(f"{experiment_dir}: trial {trial.trial_id} has no checkpoint to "
-                        f"export{why}")
+        why = (
+            (
+                " (its results were rebuilt from the study after its driver was killed; its "
+                "checkpoints were lost): retrain its config from best_config.yaml, or export "
+                "with --no-model"
+            )
+            if lost
+            else ""
+        )
+        raise SpecError(
+            f"{experiment_dir}: trial {trial.trial_id} has no checkpoint to export{why}"
+        )
     with storage.atomic_path(storage.confined(out_dir, BEST_MODEL_FILE)) as tmp:
         write_keras_file(fs, checkpoint, tmp)
     return BEST_MODEL_FILE
@@ -274,8 +293,10 @@ def write_keras_file(fs: storage.pafs.FileSystem, checkpoint: str, target: str) 
         zip_keras_folder(fs, model_dir, target)
         return
     # A checkpoint written before 2026-11-30 holds the .keras file itself.
-    with fs.open_input_stream(storage.join(checkpoint, LEGACY_MODEL_FILE)) as src, \
-            open(target, "wb") as dst:
+    with (
+        fs.open_input_stream(storage.join(checkpoint, LEGACY_MODEL_FILE)) as src,
+        open(target, "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst)
 
 
@@ -287,7 +308,7 @@ def zip_keras_folder(fs: storage.pafs.FileSystem, model_dir: str, target: str) -
         for info in sorted(fs.get_file_info(selector), key=lambda i: i.path):
             if info.type != storage.FileType.File:
                 continue
-            name = info.path[len(model_dir.rstrip("/")) + 1:]
+            name = info.path[len(model_dir.rstrip("/")) + 1 :]
             with fs.open_input_stream(info.path) as src, archive.open(name, "w") as dst:
                 shutil.copyfileobj(src, dst)
 
@@ -304,16 +325,19 @@ def load_experiment(experiment_dir: str) -> tuple[ExperimentSpec, list[TrialReco
     """
     spec = load_experiment_spec(experiment_dir)
     if is_running(experiment_dir):
-        raise SpecError(f"{experiment_dir}: the search is still running; export it when it "
-                        f"ends (or stop it with Ctrl-C)")
+        raise SpecError(
+            f"{experiment_dir}: the search is still running; export it when it "
+            f"ends (or stop it with Ctrl-C)"
+        )
     trials = load_trials(experiment_dir)
     if not trials:
         raise SpecError(f"{experiment_dir}: no trial has started yet; nothing to export")
     return spec, trials
 
 
-def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int = 5,
-                      with_model: bool = True) -> ExportResult:
+def export_experiment(
+    experiment_dir: str, out_dir: str | None = None, top: int = 5, with_model: bool = True
+) -> ExportResult:
     """Exports an experiment's best configs, its results tables and its best model.
 
     Args:
@@ -333,8 +357,11 @@ def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int 
         raise SpecError(f"top: must be an int >= 1, got {echo(top)}", key="top")
     spec, trials = load_experiment(experiment_dir)
     if out_dir is None:
-        out_dir = (os.path.abspath(f"{spec.name}-export") if storage.is_remote(experiment_dir)
-                   else os.path.join(experiment_dir, "export"))
+        out_dir = (
+            os.path.abspath(f"{spec.name}-export")
+            if storage.is_remote(experiment_dir)
+            else os.path.join(experiment_dir, "export")
+        )
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SpecError(f"out_dir: must be a folder, got the file {out_dir}", key="out_dir")
     os.makedirs(out_dir, exist_ok=True)
@@ -346,10 +373,10 @@ def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int 
     if not ranked:
         return result
     class_names = read_class_names(experiment_dir)
-    result.files.append(_write_text(out_dir, "best_config.yaml",
-                                    config_document(spec, ranked[0], 1, class_names)))
-    documents = [config_document(spec, t, i + 1, class_names)
-                 for i, t in enumerate(ranked[:top])]
+    result.files.append(
+        _write_text(out_dir, "best_config.yaml", config_document(spec, ranked[0], 1, class_names))
+    )
+    documents = [config_document(spec, t, i + 1, class_names) for i, t in enumerate(ranked[:top])]
     result.files.append(_write_text(out_dir, "top_configs.yaml", "---\n".join(documents)))
     if with_model:
         result.files.append(_copy_model(ranked[0], experiment_dir, out_dir))
@@ -361,6 +388,12 @@ def export_experiment(experiment_dir: str, out_dir: str | None = None, top: int 
         from search.outputs.tracking import log_export
 
         logged = [f for f in result.files if f.endswith((".keras", ".yaml", ".json"))]
-        result.tracked = log_export(spec, experiment_dir, out_dir, logged,
-                                    ranked[0].trial_id, cast(float, ranked[0].best_value))
+        result.tracked = log_export(
+            spec,
+            experiment_dir,
+            out_dir,
+            logged,
+            ranked[0].trial_id,
+            cast(float, ranked[0].best_value),
+        )
     return result

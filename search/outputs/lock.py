@@ -53,15 +53,20 @@ class LockOwner:
         """The owner a lock file names; ``None`` when it is empty or unreadable."""
         try:
             raw = json.loads(text)
-            return cls(host=str(raw["host"]), pid=int(raw["pid"]),
-                       since=float(raw.get("since", 0)), token=str(raw.get("token", "")))
+            return cls(
+                host=str(raw["host"]),
+                pid=int(raw["pid"]),
+                since=float(raw.get("since", 0)),
+                token=str(raw.get("token", "")),
+            )
         except (ValueError, TypeError, KeyError):
             return None
 
     @classmethod
     def me(cls) -> LockOwner:
-        return cls(host=socket.gethostname(), pid=os.getpid(), since=time.time(),
-                   token=uuid.uuid4().hex)
+        return cls(
+            host=socket.gethostname(), pid=os.getpid(), since=time.time(), token=uuid.uuid4().hex
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -127,8 +132,9 @@ class DriverLock:
         settle_s: Object stores only: the wait before reading the lock back.
     """
 
-    def __init__(self, experiment_dir: str, *, force: bool = False,
-                 settle_s: float = SETTLE_S) -> None:
+    def __init__(
+        self, experiment_dir: str, *, force: bool = False, settle_s: float = SETTLE_S
+    ) -> None:
         self.experiment_dir = experiment_dir
         self.force = force
         self.settle_s = settle_s
@@ -157,18 +163,24 @@ class DriverLock:
         if holder is None:
             _warn(f"{where} is unreadable; taking it over")
         elif holder.on_this_host and not holder.is_alive():
-            _warn(f"{where} of {holder.describe()} is stale (no such process: that driver "
-                  f"died); taking it over")
+            _warn(
+                f"{where} of {holder.describe()} is stale (no such process: that driver "
+                f"died); taking it over"
+            )
         elif holder.on_this_host:
-            raise SpecError(f"{self.experiment_dir}: another driver is running this experiment "
-                            f"({holder.describe()}; see {self.path}); stop it first")
+            raise SpecError(
+                f"{self.experiment_dir}: another driver is running this experiment "
+                f"({holder.describe()}; see {self.path}); stop it first"
+            )
         elif self.force:
             _warn(f"{where} of {holder.describe()} taken by force")
         else:
-            raise SpecError(f"{self.experiment_dir}: another driver holds this experiment "
-                            f"({holder.describe()}; see {self.path}); this machine cannot "
-                            f"check that host's process: if it is dead, run again with "
-                            f"--force")
+            raise SpecError(
+                f"{self.experiment_dir}: another driver holds this experiment "
+                f"({holder.describe()}; see {self.path}); this machine cannot "
+                f"check that host's process: if it is dead, run again with "
+                f"--force"
+            )
 
     def _acquire_local(self) -> None:
         folder = os.path.dirname(self.path)
@@ -190,8 +202,10 @@ class DriverLock:
                 out.flush()
                 os.fsync(out.fileno())
             return
-        raise SpecError(f"{self.experiment_dir}: could not take {LOCK_FILE}: other drivers keep "
-                        f"taking and releasing it")
+        raise SpecError(
+            f"{self.experiment_dir}: could not take {LOCK_FILE}: other drivers keep "
+            f"taking and releasing it"
+        )
 
     def _take_over_local(self, folder: str, payload: bytes) -> bool:
         """Replaces an existing lock if it may be taken; False when it vanished meanwhile."""
@@ -208,8 +222,10 @@ class DriverLock:
             holder = LockOwner.parse(text)
             if holder is None and time.time() - os.path.getmtime(self.path) < self.settle_s:
                 # Created an instant ago and not written yet: its driver is alive.
-                raise SpecError(f"{self.experiment_dir}: another driver is taking this "
-                                f"experiment right now (see {self.path})")
+                raise SpecError(
+                    f"{self.experiment_dir}: another driver is taking this "
+                    f"experiment right now (see {self.path})"
+                )
             self._may_take(holder)
             with storage.atomic_path(self.path) as tmp, open(tmp, "wb") as out:
                 out.write(payload)
@@ -226,8 +242,10 @@ class DriverLock:
         holder = read_owner(self.experiment_dir)
         if holder is None or holder.token != self.owner.token:
             who = holder.describe() if holder else "an unknown driver"
-            raise SpecError(f"{self.experiment_dir}: another driver took this experiment at "
-                            f"the same moment ({who}; see {self.path})")
+            raise SpecError(
+                f"{self.experiment_dir}: another driver took this experiment at "
+                f"the same moment ({who}; see {self.path})"
+            )
 
     # -- holding and giving it back ---------------------------------------------------------
 

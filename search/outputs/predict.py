@@ -59,24 +59,28 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
     for text in inputs:
         path = Path(text).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
         elif path.exists():
             found.append(path)
         else:
             raise SpecError(f"images: {echo(text)} does not exist", key="images")
     if not found:
-        raise SpecError(f"images: no .png/.jpg/.jpeg file in {', '.join(map(echo, inputs))}",
-                        key="images")
+        raise SpecError(
+            f"images: no .png/.jpg/.jpeg file in {', '.join(map(echo, inputs))}", key="images"
+        )
     return found
 
 
 def check_model_file(model_path: str) -> None:
     """Raises ``SpecError`` when ``model_path`` is not a file (before anything slow runs)."""
     if not os.path.isfile(model_path):
-        raise SpecError(f"model: {echo(model_path)} is not a file (expected the "
-                        f"best_model.keras of an export, or a retrain's model.keras)",
-                        key="model")
+        raise SpecError(
+            f"model: {echo(model_path)} is not a file (expected the "
+            f"best_model.keras of an export, or a retrain's model.keras)",
+            key="model",
+        )
 
 
 def load_model(model_path: str) -> Any:
@@ -91,12 +95,16 @@ def load_model(model_path: str) -> Any:
     try:
         model = keras.saving.load_model(model_path)
     except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
-        raise SpecError(f"model: cannot load {model_path} as a Keras model "
-                        f"({one_line(err)})", key="model") from None
+        raise SpecError(
+            f"model: cannot load {model_path} as a Keras model ({one_line(err)})", key="model"
+        ) from None
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[-1] != 3 or None in shape[1:3]:
-        raise SpecError(f"model: {model_path} must take (height, width, 3) images of a fixed "
-                        f"size, got input shape {shape}", key="model")
+        raise SpecError(
+            f"model: {model_path} must take (height, width, 3) images of a fixed "
+            f"size, got input shape {shape}",
+            key="model",
+        )
     return model
 
 
@@ -105,14 +113,21 @@ def _class_names(model_path: str, num_classes: int) -> tuple[list[str], bool]:
     if names is None:
         return [str(i) for i in range(num_classes)], False
     if len(names) != num_classes:
-        raise SpecError(f"{CLASS_NAMES_FILE}: names {len(names)} classes but the model "
-                        f"{model_path} outputs {num_classes}")
+        raise SpecError(
+            f"{CLASS_NAMES_FILE}: names {len(names)} classes but the model "
+            f"{model_path} outputs {num_classes}"
+        )
     return names, True
 
 
-def predict_images(model_path: str, inputs: Sequence[str], *, top: int = 3,
-                   batch_size: int = 64,
-                   on_skip: Callable[[str, str], None] | None = None) -> PredictResult:
+def predict_images(
+    model_path: str,
+    inputs: Sequence[str],
+    *,
+    top: int = 3,
+    batch_size: int = 64,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> PredictResult:
     """Predicts the top classes of every readable image.
 
     Args:
@@ -140,13 +155,12 @@ def predict_images(model_path: str, inputs: Sequence[str], *, top: int = 3,
     size = (int(model.input_shape[1]), int(model.input_shape[2]))
     num_classes = int(model.output_shape[-1])
     if top > num_classes:
-        raise SpecError(f"top: must be <= the model's {num_classes} classes, got {top}",
-                        key="top")
+        raise SpecError(f"top: must be <= the model's {num_classes} classes, got {top}", key="top")
     names, named = _class_names(model_path, num_classes)
     result = PredictResult(named_classes=named)
     for start in range(0, len(files), batch_size):
         images, paths = [], []
-        for path in files[start:start + batch_size]:
+        for path in files[start : start + batch_size]:
             try:
                 images.append(decode_image(path, str(path), size))
                 paths.append(str(path))
@@ -160,7 +174,8 @@ def predict_images(model_path: str, inputs: Sequence[str], *, top: int = 3,
         for shown, row in zip(paths, probabilities):
             best = np.argsort(-row, kind="stable")[:top]
             result.predictions.append(
-                Prediction(path=shown, top=[(names[i], float(row[i])) for i in best]))
+                Prediction(path=shown, top=[(names[i], float(row[i])) for i in best])
+            )
     if not result.predictions:
         raise SpecError(f"images: none of the {len(files)} images could be read", key="images")
     return result
@@ -170,22 +185,38 @@ def predictions_csv(result: PredictResult, top: int) -> str:
     """One row per image: ``path, class_1, probability_1, ..., class_K, probability_K``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", *[f"{kind}_{i}" for i in range(1, top + 1)
-                               for kind in ("class", "probability")]])
+    writer.writerow(
+        ["path", *[f"{kind}_{i}" for i in range(1, top + 1) for kind in ("class", "probability")]]
+    )
     for prediction in result.predictions:
-        writer.writerow([prediction.path, *[f"{v:.6f}" if isinstance(v, float) else v
-                                            for pair in prediction.top for v in pair]])
+        writer.writerow(
+            [
+                prediction.path,
+                *[
+                    f"{v:.6f}" if isinstance(v, float) else v
+                    for pair in prediction.top
+                    for v in pair
+                ],
+            ]
+        )
     return buffer.getvalue()
 
 
 def predictions_json(result: PredictResult) -> str:
     """The predictions and the skipped images as JSON."""
-    return json.dumps({
-        "predictions": [{"path": p.path, "top": [{"class": c, "probability": v}
-                                                 for c, v in p.top]}
-                        for p in result.predictions],
-        "skipped": [{"path": path, "reason": reason} for path, reason in result.skipped],
-    }, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "predictions": [
+                    {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
+                    for p in result.predictions
+                ],
+                "skipped": [{"path": path, "reason": reason} for path, reason in result.skipped],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def check_output_path(out: str) -> str:
@@ -196,8 +227,9 @@ def check_output_path(out: str) -> str:
     """
     suffix = os.path.splitext(out)[1].lower()
     if suffix not in OUTPUT_FORMATS:
-        raise SpecError(f"out: must end in {' or '.join(OUTPUT_FORMATS)}, got {echo(out)}",
-                        key="out")
+        raise SpecError(
+            f"out: must end in {' or '.join(OUTPUT_FORMATS)}, got {echo(out)}", key="out"
+        )
     if os.path.isdir(out):
         raise SpecError(f"out: must be a file, got the folder {out}", key="out")
     return suffix

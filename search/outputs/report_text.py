@@ -31,12 +31,16 @@ def results_table(summary: Any, limit: int = 30) -> str:
     header = ["trial", "status", "epochs", f"best_{METRIC}", f"final_{METRIC}", *params]
     rows = [header]
     for trial in trials[:limit]:
-        rows.append([
-            trial.trial_id, trial.status(summary.max_t).value, str(trial.epochs_run),
-            format_value(trial.best.get(METRIC, "-")),
-            format_value(trial.final.get(METRIC, "-")),
-            *(format_value(trial.config.get(k, "-")) for k in params),
-        ])
+        rows.append(
+            [
+                trial.trial_id,
+                trial.status(summary.max_t).value,
+                str(trial.epochs_run),
+                format_value(trial.best.get(METRIC, "-")),
+                format_value(trial.final.get(METRIC, "-")),
+                *(format_value(trial.config.get(k, "-")) for k in params),
+            ]
+        )
     lines = format_table(rows)
     if len(trials) > limit:
         lines.append(f"... {len(trials) - limit} more")

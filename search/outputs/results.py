@@ -119,8 +119,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
 
 
-def rank_trials(records: list[TrialRecord], *, include_failed: bool = False
-                ) -> list[TrialRecord]:
+def rank_trials(records: list[TrialRecord], *, include_failed: bool = False) -> list[TrialRecord]:
     """Trials best first by their best epoch's metric: the one rule every view uses.
 
     Args:
@@ -157,8 +156,11 @@ def _parse_json_lines(text: str) -> list[dict[str, Any]]:
 def experiment_state_files(fs: storage.pafs.FileSystem, round_path: str) -> list[str]:
     """The paths of one Ray experiment's snapshots, oldest first: Ray names them
     ``experiment_state-<session start>.json`` and resumes from the last."""
-    return sorted(info.path for info in storage.list_dir(fs, round_path)
-                  if fnmatch.fnmatch(info.base_name, STATE_FILE_PATTERN))
+    return sorted(
+        info.path
+        for info in storage.list_dir(fs, round_path)
+        if fnmatch.fnmatch(info.base_name, STATE_FILE_PATTERN)
+    )
 
 
 def ray_trial_states(fs: storage.pafs.FileSystem, round_path: str) -> dict[str, dict[str, Any]]:
@@ -180,7 +182,8 @@ def ray_trial_states(fs: storage.pafs.FileSystem, round_path: str) -> dict[str, 
         config = trial.get("config")
         trials[str(trial.get("trial_id"))] = {
             "status": str(trial.get("status", "")),
-            "config": config if isinstance(config, dict) else {}}
+            "config": config if isinstance(config, dict) else {},
+        }
     return trials
 
 
@@ -206,8 +209,11 @@ def load_trials(path: str) -> list[TrialRecord]:
 def read_result_rows(fs: storage.pafs.FileSystem, trial_path: str) -> list[dict[str, Any]]:
     """A trial folder's ``result.json`` rows as written ([] without one)."""
     result_path = storage.join(trial_path, "result.json")
-    return _parse_json_lines(storage.read_text(fs, result_path)) if storage.exists(
-        fs, result_path) else []
+    return (
+        _parse_json_lines(storage.read_text(fs, result_path))
+        if storage.exists(fs, result_path)
+        else []
+    )
 
 
 def read_trials(fs: storage.pafs.FileSystem, root: str) -> list[TrialRecord]:
@@ -236,7 +242,8 @@ def read_trials(fs: storage.pafs.FileSystem, root: str) -> list[TrialRecord]:
                 by_epoch[int(row.get(TIME_ATTR, 0))] = row
             history = [by_epoch[e] for e in sorted(by_epoch)]
             trial_id = (history[0].get("trial_id") if history else None) or (
-                info.base_name.removeprefix(TRIAL_DIR_PREFIX))
+                info.base_name.removeprefix(TRIAL_DIR_PREFIX)
+            )
             status = statuses.get(trial_id, "")
             # error.txt stays after a crash that a retry recovered from; Ray's status says
             # whether the trial finally errored.
@@ -246,9 +253,17 @@ def read_trials(fs: storage.pafs.FileSystem, root: str) -> list[TrialRecord]:
             if errored and storage.exists(fs, error_path):
                 lines = storage.read_text(fs, error_path).strip().splitlines()
                 error = lines[-1][:300] if lines else "error"
-            records.append(TrialRecord(trial_id=trial_id, round=round_name, path=info.path,
-                                       config=config, history=history, errored=errored,
-                                       error=error, ray_status=status))
-    records.sort(key=lambda r: (r.history[0].get("timestamp", 0) if r.history else 0,
-                                r.trial_id))
+            records.append(
+                TrialRecord(
+                    trial_id=trial_id,
+                    round=round_name,
+                    path=info.path,
+                    config=config,
+                    history=history,
+                    errored=errored,
+                    error=error,
+                    ray_status=status,
+                )
+            )
+    records.sort(key=lambda r: (r.history[0].get("timestamp", 0) if r.history else 0, r.trial_id))
     return records

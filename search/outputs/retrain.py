@@ -37,8 +37,13 @@ class RetrainResult:
     history: list[dict[str, float]]
 
 
-def retrain(config_path: str, *, epochs: int | None = None, out_dir: str | None = None,
-            deterministic: bool = True) -> RetrainResult:
+def retrain(
+    config_path: str,
+    *,
+    epochs: int | None = None,
+    out_dir: str | None = None,
+    deterministic: bool = True,
+) -> RetrainResult:
     """Trains an exported (fully fixed) config on train+validation and tests it once.
 
     Args:
@@ -58,10 +63,13 @@ def retrain(config_path: str, *, epochs: int | None = None, out_dir: str | None 
     overrides = [] if epochs is None else [f"train.epochs={epochs}"]
     spec = load_spec(config_path, overrides)
     if spec.space:
-        raise SpecError(f"{config_path}: space: retrain needs every setting fixed (an exported "
-                        f"best_config.yaml), got searched keys {sorted(spec.space)}")
-    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(config_path)),
-                                      f"retrain-{spec.name}")
+        raise SpecError(
+            f"{config_path}: space: retrain needs every setting fixed (an exported "
+            f"best_config.yaml), got searched keys {sorted(spec.space)}"
+        )
+    out_dir = out_dir or os.path.join(
+        os.path.dirname(os.path.abspath(config_path)), f"retrain-{spec.name}"
+    )
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SpecError(f"out_dir: must be a folder, got the file {out_dir}", key="out_dir")
 
@@ -69,27 +77,30 @@ def retrain(config_path: str, *, epochs: int | None = None, out_dir: str | None 
 
     data = load_dataset(spec.dataset)
     if data.x_test is None or data.y_test is None or len(data.x_test) == 0:
-        raise SpecError(f"dataset: retrain needs a test split, and {spec.dataset.name} "
-                        f"has none")
+        raise SpecError(f"dataset: retrain needs a test split, and {spec.dataset.name} has none")
     os.makedirs(out_dir, exist_ok=True)
     return _train_and_test(spec, data, out_dir, deterministic)
 
 
-def _train_and_test(spec: ExperimentSpec, data: Any, out_dir: str,
-                    deterministic: bool) -> RetrainResult:
+def _train_and_test(
+    spec: ExperimentSpec, data: Any, out_dir: str, deterministic: bool
+) -> RetrainResult:
     params = spec.fixed_config()
     runtime.prepare(params, gpu_fraction=1.0, deterministic=deterministic)
     x_train = np.concatenate([data.x_train, data.x_val])
     y_train = np.concatenate([data.y_train, data.y_val])
     model = runtime.build_compiled_model(params, data.input_shape, data.num_classes)
-    train_ds, test_ds = runtime.make_pipelines(params, x_train, y_train, data.x_test,
-                                               data.y_test, int(params["batch_size"]))
+    train_ds, test_ds = runtime.make_pipelines(
+        params, x_train, y_train, data.x_test, data.y_test, int(params["batch_size"])
+    )
     began = time.perf_counter()
     fit = model.fit(train_ds, epochs=int(params["epochs"]), verbose=2)
     train_seconds = time.perf_counter() - began
     test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
-    history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
-               for i in range(len(fit.history.get("loss", [])))]
+    history = [
+        {"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
+        for i in range(len(fit.history.get("loss", [])))
+    ]
     metrics = {
         "experiment": spec.name,
         "test_accuracy": float(test_accuracy),
@@ -105,11 +116,15 @@ def _train_and_test(spec: ExperimentSpec, data: Any, out_dir: str,
         # Keras insists on the .keras suffix, which the temp path keeps.
         model.save(tmp)
     write_class_names(out_dir, data.class_names)
-    with storage.atomic_path(storage.confined(out_dir, "metrics.json")) as tmp, \
-            open(tmp, "w", encoding="utf-8") as f:
+    with (
+        storage.atomic_path(storage.confined(out_dir, "metrics.json")) as tmp,
+        open(tmp, "w", encoding="utf-8") as f,
+    ):
         json.dump(metrics, f, indent=2)
-    with storage.atomic_path(storage.confined(out_dir, "history.csv")) as tmp, \
-            open(tmp, "w", encoding="utf-8") as f:
+    with (
+        storage.atomic_path(storage.confined(out_dir, "history.csv")) as tmp,
+        open(tmp, "w", encoding="utf-8") as f,
+    ):
         columns = list(history[0]) if history else ["epoch"]
         f.write(",".join(columns) + "\n")
         for row in history:

@@ -21,8 +21,13 @@ from search.outputs.study import METRIC, TrialStatus
 
 # Ray's status of a trial that has ended (stopped, complete or errored).
 RAY_ENDED = ("TERMINATED", RAY_ERROR)
-STATE_ORDER = (TrialStatus.RUNNING, TrialStatus.COMPLETE, TrialStatus.STOPPED,
-               TrialStatus.FAILED, TrialStatus.UNFINISHED)
+STATE_ORDER = (
+    TrialStatus.RUNNING,
+    TrialStatus.COMPLETE,
+    TrialStatus.STOPPED,
+    TrialStatus.FAILED,
+    TrialStatus.UNFINISHED,
+)
 
 
 @dataclass
@@ -78,8 +83,11 @@ class ExperimentStatus:
 def _state(trial: TrialRecord, max_t: int, driver_running: bool) -> TrialStatus:
     """The trial's state; with a live driver, a trial Ray has not ended yet is running."""
     status = trial.status(max_t)
-    if driver_running and status in (TrialStatus.STOPPED, TrialStatus.UNFINISHED) and (
-            trial.ray_status not in RAY_ENDED):
+    if (
+        driver_running
+        and status in (TrialStatus.STOPPED, TrialStatus.UNFINISHED)
+        and (trial.ray_status not in RAY_ENDED)
+    ):
         return TrialStatus.RUNNING
     return status
 
@@ -103,16 +111,32 @@ def experiment_status(experiment_dir: str) -> ExperimentStatus:
     lines = []
     for trial in records:
         state = _state(trial, spec.max_t, owner is not None)
-        reason = "-" if state in (TrialStatus.RUNNING, TrialStatus.UNFINISHED) else (
-            trial.stop_reason(spec.max_t))
-        lines.append(TrialLine(trial_id=trial.trial_id, state=state, epoch=trial.epochs_run,
-                               best=trial.best_value, last=trial.final.get(METRIC),
-                               stop_reason=reason, gpu_hours=trial.gpu_seconds / 3600))
+        reason = (
+            "-"
+            if state in (TrialStatus.RUNNING, TrialStatus.UNFINISHED)
+            else (trial.stop_reason(spec.max_t))
+        )
+        lines.append(
+            TrialLine(
+                trial_id=trial.trial_id,
+                state=state,
+                epoch=trial.epochs_run,
+                best=trial.best_value,
+                last=trial.final.get(METRIC),
+                stop_reason=reason,
+                gpu_hours=trial.gpu_seconds / 3600,
+            )
+        )
     return ExperimentStatus(
-        experiment_dir=experiment_dir, name=spec.name, max_t=spec.max_t, trials=lines,
-        best=best_trial(records), driver=owner,
+        experiment_dir=experiment_dir,
+        name=spec.name,
+        max_t=spec.max_t,
+        trials=lines,
+        best=best_trial(records),
+        driver=owner,
         gpu_hours=sum(t.gpu_seconds for t in records) / 3600,
-        budget_gpu_hours=spec.search.budget_gpu_hours)
+        budget_gpu_hours=spec.search.budget_gpu_hours,
+    )
 
 
 def _metric(value: float | None) -> str:
@@ -127,27 +151,46 @@ def format_status(status: ExperimentStatus) -> str:
         driver = "none (the search is not running)"
     out = [f"experiment {status.name}: {status.experiment_dir}", f"driver: {driver}"]
     if status.trials:
-        rows = [["trial", "state", "epoch", f"best {METRIC}", f"last {METRIC}", "stop reason",
-                 "GPU-h"]]
-        rows += [[t.trial_id, t.state.value, f"{t.epoch}/{status.max_t}", _metric(t.best),
-                  _metric(t.last), t.stop_reason, f"{t.gpu_hours:.3f}"]
-                 for t in status.trials]
+        rows = [
+            ["trial", "state", "epoch", f"best {METRIC}", f"last {METRIC}", "stop reason", "GPU-h"]
+        ]
+        rows += [
+            [
+                t.trial_id,
+                t.state.value,
+                f"{t.epoch}/{status.max_t}",
+                _metric(t.best),
+                _metric(t.last),
+                t.stop_reason,
+                f"{t.gpu_hours:.3f}",
+            ]
+            for t in status.trials
+        ]
         out += ["", *format_table(rows), ""]
     counts = ", ".join(f"{k} {v}" for k, v in status.counts().items())
     out.append(f"trials: {len(status.trials)} ({counts})")
     if status.best is None:
         out.append("best so far: none yet")
     else:
-        out.append(f"best so far: trial {status.best.trial_id} {METRIC}="
-                   f"{status.best.best_value:.4f} (epoch {status.best.best.get('epoch')})")
-    budget = ("no budget" if status.budget_gpu_hours is None
-              else f"of {status.budget_gpu_hours:g} budgeted")
+        out.append(
+            f"best so far: trial {status.best.trial_id} {METRIC}="
+            f"{status.best.best_value:.4f} (epoch {status.best.best.get('epoch')})"
+        )
+    budget = (
+        "no budget"
+        if status.budget_gpu_hours is None
+        else f"of {status.budget_gpu_hours:g} budgeted"
+    )
     out.append(f"GPU-hours: {status.gpu_hours:.3f} {budget}")
     return "\n".join(out)
 
 
-def watch_status(experiment_dir: str, interval: float, show: Callable[[str], None],
-                 sleep: Callable[[float], None] = time.sleep) -> ExperimentStatus:
+def watch_status(
+    experiment_dir: str,
+    interval: float,
+    show: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> ExperimentStatus:
     """Shows the status every ``interval`` seconds until no driver holds the experiment.
 
     Args:
@@ -167,8 +210,10 @@ def watch_status(experiment_dir: str, interval: float, show: Callable[[str], Non
             owner = read_owner(experiment_dir)
             if owner is None or not owner.is_alive():
                 raise
-            show(f"experiment {experiment_dir}: starting (driver {owner.describe()}; "
-                 f"no spec.yaml yet)")
+            show(
+                f"experiment {experiment_dir}: starting (driver {owner.describe()}; "
+                f"no spec.yaml yet)"
+            )
             sleep(interval)
             continue
         show(format_status(status))

@@ -6,6 +6,7 @@ status, the progress lines) takes its names from here, so ``val_accuracy``, ``ma
 status and ASHA's stop reason are each spelled once. It sits with the outputs, the lowest layer
 that reads them; the driver, which writes the study (:mod:`search.driver.study`), imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,9 @@ def asha_stop_reason(epoch: int) -> str:
 STATE_COMPLETE, STATE_PRUNED, STATE_FAIL = "COMPLETE", "PRUNED", "FAIL"
 
 
-def trial_outcome(result: dict | None, error: bool, max_t: int, *,
-                  trained: bool = False) -> tuple[str, str]:
+def trial_outcome(
+    result: dict | None, error: bool, max_t: int, *, trained: bool = False
+) -> tuple[str, str]:
     """How a finished trial ended, from its last result: ``(state, reason)``.
 
     COMPLETE when it reached ``max_t`` with a finite metric, PRUNED when it stopped before
@@ -138,8 +140,9 @@ def load_study_readonly(experiment_dir: str, study_name: str) -> optuna.Study | 
         return None
     journal = JournalStorage(_ReadOnlyJournal(storage.read_bytes(fs, path)))  # type: ignore[arg-type]
     try:
-        return optuna.load_study(study_name=study_name, storage=journal,
-                                 sampler=optuna.samplers.RandomSampler(seed=0))
+        return optuna.load_study(
+            study_name=study_name, storage=journal, sampler=optuna.samplers.RandomSampler(seed=0)
+        )
     except KeyError:  # the journal holds no study of that name (yet)
         return None
 

@@ -69,12 +69,14 @@ def check_tracking(spec: ExperimentSpec, experiment_dir: str) -> None:
     _client(uri)
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health",
-                                        timeout=HEALTH_TIMEOUT_S) as answer:
+            with urllib.request.urlopen(
+                f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S
+            ) as answer:
                 answer.read()
         except (urllib.error.URLError, OSError, ValueError) as err:
-            raise SpecError(f"tracking.uri: cannot reach the MLflow tracking server at {uri} "
-                            f"({one_line(err)})") from None
+            raise SpecError(
+                f"tracking.uri: cannot reach the MLflow tracking server at {uri} ({one_line(err)})"
+            ) from None
 
 
 class MlflowStore:
@@ -96,12 +98,12 @@ class MlflowStore:
             if local and not storage.is_remote(location):
                 location = f"file://{location}"
             self.experiment_id = self.client.create_experiment(
-                name, artifact_location=location if local else None)
+                name, artifact_location=location if local else None
+            )
 
     def _find(self, tags: dict[str, str]) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=query,
-                                       max_results=1)
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
         return runs[0].info.run_id if runs else None
 
     def parent_run(self) -> str | None:
@@ -112,9 +114,11 @@ class MlflowStore:
         """The search's parent run, created with ``params`` the first time, running again."""
         run_id = self.parent_run()
         if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, run_name=name,
-                                            tags={TAG_EXPERIMENT: self.experiment_dir,
-                                                  TAG_ROLE: "search"}).info.run_id
+            run_id = self.client.create_run(
+                self.experiment_id,
+                run_name=name,
+                tags={TAG_EXPERIMENT: self.experiment_dir, TAG_ROLE: "search"},
+            ).info.run_id
             self.log(run_id, params=params)
         else:
             self.client.update_run(run_id, status="RUNNING")
@@ -122,21 +126,34 @@ class MlflowStore:
 
     def open_trial_run(self, parent: str, trial_id: str, params: dict[str, Any]) -> str:
         """A trial's run nested under ``parent``: found again when the trial resumes."""
-        run_id = self._find({TAG_EXPERIMENT: self.experiment_dir, TAG_ROLE: "trial",
-                             TAG_TRIAL: trial_id})
+        run_id = self._find(
+            {TAG_EXPERIMENT: self.experiment_dir, TAG_ROLE: "trial", TAG_TRIAL: trial_id}
+        )
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run_id = self.client.create_run(
-            self.experiment_id, run_name=f"trial_{trial_id}",
-            tags={TAG_PARENT: parent, TAG_EXPERIMENT: self.experiment_dir,
-                  TAG_ROLE: "trial", TAG_TRIAL: trial_id}).info.run_id
+            self.experiment_id,
+            run_name=f"trial_{trial_id}",
+            tags={
+                TAG_PARENT: parent,
+                TAG_EXPERIMENT: self.experiment_dir,
+                TAG_ROLE: "trial",
+                TAG_TRIAL: trial_id,
+            },
+        ).info.run_id
         self.log(run_id, params=params)
         return run_id
 
-    def log(self, run_id: str, *, params: dict[str, Any] | None = None,
-            metrics: dict[str, float] | None = None, step: int = 0,
-            tags: dict[str, str] | None = None) -> None:
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        step: int = 0,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         """Logs params, metrics at ``step`` and tags in one call."""
         from mlflow.entities import Metric, Param, RunTag
 
@@ -145,11 +162,18 @@ class MlflowStore:
             run_id,
             metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
             params=[Param(k, str(v)) for k, v in sorted((params or {}).items())],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
 
 
-def log_export(spec: ExperimentSpec, experiment_dir: str, out_dir: str, files: list[str],
-               best_trial_id: str, best_value: float) -> str:
+def log_export(
+    spec: ExperimentSpec,
+    experiment_dir: str,
+    out_dir: str,
+    files: list[str],
+    best_trial_id: str,
+    best_value: float,
+) -> str:
     """Logs an export's files (the best model among them) to the search's parent run.
 
     Returns:
@@ -161,10 +185,15 @@ def log_export(spec: ExperimentSpec, experiment_dir: str, out_dir: str, files: l
     store = MlflowStore(spec, experiment_dir)
     run_id = store.parent_run()
     if run_id is None:
-        raise SpecError(f"tracking: no MLflow run of {experiment_dir} at {store.uri}; the "
-                        f"export's files are written in {out_dir}")
+        raise SpecError(
+            f"tracking: no MLflow run of {experiment_dir} at {store.uri}; the "
+            f"export's files are written in {out_dir}"
+        )
     for name in files:
         store.client.log_artifact(run_id, os.path.join(out_dir, name), artifact_path="export")
-    store.log(run_id, metrics={f"best_{METRIC}": best_value},
-              tags={"finetune_search.best_trial_id": best_trial_id})
+    store.log(
+        run_id,
+        metrics={f"best_{METRIC}": best_value},
+        tags={"finetune_search.best_trial_id": best_trial_id},
+    )
     return f"MLflow: logged {', '.join(files)} to run {run_id} at {store.uri}"

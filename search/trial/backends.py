@@ -39,8 +39,10 @@ def missing_backend_message(name: str) -> str | None:
     """Why ``name`` cannot run in this process, or ``None`` when its package is installed."""
     if importlib.util.find_spec(name) is not None:
         return None
-    return (f"train.backend: {name} is not installed on {socket.gethostname()} "
-            f"({sys.executable}); {INSTALL_HINTS[name]}")
+    return (
+        f"train.backend: {name} is not installed on {socket.gethostname()} "
+        f"({sys.executable}); {INSTALL_HINTS[name]}"
+    )
 
 
 def check_installed(name: str) -> None:
@@ -70,8 +72,18 @@ def gpu_total_memory_mb(index: int = 0) -> int | None:
     physical = visible.split(",")[index] if visible else str(index)
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
-             "-i", physical], capture_output=True, text=True, timeout=10, check=True)
+            [
+                "nvidia-smi",
+                "--query-gpu=memory.total",
+                "--format=csv,noheader,nounits",
+                "-i",
+                physical,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return int(out.stdout.strip().splitlines()[0])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
@@ -160,7 +172,8 @@ class TensorFlowBackend(Backend):
                 if total is not None:
                     limit = int(total * gpu_fraction * MEMORY_HEADROOM)
                     tf.config.set_logical_device_configuration(
-                        gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+                        gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)]
+                    )
                     continue
             tf.config.experimental.set_memory_growth(gpu, True)
         _CONFIGURED_GPUS = list(gpus)
@@ -173,8 +186,9 @@ class TensorFlowBackend(Backend):
         return tuple(details.get("compute_capability", (0, 0)))  # type: ignore[return-value]
 
     def is_out_of_memory(self, err: BaseException) -> bool:
-        return isinstance(err, self.tf.errors.ResourceExhaustedError) or super(
-        ).is_out_of_memory(err)
+        return isinstance(err, self.tf.errors.ResourceExhaustedError) or super().is_out_of_memory(
+            err
+        )
 
     def enable_determinism(self) -> None:
         self.tf.config.experimental.enable_op_determinism()
@@ -216,8 +230,9 @@ class JaxBackend(Backend):
     def is_out_of_memory(self, err: BaseException) -> bool:
         import jax
 
-        return (isinstance(err, jax.errors.JaxRuntimeError)
-                and "RESOURCE_EXHAUSTED" in str(err)) or super().is_out_of_memory(err)
+        return (
+            isinstance(err, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(err)
+        ) or super().is_out_of_memory(err)
 
 
 class TorchBackend(Backend):
@@ -238,8 +253,7 @@ class TorchBackend(Backend):
         gpus = list(range(torch.cuda.device_count()))
         if is_fraction(gpu_fraction):
             for index in gpus:
-                torch.cuda.set_per_process_memory_fraction(gpu_fraction * MEMORY_HEADROOM,
-                                                           index)
+                torch.cuda.set_per_process_memory_fraction(gpu_fraction * MEMORY_HEADROOM, index)
         return gpus
 
     def compute_capability(self, gpus: list[Any]) -> tuple[int, int] | None:
@@ -263,7 +277,10 @@ class TorchBackend(Backend):
 
 
 _BACKEND_CLASSES: dict[str, type[Backend]] = {
-    "tensorflow": TensorFlowBackend, "jax": JaxBackend, "torch": TorchBackend}
+    "tensorflow": TensorFlowBackend,
+    "jax": JaxBackend,
+    "torch": TorchBackend,
+}
 
 
 def get_backend(name: str) -> Backend:
@@ -298,7 +315,8 @@ def activate(name: str, *, gpu_fraction: float, deterministic: bool = False) -> 
         raise TrialFailure(
             "backend_mismatch",
             f"train.backend: this process already runs Keras on {active_backend()} and Keras "
-            f"cannot switch to {name} once imported; start a fresh process (a new search)")
+            f"cannot switch to {name} once imported; start a fresh process (a new search)",
+        )
     os.environ["KERAS_BACKEND"] = name
     backend.set_environment(gpu_fraction, deterministic)
     return backend

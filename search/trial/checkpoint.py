@@ -42,7 +42,7 @@ def remove_temp_folders_of_dead_processes() -> list[str]:
     root = tempfile.gettempdir()
     for name in os.listdir(root):
         kind = next((k for k in TEMP_PREFIXES if name.startswith(k)), None)
-        pid = name[len(kind):].split("-", 1)[0] if kind else ""
+        pid = name[len(kind) :].split("-", 1)[0] if kind else ""
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -123,8 +123,9 @@ class ModelWrite:
         self._error: BaseException | None = None
         self._copy_error: BaseException | None = None
         self._copied = threading.Event()
-        self._thread = threading.Thread(target=self._save, args=(model,),
-                                        name="checkpoint-model-write", daemon=True)
+        self._thread = threading.Thread(
+            target=self._save, args=(model,), name="checkpoint-model-write", daemon=True
+        )
         self._thread.start()
 
     def _save(self, model: Any) -> None:
@@ -204,16 +205,24 @@ class ModelSnapshot:
 
         config_json, metadata_json = saving_lib._serialize_model_as_json(model)
         store = _recording_store_class(saving_lib.H5IOStore)()
-        assets = saving_lib.DiskIOStore(os.path.join(model_dir, saving_lib._ASSETS_DIRNAME),
-                                        mode="w")
+        assets = saving_lib.DiskIOStore(
+            os.path.join(model_dir, saving_lib._ASSETS_DIRNAME), mode="w"
+        )
         try:
-            saving_lib._save_state(model, weights_store=store, assets_store=assets,
-                                   inner_path="", visited_saveables=set())
+            saving_lib._save_state(
+                model,
+                weights_store=store,
+                assets_store=assets,
+                inner_path="",
+                visited_saveables=set(),
+            )
         finally:
             assets.close()
-        return cls(config_json, metadata_json,
-                   tuple((path, metadata, tuple(items)) for path, metadata, items in
-                         store.entries))
+        return cls(
+            config_json,
+            metadata_json,
+            tuple((path, metadata, tuple(items)) for path, metadata, items in store.entries),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -225,17 +234,19 @@ class ModelSnapshot:
         from keras.src.saving import saving_lib
 
         os.makedirs(model_dir, exist_ok=True)
-        for name, text in ((saving_lib._METADATA_FILENAME, self.metadata_json),
-                           (saving_lib._CONFIG_FILENAME, self.config_json)):
+        for name, text in (
+            (saving_lib._METADATA_FILENAME, self.metadata_json),
+            (saving_lib._CONFIG_FILENAME, self.config_json),
+        ):
             with open(os.path.join(model_dir, name), "w", encoding="utf-8") as handle:
                 handle.write(text)
-        store = saving_lib.H5IOStore(os.path.join(model_dir, saving_lib._VARS_FNAME_H5),
-                                     mode="w")
+        store = saving_lib.H5IOStore(os.path.join(model_dir, saving_lib._VARS_FNAME_H5), mode="w")
         try:
             for path, metadata, items in self.entries:
                 # As Keras called it: older releases' ``make`` takes no metadata.
-                entry = (store.make(path) if metadata is None
-                         else store.make(path, metadata=metadata))
+                entry = (
+                    store.make(path) if metadata is None else store.make(path, metadata=metadata)
+                )
                 for key, value in items:
                     entry[key] = value
         finally:
@@ -323,8 +334,11 @@ def restore_to_temp(checkpoint: Any) -> str | None:
     # Its state file, not the folder: object stores (S3) have no folders to ask about.
     state = storage.join(checkpoint.path, STATE_FILE)
     if not storage.exists(checkpoint.filesystem, state):
-        print(f"warning: checkpoint {checkpoint.path} was pruned after the trial ended; "
-              f"training it again from epoch 0", flush=True)
+        print(
+            f"warning: checkpoint {checkpoint.path} was pruned after the trial ended; "
+            f"training it again from epoch 0",
+            flush=True,
+        )
         return None
     local = temp_folder("trial-restore-")
     checkpoint.to_directory(local)

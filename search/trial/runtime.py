@@ -20,8 +20,11 @@ from search.trial import backends
 # on the CPU instead of failing with `no_gpu`. Never set on a real cluster.
 FAKE_GPUS_ENV = "FINETUNE_SEARCH_FAKE_GPUS"
 # Each backend's name in messages and the CUDA build it needs.
-BACKEND_GPU_BUILDS = {"tensorflow": ("TensorFlow", "tensorflow[and-cuda]"),
-                      "jax": ("JAX", "jax[cuda12]"), "torch": ("PyTorch", "a CUDA build of torch")}
+BACKEND_GPU_BUILDS = {
+    "tensorflow": ("TensorFlow", "tensorflow[and-cuda]"),
+    "jax": ("JAX", "jax[cuda12]"),
+    "torch": ("PyTorch", "a CUDA build of torch"),
+}
 
 
 @dataclass
@@ -49,8 +52,9 @@ def hide_unassigned_gpus(gpu_ids: list[str]) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
-def missing_gpu_message(gpu_ids: list[str], visible_gpus: list[Any],
-                        backend: str = backends.DEFAULT_BACKEND) -> str | None:
+def missing_gpu_message(
+    gpu_ids: list[str], visible_gpus: list[Any], backend: str = backends.DEFAULT_BACKEND
+) -> str | None:
     """Why a trial cannot use the GPUs it holds, or ``None`` when it can.
 
     Ray assigns GPUs by what a node declares; the framework finds none when the driver, the
@@ -66,17 +70,24 @@ def missing_gpu_message(gpu_ids: list[str], visible_gpus: list[Any],
         return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     name, wheels = BACKEND_GPU_BUILDS[backend]
-    return (f"Ray assigned GPU {','.join(gpu_ids)} but {name} sees no GPU "
-            f"(CUDA_VISIBLE_DEVICES={visible}); check the NVIDIA driver, the container's "
-            f"--gpus all and {wheels}")
+    return (
+        f"Ray assigned GPU {','.join(gpu_ids)} but {name} sees no GPU "
+        f"(CUDA_VISIBLE_DEVICES={visible}); check the NVIDIA driver, the container's "
+        f"--gpus all and {wheels}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # the set-up sequence
 
 
-def prepare(params: Mapping[str, Any], *, gpu_fraction: float, gpu_ids: list[str] | None = None,
-            deterministic: bool = False) -> Runtime:
+def prepare(
+    params: Mapping[str, Any],
+    *,
+    gpu_fraction: float,
+    gpu_ids: list[str] | None = None,
+    deterministic: bool = False,
+) -> Runtime:
     """Settles backend, devices, precision and seeds for one training run in this process.
 
     Args:
@@ -92,15 +103,19 @@ def prepare(params: Mapping[str, Any], *, gpu_fraction: float, gpu_ids: list[str
     """
     if gpu_ids is not None:
         hide_unassigned_gpus(gpu_ids)
-    backend = backends.activate(params.get("backend", backends.DEFAULT_BACKEND),
-                                gpu_fraction=gpu_fraction, deterministic=deterministic)
+    backend = backends.activate(
+        params.get("backend", backends.DEFAULT_BACKEND),
+        gpu_fraction=gpu_fraction,
+        deterministic=deterministic,
+    )
     import keras
 
     # Trial processes are reused across trials: drop the previous run's graph and layers.
     keras.backend.clear_session()
     gpus = backend.configure_gpus(gpu_fraction)
-    precision = backends.resolve_precision(params["mixed_precision"],
-                                           backend.compute_capability(gpus))
+    precision = backends.resolve_precision(
+        params["mixed_precision"], backend.compute_capability(gpus)
+    )
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(int(params["seed"]))
     if deterministic:
@@ -112,12 +127,14 @@ def make_optimizer(keras: Any, params: Mapping[str, Any]) -> Any:
     """SGD (with momentum) or Adam at ``params["learning_rate"]``."""
     if params["optimizer"] == "adam":
         return keras.optimizers.Adam(learning_rate=params["learning_rate"])
-    return keras.optimizers.SGD(learning_rate=params["learning_rate"],
-                                momentum=params.get("momentum", 0.9))
+    return keras.optimizers.SGD(
+        learning_rate=params["learning_rate"], momentum=params.get("momentum", 0.9)
+    )
 
 
-def build_compiled_model(params: Mapping[str, Any], input_shape: tuple[int, int, int],
-                         num_classes: int) -> Any:
+def build_compiled_model(
+    params: Mapping[str, Any], input_shape: tuple[int, int, int], num_classes: int
+) -> Any:
     """Builds the run's model through ``model_zoo`` and compiles it."""
     import keras
 
@@ -125,14 +142,23 @@ def build_compiled_model(params: Mapping[str, Any], input_shape: tuple[int, int,
 
     model_config = {k: params[k] for k in MODEL_KEYS if k in params}
     model = build_model(model_config, input_shape=input_shape, num_classes=num_classes)
-    model.compile(optimizer=make_optimizer(keras, params),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=params.get("jit_compile", "auto"))
+    model.compile(
+        optimizer=make_optimizer(keras, params),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=params.get("jit_compile", "auto"),
+    )
     return model
 
 
-def make_pipelines(params: Mapping[str, Any], x_train: Any, y_train: Any, x_eval: Any,
-                   y_eval: Any, batch_size: int) -> tuple[Any, Any]:
+def make_pipelines(
+    params: Mapping[str, Any],
+    x_train: Any,
+    y_train: Any,
+    x_eval: Any,
+    y_eval: Any,
+    batch_size: int,
+) -> tuple[Any, Any]:
     """The training pipeline (shuffled, augmented as ``params["augment"]`` says) and the
     evaluation pipeline (in order), both seeded from ``params["seed"]``.
 
@@ -145,7 +171,13 @@ def make_pipelines(params: Mapping[str, Any], x_train: Any, y_train: Any, x_eval
         from search.data.batches import make_batches as make
 
     seed = int(params["seed"])
-    train = make(x_train, y_train, batch_size=batch_size, training=True, seed=seed,
-                 augment=params.get("augment", "none"))
+    train = make(
+        x_train,
+        y_train,
+        batch_size=batch_size,
+        training=True,
+        seed=seed,
+        augment=params.get("augment", "none"),
+    )
     evaluation = make(x_eval, y_eval, batch_size=batch_size, training=False, seed=seed)
     return train, evaluation

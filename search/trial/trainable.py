@@ -70,8 +70,15 @@ def _node_id() -> str:
 class _Attempt:
     """Where this attempt runs and what it has done: the fields every report repeats."""
 
-    def __init__(self, state: TrainingState, gpu_ids: list[str], precision: str, *,
-                 gpu_count: float, began: float) -> None:
+    def __init__(
+        self,
+        state: TrainingState,
+        gpu_ids: list[str],
+        precision: str,
+        *,
+        gpu_count: float,
+        began: float,
+    ) -> None:
         self.state = state
         self.gpu_ids = gpu_ids
         self.precision = precision
@@ -91,21 +98,33 @@ class _Attempt:
     def report(self, **fields: Any) -> EpochReport:
         state = self.state
         return EpochReport(
-            gpu_seconds=state.gpu_seconds, wall_seconds=state.wall_seconds,
-            batch_size=state.batch_size, learning_rate_used=state.learning_rate,
-            oom_retried=state.oom_retried, gpu_ids=",".join(self.gpu_ids),
+            gpu_seconds=state.gpu_seconds,
+            wall_seconds=state.wall_seconds,
+            batch_size=state.batch_size,
+            learning_rate_used=state.learning_rate,
+            oom_retried=state.oom_retried,
+            gpu_ids=",".join(self.gpu_ids),
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
-            node_id=_node_id(), precision=self.precision, backend=active_backend(),
-            attempt_started_at=self.started_at, **fields)
+            node_id=_node_id(),
+            precision=self.precision,
+            backend=active_backend(),
+            attempt_started_at=self.started_at,
+            **fields,
+        )
 
     def fail(self, reason: str, message: str) -> None:
         """Ends the trial as failed, without a retry: Ray's retries cannot fix a NaN or an
         OOM."""
         last = self.state.last_metrics
         self.count_held_time()
-        tune.report(self.report(epoch=max(self.state.epoch, 1), trial_failed=True,
-                                failure_reason=str(TrialFailure(reason, message)),
-                                **{m: last.get(m, float("nan")) for m in METRICS}).as_dict())
+        tune.report(
+            self.report(
+                epoch=max(self.state.epoch, 1),
+                trial_failed=True,
+                failure_reason=str(TrialFailure(reason, message)),
+                **{m: last.get(m, float("nan")) for m in METRICS},
+            ).as_dict()
+        )
 
 
 class _LocalCheckpoints:
@@ -164,15 +183,23 @@ def train_trial(config: dict[str, Any], *, data: Any, fixed: Mapping[str, Any]) 
         checkpoints.remove_all()
 
 
-def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: float,
-           gpu_ids: list[str], checkpoints: _LocalCheckpoints, attempt_began: float) -> None:
+def _train(
+    run: runtime.Runtime,
+    params: dict[str, Any],
+    data: Any,
+    gpu_count: float,
+    gpu_ids: list[str],
+    checkpoints: _LocalCheckpoints,
+    attempt_began: float,
+) -> None:
     keras = run.keras
     restored = checkpoints.restored
     state = TrainingState.from_json(
         read_state(restored) if restored else {},
-        batch_size=int(params["batch_size"]), learning_rate=float(params["learning_rate"]))
-    attempt = _Attempt(state, gpu_ids, run.precision, gpu_count=gpu_count,
-                       began=attempt_began)
+        batch_size=int(params["batch_size"]),
+        learning_rate=float(params["learning_rate"]),
+    )
+    attempt = _Attempt(state, gpu_ids, run.precision, gpu_count=gpu_count, began=attempt_began)
     missing = runtime.missing_gpu_message(gpu_ids, run.gpus, run.backend.name)
     if missing is not None:
         attempt.fail("no_gpu", missing)
@@ -184,18 +211,27 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
         if source is not None:
             model = keras.saving.load_model(model_path(source))
         else:
-            run_params = {**params, "batch_size": state.batch_size,
-                          "learning_rate": state.learning_rate}
+            run_params = {
+                **params,
+                "batch_size": state.batch_size,
+                "learning_rate": state.learning_rate,
+            }
             model = runtime.build_compiled_model(run_params, data.input_shape, data.num_classes)
-        train_ds, val_ds = runtime.make_pipelines(params, data.x_train, data.y_train,
-                                                  data.x_val, data.y_val, state.batch_size)
+        train_ds, val_ds = runtime.make_pipelines(
+            params, data.x_train, data.y_train, data.x_val, data.y_val, state.batch_size
+        )
         return model, train_ds, val_ds
 
-    reporter = _EpochReporter(keras, attempt, checkpoints, CheckpointPolicy.from_settings(params),
-                              len(data.x_train),
-                              save_during_validation=run.backend.saves_during_validation,
-                              # The host's cores are idle while a GPU trains (ModelWrite).
-                              write_beside_training=bool(run.gpus))
+    reporter = _EpochReporter(
+        keras,
+        attempt,
+        checkpoints,
+        CheckpointPolicy.from_settings(params),
+        len(data.x_train),
+        save_during_validation=run.backend.saves_during_validation,
+        # The host's cores are idle while a GPU trains (ModelWrite).
+        write_beside_training=bool(run.gpus),
+    )
     model, train_ds, val_ds = build()
     epochs = int(params["epochs"])
     try:
@@ -203,9 +239,15 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
             try:
                 # One fit for every remaining epoch: each epoch's end reports (and checkpoints
                 # when the policy says so) from inside it, through the reporter.
-                model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epoch,
-                          epochs=epochs, verbose=0, shuffle=False,
-                          callbacks=[keras.callbacks.TerminateOnNaN(), reporter.callback])
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    initial_epoch=state.epoch,
+                    epochs=epochs,
+                    verbose=0,
+                    shuffle=False,
+                    callbacks=[keras.callbacks.TerminateOnNaN(), reporter.callback],
+                )
             except Exception as err:  # noqa: BLE001 - only device OOM is handled, rest re-raised
                 reporter.discard_model_write()  # the epoch failed before its report
                 # The report in flight first: when Ray stopped the trial (SystemExit) or the
@@ -214,8 +256,11 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
                 if not run.backend.is_out_of_memory(err):
                     raise
                 if state.oom_retried or state.batch_size < 2:
-                    attempt.fail("oom", f"out of device memory at batch_size="
-                                        f"{state.batch_size}: {str(err).splitlines()[0][:200]}")
+                    attempt.fail(
+                        "oom",
+                        f"out of device memory at batch_size="
+                        f"{state.batch_size}: {str(err).splitlines()[0][:200]}",
+                    )
                     return
                 # Retry once with half the batch; the learning rate follows linearly so the
                 # update size per example stays the same. The failed epoch may have changed
@@ -223,8 +268,7 @@ def _train(run: runtime.Runtime, params: dict[str, Any], data: Any, gpu_count: f
                 # (its weights, optimizer state and epoch), not from the model in memory; the
                 # epochs since it are trained again.
                 source = checkpoints.last_completed
-                saved = (TrainingState.from_json(read_state(source)) if source
-                         else TrainingState())
+                saved = TrainingState.from_json(read_state(source)) if source else TrainingState()
                 state.epoch, state.last_metrics = saved.epoch, saved.last_metrics
                 state.oom_retried = True
                 state.batch_size //= 2
@@ -261,10 +305,17 @@ class _EpochReporter:
     way.
     """
 
-    def __init__(self, keras: Any, attempt: _Attempt, checkpoints: _LocalCheckpoints,
-                 policy: CheckpointPolicy, train_images: int, *,
-                 save_during_validation: bool = True,
-                 write_beside_training: bool = False) -> None:
+    def __init__(
+        self,
+        keras: Any,
+        attempt: _Attempt,
+        checkpoints: _LocalCheckpoints,
+        policy: CheckpointPolicy,
+        train_images: int,
+        *,
+        save_during_validation: bool = True,
+        write_beside_training: bool = False,
+    ) -> None:
         self.failed = False
         self.epoch_began = self.train_seconds = 0.0
         self.last_checkpoint_at = attempt.began  # the attempt's start counts as one
@@ -300,8 +351,11 @@ class _EpochReporter:
 
     def validation_began(self, model: Any) -> None:
         """Starts writing the model when this epoch will report a checkpoint."""
-        if (self.save_during_validation and self.model_write is None
-                and self.checkpoint_due(self.attempt.state.epoch + 1)):
+        if (
+            self.save_during_validation
+            and self.model_write is None
+            and self.checkpoint_due(self.attempt.state.epoch + 1)
+        ):
             self.model_write = self._model_write(model)
 
     def _model_write(self, model: Any) -> ModelWrite:
@@ -344,16 +398,25 @@ class _EpochReporter:
             self.last_checkpoint_at = time.perf_counter()
             waited = self.last_checkpoint_at - began
             attempt.count_held_time()  # the report counts the wait for the copy too
-        report = attempt.report(epoch=state.epoch, **metrics, epoch_seconds=elapsed,
-                                checkpoint_seconds=waited,
-                                images_per_s=self.train_images / max(
-                                    self.train_seconds or elapsed, 1e-9))
+        report = attempt.report(
+            epoch=state.epoch,
+            **metrics,
+            epoch_seconds=elapsed,
+            checkpoint_seconds=waited,
+            images_per_s=self.train_images / max(self.train_seconds or elapsed, 1e-9),
+        )
         # The state as of this epoch: the next one changes ``state`` while the report runs.
-        self._send(model, report.as_dict(), checkpoint_write,
-                   TrainingState.from_json(state.to_json()))
+        self._send(
+            model, report.as_dict(), checkpoint_write, TrainingState.from_json(state.to_json())
+        )
 
-    def _send(self, model: Any, metrics: dict[str, Any], checkpoint_write: ModelWrite | None,
-              saved_state: TrainingState) -> None:
+    def _send(
+        self,
+        model: Any,
+        metrics: dict[str, Any],
+        checkpoint_write: ModelWrite | None,
+        saved_state: TrainingState,
+    ) -> None:
         """Starts ``tune.report`` in a background thread (see the class docs), after the
         epoch's checkpoint, if any, is written."""
 
@@ -362,7 +425,8 @@ class _EpochReporter:
                 checkpoint = None
                 if checkpoint_write is not None:
                     self.checkpoints.replace_latest(
-                        write_checkpoint(model, saved_state, started=checkpoint_write))
+                        write_checkpoint(model, saved_state, started=checkpoint_write)
+                    )
                     checkpoint = tune.Checkpoint.from_directory(cast(str, self.checkpoints.latest))
                 tune.report(metrics, checkpoint=checkpoint)
             except BaseException as err:  # noqa: BLE001 - raised in the trial's thread by settle()

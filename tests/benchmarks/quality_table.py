@@ -28,13 +28,28 @@ def write_synthetic_table(folder: Path, runs: int = 160, max_t: int = 9) -> Path
         epochs = []
         for epoch in range(1, max_t + 1):
             value = simulated_accuracy(config, epoch, seed=planned.seed)
-            epochs.append({"epoch": epoch, "val_accuracy": value, "val_loss": 1 - value,
-                           "loss": 1 - value, "accuracy": value,
-                           "test_accuracy": max(0.0, value - 0.01),
-                           "fit_s": 0.2 * config["upsample"] ** 2 + 0.1 * config["input_convs"],
-                           "test_s": 0.01, "load": 0.0})
-        records.append({"config_id": planned.config_id, "role": planned.role,
-                        "seed": planned.seed, "config": config, "epochs": epochs})
+            epochs.append(
+                {
+                    "epoch": epoch,
+                    "val_accuracy": value,
+                    "val_loss": 1 - value,
+                    "loss": 1 - value,
+                    "accuracy": value,
+                    "test_accuracy": max(0.0, value - 0.01),
+                    "fit_s": 0.2 * config["upsample"] ** 2 + 0.1 * config["input_convs"],
+                    "test_s": 0.01,
+                    "load": 0.0,
+                }
+            )
+        records.append(
+            {
+                "config_id": planned.config_id,
+                "role": planned.role,
+                "seed": planned.seed,
+                "config": config,
+                "epochs": epochs,
+            }
+        )
     folder.mkdir(parents=True, exist_ok=True)
     path = table_path(task, folder)
     pd.DataFrame(runs_to_rows(records, [d.name for d in task.dimensions])).to_parquet(path)

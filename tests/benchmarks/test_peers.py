@@ -17,13 +17,23 @@ from benchmarks.peers.peers import digits_task
 
 
 def _row(trial, epoch, value, t, fit_s=1.0, test=None):
-    return {"trial": trial, "epoch": epoch, "val_accuracy": value, "t": t, "fit_s": fit_s,
-            "test_accuracy": test}
+    return {
+        "trial": trial,
+        "epoch": epoch,
+        "val_accuracy": value,
+        "t": t,
+        "fit_s": fit_s,
+        "test_accuracy": test,
+    }
 
 
 def test_figures_count_only_the_budget_in_arrival_order():
-    rows = [_row("a", 1, 0.50, 1.0, test=0.45), _row("b", 1, 0.70, 2.0, test=0.66),
-            _row("a", 2, 0.70, 3.0, test=0.71), _row("b", 2, 0.95, 4.0, test=0.9)]
+    rows = [
+        _row("a", 1, 0.50, 1.0, test=0.45),
+        _row("b", 1, 0.70, 2.0, test=0.66),
+        _row("a", 2, 0.70, 3.0, test=0.71),
+        _row("b", 2, 0.95, 4.0, test=0.9),
+    ]
     run = MethodRun(rows, wall_s=10.0, began=0.0, concurrency=2)
     figures = run_figures(run, budget=3)
     assert figures["best_val"] == pytest.approx(0.70)
@@ -39,8 +49,9 @@ def test_paired_difference_has_a_t_interval_and_says_when_it_is_noise():
     clear = paired([0.9, 0.91, 0.92], [0.8, 0.8, 0.81])
     assert clear["diff"] == pytest.approx(0.1066667, abs=1e-6)
     # sd of (0.1, 0.11, 0.11) = 0.005774; t(0.975, 2) = 4.303.
-    assert clear["high"] - clear["diff"] == pytest.approx(4.303 * 0.005774 / math.sqrt(3),
-                                                          rel=1e-3)
+    assert clear["high"] - clear["diff"] == pytest.approx(
+        4.303 * 0.005774 / math.sqrt(3), rel=1e-3
+    )
     assert clear["verdict"] == "ours better"
     assert clear["ratio"] == pytest.approx(0.91 / 0.80333, rel=1e-4)
     assert paired([0.9, 0.8], [0.85, 0.86])["verdict"] == "within noise"
@@ -53,8 +64,12 @@ def test_paired_difference_has_a_t_interval_and_says_when_it_is_noise():
 
 def test_to_target_counts_in_arrival_order_when_it_differs_from_epoch_order():
     # Arrival: a1, a2 (the target), b1, c1 -- epoch order would put a2 last.
-    rows = [_row("a", 1, 0.50, 1.0), _row("a", 2, 0.90, 2.0), _row("b", 1, 0.60, 3.0),
-            _row("c", 1, 0.70, 4.0)]
+    rows = [
+        _row("a", 1, 0.50, 1.0),
+        _row("a", 2, 0.90, 2.0),
+        _row("b", 1, 0.60, 3.0),
+        _row("c", 1, 0.70, 4.0),
+    ]
     assert to_target(rows, budget=4, target=0.9) == (2, 2.0)
 
 
@@ -65,10 +80,26 @@ def test_framework_cost_counts_a_slow_start_up_not_as_training_and_leaves_out_te
         trial_id, config = "t1", {"upsample": 1}
         # A 30 s start-up (import, build) before epoch 1's 2 s: Ray's wall_seconds counts
         # from the attempt's start, the trial's epoch_seconds from the epoch's.
-        history = [{"epoch": 2, "val_accuracy": 0.8, "wall_seconds": 34.0, "epoch_seconds": 2.0,
-                    "timestamp": 134, "attempt_started_at": 100.0, "time_total_s": 34.0},
-                   {"epoch": 1, "val_accuracy": 0.6, "wall_seconds": 32.0, "epoch_seconds": 2.0,
-                    "timestamp": 132, "attempt_started_at": 100.0, "time_total_s": 32.0}]
+        history = [
+            {
+                "epoch": 2,
+                "val_accuracy": 0.8,
+                "wall_seconds": 34.0,
+                "epoch_seconds": 2.0,
+                "timestamp": 134,
+                "attempt_started_at": 100.0,
+                "time_total_s": 34.0,
+            },
+            {
+                "epoch": 1,
+                "val_accuracy": 0.6,
+                "wall_seconds": 32.0,
+                "epoch_seconds": 2.0,
+                "timestamp": 132,
+                "attempt_started_at": 100.0,
+                "time_total_s": 32.0,
+            },
+        ]
 
     rows = _ray_rows([Trial()], began=100.0)
     assert [(r["epoch"], r["fit_s"]) for r in rows] == [(1, 2.0), (2, 2.0)]
@@ -76,19 +107,28 @@ def test_framework_cost_counts_a_slow_start_up_not_as_training_and_leaves_out_te
     ours = run_figures(MethodRun(rows, wall_s=34.0, began=100.0, concurrency=1), budget=2)
     assert ours["overhead_s_per_epoch"] == pytest.approx((34.0 - 4.0) / 2)
     # A peer that spends 5 s on the harness's test evaluations: not its cost.
-    peer_rows = [{**_row("p", 1, 0.6, 1.0, fit_s=2.0), "test_s": 5.0},
-                 {**_row("p", 2, 0.8, 2.0, fit_s=2.0), "test_s": 0.0}]
+    peer_rows = [
+        {**_row("p", 1, 0.6, 1.0, fit_s=2.0), "test_s": 5.0},
+        {**_row("p", 2, 0.8, 2.0, fit_s=2.0), "test_s": 0.0},
+    ]
     peer = run_figures(MethodRun(peer_rows, wall_s=39.0, began=0.0, concurrency=1), budget=2)
     assert peer["overhead_s_per_epoch"] == pytest.approx((39.0 - 4.0 - 5.0) / 2)
 
 
 def test_summary_censors_a_target_never_reached_at_the_budget():
-    run = {"best_val": 0.9, "test_acc": 0.88, "seconds_to_target": None,
-           "overhead_s_per_epoch": 1.0}
-    result = summarize({"finetune_search": [{**run, "epochs_to_target": 5},
-                                            {**run, "epochs_to_target": 7}],
-                        "optuna": [{**run, "epochs_to_target": None},
-                                   {**run, "epochs_to_target": 9}]}, budget=30)
+    run = {
+        "best_val": 0.9,
+        "test_acc": 0.88,
+        "seconds_to_target": None,
+        "overhead_s_per_epoch": 1.0,
+    }
+    result = summarize(
+        {
+            "finetune_search": [{**run, "epochs_to_target": 5}, {**run, "epochs_to_target": 7}],
+            "optuna": [{**run, "epochs_to_target": None}, {**run, "epochs_to_target": 9}],
+        },
+        budget=30,
+    )
     assert result["methods"]["optuna"]["epochs_to_target"] == [None, 9]
     assert result["methods"]["optuna"]["epochs_to_target_censored"] == [30, 9]
     assert result["comparisons"]["optuna"]["epochs_to_target"]["diff"] == pytest.approx(-13.5)
@@ -138,11 +178,17 @@ def test_every_method_searches_the_tiny_task(name, tmp_path):
 
     repo = Path(__file__).resolve().parents[2]
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(repo), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", RUN_ONE_METHOD, name, str(tmp_path),
-                           str(TINY_BUDGET)], capture_output=True, text=True, env=env,
-                          timeout=900)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_ONE_METHOD, name, str(tmp_path), str(TINY_BUDGET)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, (done.stdout + done.stderr)[-3000:]
     result = json.loads(lines[-1].removeprefix("RESULT "))
@@ -161,7 +207,8 @@ def test_every_method_searches_the_tiny_task(name, tmp_path):
 
 
 def test_resume_runs_only_the_seeds_the_report_lacks_and_refuses_another_comparison(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     from benchmarks.common import REDUCED, Context
     from benchmarks.peers import peers
 
@@ -170,8 +217,12 @@ def test_resume_runs_only_the_seeds_the_report_lacks_and_refuses_another_compari
     def fake(task, seed, workdir, ctx):
         ran.append(seed)
         value = 0.5 + seed / 10
-        return MethodRun([_row("a", 1, value, 1.0, test=value), _row("a", 2, value, 2.0)],
-                         wall_s=3.0, began=0.0, concurrency=1)
+        return MethodRun(
+            [_row("a", 1, value, 1.0, test=value), _row("a", 2, value, 2.0)],
+            wall_s=3.0,
+            began=0.0,
+            concurrency=1,
+        )
 
     monkeypatch.setattr(peers, "METHODS", {"finetune_search": fake, "optuna": fake})
     task = digits_task(2, budget=2, concurrency=1, train_images=50)

@@ -55,8 +55,11 @@ def test_other_runs_leave_out_the_sections_they_are_told_to(tmp_path):
     main = "benchmarks/measured/bench-reduced-2026-11-30-1238.json"
     other = "benchmarks/measured/bench-reduced-2026-11-30-0925.json"
     result = json.loads((REPO / main).read_text(encoding="utf-8"))
-    block = render.reduced_block(main, result, [render.Other(
-        other, json.loads((REPO / other).read_text(encoding="utf-8")), ["scale"])])
+    block = render.reduced_block(
+        main,
+        result,
+        [render.Other(other, json.loads((REPO / other).read_text(encoding="utf-8")), ["scale"])],
+    )
     scale_rows = [line for line in block.splitlines() if "`scale." in line]
     overhead_rows = [line for line in block.splitlines() if "`overhead.one_fit_ratio`)" in line]
     assert scale_rows and all("09:25" not in line for line in scale_rows)

@@ -28,8 +28,11 @@ def test_plan_holds_the_issue_s_runs_and_every_prefix_is_balanced():
     assert len({(p.config_id, p.seed) for p in runs}) == len(runs)
     # Every upsample x input_convs cell gets the same share of any prefix (round-robin).
     for prefix in (45, 150, len(runs)):
-        cells = Counter((p.config["upsample"], p.config["input_convs"])
-                        for p in runs[:prefix] if p.role == SOBOL)
+        cells = Counter(
+            (p.config["upsample"], p.config["input_convs"])
+            for p in runs[:prefix]
+            if p.role == SOBOL
+        )
         assert len(cells) == 15 and max(cells.values()) - min(cells.values()) <= 1
     # A repeat is a Sobol config already trained, with the other seed.
     seen = {}
@@ -50,10 +53,15 @@ def test_plan_holds_the_issue_s_runs_and_every_prefix_is_balanced():
                 assert value in d.values
 
 
-@pytest.mark.parametrize("kind,low,high,values", [("log", 1e-4, 0.3, ()),
-                                                  ("linear", 0.0, 0.8, ()),
-                                                  ("int", 0, 2, ()),
-                                                  ("choice", 0, 1, (1, 2, 3, 4, 5))])
+@pytest.mark.parametrize(
+    "kind,low,high,values",
+    [
+        ("log", 1e-4, 0.3, ()),
+        ("linear", 0.0, 0.8, ()),
+        ("int", 0, 2, ()),
+        ("choice", 0, 1, (1, 2, 3, 4, 5)),
+    ],
+)
 def test_dimension_unit_round_trip(kind, low, high, values):
     from task import Dimension
 
@@ -73,14 +81,31 @@ def test_side_log_merges_into_parquet_and_a_cut_line_is_trained_again(tmp_path):
 
     task = digits_task(max_t=2)
     first, second = plan(task)[:2]
-    run = {"config_id": first.config_id, "role": first.role, "seed": first.seed,
-           "config": first.config,
-           "epochs": [{"epoch": e, "val_accuracy": 0.5, "val_loss": 1.0, "loss": 1.0,
-                       "accuracy": 0.5, "test_accuracy": 0.4, "fit_s": 1.0, "test_s": 0.1,
-                       "load": 0.0} for e in (1, 2)]}
+    run = {
+        "config_id": first.config_id,
+        "role": first.role,
+        "seed": first.seed,
+        "config": first.config,
+        "epochs": [
+            {
+                "epoch": e,
+                "val_accuracy": 0.5,
+                "val_loss": 1.0,
+                "loss": 1.0,
+                "accuracy": 0.5,
+                "test_accuracy": 0.4,
+                "fit_s": 1.0,
+                "test_s": 0.1,
+                "load": 0.0,
+            }
+            for e in (1, 2)
+        ],
+    }
     log = side_log(task, tmp_path)
-    log.write_text(json.dumps(run) + "\n" + json.dumps({**run, "config_id": second.config_id})
-                   [:40], encoding="utf-8")  # the second line was cut by a kill
+    log.write_text(
+        json.dumps(run) + "\n" + json.dumps({**run, "config_id": second.config_id})[:40],
+        encoding="utf-8",
+    )  # the second line was cut by a kill
     assert done_keys(task, tmp_path) == {(first.config_id, 0)}
     assert merge(task, tmp_path) == 1
     assert not log.exists() and table_path(task, tmp_path).exists()
@@ -138,8 +163,12 @@ def test_forest_surrogate_keeps_table_curves_and_learns_which_settings_matter(tm
         assert val == pytest.approx(table.val[i]) and cost == pytest.approx(table.cost[i])
     # Between the table's points: a curve (val and test), and the cost the synthetic table
     # gives (0.2 upsample ** 2 + 0.1 input_convs seconds) within a factor of 2.
-    config = {**table.configs[0], "upsample": 5, "input_convs": 0,
-              "noise_std": table.configs[0]["noise_std"] * 1.01}
+    config = {
+        **table.configs[0],
+        "upsample": 5,
+        "input_convs": 0,
+        "noise_std": table.configs[0]["noise_std"] * 1.01,
+    }
     val, test, cost = forest.predict(config)
     assert val.shape == test.shape == cost.shape == (task.max_t,)
     assert 2.5 < float(np.median(cost)) < 10.0
@@ -198,8 +227,9 @@ def _simulate(monkeypatch, jobs, table, budget, unit="seconds", workers=2):
     scripted = _Scripted(jobs)
     monkeypatch.setitem(methods.METHODS, "scripted", lambda *a, **kw: scripted)
     monkeypatch.setattr(methods, "clamp_config", lambda task, config: config)
-    run = simulate.simulate_one("scripted", digits_task(3), _Objective(table), 0, workers,
-                                budget, unit)
+    run = simulate.simulate_one(
+        "scripted", digits_task(3), _Objective(table), 0, workers, budget, unit
+    )
     return run, scripted
 
 
@@ -210,8 +240,14 @@ def test_simulator_delivers_epochs_in_time_order_not_epoch_order(monkeypatch):
     table = {"a": ([0.5, 0.9, 0.95], [10.0, 1.0, 1.0]), "b": ([0.6, 0.7, 0.7], [1.0, 1.0, 1.0])}
     jobs = [Job("a", {"k": "a"}, 1, 3), Job("b", {"k": "b"}, 1, 3)]
     run, scripted = _simulate(monkeypatch, jobs, table, budget=100)
-    assert [(k, e) for k, e, _ in scripted.heard] == [("b", 1), ("b", 2), ("b", 3), ("a", 1),
-                                                      ("a", 2), ("a", 3)]
+    assert [(k, e) for k, e, _ in scripted.heard] == [
+        ("b", 1),
+        ("b", 2),
+        ("b", 3),
+        ("a", 1),
+        ("a", 2),
+        ("a", 3),
+    ]
     spent = [p[0] for p in run["trace"]]
     assert spent == [1, 2, 3, 13, 14, 15]
     walls = [p[2] for p in run["trace"]]
@@ -226,8 +262,9 @@ def test_simulator_stops_at_the_budget_in_either_unit(monkeypatch):
     table = {"a": ([0.5, 0.9, 0.95], [2.0, 2.0, 2.0])}
     run, _ = _simulate(monkeypatch, [Job("a", {"k": "a"}, 1, 3)], table, budget=5, workers=1)
     assert [p[0] for p in run["trace"]] == [2, 4]  # the third epoch would pass 5 s
-    run, _ = _simulate(monkeypatch, [Job("a", {"k": "a"}, 1, 3)], table, budget=1,
-                       unit="epochs", workers=1)
+    run, _ = _simulate(
+        monkeypatch, [Job("a", {"k": "a"}, 1, 3)], table, budget=1, unit="epochs", workers=1
+    )
     assert [p[1] for p in run["trace"]] == [1]
 
 
@@ -235,15 +272,17 @@ def test_figures_regret_censoring_and_paired_tests():
     from simulate import censored_median, iqm, run_figures, wilcoxon_p
 
     trace = [(1.0, 1, 1.0, 0.5, 0.4), (5.0, 2, 2.0, 0.895, 0.88), (9.0, 3, 3.0, 0.9, 0.89)]
-    figures = run_figures({"trace": trace, "trials": 2}, best=0.9, median=0.5, budget=10,
-                          unit="seconds")
+    figures = run_figures(
+        {"trace": trace, "trials": 2}, best=0.9, median=0.5, budget=10, unit="seconds"
+    )
     assert figures["regret"]["0.1"] == pytest.approx(1.0)
     assert figures["regret"]["0.5"] == pytest.approx(0.0125)
     assert figures["regret"]["1.0"] == pytest.approx(0.0)
     assert figures["seconds_to_within_1pt"] == 5.0 and figures["seconds_to_within_0_5pt"] == 5.0
     assert figures["test_acc"] == 0.89
-    never = run_figures({"trace": trace[:1], "trials": 1}, best=0.9, median=0.5, budget=10,
-                        unit="seconds")
+    never = run_figures(
+        {"trace": trace[:1], "trials": 1}, best=0.9, median=0.5, budget=10, unit="seconds"
+    )
     assert never["seconds_to_within_1pt"] is None  # censored, not the budget
     assert censored_median([1.0, None, None], 10)["median_censored"] is True
     assert censored_median([1.0, 2.0, None], 10)["median"] == 2.0
@@ -263,8 +302,24 @@ def test_quick_simulation_runs_every_method_and_writes_the_issue_s_keys(tmp_path
 
     table = write_synthetic_table(tmp_path / "table", runs=200)
     out = tmp_path / "sim.json"
-    assert main(["--table", str(table), "--quick", "--processes", "1", "--json", str(out),
-                 "--plot", str(tmp_path / "plot.png"), "--ablation", "tpe"]) == 0
+    assert (
+        main(
+            [
+                "--table",
+                str(table),
+                "--quick",
+                "--processes",
+                "1",
+                "--json",
+                str(out),
+                "--plot",
+                str(tmp_path / "plot.png"),
+                "--ablation",
+                "tpe",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["seeds"] == 3 and result["workers"] == [2]
     assert set(result["methods"]) == set(METHODS)
@@ -293,8 +348,9 @@ def test_replayed_real_search_gets_the_same_suggestions_and_stops(tmp_path):
 
     from tests.helpers import cli, write_spec
 
-    spec = write_spec(tmp_path, search={"num_samples": 8, "max_concurrent": 2, "seed": 3,
-                                        "baseline": True})
+    spec = write_spec(
+        tmp_path, search={"num_samples": 8, "max_concurrent": 2, "seed": 3, "baseline": True}
+    )
     done = cli("run", str(spec), "--num-cpus", "2", "--name", "replayed")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     experiment = tmp_path / "results" / "replayed"
@@ -348,12 +404,22 @@ def test_the_cifar10_flag_plans_vgg16_runs_with_a_valid_spec():
 def test_peer_report_renders_the_readme_tables_from_the_json():
     from benchmarks.peers.peer_report import markdown_tables, summarize
 
-    run = {"best_val": 0.9, "test_acc": 0.88, "seconds_to_target": None,
-           "overhead_s_per_epoch": 1.0}
-    result = summarize({"finetune_search": [{**run, "epochs_to_target": 5},
-                                            {**run, "best_val": 0.8, "epochs_to_target": None}],
-                        "optuna": [{**run, "epochs_to_target": None},
-                                   {**run, "epochs_to_target": 9}]}, budget=30)
+    run = {
+        "best_val": 0.9,
+        "test_acc": 0.88,
+        "seconds_to_target": None,
+        "overhead_s_per_epoch": 1.0,
+    }
+    result = summarize(
+        {
+            "finetune_search": [
+                {**run, "epochs_to_target": 5},
+                {**run, "best_val": 0.8, "epochs_to_target": None},
+            ],
+            "optuna": [{**run, "epochs_to_target": None}, {**run, "epochs_to_target": 9}],
+        },
+        budget=30,
+    )
     text = markdown_tables({**result, "budget_trial_epochs": 30})
     assert "| `finetune_search` | 0.850 (0.900, 0.800) |" in text
     assert "5, never (1/2 reached)" in text and "never, 9 (1/2 reached)" in text
@@ -361,8 +427,11 @@ def test_peer_report_renders_the_readme_tables_from_the_json():
 
 
 # Where each rendered block lives: the docs page that cites the JSON it is rendered from.
-RESULT_BLOCKS = {"quality-sim": "docs/compared.md", "quality-ablation": "docs/compared.md",
-                 "peers-real": "docs/compared.md"}
+RESULT_BLOCKS = {
+    "quality-sim": "docs/compared.md",
+    "quality-ablation": "docs/compared.md",
+    "peers-real": "docs/compared.md",
+}
 
 
 @pytest.mark.parametrize("block", sorted(RESULT_BLOCKS))

@@ -35,8 +35,13 @@ def test_only_accepts_a_subset_in_run_order_and_names_a_wrong_one():
 
 
 def test_help_runs_without_starting_anything():
-    done = subprocess.run([sys.executable, str(RUN_PY), "--help"], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(RUN_PY), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     for option in ("--reduced", "--json", "--only", "--gpu-peak-tflops"):
         assert option in done.stdout

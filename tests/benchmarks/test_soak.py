@@ -14,7 +14,9 @@ from benchmarks.reliability import soak
 def test_two_soak_cycles_end_with_no_hang_no_lost_trial_and_no_disagreement(tmp_path):
     # The faults the seed draws, so the run below exercises what it says it does.
     assert [random.Random(29 * 100_003 + i).choice(soak.FAULTS) for i in range(2)] == [
-        "kill_in_journal_write", "kill_in_snapshot"]
+        "kill_in_journal_write",
+        "kill_in_snapshot",
+    ]
     results = soak.soak(2, 29, tmp_path)
     summary = soak.summarize(results, 29)
     assert summary["cycles"] == 2 and summary["by_storage"] == {"local": 1, "s3": 1}

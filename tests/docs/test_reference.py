@@ -25,11 +25,17 @@ def _gen_docs() -> Any:
 def test_every_key_the_spec_accepts_has_a_description():
     from search.spec import SECTIONS
 
-    missing = [f"{section}.{key}" for section in SECTIONS if section != "space"
-               for key, _, _ in section_keys(section)
-               if not KEYS.get(section, {}).get(key, None) or not KEYS[section][key].meaning]
-    assert missing == [], ("spec keys without a line in search/spec_docs.py KEYS (add one, "
-                           "then run python scripts/gen_docs.py)")
+    missing = [
+        f"{section}.{key}"
+        for section in SECTIONS
+        if section != "space"
+        for key, _, _ in section_keys(section)
+        if not KEYS.get(section, {}).get(key, None) or not KEYS[section][key].meaning
+    ]
+    assert missing == [], (
+        "spec keys without a line in search/spec_docs.py KEYS (add one, "
+        "then run python scripts/gen_docs.py)"
+    )
 
 
 def test_committed_reference_pages_are_what_the_code_generates():
@@ -75,19 +81,25 @@ def _edges(rule: Range) -> tuple[list[Any], list[Any]]:
 
 
 # The keys the code accepts (a description may be written before its key lands).
-RANGES = [(section, key, doc.allowed) for section, docs in KEYS.items()
-          for key, doc in docs.items() if isinstance(doc.allowed, Range)
-          and key in {k for k, _, _ in section_keys(section)}]
+RANGES = [
+    (section, key, doc.allowed)
+    for section, docs in KEYS.items()
+    for key, doc in docs.items()
+    if isinstance(doc.allowed, Range) and key in {k for k, _, _ in section_keys(section)}
+]
 
 
-@pytest.mark.parametrize(("section", "key", "rule"), RANGES,
-                         ids=[f"{s}.{k}" for s, k, _ in RANGES])
+@pytest.mark.parametrize(
+    ("section", "key", "rule"), RANGES, ids=[f"{s}.{k}" for s, k, _ in RANGES]
+)
 def test_each_stated_range_is_the_one_its_validator_enforces(section, key, rule):
     accepted, refused = _edges(rule)
     assert [v for v in accepted if not _loads(section, key, v)] == [], (
-        f"{section}.{key}: the reference says {rule.text()}")
+        f"{section}.{key}: the reference says {rule.text()}"
+    )
     assert [v for v in refused if _loads(section, key, v)] == [], (
-        f"{section}.{key}: the reference says {rule.text()}")
+        f"{section}.{key}: the reference says {rule.text()}"
+    )
 
 
 def test_every_row_has_a_type_an_allowed_rule_and_a_meaning():

@@ -143,8 +143,9 @@ def test_parameter_counts(config: dict, num_classes: int, expected: int) -> None
 
 @pytest.mark.parametrize("interpolation", UPSAMPLE_INTERPOLATIONS)
 def test_every_interpolation_keeps_the_original_parameter_counts(interpolation: str) -> None:
-    model = build_model({**ORIGINAL, "upsample_interpolation": interpolation},
-                        input_shape=SHAPE, num_classes=10)
+    model = build_model(
+        {**ORIGINAL, "upsample_interpolation": interpolation}, input_shape=SHAPE, num_classes=10
+    )
     assert model.count_params() == 15_241_802
     upsample = model.get_layer("input_upsample")
     assert upsample.interpolation == interpolation
@@ -153,8 +154,9 @@ def test_every_interpolation_keeps_the_original_parameter_counts(interpolation: 
 
 def test_nearest_and_bilinear_give_different_outputs_on_the_same_input() -> None:
     nearest = build_model(ORIGINAL, input_shape=SHAPE, num_classes=10)
-    bilinear = build_model({**ORIGINAL, "upsample_interpolation": "bilinear"},
-                           input_shape=SHAPE, num_classes=10)
+    bilinear = build_model(
+        {**ORIGINAL, "upsample_interpolation": "bilinear"}, input_shape=SHAPE, num_classes=10
+    )
     bilinear.set_weights(nearest.get_weights())  # the same weights: only the resize differs
     images = np.random.default_rng(0).random((4, *SHAPE), dtype=np.float32)
 
@@ -164,13 +166,17 @@ def test_nearest_and_bilinear_give_different_outputs_on_the_same_input() -> None
     # nearest repeats every pixel 2x2 (the original method); bilinear blends neighbours.
     np.testing.assert_array_equal(enlarged(nearest), images.repeat(2, axis=1).repeat(2, axis=2))
     assert not np.allclose(enlarged(bilinear), enlarged(nearest), atol=1e-3)
-    assert not np.allclose(bilinear.predict(images, verbose=0),
-                           nearest.predict(images, verbose=0), atol=1e-6)
+    assert not np.allclose(
+        bilinear.predict(images, verbose=0), nearest.predict(images, verbose=0), atol=1e-6
+    )
 
 
 def test_upsample_1_has_no_upsampling_layer_whatever_the_interpolation() -> None:
-    model = build_model({**ORIGINAL, "upsample": 1, "upsample_interpolation": "bicubic"},
-                        input_shape=SHAPE, num_classes=10)
+    model = build_model(
+        {**ORIGINAL, "upsample": 1, "upsample_interpolation": "bicubic"},
+        input_shape=SHAPE,
+        num_classes=10,
+    )
     assert "input_upsample" not in [layer.name for layer in model.layers]
     assert model.count_params() == VGG16_PARAMS + dense(512, 256) + dense(256, 10)
 
@@ -182,9 +188,16 @@ def test_jit_compile_true_trains_every_interpolation_with_xla_where_it_has_a_ker
 ) -> None:
     # XLA has no kernel for bicubic, lanczos or area resizes: the layer says so, Keras then
     # trains without XLA (with a warning) instead of failing at the first step.
-    model = build_model({"backbone": "small_cnn", "weights": "none", "upsample": 2,
-                         "upsample_interpolation": interpolation},
-                        input_shape=(8, 8, 3), num_classes=3)
+    model = build_model(
+        {
+            "backbone": "small_cnn",
+            "weights": "none",
+            "upsample": 2,
+            "upsample_interpolation": interpolation,
+        },
+        input_shape=(8, 8, 3),
+        num_classes=3,
+    )
     compile_args = dict(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=True)
     if interpolation in XLA_INTERPOLATIONS:
         model.compile(**compile_args)
@@ -193,8 +206,7 @@ def test_jit_compile_true_trains_every_interpolation_with_xla_where_it_has_a_ker
         with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
             model.compile(**compile_args)
         assert model.jit_compile is False
-    history = model.fit(np.full((4, 8, 8, 3), 0.5, "float32"), np.zeros(4), epochs=1,
-                        verbose=0)
+    history = model.fit(np.full((4, 8, 8, 3), 0.5, "float32"), np.zeros(4), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
 
 
@@ -218,8 +230,9 @@ def test_registered_layer_names_match_what_keras_builds() -> None:
 
 
 def test_omitted_input_layers() -> None:
-    model = build_model({**ORIGINAL, "noise_std": 0.0, "upsample": 1}, input_shape=SHAPE,
-                        num_classes=10)
+    model = build_model(
+        {**ORIGINAL, "noise_std": 0.0, "upsample": 1}, input_shape=SHAPE, num_classes=10
+    )
     names = {layer.name for layer in model.layers}
     assert "input_noise" not in names and "input_upsample" not in names
     assert model.get_layer("block1_conv1").input.shape == (None, 32, 32, 3)
@@ -263,8 +276,9 @@ def test_freeze_by_layer_name_freezes_up_to_and_including_it() -> None:
 
 
 def test_vgg19_full_freeze_leaves_only_the_head_trainable() -> None:
-    model = build_model({**ORIGINAL, "backbone": "vgg19", "freeze": 22}, input_shape=SHAPE,
-                        num_classes=10)
+    model = build_model(
+        {**ORIGINAL, "backbone": "vgg19", "freeze": 22}, input_shape=SHAPE, num_classes=10
+    )
     assert describe_model(model)["trainable_params"] == HEAD_2X2
     assert describe_model(model)["non_trainable_params"] == VGG19_PARAMS
 
@@ -281,8 +295,9 @@ def test_input_convs_accept_any_channel_count() -> None:
 
 
 def test_caffe_preprocessing_matches_keras_on_0_1_images() -> None:
-    model = build_model({**ORIGINAL, "noise_std": 0, "upsample": 1}, input_shape=SHAPE,
-                        num_classes=10)
+    model = build_model(
+        {**ORIGINAL, "noise_std": 0, "upsample": 1}, input_shape=SHAPE, num_classes=10
+    )
     images = np.random.default_rng(0).random((2, *SHAPE), dtype=np.float32)
     preprocess = keras.Model(model.input, model.get_layer("preprocess_caffe").output)
     expected = keras.applications.vgg16.preprocess_input(images * 255.0)
@@ -305,8 +320,9 @@ def test_other_keras_preprocessing_modes(mode: str) -> None:
 
 
 def test_small_cnn_takes_0_1_pixels_unchanged() -> None:
-    model = build_model({"backbone": "small_cnn", "weights": "none"}, input_shape=SHAPE,
-                        num_classes=10)
+    model = build_model(
+        {"backbone": "small_cnn", "weights": "none"}, input_shape=SHAPE, num_classes=10
+    )
     assert not any(layer.name.startswith("preprocess") for layer in model.operations)
     assert model.get_layer("block1_conv1").input.shape == (None, 64, 64, 3)
 
@@ -339,8 +355,9 @@ def test_registered_layer_names_are_checked_against_the_built_trunk() -> None:
         build=_build_small_cnn, layer_names=("block1_conv1",) * 6, min_size=8,
     ))  # fmt: skip
     with pytest.raises(ValueError, match=r"differ from the registered layer_names"):
-        build_model({"backbone": "wrong_names", "weights": "none"}, input_shape=SHAPE,
-                    num_classes=2)
+        build_model(
+            {"backbone": "wrong_names", "weights": "none"}, input_shape=SHAPE, num_classes=2
+        )
 
 
 @pytest.mark.parametrize(
@@ -408,8 +425,9 @@ def test_predictions_stay_float32_under_mixed_precision() -> None:
     assert model.get_layer("head_dense").compute_dtype == "float16"
     assert model.output.dtype == "float32"
 
-    small = build_model({"backbone": "small_cnn", "weights": "none"}, input_shape=SHAPE,
-                        num_classes=10)
+    small = build_model(
+        {"backbone": "small_cnn", "weights": "none"}, input_shape=SHAPE, num_classes=10
+    )
     probabilities = small.predict(np.full((2, *SHAPE), 0.5, "float32"), verbose=0)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -429,8 +447,9 @@ def test_saved_models_load_where_model_zoo_cannot_be_imported(tmp_path: Path) ->
     # The original model, and one with a smooth resize (a searched upsample_interpolation).
     models = {
         "nearest": build_model(ORIGINAL, input_shape=SHAPE, num_classes=10),
-        "bicubic": build_model({**ORIGINAL, "upsample_interpolation": "bicubic"},
-                               input_shape=SHAPE, num_classes=10),
+        "bicubic": build_model(
+            {**ORIGINAL, "upsample_interpolation": "bicubic"}, input_shape=SHAPE, num_classes=10
+        ),
     }
     for name, model in models.items():
         model.save(tmp_path / f"{name}.keras")
@@ -472,8 +491,11 @@ def test_saved_models_load_where_model_zoo_cannot_be_imported(tmp_path: Path) ->
 @pytest.mark.slow
 def test_one_training_step_of_the_full_vgg16_model() -> None:
     model = build_model(ORIGINAL, input_shape=SHAPE, num_classes=10)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     rng = np.random.default_rng(0)
     images = rng.random((8, *SHAPE), dtype=np.float32)
     labels = rng.integers(0, 10, size=8)

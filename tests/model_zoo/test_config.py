@@ -191,13 +191,15 @@ def test_register_backbone_adds_and_guards() -> None:
         register_backbone("tiny", spec)
     register_backbone("tiny", spec, replace=True)
     with pytest.raises(ValueError, match=r"preprocessing must be one of"):
-        register_backbone("odd", BackboneSpec(build=spec.build, layer_names=(),
-                                              preprocessing="inception"))
+        register_backbone(
+            "odd", BackboneSpec(build=spec.build, layer_names=(), preprocessing="inception")
+        )
     with pytest.raises(ValueError, match=r"min_size must be an int >= 1"):
         register_backbone("odd", BackboneSpec(build=spec.build, layer_names=(), min_size=0))
     with pytest.raises(ValueError, match=r"weights_file and weights_url"):
-        register_backbone("odd", BackboneSpec(build=spec.build, layer_names=(),
-                                              weights_file="odd.h5"))
+        register_backbone(
+            "odd", BackboneSpec(build=spec.build, layer_names=(), weights_file="odd.h5")
+        )
     with pytest.raises(ValueError, match=r"spec must be a BackboneSpec"):
         register_backbone("odd", {"build": None})  # type: ignore[arg-type]
     assert "odd" not in BACKBONES

@@ -136,8 +136,10 @@ def test_auto_without_network_warns_once_and_initialises_randomly(
     assert len(attempts) == 1  # the second build does not try the network again
     assert first.count_params() == second.count_params() == 15_241_802
     # Random init: the two builds differ (pretrained weights would be equal).
-    assert not np.array_equal(first.get_layer("block1_conv1").get_weights()[0],
-                              second.get_layer("block1_conv1").get_weights()[0])
+    assert not np.array_equal(
+        first.get_layer("block1_conv1").get_weights()[0],
+        second.get_layer("block1_conv1").get_weights()[0],
+    )
 
 
 @pytest.fixture
@@ -147,8 +149,9 @@ def cached_reference(reference: dict, isolated_keras: Path, monkeypatch: pytest.
     target.parent.mkdir(parents=True)
     shutil.copy(reference["legacy"], target)
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    monkeypatch.setitem(BACKBONES, "vgg16",
-                        dataclasses.replace(BACKBONES["vgg16"], weights_hash=digest))
+    monkeypatch.setitem(
+        BACKBONES, "vgg16", dataclasses.replace(BACKBONES["vgg16"], weights_hash=digest)
+    )
     return target
 
 

@@ -42,22 +42,42 @@ def tracked_search(tmp_path_factory) -> TrackedSearch:
         env["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
         with open(root / "run.out", "w") as out, open(root / "run.err", "w") as err:
             run = subprocess.Popen(
-                [sys.executable, "-m", "search", "run", str(spec_path), "--num-cpus", "2",
-                 "--name", "tracked"], stdout=out, stderr=err, cwd=REPO,
-                env={**env, "PYTHONUNBUFFERED": "1"})
+                [
+                    sys.executable,
+                    "-m",
+                    "search",
+                    "run",
+                    str(spec_path),
+                    "--num-cpus",
+                    "2",
+                    "--name",
+                    "tracked",
+                ],
+                stdout=out,
+                stderr=err,
+                cwd=REPO,
+                env={**env, "PYTHONUNBUFFERED": "1"},
+            )
             deadline = time.monotonic() + 600
             # The driver takes its lock, then writes spec.yaml (status --watch says "starting"
             # in between; tests/search/outputs/test_status.py covers that).
-            while not (experiment / "spec.yaml").exists() and run.poll() is None and (
-                    time.monotonic() < deadline):
+            while (
+                not (experiment / "spec.yaml").exists()
+                and run.poll() is None
+                and (time.monotonic() < deadline)
+            ):
                 time.sleep(0.5)
             # Watched from another process while the driver holds the experiment; the watch
             # ends by itself when the driver lets go.
             watch = cli("status", str(experiment), "--watch", "1", timeout=900)
             returncode = run.wait(timeout=900)
-        yield TrackedSearch(experiment=experiment, returncode=returncode,
-                            stdout=(root / "run.out").read_text(),
-                            stderr=(root / "run.err").read_text(), watch=watch,
-                            tracking_uri=uri)
+        yield TrackedSearch(
+            experiment=experiment,
+            returncode=returncode,
+            stdout=(root / "run.out").read_text(),
+            stderr=(root / "run.err").read_text(),
+            watch=watch,
+            tracking_uri=uri,
+        )
     finally:
         stop_process_group(server)

@@ -24,8 +24,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # so it imports nothing of its own eagerly (`search.__version__` is read from any layer).
     ("base", ("search", "search.errors", "search._validate", "search._yaml", "search.storage")),
     ("data", ("search.data",)),
-    ("spec", ("search.spec", "search.space", "search.checkpoint_policy", "search.spec_docs",
-              "search.describe")),
+    (
+        "spec",
+        (
+            "search.spec",
+            "search.space",
+            "search.checkpoint_policy",
+            "search.spec_docs",
+            "search.describe",
+        ),
+    ),
     ("trial", ("search.trial",)),
     ("outputs", ("search.outputs",)),
     ("driver", ("search.driver",)),
@@ -62,12 +70,13 @@ def imported_modules(module: str, source: str) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name) for a in node.names
-                      if a.name.split(".")[0] == "search"]
+            found += [
+                (node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "search"
+            ]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from the package, one level up per extra dot
-                parent = package[:len(package) - node.level + 1]
+                parent = package[: len(package) - node.level + 1]
                 base = ".".join([*parent, base] if base else parent)
             if base.split(".")[0] != "search":
                 continue
@@ -80,10 +89,12 @@ def imported_modules(module: str, source: str) -> list[tuple[int, str]]:
 def upward_imports(module: str, source: str) -> list[str]:
     """The imports in ``source`` (the text of ``module``) that reach a higher layer."""
     own = layer_of(module)
-    return [f"{module}:{line} imports {target} ({LAYERS[layer_of(target)][0]} is above "
-            f"{LAYERS[own][0]})"
-            for line, target in dict.fromkeys(imported_modules(module, source))
-            if layer_of(target) > own]
+    return [
+        f"{module}:{line} imports {target} ({LAYERS[layer_of(target)][0]} is above "
+        f"{LAYERS[own][0]})"
+        for line, target in dict.fromkeys(imported_modules(module, source))
+        if layer_of(target) > own
+    ]
 
 
 def _modules() -> list[Path]:
@@ -101,8 +112,11 @@ def test_every_module_of_the_package_is_in_a_layer():
 
 
 def test_imports_only_point_down_the_layers():
-    upward = [found for path in _modules()
-              for found in upward_imports(module_name(path), path.read_text())]
+    upward = [
+        found
+        for path in _modules()
+        for found in upward_imports(module_name(path), path.read_text())
+    ]
     assert upward == []
 
 
@@ -110,18 +124,36 @@ def test_the_package_init_imports_nothing_of_its_own():
     assert imported_modules("search", (PACKAGE / "__init__.py").read_text()) == []
 
 
-@pytest.mark.parametrize(("module", "source", "expected"), [
-    ("search.outputs.report", "from search.driver.study import open_study\n",
-     ["search.outputs.report:1 imports search.driver.study (driver is above outputs)"]),
-    ("search.spec", "def f():\n    from search.outputs import export\n",
-     ["search.spec:2 imports search.outputs.export (outputs is above spec)"]),
-    ("search.data.parquet", "import search.trial.checkpoint\n",
-     ["search.data.parquet:1 imports search.trial.checkpoint (trial is above data)"]),
-    ("search.data.parquet", "from .. import cli\n",
-     ["search.data.parquet:1 imports search.cli (cli is above data)"]),
-    ("search.driver.service", "from search import storage\nfrom search.outputs import lock\n",
-     []),
-])
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        (
+            "search.outputs.report",
+            "from search.driver.study import open_study\n",
+            ["search.outputs.report:1 imports search.driver.study (driver is above outputs)"],
+        ),
+        (
+            "search.spec",
+            "def f():\n    from search.outputs import export\n",
+            ["search.spec:2 imports search.outputs.export (outputs is above spec)"],
+        ),
+        (
+            "search.data.parquet",
+            "import search.trial.checkpoint\n",
+            ["search.data.parquet:1 imports search.trial.checkpoint (trial is above data)"],
+        ),
+        (
+            "search.data.parquet",
+            "from .. import cli\n",
+            ["search.data.parquet:1 imports search.cli (cli is above data)"],
+        ),
+        (
+            "search.driver.service",
+            "from search import storage\nfrom search.outputs import lock\n",
+            [],
+        ),
+    ],
+)
 def test_the_layer_check_sees_every_form_of_import(module, source, expected):
     assert upward_imports(module, source) == expected
 
@@ -138,8 +170,12 @@ def _top_level_names(path: Path) -> set[str] | None:
             elif isinstance(sub, (ast.Import, ast.ImportFrom)):
                 names |= {(a.asname or a.name).split(".")[0] for a in sub.names}
             elif isinstance(sub, ast.Assign):
-                names |= {n.id for target in sub.targets for n in ast.walk(target)
-                          if isinstance(n, ast.Name)}
+                names |= {
+                    n.id
+                    for target in sub.targets
+                    for n in ast.walk(target)
+                    if isinstance(n, ast.Name)
+                }
             elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name):
                 names.add(sub.target.id)
     return None if "__getattr__" in names else names
@@ -152,8 +188,12 @@ def test_every_import_of_a_project_module_names_something_it_has():
     for root in ("search", "model_zoo", "tests", "benchmarks", "scripts"):
         for path in sorted((REPO / root).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                if not (isinstance(node, ast.ImportFrom) and not node.level and node.module
-                        and node.module.split(".")[0] in ("search", "model_zoo", "benchmarks")):
+                if not (
+                    isinstance(node, ast.ImportFrom)
+                    and not node.level
+                    and node.module
+                    and node.module.split(".")[0] in ("search", "model_zoo", "benchmarks")
+                ):
                     continue
                 base = REPO.joinpath(*node.module.split("."))
                 target = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
@@ -162,8 +202,12 @@ def test_every_import_of_a_project_module_names_something_it_has():
                     continue
                 names = _top_level_names(target)
                 for alias in node.names:
-                    if (names is not None and alias.name not in names
-                            and not _is_module(f"{node.module}.{alias.name}")):
-                        missing.append(f"{path.relative_to(REPO)}:{node.lineno} "
-                                       f"{node.module}.{alias.name}")
+                    if (
+                        names is not None
+                        and alias.name not in names
+                        and not _is_module(f"{node.module}.{alias.name}")
+                    ):
+                        missing.append(
+                            f"{path.relative_to(REPO)}:{node.lineno} {node.module}.{alias.name}"
+                        )
     assert missing == []

@@ -11,23 +11,36 @@ import search
 from tests.helpers import REPO
 
 PACKAGE = REPO / "search"
-MAX_MODULE_LINES = 420
+# In ruff format's layout (a call that wraps puts one argument per line): the 420
+# hand-wrapped lines of the limit before the project adopted `ruff format`, grown as
+# formatting grew the largest modules (service.py 420 -> 550 lines, the same code).
+MAX_MODULE_LINES = 560
 
 
 def test_public_api_lists_the_entry_points_and_each_resolves():
-    expected = {"run_search", "resume_search", "extend_search", "load_spec",
-                "export_experiment", "retrain", "write_report"}
+    expected = {
+        "run_search",
+        "resume_search",
+        "extend_search",
+        "load_spec",
+        "export_experiment",
+        "retrain",
+        "write_report",
+    }
     assert expected <= set(search.__all__)
     for name in search.__all__:
         assert callable(getattr(search, name)) or isinstance(getattr(search, name), type)
 
 
 def test_importing_the_cli_loads_neither_ray_nor_tensorflow():
-    code = ("import sys, search, search.cli; "
-            "print(sorted(m for m in ('ray', 'tensorflow', 'keras', 'optuna') "
-            "if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO, check=True)
+    code = (
+        "import sys, search, search.cli; "
+        "print(sorted(m for m in ('ray', 'tensorflow', 'keras', 'optuna') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
     assert done.stdout.strip() == "[]"
 
 
@@ -56,9 +69,13 @@ def _private_reaches(path: Path) -> list[str]:
                 if alias.name.startswith("search"):
                     modules.add(alias.asname or alias.name.split(".")[-1])
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in modules and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             found.append(f"{node.value.id}.{node.attr}")
     return found
 
@@ -67,8 +84,9 @@ def test_no_module_reaches_into_another_modules_private_names():
     reaches = {str(p.relative_to(REPO)): _private_reaches(p) for p in _modules()}
     # `search._validate` and `search._yaml` are the package's own private toolkit modules.
     allowed = {"from search._validate import", "from search._yaml import"}
-    bad = {k: [r for r in v if not any(r.startswith(a) for a in allowed)]
-           for k, v in reaches.items()}
+    bad = {
+        k: [r for r in v if not any(r.startswith(a) for a in allowed)] for k, v in reaches.items()
+    }
     assert {k: v for k, v in bad.items() if v} == {}
 
 
@@ -82,7 +100,12 @@ def test_model_zoo_never_imports_ray_or_search():
 
 def test_the_private_reach_check_sees_both_forms(tmp_path):
     path = tmp_path / "m.py"
-    path.write_text("from search.data.cifar import _CIFAR\nfrom search import storage\n"
-                    "storage._hidden()\nimport search.data.sources as src\nsrc._x\n")
-    assert sorted(_private_reaches(path)) == ["from search.data.cifar import _CIFAR",
-                                              "src._x", "storage._hidden"]
+    path.write_text(
+        "from search.data.cifar import _CIFAR\nfrom search import storage\n"
+        "storage._hidden()\nimport search.data.sources as src\nsrc._x\n"
+    )
+    assert sorted(_private_reaches(path)) == [
+        "from search.data.cifar import _CIFAR",
+        "src._x",
+        "storage._hidden",
+    ]

@@ -60,21 +60,33 @@ def test_fixed_config_excludes_searched_keys():
 
 def test_baseline_point_is_the_original_method_for_searched_keys():
     spec = load_spec_dict(BASE)
-    assert spec.baseline_point() == {"noise_std": 0.01, "upsample": 2, "input_convs": 0,
-                                     "freeze": 0, "dropout": 0.75}
+    assert spec.baseline_point() == {
+        "noise_std": 0.01,
+        "upsample": 2,
+        "input_convs": 0,
+        "freeze": 0,
+        "dropout": 0.75,
+    }
 
 
 def test_searched_upsample_interpolation_starts_the_baseline_at_nearest():
-    spec = load_spec_dict(spec_with(
-        space__upsample_interpolation={"choice": ["nearest", "bilinear", "bicubic"]}))
+    spec = load_spec_dict(
+        spec_with(space__upsample_interpolation={"choice": ["nearest", "bilinear", "bicubic"]})
+    )
     assert spec.baseline_point()["upsample_interpolation"] == "nearest"
     assert spec.space["upsample_interpolation"].values == ("nearest", "bilinear", "bicubic")
 
 
 def test_jit_compile_true_is_fine_with_xla_interpolations_or_without_upsampling():
     load_spec_dict(spec_with(train__jit_compile=True, model__upsample_interpolation="bilinear"))
-    load_spec_dict(spec_with(train__jit_compile=True, space__upsample=KeyError, model__upsample=1,
-                             model__upsample_interpolation="bicubic"))
+    load_spec_dict(
+        spec_with(
+            train__jit_compile=True,
+            space__upsample=KeyError,
+            model__upsample=1,
+            model__upsample_interpolation="bicubic",
+        )
+    )
 
 
 def test_dump_round_trips():
@@ -86,77 +98,134 @@ def test_dump_round_trips():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"space__upsample": {"int": [5, 2]}},
-         r"^space\.upsample\.int: `low <= high` must hold, got low=5, high=2$"),
-        ({"space__dropout": {"uniform": [0.5, 0.5]}},
-         r"space\.dropout\.uniform: `low < high` must hold, got low=0.5, high=0.5"),
-        ({"space__noise_std": {"loguniform": [0, 0.1]}},
-         r"space\.noise_std\.loguniform: `low > 0` must hold, got low=0"),
+        (
+            {"space__upsample": {"int": [5, 2]}},
+            r"^space\.upsample\.int: `low <= high` must hold, got low=5, high=2$",
+        ),
+        (
+            {"space__dropout": {"uniform": [0.5, 0.5]}},
+            r"space\.dropout\.uniform: `low < high` must hold, got low=0.5, high=0.5",
+        ),
+        (
+            {"space__noise_std": {"loguniform": [0, 0.1]}},
+            r"space\.noise_std\.loguniform: `low > 0` must hold, got low=0",
+        ),
         ({"space__noise_std": {"uniform": [-0.1, 0.1]}}, r"space\.noise_std: .*-0\.1"),
         ({"space__upsample": {"choice": []}}, r"space\.upsample\.choice: must be a non-empty"),
-        ({"space__upsample": {"normal": [1, 2]}},
-         r"space\.upsample: unknown distribution `normal`"),
+        (
+            {"space__upsample": {"normal": [1, 2]}},
+            r"space\.upsample: unknown distribution `normal`",
+        ),
         ({"space__upsample": [1, 2]}, r"space\.upsample: a list is ambiguous"),
         ({"space__freeze": {"choice": [0, 40]}}, r"space\.freeze: .*40"),
-        ({"space__upsampel": {"choice": [1]}}, r"space: unknown key `upsampel`; did you mean "
-                                               r"`upsample`\?"),
+        (
+            {"space__upsampel": {"choice": [1]}},
+            r"space: unknown key `upsampel`; did you mean "
+            r"`upsample`\?",
+        ),
         ({"trian": {}}, r"spec: unknown key `trian`; did you mean `train`\?"),
         ({"train__epochs": 0}, r"train\.epochs: must be an int >= 1, got 0"),
         ({"train__epochs": True}, r"train\.epochs: must be an int >= 1, got True"),
-        ({"train__optimizer": "rmsprop"}, r"train\.optimizer: must be one of sgd, adam, "
-                                          r"got 'rmsprop'"),
+        (
+            {"train__optimizer": "rmsprop"},
+            r"train\.optimizer: must be one of sgd, adam, "
+            r"got 'rmsprop'",
+        ),
         ({"train__learning_rate": -1}, r"train\.learning_rate: must be a float > 0, got -1"),
         ({"search": {"num_samples": 0}}, r"search\.num_samples: must be an int >= 1, got 0"),
         ({"search": {"budget_gpu_hours": -2}}, r"search\.budget_gpu_hours: must be a float > 0"),
-        ({"scheduler": {"reduction_factor": 1}}, r"scheduler\.reduction_factor: must be a "
-                                                 r"number >= 2, got 1"),
-        ({"scheduler": {"break_ties": 1}}, r"scheduler\.break_ties: must be true or false, "
-                                           r"got 1"),
-        ({"scheduler": {"grace_period": 5}}, r"scheduler\.grace_period: `grace_period <= "
-                                             r"max_t` must hold"),
-        ({"resources": {"gpus_per_trial": -1}}, r"resources\.gpus_per_trial: must be a float "
-                                                r">= 0, got -1"),
+        (
+            {"scheduler": {"reduction_factor": 1}},
+            r"scheduler\.reduction_factor: must be a "
+            r"number >= 2, got 1",
+        ),
+        (
+            {"scheduler": {"break_ties": 1}},
+            r"scheduler\.break_ties: must be true or false, "
+            r"got 1",
+        ),
+        (
+            {"scheduler": {"grace_period": 5}},
+            r"scheduler\.grace_period: `grace_period <= "
+            r"max_t` must hold",
+        ),
+        (
+            {"resources": {"gpus_per_trial": -1}},
+            r"resources\.gpus_per_trial: must be a float "
+            r">= 0, got -1",
+        ),
         ({"resources": {"gpus_per_trial": 1.5}}, r"resources\.gpus_per_trial: above 1 must be"),
         ({"resources": {"cpus_per_trial": 0}}, r"resources\.cpus_per_trial: must be a float > 0"),
         ({"model__pooling": "max"}, r"model\.pooling"),
         ({"name": "a/b"}, r"name: must be a non-empty string without '/'"),
         ({"dataset": KeyError}, r"dataset: is required"),
-        ({"space__learning_rate": {"uniform": [0.1, 0.2]}, "train__learning_rate": 0.01,
-          "search": {"baseline": True}},
-         r"search\.baseline: the baseline's learning_rate=0\.01 must lie in "
-         r"space\.learning_rate"),
-        ({"space__upsample": {"choice": [3, 4]}, "search": {"baseline": True}},
-         r"search\.baseline: the original method's upsample=2 must lie in space\.upsample"),
+        (
+            {
+                "space__learning_rate": {"uniform": [0.1, 0.2]},
+                "train__learning_rate": 0.01,
+                "search": {"baseline": True},
+            },
+            r"search\.baseline: the baseline's learning_rate=0\.01 must lie in "
+            r"space\.learning_rate",
+        ),
+        (
+            {"space__upsample": {"choice": [3, 4]}, "search": {"baseline": True}},
+            r"search\.baseline: the original method's upsample=2 must lie in space\.upsample",
+        ),
         ({"storage": 3}, r"storage: must be a path or URI string, got 3"),
-        ({"train__checkpoint": "rungs"}, r"^train\.checkpoint: must be one of asha_rungs, "
-                                         r"every_epoch, got 'rungs'$"),
-        ({"train__checkpoint_minutes": 0}, r"^train\.checkpoint_minutes: must be a float > 0, "
-                                           r"got 0$"),
-        ({"search__keep_checkpoints": 0}, r"^search\.keep_checkpoints: must be an int >= 1, "
-                                          r"got 0$"),
-        ({"space__checkpoint": {"choice": ["asha_rungs", "every_epoch"]}},
-         r"^space: unknown key `checkpoint`"),
+        (
+            {"train__checkpoint": "rungs"},
+            r"^train\.checkpoint: must be one of asha_rungs, "
+            r"every_epoch, got 'rungs'$",
+        ),
+        (
+            {"train__checkpoint_minutes": 0},
+            r"^train\.checkpoint_minutes: must be a float > 0, "
+            r"got 0$",
+        ),
+        (
+            {"search__keep_checkpoints": 0},
+            r"^search\.keep_checkpoints: must be an int >= 1, "
+            r"got 0$",
+        ),
+        (
+            {"space__checkpoint": {"choice": ["asha_rungs", "every_epoch"]}},
+            r"^space: unknown key `checkpoint`",
+        ),
         ({"name": ""}, r"name: must be a non-empty string without '/'"),
-        ({"search__budget_gpu_hours": 1, "resources__gpus_per_trial": 0},
-         r"search\.budget_gpu_hours: trials hold no GPU \(resources\.gpus_per_trial is 0\), "
-         r"so GPU-hours never accrue; use search\.budget_device_hours, got "
-         r"budget_gpu_hours=1"),
-        ({"search__budget_device_hours": -1},
-         r"search\.budget_device_hours: must be"),
-        ({"space__upsample_interpolation": {"choice": ["nearest", "cubic"]}},
-         r"^space\.upsample_interpolation: must be one of \['nearest', 'bilinear', 'bicubic', "
-         r"'lanczos3', 'lanczos5', 'area'\], got 'cubic'$"),
-        ({"model__upsample_interpolation": "linear"},
-         r"^model\.upsample_interpolation: must be one of .*, got 'linear'$"),
-        ({"space__upsample_interpolation": {"choice": ["bilinear", "bicubic"]},
-          "search__baseline": True},
-         r"^search\.baseline: the original method's upsample_interpolation='nearest' must lie "
-         r"in space\.upsample_interpolation"),
-        ({"space__upsample_interpolation": {"choice": ["nearest", "lanczos3"]},
-          "train__jit_compile": True},
-         r"^train\.jit_compile: true needs upsample_interpolation in \['nearest', 'bilinear'\] "
-         r"\(XLA has no kernel for the others; use jit_compile: auto\), "
-         r"got upsample_interpolation='lanczos3'$"),
+        (
+            {"search__budget_gpu_hours": 1, "resources__gpus_per_trial": 0},
+            r"search\.budget_gpu_hours: trials hold no GPU \(resources\.gpus_per_trial is 0\), "
+            r"so GPU-hours never accrue; use search\.budget_device_hours, got "
+            r"budget_gpu_hours=1",
+        ),
+        ({"search__budget_device_hours": -1}, r"search\.budget_device_hours: must be"),
+        (
+            {"space__upsample_interpolation": {"choice": ["nearest", "cubic"]}},
+            r"^space\.upsample_interpolation: must be one of \['nearest', 'bilinear', 'bicubic', "
+            r"'lanczos3', 'lanczos5', 'area'\], got 'cubic'$",
+        ),
+        (
+            {"model__upsample_interpolation": "linear"},
+            r"^model\.upsample_interpolation: must be one of .*, got 'linear'$",
+        ),
+        (
+            {
+                "space__upsample_interpolation": {"choice": ["bilinear", "bicubic"]},
+                "search__baseline": True,
+            },
+            r"^search\.baseline: the original method's upsample_interpolation='nearest' must lie "
+            r"in space\.upsample_interpolation",
+        ),
+        (
+            {
+                "space__upsample_interpolation": {"choice": ["nearest", "lanczos3"]},
+                "train__jit_compile": True,
+            },
+            r"^train\.jit_compile: true needs upsample_interpolation in \['nearest', 'bilinear'\] "
+            r"\(XLA has no kernel for the others; use jit_compile: auto\), "
+            r"got upsample_interpolation='lanczos3'$",
+        ),
     ],
 )
 def test_bad_spec_gets_one_line_error(changes, message):
@@ -166,8 +235,11 @@ def test_bad_spec_gets_one_line_error(changes, message):
 
 
 def test_conditional_keys_are_accepted_and_baseline_can_be_turned_off():
-    raw = spec_with(space__input_conv_filters={"choice": [8, 16]},
-                    space__upsample={"choice": [3, 4]}, search={"baseline": False})
+    raw = spec_with(
+        space__input_conv_filters={"choice": [8, 16]},
+        space__upsample={"choice": [3, 4]},
+        search={"baseline": False},
+    )
     spec = load_spec_dict(raw)
     assert spec.baseline_point()["upsample"] == 2  # defined, but not used with baseline off
     assert spec.search.baseline is False
@@ -176,17 +248,22 @@ def test_conditional_keys_are_accepted_and_baseline_can_be_turned_off():
 def test_default_baseline_outside_the_space_is_dropped_with_one_note():
     spec = load_spec_dict(spec_with(space__upsample={"choice": [3, 4]}))
     assert spec.search.baseline is False
-    assert spec.notes == ("search.baseline: running without the baseline trial, the original "
-                          "method's upsample=2 lies outside space.upsample "
-                          "({'choice': [3, 4]})",)
+    assert spec.notes == (
+        "search.baseline: running without the baseline trial, the original "
+        "method's upsample=2 lies outside space.upsample "
+        "({'choice': [3, 4]})",
+    )
     # Written down, the spec's own search.baseline: false round-trips without a note.
     assert load_spec_dict(spec.to_dict()).notes == ()
     assert load_spec_dict(BASE).notes == () and load_spec_dict(BASE).search.baseline is True
 
 
 def test_value_written_and_searched_is_searched_and_starts_the_baseline():
-    raw = spec_with(space__learning_rate={"loguniform": [0.0001, 0.05]},
-                    train__learning_rate=0.01, model__dropout=0.5)
+    raw = spec_with(
+        space__learning_rate={"loguniform": [0.0001, 0.05]},
+        train__learning_rate=0.01,
+        model__dropout=0.5,
+    )
     spec = load_spec_dict(raw)
     assert "learning_rate" not in spec.fixed_config() and "dropout" not in spec.fixed_config()
     # The original method's dropout wins for the baseline; learning_rate is the written one.
@@ -252,7 +329,8 @@ def test_shipped_configs_validate():
 
 
 def test_validate_says_in_one_line_that_the_baseline_is_dropped_and_refuses_when_asked(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     from search.cli import main
 
     path = tmp_path / "spec.yaml"

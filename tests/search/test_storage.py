@@ -10,10 +10,16 @@ from search import storage
 from search.errors import SpecError
 
 
-@pytest.mark.parametrize(("path", "remote"), [
-    ("/tmp/results", False), ("results", False), ("s3://bucket/a", True),
-    ("gs://bucket", True), ("file:///tmp/x", True),
-])
+@pytest.mark.parametrize(
+    ("path", "remote"),
+    [
+        ("/tmp/results", False),
+        ("results", False),
+        ("s3://bucket/a", True),
+        ("gs://bucket", True),
+        ("file:///tmp/x", True),
+    ],
+)
 def test_is_remote_means_a_uri(path, remote):
     assert storage.is_remote(path) is remote
 

@@ -12,15 +12,25 @@ from search.errors import SpecError
 def test_unknown_keys_read_the_same_everywhere():
     with pytest.raises(SpecError, match=r"^train: unknown key `epoch`; did you mean `epochs`\?$"):
         v.check_keys({"epoch": 3}, ("epochs", "batch_size"), "train")
-    with pytest.raises(SpecError, match=r"^train: unknown key `zzz`; valid keys: epochs, "
-                                        r"batch_size$"):
+    with pytest.raises(
+        SpecError,
+        match=r"^train: unknown key `zzz`; valid keys: epochs, "
+        r"batch_size$",
+    ):
         v.check_keys({"zzz": 3}, ("epochs", "batch_size"), "train")
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (3, True), (np.int64(3), True), (True, False), (np.bool_(True), False), (3.0, False),
-    ("3", False),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (3, True),
+        (np.int64(3), True),
+        (True, False),
+        (np.bool_(True), False),
+        (3.0, False),
+        ("3", False),
+    ],
+)
 def test_is_int_takes_numpy_ints_but_never_bools(value, expected):
     assert v.is_int(value) is expected
 

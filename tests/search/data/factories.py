@@ -22,8 +22,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                 "ship", "truck")
+CIFAR10_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 CIFAR100_COARSE = 20
 CIFAR100_FINE = 100
 ROW = 3 * 32 * 32
@@ -63,53 +73,69 @@ def cifar_rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, ROW), dtype=np.uint8)
 
 
-def cifar10_files(per_batch: int = 4, *, seed: int = 0,
-                  overrides: Mapping[str, bytes] | None = None) -> dict[str, bytes]:
+def cifar10_files(
+    per_batch: int = 4, *, seed: int = 0, overrides: Mapping[str, bytes] | None = None
+) -> dict[str, bytes]:
     """The members of a CIFAR-10 python folder, as bytes by file name."""
     files: dict[str, bytes] = {}
     for i in range(1, 6):
-        files[f"data_batch_{i}"] = cifar_pickle({
-            b"batch_label": f"training batch {i} of 5".encode(),
-            b"labels": [(i * per_batch + j) % 10 for j in range(per_batch)],
-            b"data": cifar_rows(per_batch, seed + i),
-            b"filenames": [f"img_{i}_{j}.png".encode() for j in range(per_batch)],
-        })
-    files["test_batch"] = cifar_pickle({
-        b"batch_label": b"testing batch 1 of 1",
-        b"labels": [j % 10 for j in range(per_batch)],
-        b"data": cifar_rows(per_batch, seed + 99),
-        b"filenames": [f"test_{j}.png".encode() for j in range(per_batch)],
-    })
-    files["batches.meta"] = cifar_pickle({
-        b"num_cases_per_batch": per_batch,
-        b"label_names": [n.encode() for n in CIFAR10_NAMES],
-        b"num_vis": ROW,
-    })
+        files[f"data_batch_{i}"] = cifar_pickle(
+            {
+                b"batch_label": f"training batch {i} of 5".encode(),
+                b"labels": [(i * per_batch + j) % 10 for j in range(per_batch)],
+                b"data": cifar_rows(per_batch, seed + i),
+                b"filenames": [f"img_{i}_{j}.png".encode() for j in range(per_batch)],
+            }
+        )
+    files["test_batch"] = cifar_pickle(
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": [j % 10 for j in range(per_batch)],
+            b"data": cifar_rows(per_batch, seed + 99),
+            b"filenames": [f"test_{j}.png".encode() for j in range(per_batch)],
+        }
+    )
+    files["batches.meta"] = cifar_pickle(
+        {
+            b"num_cases_per_batch": per_batch,
+            b"label_names": [n.encode() for n in CIFAR10_NAMES],
+            b"num_vis": ROW,
+        }
+    )
     files.update(overrides or {})
     return files
 
 
-def cifar100_files(n_train: int = 40, n_test: int = 10, *, seed: int = 0,
-                   overrides: Mapping[str, bytes] | None = None) -> dict[str, bytes]:
+def cifar100_files(
+    n_train: int = 40,
+    n_test: int = 10,
+    *,
+    seed: int = 0,
+    overrides: Mapping[str, bytes] | None = None,
+) -> dict[str, bytes]:
     """The members of a CIFAR-100 python folder; labels use fine classes 0..9 only."""
 
     def batch(n: int, label: bytes, offset: int) -> bytes:
         fine = [j % 10 for j in range(n)]
-        return cifar_pickle({
-            b"filenames": [f"{label.decode()}_{j}.png".encode() for j in range(n)],
-            b"batch_label": label,
-            b"fine_labels": fine,
-            b"coarse_labels": [f // 5 for f in fine],
-            b"data": cifar_rows(n, seed + offset),
-        })
+        return cifar_pickle(
+            {
+                b"filenames": [f"{label.decode()}_{j}.png".encode() for j in range(n)],
+                b"batch_label": label,
+                b"fine_labels": fine,
+                b"coarse_labels": [f // 5 for f in fine],
+                b"data": cifar_rows(n, seed + offset),
+            }
+        )
 
     files = {
         "train": batch(n_train, b"training batch 1 of 1", 1),
         "test": batch(n_test, b"testing batch 1 of 1", 2),
-        "meta": cifar_pickle({
-            b"fine_label_names": [f"fine_{i}".encode() for i in range(CIFAR100_FINE)],
-            b"coarse_label_names": [f"coarse_{i}".encode() for i in range(CIFAR100_COARSE)],
-        }),
+        "meta": cifar_pickle(
+            {
+                b"fine_label_names": [f"fine_{i}".encode() for i in range(CIFAR100_FINE)],
+                b"coarse_label_names": [f"coarse_{i}".encode() for i in range(CIFAR100_COARSE)],
+            }
+        ),
     }
     files.update(overrides or {})
     return files
@@ -149,14 +175,20 @@ def call_pickle(func: Any, *args: Any) -> bytes:
     return pickletools.optimize(pickle.dumps(RunsCommand(func, *args), protocol=2))
 
 
-def solid_image(colour: Sequence[int], size: tuple[int, int] = (20, 30),
-                mode: str = "RGB") -> Image.Image:
+def solid_image(
+    colour: Sequence[int], size: tuple[int, int] = (20, 30), mode: str = "RGB"
+) -> Image.Image:
     """A one-colour image of (width, height) `size`."""
     return Image.new(mode, size, tuple(colour) if mode != "L" else colour[0])
 
 
-def write_image_folder(root: Path, classes: Mapping[str, Sequence[int]], *, per_class: int = 3,
-                       formats: Sequence[str] = ("PNG", "JPEG")) -> Path:
+def write_image_folder(
+    root: Path,
+    classes: Mapping[str, Sequence[int]],
+    *,
+    per_class: int = 3,
+    formats: Sequence[str] = ("PNG", "JPEG"),
+) -> Path:
     """`root/<class>/<i>.png|jpg`, each class in one colour, formats alternating."""
     for name, colour in classes.items():
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -175,8 +207,12 @@ def png_bytes(colour: Sequence[int], size: tuple[int, int] = (16, 16)) -> bytes:
 
 def write_parquet(path: Path, columns: Mapping[str, Any]) -> Path:
     """Writes a table of pyarrow arrays (or Python lists) to `path`."""
-    table = pa.table({k: v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v)
-                      for k, v in columns.items()})
+    table = pa.table(
+        {
+            k: v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v)
+            for k, v in columns.items()
+        }
+    )
     pq.write_table(table, path)
     return path
 

@@ -41,8 +41,12 @@ def transforms(image: np.ndarray, augment: str) -> set[bytes]:
     pad = min(CROP_PADDING, height - 1, width - 1) if "crop" in augment else 0
     source = np.pad(image, [(pad, pad), (pad, pad), (0, 0)], mode="reflect")
     flips = [source, source[:, ::-1]] if "flip" in augment else [source]
-    return {np.ascontiguousarray(f[i:i + height, j:j + width]).tobytes() for f in flips
-            for i in range(2 * pad + 1) for j in range(2 * pad + 1)}
+    return {
+        np.ascontiguousarray(f[i : i + height, j : j + width]).tobytes()
+        for f in flips
+        for i in range(2 * pad + 1)
+        for j in range(2 * pad + 1)
+    }
 
 
 def test_evaluation_batches_equal_tf_data_s():
@@ -56,8 +60,9 @@ def test_evaluation_batches_equal_tf_data_s():
 
 def test_uint8_images_are_scaled_to_the_unit_interval():
     x = np.random.default_rng(1).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
-    (batch, _), = numpy_epoch(make_batches(x, np.zeros(5, np.int32), batch_size=8,
-                                           training=False, seed=0))
+    ((batch, _),) = numpy_epoch(
+        make_batches(x, np.zeros(5, np.int32), batch_size=8, training=False, seed=0)
+    )
     assert batch.dtype == np.float32
     np.testing.assert_allclose(batch, x.astype(np.float32) / 255, rtol=1e-6)
 
@@ -70,15 +75,17 @@ def test_training_epochs_are_permutations_in_tf_data_s_batch_sizes_and_repeat_fo
         return [[b for _, b in numpy_epoch(dataset)] for _ in range(2)]
 
     first, again, other = labels(7), labels(7), labels(8)
-    theirs = [b for _, b in tf_epoch(make_input_pipeline(x, y, batch_size=4, training=True,
-                                                         seed=7))]
+    theirs = [
+        b for _, b in tf_epoch(make_input_pipeline(x, y, batch_size=4, training=True, seed=7))
+    ]
     assert [len(b) for b in first[0]] == [len(b) for b in theirs] == [4, 4, 2]
     assert sorted(np.concatenate(first[0]).tolist()) == sorted(np.concatenate(theirs).tolist())
     assert not np.array_equal(np.concatenate(first[0]), np.concatenate(first[1]))
     assert all(np.array_equal(a, b) for e, f in zip(first, again) for a, b in zip(e, f))
     assert not np.array_equal(np.concatenate(first[0]), np.concatenate(other[0]))
-    for batch_images, batch_labels in numpy_epoch(make_batches(x, y, batch_size=4,
-                                                               training=True, seed=7)):
+    for batch_images, batch_labels in numpy_epoch(
+        make_batches(x, y, batch_size=4, training=True, seed=7)
+    ):
         assert np.array_equal(batch_images, x[batch_labels])  # no augmentation asked
 
 
@@ -86,8 +93,9 @@ def test_training_epochs_are_permutations_in_tf_data_s_batch_sizes_and_repeat_fo
 def test_augmented_images_are_among_the_transforms_tf_data_draws_from(augment):
     x, y = images(), np.arange(10, dtype=np.int32)
     ours = numpy_epoch(make_batches(x, y, batch_size=4, training=True, seed=3, augment=augment))
-    theirs = tf_epoch(make_input_pipeline(x, y, batch_size=4, training=True, seed=3,
-                                          augment=augment))
+    theirs = tf_epoch(
+        make_input_pipeline(x, y, batch_size=4, training=True, seed=3, augment=augment)
+    )
     for name, epoch in (("batches", ours), ("tf.data", theirs)):
         changed = 0
         for batch_images, batch_labels in epoch:
@@ -101,8 +109,11 @@ def test_augmented_images_are_among_the_transforms_tf_data_draws_from(augment):
 
 def test_batches_reject_unknown_augment_and_batch_size():
     x, y = images(), np.arange(10, dtype=np.int32)
-    with pytest.raises(SpecError, match=r"^augment: must be one of none, flip, crop, "
-                                        r"flip\+crop, got 'mixup'$"):
+    with pytest.raises(
+        SpecError,
+        match=r"^augment: must be one of none, flip, crop, "
+        r"flip\+crop, got 'mixup'$",
+    ):
         make_batches(x, y, batch_size=4, training=True, seed=0, augment="mixup")
     with pytest.raises(SpecError, match=r"^batch_size: must be a positive int, got 0$"):
         make_batches(x, y, batch_size=0, training=True, seed=0)

@@ -41,8 +41,13 @@ def one_line(excinfo: pytest.ExceptionInfo) -> str:
     return message
 
 
-def assert_dataset(data: Dataset, *, classes: int, image_shape: tuple[int, int, int] = (32, 32, 3),
-                   total: int | None = None) -> None:
+def assert_dataset(
+    data: Dataset,
+    *,
+    classes: int,
+    image_shape: tuple[int, int, int] = (32, 32, 3),
+    total: int | None = None,
+) -> None:
     for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
         assert x.dtype in (np.uint8, np.float32), x.dtype
         assert x.shape[1:] == image_shape and len(x) == len(y)
@@ -70,37 +75,65 @@ def test_spec_defaults_and_normalisation() -> None:
     assert (spec.image_column, spec.label_column) == ("image", "label")
 
 
-@pytest.mark.parametrize(("mapping", "match"), [
-    ({"name": "digits", "val_fracton": 0.2},
-     r"^dataset: unknown key `val_fracton`; did you mean `val_fraction`\?$"),
-    ({"name": "digits", "zzz": 1}, r"^dataset: unknown key `zzz`; valid keys: name, path"),
-    ({"path": "/x"}, r"^dataset\.name: is required, one of cifar10, cifar100, digits"),
-    ({"name": "cifar-10"}, r"^dataset\.name: must be one of .*got 'cifar-10' "
-                           r"\(did you mean 'cifar10'\?\)$"),
-    ({"name": "digits", "val_fraction": 1.5},
-     r"^dataset\.val_fraction: must be a float in \(0, 1\), got 1\.5$"),
-    ({"name": "digits", "val_fraction": 0}, r"val_fraction: must be a float in \(0, 1\), got 0"),
-    ({"name": "digits", "val_fraction": True}, r"val_fraction: .* got True"),
-    ({"name": "digits", "val_fraction": "0.1"}, r"val_fraction: .* got '0\.1'"),
-    ({"name": "digits", "subset": 0}, r"^dataset\.subset: must be a positive int or null, got 0"),
-    ({"name": "digits", "subset": True}, r"subset: must be a positive int or null, got True"),
-    ({"name": "digits", "subset": 10.0}, r"subset: .* got 10\.0"),
-    ({"name": "digits", "seed": False}, r"^dataset\.seed: must be an int in \[0, 2\*\*32\), "
-                                        r"got False"),
-    ({"name": "digits", "seed": -1}, r"seed: .* got -1"),
-    ({"name": "cifar100", "label_mode": "medium"},
-     r"^dataset\.label_mode: must be one of fine, coarse, got 'medium'"),
-    ({"name": "cifar10", "label_mode": "coarse"},
-     r"label_mode: only applies to cifar100, got 'coarse' for name 'cifar10'"),
-    ({"name": "folder", "path": "/x", "image_size": [32]},
-     r"^dataset\.image_size: must be \[height, width\] with positive ints, got \[32\]"),
-    ({"name": "folder", "path": "/x", "image_size": [32, True]}, r"image_size: "),
-    ({"name": "folder", "path": "/x", "image_size": "32x32"}, r"image_size: "),
-    ({"name": "parquet", "path": "/x", "image_column": ""}, r"^dataset\.image_column: must be"),
-    ({"name": "folder"}, r"^dataset\.path: is required for name 'folder'$"),
-    ({"name": "npz", "path": ""}, r"^dataset\.path: must be a non-empty string"),
-    ({"name": "digits", "path": "/x"}, r"^dataset\.path: digits is bundled with scikit-learn"),
-])
+@pytest.mark.parametrize(
+    ("mapping", "match"),
+    [
+        (
+            {"name": "digits", "val_fracton": 0.2},
+            r"^dataset: unknown key `val_fracton`; did you mean `val_fraction`\?$",
+        ),
+        ({"name": "digits", "zzz": 1}, r"^dataset: unknown key `zzz`; valid keys: name, path"),
+        ({"path": "/x"}, r"^dataset\.name: is required, one of cifar10, cifar100, digits"),
+        (
+            {"name": "cifar-10"},
+            r"^dataset\.name: must be one of .*got 'cifar-10' "
+            r"\(did you mean 'cifar10'\?\)$",
+        ),
+        (
+            {"name": "digits", "val_fraction": 1.5},
+            r"^dataset\.val_fraction: must be a float in \(0, 1\), got 1\.5$",
+        ),
+        (
+            {"name": "digits", "val_fraction": 0},
+            r"val_fraction: must be a float in \(0, 1\), got 0",
+        ),
+        ({"name": "digits", "val_fraction": True}, r"val_fraction: .* got True"),
+        ({"name": "digits", "val_fraction": "0.1"}, r"val_fraction: .* got '0\.1'"),
+        (
+            {"name": "digits", "subset": 0},
+            r"^dataset\.subset: must be a positive int or null, got 0",
+        ),
+        ({"name": "digits", "subset": True}, r"subset: must be a positive int or null, got True"),
+        ({"name": "digits", "subset": 10.0}, r"subset: .* got 10\.0"),
+        (
+            {"name": "digits", "seed": False},
+            r"^dataset\.seed: must be an int in \[0, 2\*\*32\), "
+            r"got False",
+        ),
+        ({"name": "digits", "seed": -1}, r"seed: .* got -1"),
+        (
+            {"name": "cifar100", "label_mode": "medium"},
+            r"^dataset\.label_mode: must be one of fine, coarse, got 'medium'",
+        ),
+        (
+            {"name": "cifar10", "label_mode": "coarse"},
+            r"label_mode: only applies to cifar100, got 'coarse' for name 'cifar10'",
+        ),
+        (
+            {"name": "folder", "path": "/x", "image_size": [32]},
+            r"^dataset\.image_size: must be \[height, width\] with positive ints, got \[32\]",
+        ),
+        ({"name": "folder", "path": "/x", "image_size": [32, True]}, r"image_size: "),
+        ({"name": "folder", "path": "/x", "image_size": "32x32"}, r"image_size: "),
+        (
+            {"name": "parquet", "path": "/x", "image_column": ""},
+            r"^dataset\.image_column: must be",
+        ),
+        ({"name": "folder"}, r"^dataset\.path: is required for name 'folder'$"),
+        ({"name": "npz", "path": ""}, r"^dataset\.path: must be a non-empty string"),
+        ({"name": "digits", "path": "/x"}, r"^dataset\.path: digits is bundled with scikit-learn"),
+    ],
+)
 def test_spec_errors_name_the_key_and_the_value(mapping: dict, match: str) -> None:
     with pytest.raises(SpecError, match=match) as excinfo:
         DatasetSpec.from_mapping(mapping)
@@ -154,22 +187,28 @@ def test_digits_subset_caps_train_plus_val_and_keeps_every_class() -> None:
     assert len(data.y_val) == 50 and len(data.y_test) == 360
     assert np.bincount(data.y_val).tolist() == [5] * 10
     assert np.bincount(data.y_train).tolist() == [15] * 10
-    assert np.array_equal(load(name="digits", subset=200, val_fraction=0.25).x_train,
-                          data.x_train)
-    assert not np.array_equal(load(name="digits", subset=200, val_fraction=0.25, seed=9).x_train,
-                              data.x_train)
+    assert np.array_equal(load(name="digits", subset=200, val_fraction=0.25).x_train, data.x_train)
+    assert not np.array_equal(
+        load(name="digits", subset=200, val_fraction=0.25, seed=9).x_train, data.x_train
+    )
 
 
 def test_subset_too_small_for_a_stratified_split_says_how_many() -> None:
-    with pytest.raises(SpecError, match=r"dataset\.subset: must keep 2 examples of each of the "
-                                        r"10 classes .* at least 20, got 15") as excinfo:
+    with pytest.raises(
+        SpecError,
+        match=r"dataset\.subset: must keep 2 examples of each of the "
+        r"10 classes .* at least 20, got 15",
+    ) as excinfo:
         load(name="digits", subset=15)
     one_line(excinfo)
 
 
 def test_val_fraction_too_small_for_one_per_class() -> None:
-    with pytest.raises(SpecError, match=r"val_fraction: 0\.01 of 100 training examples is 1 for "
-                                        r"validation, fewer than the 10 classes"):
+    with pytest.raises(
+        SpecError,
+        match=r"val_fraction: 0\.01 of 100 training examples is 1 for "
+        r"validation, fewer than the 10 classes",
+    ):
         load(name="digits", subset=100, val_fraction=0.01)
 
 
@@ -189,8 +228,7 @@ def test_dataset_pickles_as_plain_arrays(digits: Dataset) -> None:
 def cifar10_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     files = f.cifar10_files()
     if request.param == "archive":
-        return f.write_archive(tmp_path / cifar.CIFAR10_ARCHIVE, cifar.CIFAR10_FOLDER,
-                               files)
+        return f.write_archive(tmp_path / cifar.CIFAR10_ARCHIVE, cifar.CIFAR10_FOLDER, files)
     folder = f.write_folder(tmp_path / cifar.CIFAR10_FOLDER, files)
     return folder if request.param == "folder" else tmp_path
 
@@ -211,12 +249,12 @@ def test_cifar10_python_format_loads(cifar10_path: Path) -> None:
 
 @pytest.mark.parametrize("layout", ["archive", "folder"])
 @pytest.mark.parametrize(("mode", "classes"), [("fine", 100), ("coarse", 20)])
-def test_cifar100_python_format_loads(tmp_path: Path, layout: str, mode: str,
-                                      classes: int) -> None:
+def test_cifar100_python_format_loads(
+    tmp_path: Path, layout: str, mode: str, classes: int
+) -> None:
     files = f.cifar100_files()
     if layout == "archive":
-        path = f.write_archive(tmp_path / cifar.CIFAR100_ARCHIVE, cifar.CIFAR100_FOLDER,
-                               files)
+        path = f.write_archive(tmp_path / cifar.CIFAR100_ARCHIVE, cifar.CIFAR100_FOLDER, files)
     else:
         path = f.write_folder(tmp_path / cifar.CIFAR100_FOLDER, files)
     data = load(name="cifar100", path=str(path), label_mode=mode, val_fraction=0.25)
@@ -228,17 +266,19 @@ def test_cifar100_python_format_loads(tmp_path: Path, layout: str, mode: str,
 
 def test_cifar10_reads_python3_numpy2_pickles_too(tmp_path: Path) -> None:
     # Re-pickled by Python 3 + NumPy 2: bytes become _codecs.encode(...), numpy._core names.
-    files = {name: pickle.dumps(pickle.loads(data, encoding="bytes"), protocol=2)
-             for name, data in f.cifar10_files().items()}
+    files = {
+        name: pickle.dumps(pickle.loads(data, encoding="bytes"), protocol=2)
+        for name, data in f.cifar10_files().items()
+    }
     assert b"_codecs" in files["data_batch_1"] and b"numpy._core" in files["data_batch_1"]
-    data = load(name="cifar10", path=str(f.write_folder(tmp_path / "c", files)),
-                val_fraction=0.5)
+    data = load(name="cifar10", path=str(f.write_folder(tmp_path / "c", files)), val_fraction=0.5)
     assert len(data.y_test) == 4
 
 
 @pytest.mark.parametrize("where", ["keras3", "keras2", "archive"])
-def test_cifar10_without_path_uses_the_keras_cache(tmp_path: Path, where: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar10_without_path_uses_the_keras_cache(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(cifar, "fetch_with_keras", pytest.fail)
     cache = tmp_path / "datasets"
@@ -254,12 +294,15 @@ def test_cifar10_without_path_uses_the_keras_cache(tmp_path: Path, where: str,
 
 
 def test_cifar10_offline_and_uncached_says_what_to_download_and_where(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 
     def offline(layout: Any) -> Path:  # what keras.utils.get_file raises without a network
-        raise Exception(f"URL fetch failure on {layout.url}: None -- [Errno -3] Temporary "
-                        f"failure in name resolution")
+        raise Exception(
+            f"URL fetch failure on {layout.url}: None -- [Errno -3] Temporary "
+            f"failure in name resolution"
+        )
 
     monkeypatch.setattr(cifar, "fetch_with_keras", offline)
     with pytest.raises(DataError) as excinfo:
@@ -271,8 +314,9 @@ def test_cifar10_offline_and_uncached_says_what_to_download_and_where(
 
 
 @pytest.mark.parametrize("attack", ["os.system", "builtins.exec", "nested"])
-def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Path,
-                                                                  attack: str) -> None:
+def test_pickle_that_would_run_code_is_refused_without_running_it(
+    tmp_path: Path, attack: str
+) -> None:
     marker = tmp_path / "pwned"
     if attack == "os.system":
         payload = f.RunsCommand(os.system, f"touch {marker}")
@@ -283,8 +327,11 @@ def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Path
     files = f.cifar10_files(overrides={"data_batch_1": pickle.dumps(payload, protocol=2)})
     archive = f.write_archive(tmp_path / "evil.tar.gz", cifar.CIFAR10_FOLDER, files)
     refused = r"refused to unpickle (posix|os|__builtin__)\.(system|exec)"
-    with pytest.raises(DataError, match=rf"evil\.tar\.gz:cifar-10-batches-py/data_batch_1: "
-                                        rf"{refused}") as excinfo:
+    with pytest.raises(
+        DataError,
+        match=rf"evil\.tar\.gz:cifar-10-batches-py/data_batch_1: "
+        rf"{refused}",
+    ) as excinfo:
         load(name="cifar10", path=str(archive))
     one_line(excinfo)
     assert not marker.exists()
@@ -299,25 +346,31 @@ def _numpy_reconstruct() -> Any:
 
 
 @pytest.mark.parametrize("path", ["dtype", "ndarray", "_reconstruct"])
-def test_object_arrays_in_a_pickle_are_refused_on_every_constructor_path(tmp_path: Path,
-                                                                         path: str) -> None:
+def test_object_arrays_in_a_pickle_are_refused_on_every_constructor_path(
+    tmp_path: Path, path: str
+) -> None:
     if path == "dtype":  # a plain pickle of an object array: numpy.dtype("O") + __setstate__
-        payload = pickle.dumps({b"data": np.array([object()] * 2, dtype=object),
-                                b"labels": [0, 1]}, protocol=2)
+        payload = pickle.dumps(
+            {b"data": np.array([object()] * 2, dtype=object), b"labels": [0, 1]}, protocol=2
+        )
     elif path == "ndarray":  # numpy.ndarray((2,), "O"): no dtype global involved
         payload = f.call_pickle(np.ndarray, (2,), "O")
     else:  # _reconstruct(ndarray, (2,), b"O") with no __setstate__ after it
         payload = f.call_pickle(_numpy_reconstruct(), np.ndarray, (2,), b"O")
     files = f.cifar10_files(overrides={"data_batch_2": payload})
-    with pytest.raises(DataError, match=r"data_batch_2: not a readable CIFAR pickle "
-                                        r"\(UnpicklingError: refused object dtype object\)"):
+    with pytest.raises(
+        DataError,
+        match=r"data_batch_2: not a readable CIFAR pickle "
+        r"\(UnpicklingError: refused object dtype object\)",
+    ):
         load(name="cifar10", path=str(f.write_folder(tmp_path / "c", files)))
 
 
 @pytest.mark.parametrize("layout", ["archive", "folder"])
 @pytest.mark.parametrize("constructor", ["ndarray", "_reconstruct"])
 def test_tiny_pickle_asking_for_a_16_gib_array_is_refused_before_allocating(
-        tmp_path: Path, layout: str, constructor: str) -> None:
+    tmp_path: Path, layout: str, constructor: str
+) -> None:
     sixteen_gib = 2**34
     if constructor == "ndarray":
         payload = f.call_pickle(np.ndarray, (sixteen_gib,), "b")
@@ -329,9 +382,12 @@ def test_tiny_pickle_asking_for_a_16_gib_array_is_refused_before_allocating(
         path = f.write_archive(tmp_path / "c.tar.gz", cifar.CIFAR10_FOLDER, files)
     else:
         path = f.write_folder(tmp_path / "c", files)
-    with pytest.raises(DataError, match=rf"test_batch: not a readable CIFAR pickle "
-                                        rf"\(UnpicklingError: refused an array of {sixteen_gib} "
-                                        rf"bytes from a {len(payload)}-byte file") as excinfo:
+    with pytest.raises(
+        DataError,
+        match=rf"test_batch: not a readable CIFAR pickle "
+        rf"\(UnpicklingError: refused an array of {sixteen_gib} "
+        rf"bytes from a {len(payload)}-byte file",
+    ) as excinfo:
         load(name="cifar10", path=str(path))
     one_line(excinfo)
 
@@ -355,8 +411,11 @@ def test_truncated_pickle_inside_a_valid_archive_names_the_member(tmp_path: Path
     files = f.cifar10_files()
     files["data_batch_4"] = files["data_batch_4"][:500]
     archive = f.write_archive(tmp_path / "c.tar.gz", cifar.CIFAR10_FOLDER, files)
-    with pytest.raises(DataError, match=r"c\.tar\.gz:cifar-10-batches-py/data_batch_4: not a "
-                                        r"readable CIFAR pickle \((EOFError|UnpicklingError)"):
+    with pytest.raises(
+        DataError,
+        match=r"c\.tar\.gz:cifar-10-batches-py/data_batch_4: not a "
+        r"readable CIFAR pickle \((EOFError|UnpicklingError)",
+    ):
         load(name="cifar10", path=str(archive))
 
 
@@ -374,24 +433,33 @@ def test_missing_batch_file_is_named(tmp_path: Path, layout: str) -> None:
         path = f.write_archive(tmp_path / "c.tar.gz", cifar.CIFAR10_FOLDER, files)
     else:
         path = f.write_folder(tmp_path / "c", files)
-    with pytest.raises(DataError, match=r"no (cifar-10-batches-py/)?data_batch_3.*a CIFAR-10 "
-                                        r"(archive|folder) holds data_batch_1"):
+    with pytest.raises(
+        DataError,
+        match=r"no (cifar-10-batches-py/)?data_batch_3.*a CIFAR-10 "
+        r"(archive|folder) holds data_batch_1",
+    ):
         load(name="cifar10", path=str(path))
 
 
 def test_wrong_row_length_is_a_data_error(tmp_path: Path) -> None:
     batch = f.cifar_pickle({b"data": np.zeros((4, 1024), np.uint8), b"labels": [0, 1, 2, 3]})
     path = f.write_folder(tmp_path / "c", f.cifar10_files(overrides={"data_batch_5": batch}))
-    with pytest.raises(DataError, match=r"data_batch_5: 'data' must be a uint8 array of shape "
-                                        r"\(N, 3072\), got uint8 \(4, 1024\)"):
+    with pytest.raises(
+        DataError,
+        match=r"data_batch_5: 'data' must be a uint8 array of shape "
+        r"\(N, 3072\), got uint8 \(4, 1024\)",
+    ):
         load(name="cifar10", path=str(path))
 
 
 def test_cifar_label_out_of_range_is_a_data_error(tmp_path: Path) -> None:
     batch = f.cifar_pickle({b"data": f.cifar_rows(2, 0), b"labels": [3, 10]})
     path = f.write_folder(tmp_path / "c", f.cifar10_files(overrides={"test_batch": batch}))
-    with pytest.raises(DataError, match=r"c:test_batch: test label 10 at index 1 is out of "
-                                        r"range; labels must be in \[0, 10\) for 10 classes"):
+    with pytest.raises(
+        DataError,
+        match=r"c:test_batch: test label 10 at index 1 is out of "
+        r"range; labels must be in \[0, 10\) for 10 classes",
+    ):
         load(name="cifar10", path=str(path))
 
 
@@ -406,8 +474,9 @@ def test_missing_path_is_a_data_error(tmp_path: Path, name: str) -> None:
 
 
 def test_folder_of_png_and_jpeg_loads_resized_with_sorted_classes(tmp_path: Path) -> None:
-    root = f.write_image_folder(tmp_path / "imgs", {"red": RED, "blue": BLUE, "green": GREEN},
-                                per_class=4)
+    root = f.write_image_folder(
+        tmp_path / "imgs", {"red": RED, "blue": BLUE, "green": GREEN}, per_class=4
+    )
     (root / "red" / "notes.txt").write_text("ignored")
     f.solid_image(RED, mode="RGBA").save(root / "red" / "alpha.PNG")
     data = load(name="folder", path=str(root), image_size=[24, 20], val_fraction=0.25)
@@ -428,17 +497,26 @@ def test_folder_with_train_and_test_subfolders_has_a_test_split(tmp_path: Path) 
     assert data.x_test.shape == (2, 32, 32, 3)
 
 
-@pytest.mark.parametrize(("fault", "match"), [
-    ("empty folder", r"imgs: no class folders; put the images in .*imgs/<class_name>/"),
-    ("class without images", r"imgs/b: class folder 'b' has no \.png/\.jpg/\.jpeg images"),
-    ("grayscale image", r"imgs/a/0\.png: grayscale image \(mode L\); convert the images to RGB"),
-    ("undecodable image", r"imgs/a/notes\.jpg: cannot decode image \(not a format Pillow "
-                          r"recognises; expected PNG or JPEG\)$"),
-    ("broken png", r"imgs/a/broken\.png: cannot decode image \(Truncated File Read\)$"),
-    ("truncated jpeg", r"imgs/a/cut\.jpg: cannot decode image"),
-    ("unknown test class", r"test: class folder 'zebra' is not among the training classes a"),
-    ("a file, not a folder", r"imgs: not a folder"),
-])
+@pytest.mark.parametrize(
+    ("fault", "match"),
+    [
+        ("empty folder", r"imgs: no class folders; put the images in .*imgs/<class_name>/"),
+        ("class without images", r"imgs/b: class folder 'b' has no \.png/\.jpg/\.jpeg images"),
+        (
+            "grayscale image",
+            r"imgs/a/0\.png: grayscale image \(mode L\); convert the images to RGB",
+        ),
+        (
+            "undecodable image",
+            r"imgs/a/notes\.jpg: cannot decode image \(not a format Pillow "
+            r"recognises; expected PNG or JPEG\)$",
+        ),
+        ("broken png", r"imgs/a/broken\.png: cannot decode image \(Truncated File Read\)$"),
+        ("truncated jpeg", r"imgs/a/cut\.jpg: cannot decode image"),
+        ("unknown test class", r"test: class folder 'zebra' is not among the training classes a"),
+        ("a file, not a folder", r"imgs: not a folder"),
+    ],
+)
 def test_folder_faults_are_one_line_data_errors(tmp_path: Path, fault: str, match: str) -> None:
     root = tmp_path / "imgs"
     root.mkdir()
@@ -474,9 +552,12 @@ def test_folder_faults_are_one_line_data_errors(tmp_path: Path, fault: str, matc
 def test_class_with_one_example_says_which_class_and_what_is_needed(tmp_path: Path) -> None:
     f.write_image_folder(tmp_path, {"many": RED})
     f.write_image_folder(tmp_path, {"lonely": BLUE}, per_class=1)
-    with pytest.raises(DataError, match=r"class 'lonely' \(label 0\) has 1 training example; a "
-                                        r"stratified validation split needs at least 2 per "
-                                        r"class") as excinfo:
+    with pytest.raises(
+        DataError,
+        match=r"class 'lonely' \(label 0\) has 1 training example; a "
+        r"stratified validation split needs at least 2 per "
+        r"class",
+    ) as excinfo:
         load(name="folder", path=str(tmp_path), val_fraction=0.5)
     one_line(excinfo)
 
@@ -487,10 +568,13 @@ def test_class_with_one_example_says_which_class_and_what_is_needed(tmp_path: Pa
 
 def test_parquet_encoded_images_with_int_labels(tmp_path: Path) -> None:
     colours = [RED, BLUE] * 4
-    path = f.write_parquet(tmp_path / "d.parquet", {
-        "image": pa.array([f.png_bytes(c) for c in colours], pa.binary()),
-        "label": [0, 1] * 4,
-    })
+    path = f.write_parquet(
+        tmp_path / "d.parquet",
+        {
+            "image": pa.array([f.png_bytes(c) for c in colours], pa.binary()),
+            "label": [0, 1] * 4,
+        },
+    )
     data = load(name="parquet", path=str(path), val_fraction=0.25, image_size=[8, 8])
     assert_dataset(data, classes=2, image_shape=(8, 8, 3), total=8)
     assert np.abs(data.x_train[data.y_train == 1].mean(axis=(0, 1, 2)) - BLUE).max() < 2
@@ -498,21 +582,31 @@ def test_parquet_encoded_images_with_int_labels(tmp_path: Path) -> None:
 
 def test_parquet_hugging_face_image_structs_with_a_split_column(tmp_path: Path) -> None:
     structs = [{"bytes": f.png_bytes(c), "path": None} for c in [RED, BLUE] * 3]
-    path = f.write_parquet(tmp_path / "hf.parquet", {
-        "img": structs,
-        "fine": ["cat", "ant"] * 3,
-        "split": ["train"] * 4 + ["test"] * 2,
-    })
-    data = load(name="parquet", path=f"file://{path}", image_column="img", label_column="fine",
-                val_fraction=0.5)
+    path = f.write_parquet(
+        tmp_path / "hf.parquet",
+        {
+            "img": structs,
+            "fine": ["cat", "ant"] * 3,
+            "split": ["train"] * 4 + ["test"] * 2,
+        },
+    )
+    data = load(
+        name="parquet",
+        path=f"file://{path}",
+        image_column="img",
+        label_column="fine",
+        val_fraction=0.5,
+    )
     assert data.class_names == ("ant", "cat")
     assert data.y_test.tolist() == [1, 0] and len(data.y_train) + len(data.y_val) == 4
 
 
 def test_parquet_folder_of_files_reads_every_file(tmp_path: Path) -> None:
     for part, colour in enumerate((RED, BLUE)):
-        f.write_parquet(tmp_path / f"part-{part}.parquet", {
-            "image": pa.array([f.png_bytes(colour)] * 3, pa.binary()), "label": [part] * 3})
+        f.write_parquet(
+            tmp_path / f"part-{part}.parquet",
+            {"image": pa.array([f.png_bytes(colour)] * 3, pa.binary()), "label": [part] * 3},
+        )
     data = load(name="parquet", path=str(tmp_path), val_fraction=0.34, image_size=[4, 4])
     assert_dataset(data, classes=2, image_shape=(4, 4, 3), total=6)
 
@@ -527,10 +621,13 @@ def test_parquet_pixel_arrays(tmp_path: Path, layout: str) -> None:
         column = pa.array((pixels / 255).tolist(), pa.list_(pa.list_(pa.list_(pa.float32()))))
     else:
         storage = pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), 60)
-        column = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.uint8(), (4, 5, 3)),
-                                                storage)
-    path = f.write_parquet(tmp_path / "p.parquet", {"image": column, "label": ["x", "y"] * 3,
-                                                    "split": ["train"] * 4 + ["test"] * 2})
+        column = pa.ExtensionArray.from_storage(
+            pa.fixed_shape_tensor(pa.uint8(), (4, 5, 3)), storage
+        )
+    path = f.write_parquet(
+        tmp_path / "p.parquet",
+        {"image": column, "label": ["x", "y"] * 3, "split": ["train"] * 4 + ["test"] * 2},
+    )
     data = load(name="parquet", path=str(path), image_size=[4, 5], val_fraction=0.5)
     assert data.x_test.shape == (2, 4, 5, 3)
     scale = 1 if data.x_test.dtype == np.uint8 else 255  # uint8 columns stay uint8
@@ -538,19 +635,31 @@ def test_parquet_pixel_arrays(tmp_path: Path, layout: str) -> None:
     assert np.allclose(data.x_test * scale, pixels[4:], atol=1e-3)
 
 
-@pytest.mark.parametrize(("fault", "match"), [
-    ("missing column", r"d\.parquet: no column 'label' \(it has image, target\); set "
-                       r"dataset\.image_column / dataset\.label_column"),
-    ("corrupt file", r"d\.parquet: cannot read as Parquet"),
-    ("float out of range", r"column 'image' float pixels must be in \[0, 1\], got \[0, 255\]; "
-                           r"divide by 255"),
-    ("wrong flat length", r"flat pixel lists of length 9; dataset\.image_size \[2, 2\] needs "
-                          r"2\*2\*3 = 12"),
-    ("ragged lists", r"pixel lists of different lengths"),
-    ("bad split value", r"column 'split' must hold train or test, got 'validation'"),
-    ("negative label", r"column 'target' has negative label -1"),
-    ("missing file", r"^dataset\.path: .*d\.parquet does not exist$"),
-])
+@pytest.mark.parametrize(
+    ("fault", "match"),
+    [
+        (
+            "missing column",
+            r"d\.parquet: no column 'label' \(it has image, target\); set "
+            r"dataset\.image_column / dataset\.label_column",
+        ),
+        ("corrupt file", r"d\.parquet: cannot read as Parquet"),
+        (
+            "float out of range",
+            r"column 'image' float pixels must be in \[0, 1\], got \[0, 255\]; "
+            r"divide by 255",
+        ),
+        (
+            "wrong flat length",
+            r"flat pixel lists of length 9; dataset\.image_size \[2, 2\] needs "
+            r"2\*2\*3 = 12",
+        ),
+        ("ragged lists", r"pixel lists of different lengths"),
+        ("bad split value", r"column 'split' must hold train or test, got 'validation'"),
+        ("negative label", r"column 'target' has negative label -1"),
+        ("missing file", r"^dataset\.path: .*d\.parquet does not exist$"),
+    ],
+)
 def test_parquet_faults_are_one_line_data_errors(tmp_path: Path, fault: str, match: str) -> None:
     path = tmp_path / "d.parquet"
     image = pa.array([[0.0] * 12, [255.0] * 12], pa.list_(pa.float32()))
@@ -561,11 +670,13 @@ def test_parquet_faults_are_one_line_data_errors(tmp_path: Path, fault: str, mat
     elif fault == "float out of range":
         f.write_parquet(path, {"image": image, "target": [0, 1]})
     elif fault == "wrong flat length":
-        f.write_parquet(path, {"image": pa.array([[1] * 9] * 2, pa.list_(pa.uint8())),
-                               "target": [0, 1]})
+        f.write_parquet(
+            path, {"image": pa.array([[1] * 9] * 2, pa.list_(pa.uint8())), "target": [0, 1]}
+        )
     elif fault == "ragged lists":
-        f.write_parquet(path, {"image": pa.array([[1] * 12, [1] * 9], pa.list_(pa.uint8())),
-                               "target": [0, 1]})
+        f.write_parquet(
+            path, {"image": pa.array([[1] * 12, [1] * 9], pa.list_(pa.uint8())), "target": [0, 1]}
+        )
     elif fault == "bad split value":
         f.write_parquet(path, {**columns, "split": ["train", "validation"]})
     elif fault == "negative label":
@@ -584,12 +695,14 @@ def test_parquet_faults_are_one_line_data_errors(tmp_path: Path, fault: str, mat
 
 def test_npz_uint8_with_test_split_and_class_names(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    path = f.write_npz(tmp_path / "d.npz",
-                       x_train=rng.integers(0, 256, (12, 6, 7, 3), dtype=np.uint8),
-                       y_train=np.arange(12) % 3,
-                       x_test=np.full((2, 6, 7, 3), 255, np.uint8),
-                       y_test=np.array([[2], [0]]),
-                       class_names=np.array(["a", "b", "c"]))
+    path = f.write_npz(
+        tmp_path / "d.npz",
+        x_train=rng.integers(0, 256, (12, 6, 7, 3), dtype=np.uint8),
+        y_train=np.arange(12) % 3,
+        x_test=np.full((2, 6, 7, 3), 255, np.uint8),
+        y_test=np.array([[2], [0]]),
+        class_names=np.array(["a", "b", "c"]),
+    )
     data = load(name="npz", path=str(path), val_fraction=0.25)
     assert_dataset(data, classes=3, image_shape=(6, 7, 3), total=12)
     assert data.class_names == ("a", "b", "c") and data.y_test.tolist() == [2, 0]
@@ -606,32 +719,66 @@ def test_npz_grayscale_floats_repeat_to_three_channels_and_no_test(tmp_path: Pat
     assert data.x_train.flags.c_contiguous
 
 
-@pytest.mark.parametrize(("arrays", "match"), [
-    ({"x_train": np.zeros((4, 3, 8, 8), np.uint8), "y_train": np.arange(4)},
-     r"x_train looks channels-first with shape \(4, 3, 8, 8\); store it as \(N, H, W, 3\)"),
-    ({"x_train": np.zeros((4, 8, 8, 3, 1), np.uint8), "y_train": np.arange(4)},
-     r"x_train must have shape \(N, H, W, 3\), \(N, H, W, 1\) or \(N, H, W\), got"),
-    ({"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.arange(3)},
-     r"y_train has 3 labels for 4 images"),
-    ({"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.array([0, 1, -1, 0])},
-     r"training label -1 at index 2 is out of range"),
-    ({"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.array([0, 1, 2, 0]),
-      "class_names": np.array(["a", "b"])},
-     r"training label 2 at index 2 is out of range; labels must be in \[0, 2\) for 2 classes"),
-    ({"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.array([0.0, 1, 0, 1])},
-     r"y_train must be 1-D integer class ids, got float64"),
-    ({"x_train": np.full((4, 8, 8, 3), 2.0), "y_train": np.arange(4) % 2},
-     r"x_train float pixels must be in \[0, 1\], got \[2, 2\]; divide by 255"),
-    ({"x_train": np.zeros((4, 8, 8, 3), np.int16) - 1, "y_train": np.arange(4) % 2},
-     r"x_train integer pixels must be in \[0, 255\], got \[-1, -1\]"),
-    ({"images": np.zeros((4, 8, 8, 3), np.uint8)},
-     r"no array 'x_train' \(it has images\)"),
-    ({"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.arange(4), "x_test": np.zeros(1)},
-     r"has only one of x_test and y_test"),
-    ({"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.arange(4) % 2,
-      "x_test": np.zeros((1, 9, 9, 3), np.uint8), "y_test": np.zeros(1, int)},
-     r"x_test images are \(9, 9, 3\) but x_train images are \(8, 8, 3\)"),
-])
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        (
+            {"x_train": np.zeros((4, 3, 8, 8), np.uint8), "y_train": np.arange(4)},
+            r"x_train looks channels-first with shape \(4, 3, 8, 8\); store it as \(N, H, W, 3\)",
+        ),
+        (
+            {"x_train": np.zeros((4, 8, 8, 3, 1), np.uint8), "y_train": np.arange(4)},
+            r"x_train must have shape \(N, H, W, 3\), \(N, H, W, 1\) or \(N, H, W\), got",
+        ),
+        (
+            {"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.arange(3)},
+            r"y_train has 3 labels for 4 images",
+        ),
+        (
+            {"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.array([0, 1, -1, 0])},
+            r"training label -1 at index 2 is out of range",
+        ),
+        (
+            {
+                "x_train": np.zeros((4, 8, 8, 3), np.uint8),
+                "y_train": np.array([0, 1, 2, 0]),
+                "class_names": np.array(["a", "b"]),
+            },
+            r"training label 2 at index 2 is out of range; "
+            r"labels must be in \[0, 2\) for 2 classes",
+        ),
+        (
+            {"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.array([0.0, 1, 0, 1])},
+            r"y_train must be 1-D integer class ids, got float64",
+        ),
+        (
+            {"x_train": np.full((4, 8, 8, 3), 2.0), "y_train": np.arange(4) % 2},
+            r"x_train float pixels must be in \[0, 1\], got \[2, 2\]; divide by 255",
+        ),
+        (
+            {"x_train": np.zeros((4, 8, 8, 3), np.int16) - 1, "y_train": np.arange(4) % 2},
+            r"x_train integer pixels must be in \[0, 255\], got \[-1, -1\]",
+        ),
+        ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, r"no array 'x_train' \(it has images\)"),
+        (
+            {
+                "x_train": np.zeros((4, 8, 8, 3), np.uint8),
+                "y_train": np.arange(4),
+                "x_test": np.zeros(1),
+            },
+            r"has only one of x_test and y_test",
+        ),
+        (
+            {
+                "x_train": np.zeros((4, 8, 8, 3), np.uint8),
+                "y_train": np.arange(4) % 2,
+                "x_test": np.zeros((1, 9, 9, 3), np.uint8),
+                "y_test": np.zeros(1, int),
+            },
+            r"x_test images are \(9, 9, 3\) but x_train images are \(8, 8, 3\)",
+        ),
+    ],
+)
 def test_npz_shape_and_label_faults(tmp_path: Path, arrays: dict, match: str) -> None:
     path = f.write_npz(tmp_path / "d.npz", **arrays)
     with pytest.raises(DataError, match=match) as excinfo:
@@ -639,12 +786,15 @@ def test_npz_shape_and_label_faults(tmp_path: Path, arrays: dict, match: str) ->
     one_line(excinfo)
 
 
-@pytest.mark.parametrize(("fault", "match"), [
-    ("truncated", r"d\.npz: not a readable \.npz archive"),
-    ("object array", r"d\.npz: not a readable \.npz archive \(Object arrays cannot be loaded"),
-    ("pickle file", r"d\.npz: not a readable \.npz archive"),
-    ("single array", r"d\.npz: is a single array, not an \.npz archive"),
-])
+@pytest.mark.parametrize(
+    ("fault", "match"),
+    [
+        ("truncated", r"d\.npz: not a readable \.npz archive"),
+        ("object array", r"d\.npz: not a readable \.npz archive \(Object arrays cannot be loaded"),
+        ("pickle file", r"d\.npz: not a readable \.npz archive"),
+        ("single array", r"d\.npz: is a single array, not an \.npz archive"),
+    ],
+)
 def test_npz_unreadable_files(tmp_path: Path, fault: str, match: str) -> None:
     path = tmp_path / "d.npz"
     if fault == "truncated":
@@ -671,8 +821,11 @@ def batches(pipeline: Any) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_eval_pipeline_keeps_order_and_shapes(digits: Dataset) -> None:
-    out = batches(make_input_pipeline(digits.x_val, digits.y_val, batch_size=50, training=False,
-                                      seed=0, augment="flip+crop"))
+    out = batches(
+        make_input_pipeline(
+            digits.x_val, digits.y_val, batch_size=50, training=False, seed=0, augment="flip+crop"
+        )
+    )
     assert [len(y) for _, y in out] == [50, 50, 44]
     assert out[0][0].shape == (50, 32, 32, 3) and out[0][0].dtype == np.float32
     assert np.array_equal(np.concatenate([x for x, _ in out]), digits.x_val)
@@ -700,8 +853,9 @@ def test_augmentations_move_pixels_only_and_repeat_for_a_seed(augment: str) -> N
     y = np.arange(6, dtype=np.int32)
 
     def run() -> list[tuple[np.ndarray, np.ndarray]]:
-        return batches(make_input_pipeline(x, y, batch_size=4, training=True, seed=3,
-                                           augment=augment))
+        return batches(
+            make_input_pipeline(x, y, batch_size=4, training=True, seed=3, augment=augment)
+        )
 
     out = run()
     assert [b.shape for b, _ in out] == [(4, 12, 10, 3), (2, 12, 10, 3)]
@@ -712,8 +866,12 @@ def test_augmentations_move_pixels_only_and_repeat_for_a_seed(augment: str) -> N
         for image, label in zip(images, labels):
             source = np.pad(x[label], [(pad, pad), (pad, pad), (0, 0)], mode="reflect")
             candidates = [source, source[:, ::-1]] if "flip" in augment else [source]
-            windows = [c[i:i + 12, j:j + 10] for c in candidates
-                       for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
+            windows = [
+                c[i : i + 12, j : j + 10]
+                for c in candidates
+                for i in range(2 * pad + 1)
+                for j in range(2 * pad + 1)
+            ]
             assert any(np.array_equal(image, w) for w in windows)  # a (flipped) crop, nothing else
             changed += not np.array_equal(image, x[label])
     assert changed > 0
@@ -721,17 +879,22 @@ def test_augmentations_move_pixels_only_and_repeat_for_a_seed(augment: str) -> N
 
 def test_pipeline_rejects_unknown_augment_and_batch_size(digits: Dataset) -> None:
     assert AUGMENT_CHOICES == ("none", "flip", "crop", "flip+crop")
-    with pytest.raises(SpecError, match=r"^augment: must be one of none, flip, crop, flip\+crop, "
-                                        r"got 'mixup'$"):
-        make_input_pipeline(digits.x_val, digits.y_val, batch_size=8, training=True, seed=0,
-                            augment="mixup")
+    with pytest.raises(
+        SpecError,
+        match=r"^augment: must be one of none, flip, crop, flip\+crop, "
+        r"got 'mixup'$",
+    ):
+        make_input_pipeline(
+            digits.x_val, digits.y_val, batch_size=8, training=True, seed=0, augment="mixup"
+        )
     with pytest.raises(SpecError, match=r"^batch_size: must be a positive int, got 0$"):
         make_input_pipeline(digits.x_val, digits.y_val, batch_size=0, training=True, seed=0)
 
 
 @pytest.mark.parametrize("training, augment", [(False, "none"), (True, "flip+crop")])
 def test_uint8_images_scaled_in_the_pipeline_are_bit_identical_to_float_images(
-        training: bool, augment: str) -> None:
+    training: bool, augment: str
+) -> None:
     from search.data.split import to_unit_float
 
     rng = np.random.default_rng(0)
@@ -740,8 +903,9 @@ def test_uint8_images_scaled_in_the_pipeline_are_bit_identical_to_float_images(
     y = np.arange(20) % 3
 
     def batches(images: np.ndarray) -> list[np.ndarray]:
-        pipeline = make_input_pipeline(images, y, batch_size=8, training=training, seed=1,
-                                       augment=augment)
+        pipeline = make_input_pipeline(
+            images, y, batch_size=8, training=training, seed=1, augment=augment
+        )
         return [batch.numpy() for batch, _ in pipeline]
 
     from_uint8, from_float = batches(x), batches(to_unit_float(x))

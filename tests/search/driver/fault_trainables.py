@@ -56,8 +56,9 @@ def after_each_report(hook: Callable[[dict], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def before_fit_callbacks(make: Callable[[], list[Any]],
-                         before_fit: Callable[[], None] = lambda: None) -> Iterator[None]:
+def before_fit_callbacks(
+    make: Callable[[], list[Any]], before_fit: Callable[[], None] = lambda: None
+) -> Iterator[None]:
     """Runs ``before_fit()`` at the start of every ``keras.Model.fit`` of the trial inside and
     puts ``make()``'s callbacks before the trial's own."""
     import keras
@@ -152,16 +153,19 @@ def out_of_memory_above(config: dict, *, data: Any, fixed: dict) -> None:
             self.epoch = epoch
 
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-            if seen.get("batch_size", 0) > limit and self.epoch >= from_epoch and (
-                    batch == (1 if self.epoch > 0 else 0)):
+            if (
+                seen.get("batch_size", 0) > limit
+                and self.epoch >= from_epoch
+                and (batch == (1 if self.epoch > 0 else 0))
+            ):
                 seen["after_oom"] = True
                 raise tf.errors.ResourceExhaustedError(
-                    None, None, f"OOM when allocating tensor with batch {seen['batch_size']}")
+                    None, None, f"OOM when allocating tensor with batch {seen['batch_size']}"
+                )
 
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         if seen.pop("after_oom", False) and probe_dir:
-            np.savez(os.path.join(probe_dir, "retry_start.npz"),
-                     **variables_by_name(self))
+            np.savez(os.path.join(probe_dir, "retry_start.npz"), **variables_by_name(self))
         kwargs["callbacks"] = [RunOutOfMemory(), *kwargs.get("callbacks", [])]
         return original_fit(self, *args, **kwargs)
 
@@ -214,6 +218,7 @@ def fault_per_trial(config: dict, *, data: Any, fixed: dict) -> None:
         attempt = len(attempts.read())
 
     if attempt == 1:
+
         def crash_after_epoch_1(metrics: dict) -> None:
             if metrics["epoch"] == 1:
                 raise RuntimeError("injected crash after epoch 1")
@@ -243,8 +248,12 @@ def _claimed_fault(fault_dir: str, trial_id: str, kinds: list[str]) -> str:
     if not os.path.exists(mine):
         for index, kind in enumerate(kinds):
             try:
-                os.close(os.open(os.path.join(fault_dir, f"slot-{index}"),
-                                 os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.close(
+                    os.open(
+                        os.path.join(fault_dir, f"slot-{index}"),
+                        os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                    )
+                )
             except FileExistsError:
                 continue
             with open(mine, "w") as handle:

@@ -55,8 +55,7 @@ def _upsample_counts(sampler, trials=60):
 
 def test_cost_aware_tpe_prefers_cheap_configurations_while_the_search_is_young():
     plain = _upsample_counts(optuna.samplers.TPESampler(seed=0, n_startup_trials=10))
-    costly = _upsample_counts(CostAwareTPESampler(cost_exponent=1.0, seed=0,
-                                                  n_startup_trials=10))
+    costly = _upsample_counts(CostAwareTPESampler(cost_exponent=1.0, seed=0, n_startup_trials=10))
     assert costly[1] > 2 * plain[1]
     assert costly[4] + costly[5] < plain[4] + plain[5]
 
@@ -65,7 +64,8 @@ def test_cost_aware_tpe_is_plain_tpe_once_the_budget_is_spent():
     spent = CostAwareTPESampler(cost_exponent=1.0, seed=3, n_startup_trials=10)
     spent.progress = 1.0
     assert _upsample_counts(spent) == _upsample_counts(
-        optuna.samplers.TPESampler(seed=3, n_startup_trials=10))
+        optuna.samplers.TPESampler(seed=3, n_startup_trials=10)
+    )
 
 
 def test_the_priors_chance_decays_with_the_trials():
@@ -107,8 +107,9 @@ def _suggest_and_finish(searcher, count):
     for number in range(count):
         trial_id = f"t{number}"
         configs.append(searcher.suggest(trial_id))
-        searcher.on_trial_complete(trial_id, {"val_accuracy": 0.5, "epoch": 3,
-                                              "wall_seconds": 10.0})
+        searcher.on_trial_complete(
+            trial_id, {"val_accuracy": 0.5, "epoch": 3, "wall_seconds": 10.0}
+        )
     return configs
 
 
@@ -123,22 +124,31 @@ def _distance_to_prior(configs):
 
 def test_with_a_prior_weight_early_suggestions_are_drawn_around_the_prior(tmp_path):
     points = [{"noise_std": 0.01, "upsample": 2, "input_convs": 0}]
-    with_prior = _searcher(tmp_path / "a", prior_weight=5.0, prior_point=PRIOR,
-                               points_to_evaluate=points, num_samples=40)
+    with_prior = _searcher(
+        tmp_path / "a",
+        prior_weight=5.0,
+        prior_point=PRIOR,
+        points_to_evaluate=points,
+        num_samples=40,
+    )
     without = _searcher(tmp_path / "b", points_to_evaluate=points, num_samples=40)
     drawn, plain = _suggest_and_finish(with_prior, 12), _suggest_and_finish(without, 12)
     assert drawn[0] == plain[0] == {**points[0], "dropout": 0.5}  # the baseline first
     # Drawn ones are queued in the study (Optuna's fixed params): about sum 5 / (5 + n).
     queued = [bool(t.system_attrs.get("fixed_params")) for t in with_prior._ot_study.trials]
     assert 3 <= sum(queued[1:]) <= 9
-    assert not any(bool(t.system_attrs.get("fixed_params"))
-                   for t in without._ot_study.trials[1:])
+    assert not any(bool(t.system_attrs.get("fixed_params")) for t in without._ot_study.trials[1:])
     around = [config for config, was_queued in zip(drawn, queued) if was_queued][1:]
     assert _distance_to_prior(around) < 0.6 * _distance_to_prior(plain[1:])
     # The draws are a function of the seed and the trial's number: a searcher rebuilt on
     # the same seed (a resumed search) draws the same ones.
-    again = _searcher(tmp_path / "c", prior_weight=5.0, prior_point=PRIOR,
-                          points_to_evaluate=points, num_samples=40)
+    again = _searcher(
+        tmp_path / "c",
+        prior_weight=5.0,
+        prior_point=PRIOR,
+        points_to_evaluate=points,
+        num_samples=40,
+    )
     assert _suggest_and_finish(again, 12) == drawn
 
 

@@ -51,11 +51,22 @@ def set_budget(experiment: str, hours: float) -> None:
 
 
 def test_device_budget_spent_mid_search_and_mid_extend_stops_trials_at_epoch_end(
-        tmp_path, ray_local):
+    tmp_path, ray_local
+):
     budget_s = 1.0  # spent by the first report of the first trials
-    spec = tiny_spec(tmp_path, name="budget", train__epochs=3, scheduler={"name": "fifo"},
-                     search={"num_samples": 4, "max_concurrent": CONCURRENT, "seed": 0,
-                             "baseline": False, "budget_device_hours": budget_s / 3600})
+    spec = tiny_spec(
+        tmp_path,
+        name="budget",
+        train__epochs=3,
+        scheduler={"name": "fifo"},
+        search={
+            "num_samples": 4,
+            "max_concurrent": CONCURRENT,
+            "seed": 0,
+            "baseline": False,
+            "budget_device_hours": budget_s / 3600,
+        },
+    )
     summary = run_search(spec)
     first = load_trials(summary.experiment_dir)
     # Running trials stopped at their epoch boundary with their results; none started after.
@@ -69,8 +80,11 @@ def test_device_budget_spent_mid_search_and_mid_extend_stops_trials_at_epoch_end
     assert {study[t.trial_id].user_attrs["ended_by"] for t in first} == {"budget"}
 
     # The total is read back from the experiment: nothing left, so extend refuses.
-    with pytest.raises(SpecError, match=r"search\.budget_device_hours: the experiment has "
-                                        r"spent .* so no trial could start"):
+    with pytest.raises(
+        SpecError,
+        match=r"search\.budget_device_hours: the experiment has "
+        r"spent .* so no trial could start",
+    ):
         extend_search(summary.experiment_dir, 2)
 
     # Room for about half a trial-epoch more: the extend's trials stop at their first epoch

@@ -50,24 +50,52 @@ def ray_knows_what_the_journal_finished(experiment: str) -> bool:
 
 
 def test_driver_sigkilled_on_s3_then_resumed_on_a_fresh_machine_with_an_older_journal(
-        s3_bucket, tmp_path, monkeypatch):
+    s3_bucket, tmp_path, monkeypatch
+):
     monkeypatch.setenv("HOME", str(tmp_path / "machine-a"))  # where the journal's mirror lives
-    spec_path = write_spec(tmp_path, search__num_samples=4, train__epochs=2,
-                           scheduler={"grace_period": 1, "reduction_factor": 2})
+    spec_path = write_spec(
+        tmp_path,
+        search__num_samples=4,
+        train__epochs=2,
+        scheduler={"grace_period": 1, "reduction_factor": 2},
+    )
     experiment = f"{s3_bucket}/results/cloud"
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
         driver = subprocess.Popen(
-            [sys.executable, "-m", "search", "run", str(spec_path), "--num-cpus", "2",
-             "--name", "cloud", "--storage", f"{s3_bucket}/results"], cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "search",
+                "run",
+                str(spec_path),
+                "--num-cpus",
+                "2",
+                "--name",
+                "cloud",
+                "--storage",
+                f"{s3_bucket}/results",
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         # Every finished trial reaches the bucket's journal while the driver still runs.
-        wait_for(lambda: " complete at epoch" in log.read_text() or " stopped by ASHA" in
-                 log.read_text(), driver, log, "a trial finishing", timeout=300)
-        wait_for(lambda: finished_in_bucket(experiment), driver, log, "the journal upload",
-                 timeout=30)
+        wait_for(
+            lambda: (
+                " complete at epoch" in log.read_text() or " stopped by ASHA" in log.read_text()
+            ),
+            driver,
+            log,
+            "a trial finishing",
+            timeout=300,
+        )
+        wait_for(
+            lambda: finished_in_bucket(experiment), driver, log, "the journal upload", timeout=30
+        )
         # A second driver cannot take the experiment while the first holds it.
         second = cli("resume", experiment, "--num-cpus", "2", timeout=120)
         assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
@@ -75,8 +103,12 @@ def test_driver_sigkilled_on_s3_then_resumed_on_a_fresh_machine_with_an_older_jo
         # Killed once Ray's snapshot in the bucket knows every trial the bucket's journal has
         # finished (checked with the driver stopped, so neither moves on before the kill): the
         # journal cut below is then behind Ray's results.
-        kill_when(lambda: ray_knows_what_the_journal_finished(experiment), driver, log,
-                  "Ray's snapshot in the bucket of the journal's finished trials")
+        kill_when(
+            lambda: ray_knows_what_the_journal_finished(experiment),
+            driver,
+            log,
+            "Ray's snapshot in the bucket of the journal's finished trials",
+        )
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -88,7 +120,7 @@ def test_driver_sigkilled_on_s3_then_resumed_on_a_fresh_machine_with_an_older_jo
     journal_path = storage.join(root, STUDY_FILE)
     lines = storage.read_bytes(fs, journal_path).splitlines(keepends=True)
     tells = [i for i, line in enumerate(lines) if json.loads(line).get("state") is not None]
-    older = b"".join(lines[:tells[-1]] if tells else lines)
+    older = b"".join(lines[: tells[-1]] if tells else lines)
     storage.write_atomic(storage.join(experiment, STUDY_FILE), older)
 
     # A fresh machine: no local mirror of the journal; the dead driver's lock still there.
@@ -154,10 +186,13 @@ def behind_search(tmp_path_factory) -> Iterator[BehindSearch]:
             patch.setenv(key, value)
         # Each driver is its own process: Ray keeps a process's first HOME (its token's place).
         patch.setenv("HOME", str(tmp_path / "machine-a"))
-        spec_path = write_spec(tmp_path, storage=f"{s3_bucket}/exp",
-                               search={"num_samples": 4, "max_concurrent": 2, "seed": 0},
-                               train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
-                               scheduler={"grace_period": 1, "reduction_factor": 2})
+        spec_path = write_spec(
+            tmp_path,
+            storage=f"{s3_bucket}/exp",
+            search={"num_samples": 4, "max_concurrent": 2, "seed": 0},
+            train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
+            scheduler={"grace_period": 1, "reduction_factor": 2},
+        )
         experiment = f"{s3_bucket}/exp/behind"
         done = cli("run", str(spec_path), "--num-cpus", "2", "--name", "behind")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -176,30 +211,42 @@ def behind_search(tmp_path_factory) -> Iterator[BehindSearch]:
         stray = max(first_value, key=first_value.get)
         assert finished[lost] < first_value[stray], (finished, first_value)
         fs, root = storage.filesystem(experiment)
-        storage.write_atomic(storage.join(experiment, STUDY_FILE),
-                             b"".join(lines[:first_value[stray]]))
+        storage.write_atomic(
+            storage.join(experiment, STUDY_FILE), b"".join(lines[: first_value[stray]])
+        )
         newest = experiment_state_files(fs, root)[-1]
         state = json.loads(storage.read_text(fs, newest))
-        state["trial_data"] = [entry for entry in state["trial_data"]
-                               if json.loads(entry[0])["trial_id"] not in (lost, stray)]
+        state["trial_data"] = [
+            entry
+            for entry in state["trial_data"]
+            if json.loads(entry[0])["trial_id"] not in (lost, stray)
+        ]
         with fs.open_output_stream(newest) as out:
             out.write(json.dumps(state).encode())
         fs.delete_dir(storage.join(root, f"trial_{lost}"))
         for info in storage.list_dir(fs, storage.join(root, f"trial_{stray}")):
             if info.base_name != "params.json":
                 (fs.delete_dir if info.type == storage.FileType.Directory else fs.delete_file)(
-                    info.path)
+                    info.path
+                )
 
         # A fresh machine.
         home = tmp_path / "machine-b"
         patch.setenv("HOME", str(home))
         done = cli("resume", experiment, "--num-cpus", "2")
-        yield BehindSearch(experiment=experiment, spec_path=spec_path, home=home, lost=lost,
-                           stray=stray, resume=done)
+        yield BehindSearch(
+            experiment=experiment,
+            spec_path=spec_path,
+            home=home,
+            lost=lost,
+            stray=stray,
+            resume=done,
+        )
 
 
 def test_resume_where_rays_results_in_the_bucket_fell_behind_the_journal_loses_no_trial(
-        behind_search):
+    behind_search,
+):
     experiment, lost, stray = behind_search.experiment, behind_search.lost, behind_search.stray
     done = behind_search.resume
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -220,8 +267,7 @@ def test_resume_where_rays_results_in_the_bucket_fell_behind_the_journal_loses_n
     assert trials[lost].best_value == pytest.approx(max(study[lost].intermediate_values.values()))
 
 
-def test_a_new_run_where_a_deleted_cloud_search_was_starts_a_new_study(behind_search,
-                                                                        monkeypatch):
+def test_a_new_run_where_a_deleted_cloud_search_was_starts_a_new_study(behind_search, monkeypatch):
     # The journal's local mirror (~/.cache/finetune-search/<name>-<hash of the URI>) outlives
     # the experiment: a search deleted from the bucket and run again under the same URI must
     # not start from the old search's study. The old search: the module's, last driven from
@@ -234,8 +280,18 @@ def test_a_new_run_where_a_deleted_cloud_search_was_starts_a_new_study(behind_se
     fs, root = storage.filesystem(experiment)
     fs.delete_dir(root)
 
-    again = cli("run", str(behind_search.spec_path), "--num-cpus", "2", "--name", "behind",
-                "--set", "search.num_samples=2", "--set", "train.epochs=1")
+    again = cli(
+        "run",
+        str(behind_search.spec_path),
+        "--num-cpus",
+        "2",
+        "--name",
+        "behind",
+        "--set",
+        "search.num_samples=2",
+        "--set",
+        "train.epochs=1",
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert read_run_id(experiment) != old_run
     study = study_trials(experiment)

@@ -29,8 +29,7 @@ def head_only(monkeypatch):
     return monkeypatch
 
 
-def test_auto_gpus_is_1_on_a_cluster_that_adds_nodes_and_0_on_a_cpu_cluster(tmp_path,
-                                                                           head_only):
+def test_auto_gpus_is_1_on_a_cluster_that_adds_nodes_and_0_on_a_cpu_cluster(tmp_path, head_only):
     spec = tiny_spec(tmp_path)
     assert spec.resources.gpus_per_trial == "auto"
     assert resolve_gpus(spec) == 0.0
@@ -38,8 +37,9 @@ def test_auto_gpus_is_1_on_a_cluster_that_adds_nodes_and_0_on_a_cpu_cluster(tmp_
     assert resolve_gpus(spec) == 1.0
     head_only.delenv(AUTOSCALING_ENV)
     head_only.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0})
-    head_only.setattr(ray, "nodes", lambda: [{"Alive": True,
-                                              "Resources": {"CPU": 8.0, "GPU": 2.0}}])
+    head_only.setattr(
+        ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0}}]
+    )
     assert resolve_gpus(spec) == 1.0
 
 
@@ -50,8 +50,10 @@ def test_local_storage_on_an_autoscaling_cluster_of_one_node_is_refused(tmp_path
     with pytest.raises(SpecError) as info:
         check_shared_storage(spec)
     message = str(info.value)
-    assert message.startswith("storage: a cluster that adds nodes (FINETUNE_SEARCH_AUTOSCALING=1"
-                              ", a cluster launcher or KubeRay) needs shared storage")
+    assert message.startswith(
+        "storage: a cluster that adds nodes (FINETUNE_SEARCH_AUTOSCALING=1"
+        ", a cluster launcher or KubeRay) needs shared storage"
+    )
     assert message.endswith(f"got local path {spec.storage!r}") and "\n" not in message
 
 
@@ -82,8 +84,10 @@ class Clock:
 
 
 def trial(status: str) -> SimpleNamespace:
-    return SimpleNamespace(status=status, placement_group_factory=SimpleNamespace(
-        required_resources={"CPU": 4.0, "GPU": 1.0}))
+    return SimpleNamespace(
+        status=status,
+        placement_group_factory=SimpleNamespace(required_resources={"CPU": 4.0, "GPU": 1.0}),
+    )
 
 
 def reporter(clock: Clock) -> WaitReporter:
@@ -101,8 +105,10 @@ def test_waiting_with_no_trial_running_is_said_once_a_minute(capsys, head_only):
     clock.now = 1060.0
     say.on_step_end(iteration=2, trials=waits)
     line = capsys.readouterr().out.strip()
-    assert ("waiting 1m00s with no trial running: 2 pending, each asking CPU=4 GPU=1; the "
-            "cluster has CPU=6 free of CPU=8; no node can be added") in line
+    assert (
+        "waiting 1m00s with no trial running: 2 pending, each asking CPU=4 GPU=1; the "
+        "cluster has CPU=6 free of CPU=8; no node can be added"
+    ) in line
     clock.now = 1090.0
     say.on_step_end(iteration=3, trials=waits)
     assert capsys.readouterr().out == ""
@@ -128,15 +134,23 @@ def test_nothing_is_said_while_a_trial_runs_and_the_wait_restarts_after(capsys):
     assert say.waiting_since is None
 
 
-
 def test_dataset_larger_than_the_object_store_is_refused_with_both_sizes(monkeypatch):
-    monkeypatch.setattr(ray, "get_runtime_context",
-                        lambda: SimpleNamespace(get_node_id=lambda: "driver"))
-    monkeypatch.setattr(ray, "nodes", lambda: [
-        {"NodeID": "worker", "Resources": {"object_store_memory": 8 * 2**30}},
-        {"NodeID": "driver", "Resources": {"object_store_memory": 100 * 2**20}}])
+    monkeypatch.setattr(
+        ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "driver")
+    )
+    monkeypatch.setattr(
+        ray,
+        "nodes",
+        lambda: [
+            {"NodeID": "worker", "Resources": {"object_store_memory": 8 * 2**30}},
+            {"NodeID": "driver", "Resources": {"object_store_memory": 100 * 2**20}},
+        ],
+    )
     check_object_store(100 * 2**20)  # exactly fits
-    with pytest.raises(SpecError, match=r"^dataset: needs 154 MiB in Ray's object store, "
-                                        r"which holds 100 MiB on this node; ") as info:
+    with pytest.raises(
+        SpecError,
+        match=r"^dataset: needs 154 MiB in Ray's object store, "
+        r"which holds 100 MiB on this node; ",
+    ) as info:
         check_object_store(154 * 2**20)
     assert "\n" not in str(info.value)

@@ -49,30 +49,44 @@ def test_worker_chatter_is_dropped_and_each_real_warning_or_error_shown_once():
     stdout.flush()
     stderr.flush()
     shown = (out.getvalue() + err.getvalue()).splitlines()
-    assert sorted(worker_message(line) or line for line in shown) == sorted([
-        "/repo/search/trial/runtime.py:150: WeightsFallbackWarning: weights='auto': imagenet "
-        "weights of vgg16 are not cached and cannot be downloaded (no network); using random "
-        "initialisation.",
-        "[15:04:52] trial 64a5c813 complete at epoch 3  |  running=1 stopped=0 complete=1 "
-        "failed=0",
-        'ValueError: Input 0 of layer "dense" is incompatible with the layer',
-    ])
+    assert sorted(worker_message(line) or line for line in shown) == sorted(
+        [
+            "/repo/search/trial/runtime.py:150: WeightsFallbackWarning: weights='auto': imagenet "
+            "weights of vgg16 are not cached and cannot be downloaded (no network); using random "
+            "initialisation.",
+            "[15:04:52] trial 64a5c813 complete at epoch 3  |  running=1 stopped=0 complete=1 "
+            "failed=0",
+            'ValueError: Input 0 of layer "dense" is incompatible with the layer',
+        ]
+    )
 
 
 def test_driver_lines_pass_unchanged_and_chatter_is_recognised():
     out = io.StringIO()
-    ConsoleFilter(out, set()).write("[12:00:00] trial a started: x=1\nWARNING same\n"
-                                    "WARNING same\n")
+    ConsoleFilter(out, set()).write(
+        "[12:00:00] trial a started: x=1\nWARNING same\nWARNING same\n"
+    )
     assert out.getvalue() == "[12:00:00] trial a started: x=1\nWARNING same\nWARNING same\n"
     assert is_chatter("SystemExit: 1") and is_chatter("Checkpoint successfully created at: x")
     assert not is_chatter("UserWarning: your data has one class")
 
 
 # What a user saw before: the stack's chatter, none of which is the search's.
-CHATTER_SEEN = ("oneDNN", "cuInit", "absl::", "This TensorFlow binary", "Configuration for "
-                "experiment", "/tmp/ray/session", "To visualize your results",
-                "Checkpoint successfully created", "A new study created",
-                "Using an existing study", "SystemExit", "Traceback", "pid=")
+CHATTER_SEEN = (
+    "oneDNN",
+    "cuInit",
+    "absl::",
+    "This TensorFlow binary",
+    "Configuration for experiment",
+    "/tmp/ray/session",
+    "To visualize your results",
+    "Checkpoint successfully created",
+    "A new study created",
+    "Using an existing study",
+    "SystemExit",
+    "Traceback",
+    "pid=",
+)
 
 
 @pytest.mark.slow

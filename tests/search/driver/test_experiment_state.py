@@ -40,8 +40,13 @@ OLDER_STATE = "experiment_state-2026-11-28_10-00-00.json"
 
 
 def whole_state(trials: int) -> bytes:
-    return json.dumps({"trial_data": [{"trial_id": f"t{i}"} for i in range(trials)],
-                       "runner_data": {}, "stats": {}}).encode()
+    return json.dumps(
+        {
+            "trial_data": [{"trial_id": f"t{i}"} for i in range(trials)],
+            "runner_data": {},
+            "stats": {},
+        }
+    ).encode()
 
 
 def staging_folder(root: Path, trials: int) -> Path:
@@ -53,8 +58,9 @@ def staging_folder(root: Path, trials: int) -> Path:
 
 
 def local_syncer() -> _FilesystemSyncer:
-    return _FilesystemSyncer(storage_filesystem=pafs.LocalFileSystem(), sync_period=0,
-                             sync_timeout=60)
+    return _FilesystemSyncer(
+        storage_filesystem=pafs.LocalFileSystem(), sync_period=0, sync_timeout=60
+    )
 
 
 def upload_command(staging: Path, target: Path) -> tuple:
@@ -77,8 +83,9 @@ def test_rays_syncer_uploads_the_snapshot_through_temporary_files_within_the_blo
     assert (target / "searcher-state-2026.pkl").read_bytes() == b"searcher 3"
     assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in staging.iterdir())
     # After the block Ray's own command again.
-    assert syncer._sync_up_command(local_path=str(staging), uri=str(target))[0] \
-        is _upload_to_fs_path
+    assert (
+        syncer._sync_up_command(local_path=str(staging), uri=str(target))[0] is _upload_to_fs_path
+    )
 
 
 def test_the_snapshot_is_read_when_the_upload_is_launched_not_when_it_runs(tmp_path):
@@ -144,16 +151,23 @@ def test_a_state_ray_saves_during_a_slow_upload_to_a_bucket_is_not_the_one_uploa
 def test_excluding_uploads_keep_rays_command(tmp_path):
     staging = staging_folder(tmp_path, trials=1)
     with ray_snapshots():
-        assert local_syncer()._sync_up_command(local_path=str(staging),
-                                               uri=str(tmp_path / "x"), exclude=["*.pkl"]
-                                               )[1]["job"].upload.func is _upload_to_fs_path
-        job = bucket_syncer(Bucket())._sync_up_command(local_path=str(staging),
-                                                       uri="bucket/x")[1]["job"]
+        assert (
+            local_syncer()
+            ._sync_up_command(local_path=str(staging), uri=str(tmp_path / "x"), exclude=["*.pkl"])[
+                1
+            ]["job"]
+            .upload.func
+            is _upload_to_fs_path
+        )
+        job = bucket_syncer(Bucket())._sync_up_command(local_path=str(staging), uri="bucket/x")[1][
+            "job"
+        ]
         assert job.upload.func is write_objects
 
 
 def test_a_driver_killed_while_a_snapshot_is_written_to_a_bucket_leaves_the_state_before_it(
-        tmp_path):
+    tmp_path,
+):
     # Fault: the driver dies while the snapshot goes to an object store (each object whole,
     # the folder many objects). The new state must never be in the bucket without the
     # trials' files it lists: it goes last.
@@ -165,8 +179,9 @@ def test_a_driver_killed_while_a_snapshot_is_written_to_a_bucket_leaves_the_stat
     with bucket.fs.open_output_stream(f"bucket/x/{STATE}") as old:
         old.write(whole_state(1))
     with ray_snapshots():
-        command, kwargs = bucket_syncer(bucket)._sync_up_command(local_path=str(staging),
-                                                                 uri="bucket/x")
+        command, kwargs = bucket_syncer(bucket)._sync_up_command(
+            local_path=str(staging), uri="bucket/x"
+        )
         with pytest.raises(SystemExit):
             command(**kwargs)
     assert bucket.read(f"bucket/x/{STATE}") == whole_state(1)  # the state before it
@@ -204,8 +219,9 @@ def test_a_driver_killed_mid_upload_leaves_the_last_whole_state(tmp_path):
     assert len(leftovers) == 1 and leftovers[0].endswith(PARTIAL_SUFFIX)
     # Neither Ray's resume (*.json, *.pkl) nor ours takes it for a state.
     assert not leftovers[0].endswith((".json", ".pkl"))
-    assert [Path(p).name for p in experiment_state_files(pafs.LocalFileSystem(),
-                                                         str(target))] == [STATE]
+    assert [Path(p).name for p in experiment_state_files(pafs.LocalFileSystem(), str(target))] == [
+        STATE
+    ]
 
 
 def test_a_whole_state_is_resumable(tmp_path):
@@ -256,8 +272,11 @@ def test_a_dropped_checkpoint_is_deleted_once_the_next_snapshot_is_uploaded(tmp_
         # Ray's bookkeeping with one checkpoint kept: registering the newer drops the older.
         manager = _CheckpointManager(CheckpointConfig(num_to_keep=1))
         for folder, value in ((old, 0.5), (new, 0.4)):
-            manager.register_checkpoint(_TrainingResult(
-                checkpoint=Checkpoint(str(folder)), metrics={"val_accuracy": value}))
+            manager.register_checkpoint(
+                _TrainingResult(
+                    checkpoint=Checkpoint(str(folder)), metrics={"val_accuracy": value}
+                )
+            )
         # num_to_keep=1 but no score attribute: the older is dropped; not deleted yet.
         assert old.exists() and new.exists()
         assert syncer.sync_up(str(staging), str(target))
@@ -336,15 +355,20 @@ def test_a_forced_snapshot_waits_19_times_the_last_ones_duration(tmp_path, monke
         saves.append(clock.now)
         clock.now += 0.5
 
-    storage_context = type("Storage", (), {
-        "experiment_driver_staging_path": str(tmp_path / "staging"),
-        "experiment_fs_path": str(tmp_path / "experiment"),
-        "syncer": local_syncer()})()
+    storage_context = type(
+        "Storage",
+        (),
+        {
+            "experiment_driver_staging_path": str(tmp_path / "staging"),
+            "experiment_fs_path": str(tmp_path / "experiment"),
+            "syncer": local_syncer(),
+        },
+    )()
     (tmp_path / "staging").mkdir()
     with ray_snapshots():
-        manager = _ExperimentCheckpointManager(storage=storage_context,
-                                               checkpoint_period="auto",
-                                               sync_every_n_trial_checkpoints=1)
+        manager = _ExperimentCheckpointManager(
+            storage=storage_context, checkpoint_period="auto", sync_every_n_trial_checkpoints=1
+        )
         manager.sync_up_experiment_state(save, force=True)  # the first: 0.5 s
         storage_context.syncer.wait()
         manager.on_trial_checkpoint(object())
@@ -360,8 +384,9 @@ def test_a_forced_snapshot_waits_19_times_the_last_ones_duration(tmp_path, monke
         manager.sync_up_experiment_state(save, force=True)
         assert len(saves) == 3
     # Ray's own: the forced snapshot at once.
-    manager = _ExperimentCheckpointManager(storage=storage_context, checkpoint_period="auto",
-                                           sync_every_n_trial_checkpoints=1)
+    manager = _ExperimentCheckpointManager(
+        storage=storage_context, checkpoint_period="auto", sync_every_n_trial_checkpoints=1
+    )
     storage_context.syncer.wait()
     manager.sync_up_experiment_state(save, force=True)
     storage_context.syncer.wait()
@@ -385,8 +410,13 @@ def test_a_retried_trial_keeps_the_drivers_log_and_a_resumed_one_gets_storages(t
     remote.mkdir(parents=True)
     local.mkdir(parents=True)  # as Ray's trial.init_local_path() leaves it
     (remote / "result.json").write_text('{"epoch": 1}\n')  # the last snapshot's copy
-    trial = SimpleNamespace(checkpoint=object(), local_path=str(local), storage=SimpleNamespace(
-        trial_fs_path=str(remote), storage_filesystem=pafs.LocalFileSystem()))
+    trial = SimpleNamespace(
+        checkpoint=object(),
+        local_path=str(local),
+        storage=SimpleNamespace(
+            trial_fs_path=str(remote), storage_filesystem=pafs.LocalFileSystem()
+        ),
+    )
     logger = JsonLoggerCallback()
     with ray_snapshots():
         logger._restore_from_remote("result.json", trial)  # a resumed driver: none here

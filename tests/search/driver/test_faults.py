@@ -49,10 +49,13 @@ def assert_continues_from_checkpoints(epochs: list[int], last: int) -> None:
 
 def test_injected_trial_crashes_resume_from_last_checkpoint(tmp_path):
     fault_trainables.ship_by_value()
-    spec = spec_for(tmp_path, "crashes", train__epochs=4,
-                    search={"num_samples": 4, "max_concurrent": 2, "seed": 0,
-                            "max_failures": 20},
-                    scheduler={"grace_period": 2, "reduction_factor": 3})
+    spec = spec_for(
+        tmp_path,
+        "crashes",
+        train__epochs=4,
+        search={"num_samples": 4, "max_concurrent": 2, "seed": 0, "max_failures": 20},
+        scheduler={"grace_period": 2, "reduction_factor": 3},
+    )
     summary = run_search(spec, num_cpus=2, trainable=fault_trainables.crash_at_random_epochs)
     trials = load_trials(summary.experiment_dir)
     assert len(trials) == 4
@@ -67,15 +70,33 @@ def test_injected_trial_crashes_resume_from_last_checkpoint(tmp_path):
 
 
 def test_sigint_prints_resume_and_resume_finishes_with_study_agreeing(tmp_path):
-    spec_path = write_spec(tmp_path, search__num_samples=4, train__epochs=4,
-                           scheduler={"grace_period": 4, "reduction_factor": 3})
+    spec_path = write_spec(
+        tmp_path,
+        search__num_samples=4,
+        train__epochs=4,
+        scheduler={"grace_period": 4, "reduction_factor": 3},
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "driver.log"
     with open(log_path, "w") as log:
-        driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(spec_path),
-                                   "--num-cpus", "2", "--name", "ctrlc"], cwd=REPO, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        driver = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "search",
+                "run",
+                str(spec_path),
+                "--num-cpus",
+                "2",
+                "--name",
+                "ctrlc",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 300
         while " epoch 1/4" not in log_path.read_text():
             assert time.time() < deadline and driver.poll() is None, log_path.read_text()
@@ -118,22 +139,41 @@ def test_worker_node_removed_mid_search_trials_move_to_remaining_nodes(tmp_path,
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
-        spec = spec_for(tmp_path, "nodelost", train__epochs=4,
-                        search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
-                                "baseline": False, "max_failures": 3},
-                        scheduler={"name": "fifo"}, train__checkpoint="every_epoch",
-                        resources={"cpus_per_trial": 1, "gpus_per_trial": 0})
+        spec = spec_for(
+            tmp_path,
+            "nodelost",
+            train__epochs=4,
+            search={
+                "num_samples": 2,
+                "max_concurrent": 2,
+                "seed": 0,
+                "baseline": False,
+                "max_failures": 3,
+            },
+            scheduler={"name": "fifo"},
+            train__checkpoint="every_epoch",
+            resources={"cpus_per_trial": 1, "gpus_per_trial": 0},
+        )
         outcome: dict = {}
-        worker = threading.Thread(target=lambda: outcome.update(summary=run_search(
-            spec, address=cluster.address, trainable=fault_trainables.slow_epochs)))
+        worker = threading.Thread(
+            target=lambda: outcome.update(
+                summary=run_search(
+                    spec, address=cluster.address, trainable=fault_trainables.slow_epochs
+                )
+            )
+        )
         worker.start()
         experiment = tmp_path / "results" / "nodelost"
         deadline = time.time() + 240
         # Wait until a trial on the doomed node has checkpointed an epoch, then remove it.
         while True:
             assert time.time() < deadline, "no trial reported on the doomed node"
-            rows = [json.loads(line) for path in experiment.glob("trial_*/result.json")
-                    for line in path.read_text().splitlines() if line.strip()]
+            rows = [
+                json.loads(line)
+                for path in experiment.glob("trial_*/result.json")
+                for line in path.read_text().splitlines()
+                if line.strip()
+            ]
             if any(r.get("node_id") == doomed.node_id for r in rows):
                 break
             time.sleep(0.5)
@@ -145,8 +185,11 @@ def test_worker_node_removed_mid_search_trials_move_to_remaining_nodes(tmp_path,
         cluster.shutdown()
     trials = load_trials(str(experiment))
     assert len(trials) == 2 and all(t.status(4) == "complete" for t in trials)
-    moved = [t for t in trials if {r["node_id"] for r in t.history} == {doomed.node_id,
-                                                                         survivor.node_id}]
+    moved = [
+        t
+        for t in trials
+        if {r["node_id"] for r in t.history} == {doomed.node_id, survivor.node_id}
+    ]
     assert moved, "no trial moved from the lost node"
     for trial in moved:
         # Resumed from its checkpoint on the survivor: epochs continue.
@@ -156,12 +199,16 @@ def test_worker_node_removed_mid_search_trials_move_to_remaining_nodes(tmp_path,
 
 def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path):
     # The written learning rate (0.01) is the baseline trial's: at least one healthy trial.
-    spec = spec_for(tmp_path, "nan", train__epochs=2, train__optimizer="sgd",
-                    train__learning_rate=0.01,
-                    space={"learning_rate": {"choice": [0.01, 1.0e12]}},
-                    search={"num_samples": 4, "max_concurrent": 2, "seed": 3,
-                            "baseline": True},
-                    scheduler={"name": "fifo"})
+    spec = spec_for(
+        tmp_path,
+        "nan",
+        train__epochs=2,
+        train__optimizer="sgd",
+        train__learning_rate=0.01,
+        space={"learning_rate": {"choice": [0.01, 1.0e12]}},
+        search={"num_samples": 4, "max_concurrent": 2, "seed": 3, "baseline": True},
+        scheduler={"name": "fifo"},
+    )
     summary = run_search(spec, num_cpus=2)
     trials = load_trials(summary.experiment_dir)
     assert len(trials) == 4
@@ -173,8 +220,7 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_pat
         assert trial.failure_reason.startswith("nan_loss")
         assert raw_epochs(trial.path)[-1] == 1  # ended at once, not retried
     assert all(t.status(2) == "complete" for t in healthy)
-    export = export_experiment(summary.experiment_dir, str(tmp_path / "out"),
-                               with_model=False)
+    export = export_experiment(summary.experiment_dir, str(tmp_path / "out"), with_model=False)
     import pyarrow.parquet as pq
 
     rows = pq.read_table(os.path.join(export.out_dir, "trials.parquet")).to_pylist()
@@ -184,21 +230,26 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_pat
 
 
 def test_a_trial_stopped_inside_a_slow_step_of_its_next_epoch_leaves_its_process_reusable(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """Each epoch's report runs beside the next epoch, so a trial ASHA stops at epoch 1 is
     inside epoch 2's first step (3 s here) when Ray reuses its process for the next trial;
     with Ray's own 2 s wait for it that reuse failed and the next trial was lost."""
     fault_trainables.ship_by_value()
     monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
-    spec = spec_for(tmp_path, "slowstep", train__epochs=2,
-                    dataset={"name": "digits", "subset": 96, "val_fraction": 0.5, "seed": 0},
-                    space={"learning_rate": {"loguniform": [0.0003, 0.01]}},
-                    search={"num_samples": 3, "max_concurrent": 1, "seed": 0,
-                            "baseline": False},
-                    scheduler={"grace_period": 1, "reduction_factor": 2},
-                    resources={"cpus_per_trial": 2, "gpus_per_trial": 0})
+    spec = spec_for(
+        tmp_path,
+        "slowstep",
+        train__epochs=2,
+        dataset={"name": "digits", "subset": 96, "val_fraction": 0.5, "seed": 0},
+        space={"learning_rate": {"loguniform": [0.0003, 0.01]}},
+        search={"num_samples": 3, "max_concurrent": 1, "seed": 0, "baseline": False},
+        scheduler={"grace_period": 1, "reduction_factor": 2},
+        resources={"cpus_per_trial": 2, "gpus_per_trial": 0},
+    )
     trainable = fault_trainables.with_settings(
-        fault_trainables.slow_steps_after_the_first_epoch, step_sleep_s=3.0)
+        fault_trainables.slow_steps_after_the_first_epoch, step_sleep_s=3.0
+    )
     summary = run_search(spec, num_cpus=2, trainable=trainable)
     trials = load_trials(summary.experiment_dir)
     assert len(trials) == 3
@@ -216,14 +267,20 @@ def test_injected_out_of_memory_at_a_later_epoch_retries_from_the_last_checkpoin
     fault_trainables.ship_by_value()
     probe = tmp_path / "probe"
     probe.mkdir()
-    spec = spec_for(tmp_path, "oom", train__epochs=3, train__batch_size=32,
-                    search={"num_samples": 1, "seed": 0, "baseline": False},
-                    scheduler={"grace_period": 1, "reduction_factor": 3})
+    spec = spec_for(
+        tmp_path,
+        "oom",
+        train__epochs=3,
+        train__batch_size=32,
+        search={"num_samples": 1, "seed": 0, "baseline": False},
+        scheduler={"grace_period": 1, "reduction_factor": 3},
+    )
     # Epoch 1 trains at batch 32 and is checkpointed (ASHA's rung at 1: the default policy);
     # epoch 2 runs out of memory part-way (weights in memory already moved on), and the
     # half-batch retry must continue from epoch 1's checkpoint.
-    trainable = fault_trainables.with_settings(fault_trainables.out_of_memory_above,
-                                               oom_from_epoch=1, probe_dir=str(probe))
+    trainable = fault_trainables.with_settings(
+        fault_trainables.out_of_memory_above, oom_from_epoch=1, probe_dir=str(probe)
+    )
     summary = run_search(spec, num_cpus=2, trainable=trainable)
     (trial,) = load_trials(summary.experiment_dir)
     assert trial.status(3) == "complete"
@@ -246,10 +303,16 @@ def test_injected_out_of_memory_at_a_later_epoch_retries_from_the_last_checkpoin
 
 def test_injected_out_of_memory_twice_is_recorded_not_retried_forever(tmp_path):
     fault_trainables.ship_by_value()
-    spec = spec_for(tmp_path, "oom2", train__epochs=2, train__batch_size=64,
-                    train__learning_rate=0.001, space={},
-                    search={"num_samples": 1, "seed": 0, "baseline": False},
-                    scheduler={"name": "fifo"})
+    spec = spec_for(
+        tmp_path,
+        "oom2",
+        train__epochs=2,
+        train__batch_size=64,
+        train__learning_rate=0.001,
+        space={},
+        search={"num_samples": 1, "seed": 0, "baseline": False},
+        scheduler={"name": "fifo"},
+    )
     summary = run_search(spec, num_cpus=2, trainable=fault_trainables.out_of_memory_above)
     (trial,) = load_trials(summary.experiment_dir)
     assert trial.status(2) == "failed"
@@ -291,18 +354,32 @@ def faulty_search(tmp_path_factory):
     trial_tmp.mkdir()
     fault_dir.mkdir()
     fault_trainables.ship_by_value()
-    spec = spec_for(root, "faulty", train__epochs=2,
-                    search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
-                            "baseline": False, "max_failures": 3},
-                    scheduler={"name": "fifo"}, train__checkpoint="every_epoch")
-    trainable = fault_trainables.with_settings(fault_trainables.fault_per_trial,
-                                               fault_dir=str(fault_dir),
-                                               fault_kinds=["crash_then_nan", "oom"])
+    spec = spec_for(
+        root,
+        "faulty",
+        train__epochs=2,
+        search={
+            "num_samples": 2,
+            "max_concurrent": 2,
+            "seed": 0,
+            "baseline": False,
+            "max_failures": 3,
+        },
+        scheduler={"name": "fifo"},
+        train__checkpoint="every_epoch",
+    )
+    trainable = fault_trainables.with_settings(
+        fault_trainables.fault_per_trial,
+        fault_dir=str(fault_dir),
+        fault_kinds=["crash_then_nan", "oom"],
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(trial_tmp))  # Ray's workers inherit it from this driver
         summary = run_search(spec, num_cpus=2, trainable=trainable)
-    kinds = {(fault_dir / f"{t.trial_id}.kind").read_text(): t
-             for t in load_trials(summary.experiment_dir)}
+    kinds = {
+        (fault_dir / f"{t.trial_id}.kind").read_text(): t
+        for t in load_trials(summary.experiment_dir)
+    }
     return summary, kinds, trial_tmp
 
 
@@ -318,19 +395,21 @@ def test_crash_nan_and_oom_after_a_restore_leave_no_temp_folders(faulty_search):
     left = sorted(p.name for p in trial_tmp.iterdir())
     # TensorFlow's autograph writes the Python it generates as single temp files (removed
     # when the process exits): not ours, and not folders.
-    assert [name for name in left if not name.startswith("__autograph_generated_file")] == [], (
-        left)
+    assert [name for name in left if not name.startswith("__autograph_generated_file")] == [], left
 
 
 def test_export_report_validate_and_study_reads_leave_the_experiment_byte_identical(
-        faulty_search, tmp_path):
+    faulty_search, tmp_path
+):
     summary, _, _ = faulty_search
     experiment = Path(summary.experiment_dir)
     before = tree_digest(experiment)
     assert any(name.endswith(STUDY_FILE) for name in before)
-    for args in (["export", str(experiment), "--out", str(tmp_path / "export")],
-                 ["report", str(experiment), "--out", str(tmp_path / "report")],
-                 ["validate", str(experiment / "spec.yaml")]):
+    for args in (
+        ["export", str(experiment), "--out", str(tmp_path / "export")],
+        ["report", str(experiment), "--out", str(tmp_path / "report")],
+        ["validate", str(experiment / "spec.yaml")],
+    ):
         done = cli(*args)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert study_trials(experiment)  # the tests' own reads too

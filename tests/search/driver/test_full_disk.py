@@ -49,16 +49,20 @@ def checkpoint_on_a_full_disk(config: dict, *, data, fixed: dict) -> None:
 
     trainable.write_checkpoint = write_checkpoint
     try:
-        trainable.train_trial(config, data=data, fixed={k: v for k, v in fixed.items()
-                                                        if k != "full_disk"})
+        trainable.train_trial(
+            config, data=data, fixed={k: v for k, v in fixed.items() if k != "full_disk"}
+        )
     finally:
         trainable.write_checkpoint = real
 
 
 def spec_for(tmp_path: Path, name: str):
-    return tiny_spec(tmp_path, name, train__epochs=MAX_T,
-                     search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
-                             "baseline": False})
+    return tiny_spec(
+        tmp_path,
+        name,
+        train__epochs=MAX_T,
+        search={"num_samples": 2, "max_concurrent": 2, "seed": 0, "baseline": False},
+    )
 
 
 def assert_nothing_written_is_damaged(experiment: Path) -> None:
@@ -84,7 +88,7 @@ def inject(kind: str, number: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
         def write(fd: int, data: bytes) -> int:
             if b"intermediate_value" in data:  # the first epoch's report to the study
-                real_write(fd, data[:len(data) // 2])
+                real_write(fd, data[: len(data) // 2])
                 raise refused(number, "")
             return real_write(fd, data)
 
@@ -125,18 +129,23 @@ def inject(kind: str, number: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     return None
 
 
-WHAT = {"journal": "could not write the study journal",
-        "result row": "could not write a result row of trial ",
-        "snapshot": "could not write Ray's experiment snapshot",
-        "checkpoint": "could not write a checkpoint of trial "}
+WHAT = {
+    "journal": "could not write the study journal",
+    "result row": "could not write a result row of trial ",
+    "snapshot": "could not write Ray's experiment snapshot",
+    "checkpoint": "could not write a checkpoint of trial ",
+}
 
 
 # Each write with one of the two errors (the code paths do not depend on which: both are in
 # DISK_ERRNOS; the journal's unit test takes both), so the tier stays short.
-@pytest.mark.parametrize(("kind", "error"), [("journal", "ENOSPC"), ("result row", "EIO"),
-                                             ("snapshot", "EIO"), ("checkpoint", "ENOSPC")])
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [("journal", "ENOSPC"), ("result row", "EIO"), ("snapshot", "EIO"), ("checkpoint", "ENOSPC")],
+)
 def test_a_write_refused_by_the_disk_stops_the_search_and_resume_finishes_it(
-        tmp_path, monkeypatch, kind, error):
+    tmp_path, monkeypatch, kind, error
+):
     spec = spec_for(tmp_path, "full")
     experiment = tmp_path / "results" / "full"
     trainable = inject(kind, ERRNOS[error], monkeypatch, tmp_path)
@@ -144,8 +153,9 @@ def test_a_write_refused_by_the_disk_stops_the_search_and_resume_finishes_it(
         run_search(spec, num_cpus=2, trainable=trainable)
     message = str(failed.value)
     assert WHAT[kind] in message and f"({os.strerror(ERRNOS[error])})" in message, message
-    assert message.endswith("free space (or mend the disk), then `finetune-search resume` "
-                            "the experiment"), message
+    assert message.endswith(
+        "free space (or mend the disk), then `finetune-search resume` the experiment"
+    ), message
     assert "\n" not in message
 
     monkeypatch.undo()  # space freed
@@ -157,7 +167,8 @@ def test_a_write_refused_by_the_disk_stops_the_search_and_resume_finishes_it(
 
 
 def test_an_export_refused_by_the_disk_names_the_file_and_leaves_no_part_of_it(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     from search.outputs import export
 
     run_search(spec_for(tmp_path, "exported"), num_cpus=2)
@@ -173,8 +184,8 @@ def test_an_export_refused_by_the_disk_names_the_file_and_leaves_no_part_of_it(
         with pytest.raises(WriteFailed) as failed:
             export.export_experiment(str(experiment), str(out))
         assert str(failed.value).startswith(
-            f"{out / 'trials.parquet'}: could not write trials.parquet "
-            f"({os.strerror(number)})"), (error, str(failed.value))
+            f"{out / 'trials.parquet'}: could not write trials.parquet ({os.strerror(number)})"
+        ), (error, str(failed.value))
         assert str(failed.value).endswith("then run the command again")
         assert list(out.iterdir()) == []  # no temporary file left
         assert tree_digest(experiment) == before

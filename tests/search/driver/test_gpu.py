@@ -38,18 +38,22 @@ def record_devices(config: dict, *, data: Any, fixed: dict) -> None:
     probe_dir = fixed["probe_dir"]
     gpus = tf.config.list_physical_devices("GPU")
     details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
-    seen = {"ray_gpu_ids": [str(i) for i in ray.get_gpu_ids()],
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "tf_gpus": len(gpus), "logical_gpus": len(tf.config.list_logical_devices("GPU")),
-            "compute_capability": list(details.get("compute_capability", ()))}
+    seen = {
+        "ray_gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "tf_gpus": len(gpus),
+        "logical_gpus": len(tf.config.list_logical_devices("GPU")),
+        "compute_capability": list(details.get("compute_capability", ())),
+    }
     if fixed.get("probe_memory"):
         configs = tf.config.get_logical_device_configuration(gpus[0]) or []
         cap_mb = configs[0].memory_limit if configs else None
         seen["memory_limit_mb"] = cap_mb
         open(os.path.join(probe_dir, f"{trial_id}.ready"), "w").close()
         deadline = time.time() + 300
-        while len([f for f in os.listdir(probe_dir) if f.endswith(".ready")]) < fixed[
-                "probe_trials"]:
+        while (
+            len([f for f in os.listdir(probe_dir) if f.endswith(".ready")]) < fixed["probe_trials"]
+        ):
             if time.time() > deadline:
                 raise RuntimeError("the packed trials never ran at the same time")
             time.sleep(0.2)
@@ -67,8 +71,9 @@ def record_devices(config: dict, *, data: Any, fixed: dict) -> None:
         json.dump(seen, out)
 
 
-def probed_search(tmp_path, name: str, gpus_per_trial: float, trials: int,
-                  **settings: Any) -> tuple[list, dict[str, dict]]:
+def probed_search(
+    tmp_path, name: str, gpus_per_trial: float, trials: int, **settings: Any
+) -> tuple[list, dict[str, dict]]:
     import ray.cloudpickle as cloudpickle
 
     from tests.search.driver import fault_trainables
@@ -78,16 +83,18 @@ def probed_search(tmp_path, name: str, gpus_per_trial: float, trials: int,
     fault_trainables.ship_by_value()
     probe = tmp_path / f"probe-{name}"
     probe.mkdir()
-    spec = tiny_spec(tmp_path, name, train__epochs=1,
-                     search={"num_samples": trials, "max_concurrent": trials, "seed": 0,
-                             "baseline": False},
-                     scheduler={"name": "fifo"},
-                     resources={"cpus_per_trial": 1, "gpus_per_trial": gpus_per_trial})
+    spec = tiny_spec(
+        tmp_path,
+        name,
+        train__epochs=1,
+        search={"num_samples": trials, "max_concurrent": trials, "seed": 0, "baseline": False},
+        scheduler={"name": "fifo"},
+        resources={"cpus_per_trial": 1, "gpus_per_trial": gpus_per_trial},
+    )
     trainable = fault_trainables.with_settings(record_devices, probe_dir=str(probe), **settings)
     summary = run_search(spec, num_cpus=max(2, trials), trainable=trainable)
     trials_ = load_trials(summary.experiment_dir)
-    seen = {t.trial_id: json.loads((probe / f"{t.trial_id}.json").read_text())
-            for t in trials_}
+    seen = {t.trial_id: json.loads((probe / f"{t.trial_id}.json").read_text()) for t in trials_}
     return trials_, seen
 
 
@@ -112,8 +119,7 @@ def test_mixed_precision_auto_picks_bfloat16_from_ampere_on(whole_gpu_search):
     trials, seen = whole_gpu_search
     (trial,) = trials
     major = seen[trial.trial_id]["compute_capability"][0]
-    expected = ("mixed_bfloat16" if major >= 8 else "mixed_float16" if major >= 7
-                else "float32")
+    expected = "mixed_bfloat16" if major >= 8 else "mixed_float16" if major >= 7 else "float32"
     assert trial.history[-1]["precision"] == expected
 
 
@@ -122,8 +128,7 @@ def test_two_trials_packed_on_one_gpu_cannot_exceed_their_memory_caps(tmp_path):
 
     total_mb = gpu_total_memory_mb()
     assert total_mb, "nvidia-smi reports no memory total"
-    trials, seen = probed_search(tmp_path, "packed", 0.5, 2, probe_memory=True,
-                                 probe_trials=2)
+    trials, seen = probed_search(tmp_path, "packed", 0.5, 2, probe_memory=True, probe_trials=2)
     assert len(trials) == 2 and all(t.status(1) == "complete" for t in trials)
     views = list(seen.values())
     cap_mb = int(total_mb * 0.5 * 0.95)

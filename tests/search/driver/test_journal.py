@@ -63,7 +63,8 @@ def test_a_study_written_through_it_reads_back_with_optunas_own_backend(tmp_path
 
 
 def test_appending_writes_the_lines_at_once_and_leaves_the_fsync_to_the_background(
-        tmp_path, fsyncs):
+    tmp_path, fsyncs
+):
     path = tmp_path / "study.journal"
     backend = GroupCommitJournal(str(path), sync_seconds=0.05)
     logs = [{"op_code": 0, "n": n, "text": "x" * 100} for n in range(3)]
@@ -109,8 +110,12 @@ def test_threads_appending_at_once_never_interleave_lines(tmp_path):
 
     def append(worker: int) -> None:
         for n in range(100):
-            backend.append_logs([{"worker": worker, "n": n, "p": payload},
-                                 {"worker": worker, "n": -n, "p": payload}])
+            backend.append_logs(
+                [
+                    {"worker": worker, "n": n, "p": payload},
+                    {"worker": worker, "n": -n, "p": payload},
+                ]
+            )
 
     threads = [threading.Thread(target=append, args=(w,)) for w in range(4)]
     for thread in threads:
@@ -154,8 +159,13 @@ def test_a_killed_driver_loses_no_record_it_wrote(tmp_path):
         "    study.tell(trial, n / 100)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, cwd=os.getcwd())
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.getcwd(),
+    )
     assert done.returncode == -9, done.stderr
 
     reread = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(path)))
@@ -171,8 +181,7 @@ def _study_with_trials(path: str, values: list[float]) -> None:
         study.tell(trial, value)
 
 
-def test_a_line_cut_short_by_a_killed_writer_is_dropped_before_the_next_driver_appends(
-        tmp_path):
+def test_a_line_cut_short_by_a_killed_writer_is_dropped_before_the_next_driver_appends(tmp_path):
     # Fault: the driver killed inside its write leaves half a line at the journal's end. The
     # next driver appended after it, and every read of the journal failed from then on (a
     # resume that read it inside Ray's restore then waited forever).
@@ -181,7 +190,7 @@ def test_a_line_cut_short_by_a_killed_writer_is_dropped_before_the_next_driver_a
     whole = Path(path).read_bytes()
     last = whole.splitlines(keepends=True)[-1]
     with open(path, "ab") as handle:
-        handle.write(last[:len(last) // 2])
+        handle.write(last[: len(last) // 2])
 
     _study_with_trials(path, [0.3])  # a new driver: opens the journal and appends
 
@@ -192,7 +201,8 @@ def test_a_line_cut_short_by_a_killed_writer_is_dropped_before_the_next_driver_a
 
 @pytest.mark.parametrize("errno_value", [28, 5], ids=["ENOSPC", "EIO"])
 def test_a_full_disk_inside_a_journal_write_cuts_it_back_and_says_what_and_where(
-        tmp_path, monkeypatch, errno_value):
+    tmp_path, monkeypatch, errno_value
+):
     # Fault: the disk takes half of a batch of records, then refuses the rest.
     from search.errors import WriteFailed
 
@@ -202,14 +212,16 @@ def test_a_full_disk_inside_a_journal_write_cuts_it_back_and_says_what_and_where
 
     def half_then_refused(fd: int, data: bytes) -> int:
         if len(data) > 1:
-            real_write(fd, data[:len(data) // 2])
+            real_write(fd, data[: len(data) // 2])
         raise OSError(errno_value, os.strerror(errno_value))
 
     study = open_study(path, "s", seed=0)
     before = Path(path).read_bytes()
     monkeypatch.setattr(journal_module.os, "write", half_then_refused)
-    with pytest.raises(WriteFailed, match=f"{path}: could not write the study journal "
-                                          f"\\({os.strerror(errno_value)}\\)"):
+    with pytest.raises(
+        WriteFailed,
+        match=f"{path}: could not write the study journal \\({os.strerror(errno_value)}\\)",
+    ):
         study.ask()
     monkeypatch.setattr(journal_module.os, "write", real_write)
     assert Path(path).read_bytes() == before  # nothing already written changed

@@ -19,7 +19,8 @@ def bucket_journal(experiment: str) -> bytes | None:
 
 
 def test_journal_reaches_s3_after_each_finished_trial_and_at_least_every_minute(
-        s3_bucket, tmp_path, monkeypatch, capsys):
+    s3_bucket, tmp_path, monkeypatch, capsys
+):
     experiment = f"{s3_bucket}/exp"
     local = tmp_path / STUDY_FILE
     clock = [1000.0]
@@ -73,8 +74,7 @@ def test_a_mirror_written_for_another_run_loses_its_journal(tmp_path, monkeypatc
     assert not journal.exists()
 
 
-def test_fetch_keeps_a_local_journal_only_where_it_extends_the_bucket_one(
-        s3_bucket, tmp_path):
+def test_fetch_keeps_a_local_journal_only_where_it_extends_the_bucket_one(s3_bucket, tmp_path):
     from search.outputs.experiment import fetch_journal
 
     experiment = f"{s3_bucket}/exp"

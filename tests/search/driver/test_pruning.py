@@ -25,17 +25,34 @@ def trial_folder(root: Path, trial_id: str, checkpoints: int = 2) -> Path:
 def ray_trial(root: Path, trial_id: str, best: float, *, failed: bool = False):
     folder = trial_folder(root, trial_id)
     return SimpleNamespace(
-        trial_id=trial_id, path=str(folder), last_result={"trial_failed": failed},
+        trial_id=trial_id,
+        path=str(folder),
+        last_result={"trial_failed": failed},
         metric_analysis={"val_accuracy": {"max": best, "min": 0.0}},
-        storage=SimpleNamespace(storage_filesystem=pafs.LocalFileSystem()))
+        storage=SimpleNamespace(storage_filesystem=pafs.LocalFileSystem()),
+    )
 
 
-def record(root: Path, trial_id: str, best: float, *, epochs: int = 3,
-           ray_status: str = "TERMINATED", errored: bool = False) -> TrialRecord:
+def record(
+    root: Path,
+    trial_id: str,
+    best: float,
+    *,
+    epochs: int = 3,
+    ray_status: str = "TERMINATED",
+    errored: bool = False,
+) -> TrialRecord:
     folder = trial_folder(root, trial_id)
     history = [{"epoch": e, "val_accuracy": best} for e in range(1, epochs + 1)]
-    return TrialRecord(trial_id=trial_id, round="", path=str(folder), config={},
-                       history=history, errored=errored, ray_status=ray_status)
+    return TrialRecord(
+        trial_id=trial_id,
+        round="",
+        path=str(folder),
+        config={},
+        history=history,
+        errored=errored,
+        ray_status=ray_status,
+    )
 
 
 def has_checkpoints(root: Path, trial_id: str) -> bool:
@@ -43,10 +60,12 @@ def has_checkpoints(root: Path, trial_id: str) -> bool:
 
 
 def test_finished_trials_outside_the_best_k_lose_their_checkpoints(tmp_path, monkeypatch):
-    earlier = [record(tmp_path, "old_best", 0.95),
-               record(tmp_path, "old_weak", 0.20, epochs=1),  # stopped by ASHA
-               record(tmp_path, "resuming", 0.10, ray_status="RUNNING"),
-               record(tmp_path, "errored", 0.05, errored=True)]
+    earlier = [
+        record(tmp_path, "old_best", 0.95),
+        record(tmp_path, "old_weak", 0.20, epochs=1),  # stopped by ASHA
+        record(tmp_path, "resuming", 0.10, ray_status="RUNNING"),
+        record(tmp_path, "errored", 0.05, errored=True),
+    ]
     monkeypatch.setattr(pruning, "recorded_trials", lambda trial: earlier)
     pruner = pruning.CheckpointPruner(keep=2, max_t=3)
 
@@ -77,7 +96,8 @@ def test_finished_trials_outside_the_best_k_lose_their_checkpoints(tmp_path, mon
     # A trial resumed from a stale snapshot: its best epoch is only in its results.
     stale = ray_trial(tmp_path, "stale", 0.1)
     (tmp_path / "trial_stale" / "result.json").write_text(
-        '{"epoch": 1, "val_accuracy": 0.1}\n{"epoch": 2, "val_accuracy": 0.97}\n')
+        '{"epoch": 1, "val_accuracy": 0.1}\n{"epoch": 2, "val_accuracy": 0.97}\n'
+    )
     pruner.on_trial_complete(0, [], stale)
     assert has_checkpoints(tmp_path, "stale") and pruner.kept()[0] == "stale"
     # The rest of each folder (results, params) stays.

@@ -24,12 +24,14 @@ def epochs(*values: float) -> list[dict]:
 
 
 def test_searcher_restored_on_a_fresh_machine_with_no_journal_continues_in_the_rebuilt_study(
-        tmp_path):
+    tmp_path,
+):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     first_machine = tmp_path / "a"
     first_machine.mkdir()
-    searcher = AshaAwareOptunaSearch(SPACE, journal_path=str(first_machine / STUDY_FILE),
-                                     study_name="s", max_t=3, seed=0)
+    searcher = AshaAwareOptunaSearch(
+        SPACE, journal_path=str(first_machine / STUDY_FILE), study_name="s", max_t=3, seed=0
+    )
     configs = {tid: searcher.suggest(tid) for tid in ("t1", "t2", "t3")}
     searcher.save(str(tmp_path / "searcher.pkl"))  # Ray's snapshot, taken with its own state
 
@@ -42,22 +44,22 @@ def test_searcher_restored_on_a_fresh_machine_with_no_journal_continues_in_the_r
     records = [
         TrialRecord("t3", "main", "", configs["t3"], epochs(0.2), ray_status="RUNNING"),
         TrialRecord("t2", "main", "", configs["t2"], epochs(0.1), ray_status="TERMINATED"),
-        TrialRecord("t1", "main", "", configs["t1"], epochs(0.3, 0.4, 0.5),
-                    ray_status="TERMINATED"),
+        TrialRecord(
+            "t1", "main", "", configs["t1"], epochs(0.3, 0.4, 0.5), ray_status="TERMINATED"
+        ),
     ]
-    changed = reconcile_study(open_study(journal, "s", 0), records, max_t=3, space=SPACE,
-                              continued_round="main")
+    changed = reconcile_study(
+        open_study(journal, "s", 0), records, max_t=3, space=SPACE, continued_round="main"
+    )
     assert changed == ["t3", "t2", "t1"]
 
-    restored = AshaAwareOptunaSearch(SPACE, journal_path=journal, study_name="s", max_t=3,
-                                     seed=0)
+    restored = AshaAwareOptunaSearch(SPACE, journal_path=journal, study_name="s", max_t=3, seed=0)
     with relocated_journal(journal):
         restored.restore(str(tmp_path / "searcher.pkl"))
     restored.on_trial_result("t3", {"epoch": 2, "val_accuracy": 0.6})
     restored.on_trial_complete("t3", {"epoch": 3, "val_accuracy": 0.7})
 
-    study = {t.user_attrs["ray_trial_id"]: t for t in load_study_readonly(str(fresh),
-                                                                          "s").trials}
+    study = {t.user_attrs["ray_trial_id"]: t for t in load_study_readonly(str(fresh), "s").trials}
     assert set(study) == {"t1", "t2", "t3"}
     assert all(t.user_attrs[ATTR_REBUILT] for t in study.values())
     assert study["t1"].state == TrialState.COMPLETE and study["t1"].value == 0.5
@@ -81,10 +83,13 @@ def test_rebuilt_trials_end_for_the_reason_their_results_give(tmp_path):
     ]
     journal = str(tmp_path / STUDY_FILE)
     reconcile_study(open_study(journal, "s", 0), records, max_t=3, space=SPACE)
-    study = {t.user_attrs["ray_trial_id"]: t for t in load_study_readonly(str(tmp_path),
-                                                                          "s").trials}
+    study = {
+        t.user_attrs["ray_trial_id"]: t for t in load_study_readonly(str(tmp_path), "s").trials
+    }
     ended = {ray_id: (t.state, t.user_attrs[ATTR_END]) for ray_id, t in study.items()}
-    assert ended == {"asha": (TrialState.PRUNED, "asha@1"),
-                     "budget": (TrialState.PRUNED, "budget"),
-                     "done": (TrialState.COMPLETE, "max_t")}
+    assert ended == {
+        "asha": (TrialState.PRUNED, "asha@1"),
+        "budget": (TrialState.PRUNED, "budget"),
+        "done": (TrialState.COMPLETE, "max_t"),
+    }
     assert all(trial.stop_reason(3) == ended[trial.trial_id][1] for trial in records)

@@ -33,9 +33,24 @@ def start_driver(spec_path: Path, name: str, log_path: Path) -> subprocess.Popen
     # tests can catch the snapshot a real driver might die with.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "search", "run", str(spec_path),
-                                 "--num-cpus", "2", "--name", name], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "search",
+                "run",
+                str(spec_path),
+                "--num-cpus",
+                "2",
+                "--name",
+                name,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def rows(experiment: Path) -> list[dict]:
@@ -61,8 +76,11 @@ def snapshot_resumes_from_epoch(experiment: Path, epoch: int) -> bool:
         trial = Trial.from_json_state(trial_state, stub=True)
         trial.restore_run_metadata(run_metadata)
         checkpointed = trial.latest_checkpoint_result
-        if (trial.status not in (Trial.TERMINATED, Trial.ERROR) and checkpointed is not None
-                and checkpointed.metrics.get("epoch") == epoch):
+        if (
+            trial.status not in (Trial.TERMINATED, Trial.ERROR)
+            and checkpointed is not None
+            and checkpointed.metrics.get("epoch") == epoch
+        ):
             return True
     return False
 
@@ -74,8 +92,11 @@ def assert_study_tells_what_ray_did(experiment: Path, max_t: int) -> dict:
     known = ray_statuses(fs, root)
     records = {t.trial_id: t for t in load_trials(str(experiment)) if t.trial_id in known}
     study = study_trials(experiment)  # the newest study trial of each Ray trial
-    expected = {"complete": TrialState.COMPLETE, "stopped": TrialState.PRUNED,
-                "failed": TrialState.FAIL}
+    expected = {
+        "complete": TrialState.COMPLETE,
+        "stopped": TrialState.PRUNED,
+        "failed": TrialState.FAIL,
+    }
     for trial_id, record in records.items():
         frozen = study[trial_id]
         assert frozen.state == expected[record.status(max_t).value], (trial_id, frozen)
@@ -88,17 +109,30 @@ def assert_study_tells_what_ray_did(experiment: Path, max_t: int) -> dict:
 
 def test_worker_sigkilled_with_no_retries_then_resume_records_the_restarted_trial(tmp_path):
     # A checkpoint every epoch: the worker dies after epoch 1's, and resume continues from it.
-    spec_path = write_spec(tmp_path, train__epochs=3, train__checkpoint="every_epoch",
-                           scheduler={"name": "fifo"},
-                           search={"num_samples": 2, "max_concurrent": 2, "seed": 0,
-                                   "baseline": False, "max_failures": 0})
+    spec_path = write_spec(
+        tmp_path,
+        train__epochs=3,
+        train__checkpoint="every_epoch",
+        scheduler={"name": "fifo"},
+        search={
+            "num_samples": 2,
+            "max_concurrent": 2,
+            "seed": 0,
+            "baseline": False,
+            "max_failures": 0,
+        },
+    )
     experiment = tmp_path / "results" / "workerkill"
     log_path = tmp_path / "run.log"
     driver = start_driver(spec_path, "workerkill", log_path)
     # SIGKILL one trial's worker process once it has checkpointed epoch 1 (its pid is in
     # every result row): what the kernel's OOM killer does.
-    victim = wait_for(lambda: next((r for r in rows(experiment) if r["epoch"] == 1), None),
-                      driver, log_path, "first epoch")
+    victim = wait_for(
+        lambda: next((r for r in rows(experiment) if r["epoch"] == 1), None),
+        driver,
+        log_path,
+        "first epoch",
+    )
     os.kill(victim["pid"], signal.SIGKILL)
     assert driver.wait(timeout=900) == 0, log_path.read_text()[-3000:]
     killed = {t.trial_id: t for t in load_trials(str(experiment))}[victim["trial_id"]]
@@ -141,8 +175,9 @@ def snapshot(experiment: Path, into: Path) -> dict[str, dict]:
         state = json.loads(copies[states[-1]]) if states else None
     except ValueError:
         return {}
-    if not state or any((experiment / n).read_bytes() != d for n, d in copies.items()
-                        if (experiment / n).exists()):
+    if not state or any(
+        (experiment / n).read_bytes() != d for n, d in copies.items() if (experiment / n).exists()
+    ):
         return {}  # changed while copied
     shutil.rmtree(into, ignore_errors=True)
     into.mkdir(parents=True)
@@ -156,19 +191,26 @@ def snapshot(experiment: Path, into: Path) -> dict[str, dict]:
 
 
 def test_driver_sigkilled_after_an_asha_stop_newer_than_the_snapshot_then_resume_finishes(
-        tmp_path):
+    tmp_path,
+):
     # One trial at a time; the baseline (learning rate 0.003) sets rung 2, then a trial with
     # learning rate 1e-5 is stopped there (rf 2: below the median is stopped).
     # A checkpoint every epoch, so Ray snapshots each trial at epoch 1 (before ASHA's rung).
-    spec_path = write_spec(tmp_path, train={"epochs": 3, "batch_size": 32, "optimizer": "adam",
-                                            "learning_rate": 0.003, "checkpoint": "every_epoch"},
-                           dataset={"name": "digits", "subset": 800, "val_fraction": 0.25,
-                                    "seed": 0},
-                           model={"backbone": "small_cnn", "weights": "none",
-                                  "dense_units": 32, "upsample": 1},
-                           space={"learning_rate": {"choice": [0.003, 0.00001]}},
-                           search={"num_samples": 2, "max_concurrent": 1, "seed": 0},
-                           scheduler={"grace_period": 2, "reduction_factor": 2})
+    spec_path = write_spec(
+        tmp_path,
+        train={
+            "epochs": 3,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "learning_rate": 0.003,
+            "checkpoint": "every_epoch",
+        },
+        dataset={"name": "digits", "subset": 800, "val_fraction": 0.25, "seed": 0},
+        model={"backbone": "small_cnn", "weights": "none", "dense_units": 32, "upsample": 1},
+        space={"learning_rate": {"choice": [0.003, 0.00001]}},
+        search={"num_samples": 2, "max_concurrent": 1, "seed": 0},
+        scheduler={"grace_period": 2, "reduction_factor": 2},
+    )
     experiment = tmp_path / "results" / "stale"
     log_path = tmp_path / "run.log"
     driver = start_driver(spec_path, "stale", log_path)
@@ -187,8 +229,14 @@ def test_driver_sigkilled_after_an_asha_stop_newer_than_the_snapshot_then_resume
                 shutil.rmtree(tmp_path / f"snap-{trial_id}", ignore_errors=True)
                 shutil.copytree(tmp_path / "candidate", tmp_path / f"snap-{trial_id}")
                 saved.add(trial_id)
-        stopped = next((line.split()[2] for line in log_path.read_text().splitlines()
-                        if "stopped by ASHA at epoch 2" in line), None)
+        stopped = next(
+            (
+                line.split()[2]
+                for line in log_path.read_text().splitlines()
+                if "stopped by ASHA at epoch 2" in line
+            ),
+            None,
+        )
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):  # the search may just have ended
         os.killpg(driver.pid, signal.SIGKILL)
@@ -218,10 +266,13 @@ def test_a_trial_asha_stopped_is_not_trained_on_when_rays_older_state_resumes_it
     from search.outputs.results import experiment_state_files
     from tests.helpers import tiny_spec
 
-    spec = tiny_spec(tmp_path, name="final", search={"num_samples": 3, "max_concurrent": 1,
-                                                     "seed": 0},
-                     train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
-                     scheduler={"grace_period": 1, "reduction_factor": 2})
+    spec = tiny_spec(
+        tmp_path,
+        name="final",
+        search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
+        train={"epochs": 2, "batch_size": 32, "optimizer": "adam"},
+        scheduler={"grace_period": 1, "reduction_factor": 2},
+    )
     experiment = Path(spec.experiment_path)
     run_search(spec, num_cpus=2)
     study = study_trials(experiment)

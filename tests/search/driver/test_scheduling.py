@@ -14,8 +14,14 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from search.driver.scheduling import BudgetFIFO, DeviceBudget, RememberingASHA
 from search.outputs.results import TrialRecord
 
-ASHA_ARGS = dict(time_attr="epoch", metric="val_accuracy", mode="max", max_t=9, grace_period=1,
-                 reduction_factor=3)
+ASHA_ARGS = dict(
+    time_attr="epoch",
+    metric="val_accuracy",
+    mode="max",
+    max_t=9,
+    grace_period=1,
+    reduction_factor=3,
+)
 
 
 class FakeTrial:
@@ -39,8 +45,16 @@ def events(seed=0, trials=12, concurrent=3):
         running[slot][1] += 1
         trial_id, epoch = running[slot]
         clock += 1.0
-        order.append((trial_id, {"epoch": epoch, "timestamp": clock,
-                                 "val_accuracy": level[trial_id] + 0.01 * epoch}))
+        order.append(
+            (
+                trial_id,
+                {
+                    "epoch": epoch,
+                    "timestamp": clock,
+                    "val_accuracy": level[trial_id] + 0.01 * epoch,
+                },
+            )
+        )
         if epoch == ASHA_ARGS["max_t"]:
             running.pop(slot)
     return order
@@ -69,8 +83,10 @@ def records_of(order, trial_ids):
     for trial_id, result in order:
         if trial_id in rows:
             rows[trial_id].append({**result, "trial_id": trial_id})
-    return [TrialRecord(trial_id=t, round="main", path="", config={}, history=h)
-            for t, h in rows.items()]
+    return [
+        TrialRecord(trial_id=t, round="main", path="", config={}, history=h)
+        for t, h in rows.items()
+    ]
 
 
 def started(scheduler, records=()):
@@ -118,10 +134,12 @@ def test_trial_resumed_below_the_rung_cutoff_is_stopped_at_that_rung():
 
 def test_trial_stopped_after_the_last_snapshot_is_stopped_again_at_its_rung():
     asha = dict(ASHA_ARGS, max_t=4, grace_period=2, reduction_factor=2)
-    order = [("good", {"epoch": 1, "timestamp": 1, "val_accuracy": 0.8}),
-             ("good", {"epoch": 2, "timestamp": 2, "val_accuracy": 0.9}),
-             ("late", {"epoch": 1, "timestamp": 3, "val_accuracy": 0.1}),
-             ("late", {"epoch": 2, "timestamp": 4, "val_accuracy": 0.2})]
+    order = [
+        ("good", {"epoch": 1, "timestamp": 1, "val_accuracy": 0.8}),
+        ("good", {"epoch": 2, "timestamp": 2, "val_accuracy": 0.9}),
+        ("late", {"epoch": 1, "timestamp": 3, "val_accuracy": 0.1}),
+        ("late", {"epoch": 2, "timestamp": 4, "val_accuracy": 0.2}),
+    ]
     live = started(RememberingASHA(**asha))
     assert drive(live, order, set())[-1] == ("late", 2, TrialScheduler.STOP)
     # The snapshot still shows "late" running from its epoch-1 checkpoint: Ray runs epoch 2
@@ -131,8 +149,12 @@ def test_trial_stopped_after_the_last_snapshot_is_stopped_again_at_its_rung():
     again = {"epoch": 2, "timestamp": 9, "val_accuracy": 0.95}
     assert resumed.on_trial_result(None, FakeTrial("late"), again) == TrialScheduler.STOP
     resumed.on_trial_add(None, FakeTrial("good"))
-    assert resumed.on_trial_result(None, FakeTrial("good"), {
-        "epoch": 3, "timestamp": 9, "val_accuracy": 0.9}) == TrialScheduler.CONTINUE
+    assert (
+        resumed.on_trial_result(
+            None, FakeTrial("good"), {"epoch": 3, "timestamp": 9, "val_accuracy": 0.9}
+        )
+        == TrialScheduler.CONTINUE
+    )
 
 
 class StoppingController:
@@ -157,11 +179,11 @@ def test_a_stop_the_study_recorded_is_final_though_the_results_in_storage_are_ol
     asha = dict(ASHA_ARGS, max_t=6, grace_period=1, reduction_factor=2)  # rungs 1, 2, 4
     order = [("good", {"epoch": e, "timestamp": e, "val_accuracy": 0.5}) for e in (1, 2, 3, 4)]
     order += [("stale", {"epoch": e, "timestamp": 10 + e, "val_accuracy": 0.9}) for e in (1, 2)]
-    order += [("caught", {"epoch": e, "timestamp": 20 + e, "val_accuracy": 0.95})
-              for e in (1, 2)]
+    order += [("caught", {"epoch": e, "timestamp": 20 + e, "val_accuracy": 0.95}) for e in (1, 2)]
     resumed = restored(RememberingASHA(**asha))
-    resumed.remember(records_of(order, {"good", "stale", "caught"}),
-                     stops={"stale": 4, "caught": 2})
+    resumed.remember(
+        records_of(order, {"good", "stale", "caught"}), stops={"stale": 4, "caught": 2}
+    )
     stale = FakeTrial("stale", Trial.PENDING, last_result={"epoch": 2})
     caught = FakeTrial("caught", Trial.PENDING, last_result={"epoch": 2})
     controller = StoppingController([stale, caught])
@@ -171,10 +193,18 @@ def test_a_stop_the_study_recorded_is_final_though_the_results_in_storage_are_ol
     assert resumed.choose_trial_to_run(controller) is stale
     assert controller.stopped == ["caught"]
     # "stale" retrains from its older checkpoint, better than anyone, and stops at epoch 4.
-    assert resumed.on_trial_result(controller, stale, {
-        "epoch": 3, "timestamp": 30, "val_accuracy": 0.99}) == TrialScheduler.CONTINUE
-    assert resumed.on_trial_result(controller, stale, {
-        "epoch": 4, "timestamp": 31, "val_accuracy": 0.99}) == TrialScheduler.STOP
+    assert (
+        resumed.on_trial_result(
+            controller, stale, {"epoch": 3, "timestamp": 30, "val_accuracy": 0.99}
+        )
+        == TrialScheduler.CONTINUE
+    )
+    assert (
+        resumed.on_trial_result(
+            controller, stale, {"epoch": 4, "timestamp": 31, "val_accuracy": 0.99}
+        )
+        == TrialScheduler.STOP
+    )
 
 
 def test_the_driver_hands_the_study_records_to_a_scheduler_restored_inside_fit():
@@ -212,8 +242,9 @@ def test_a_resumed_round_counts_the_trials_it_holds_not_rays_generator_state():
 
 def rung_one(scheduler, values):
     """Each value reported at epoch 1 by a new trial, in order; the decisions."""
-    order = [(f"t{i}", {"epoch": 1, "timestamp": i, "val_accuracy": v})
-             for i, v in enumerate(values)]
+    order = [
+        (f"t{i}", {"epoch": 1, "timestamp": i, "val_accuracy": v}) for i, v in enumerate(values)
+    ]
     if isinstance(scheduler, RememberingASHA):
         started(scheduler)
     return [decision for _, _, decision in drive(scheduler, order, set())]
@@ -225,7 +256,8 @@ def test_trials_that_only_tie_the_cutoff_stop_once_the_rung_top_is_full():
     chance = [0.1] * 6
     assert rung_one(ASHAScheduler(**ASHA_ARGS), chance) == [TrialScheduler.CONTINUE] * 6
     assert rung_one(RememberingASHA(**ASHA_ARGS), chance) == (
-        [TrialScheduler.CONTINUE] + [TrialScheduler.STOP] * 5)
+        [TrialScheduler.CONTINUE] + [TrialScheduler.STOP] * 5
+    )
     # A better trial after the ties goes on; so does one that equals the cutoff while the
     # rung's top still has room (reduction_factor 2: 0.5 is the median of 0.25 and 0.75, and
     # only 0.75 is ahead of it, 1 < 3/2).
@@ -241,35 +273,46 @@ def test_break_ties_false_lets_ties_go_on_as_rays_asha_does():
     rays_ties = dict(ASHA_ARGS, break_ties=False)
     assert rung_one(RememberingASHA(**rays_ties), chance) == [TrialScheduler.CONTINUE] * 6
     assert rung_one(RememberingASHA(**rays_ties, min_rung_results=3), chance) == (
-        [TrialScheduler.STOP] * 3 + [TrialScheduler.CONTINUE] * 3)
+        [TrialScheduler.STOP] * 3 + [TrialScheduler.CONTINUE] * 3
+    )
     order = events(0, trials=9)
-    tied = [(trial_id, {**row, "val_accuracy": round(row["val_accuracy"], 1)})
-            for trial_id, row in order]
+    tied = [
+        (trial_id, {**row, "val_accuracy": round(row["val_accuracy"], 1)})
+        for trial_id, row in order
+    ]
     assert drive(started(RememberingASHA(**rays_ties)), tied, set()) == drive(
-        ASHAScheduler(**ASHA_ARGS), tied, set())
+        ASHAScheduler(**ASHA_ARGS), tied, set()
+    )
 
 
 def test_tie_aware_rungs_keep_rays_other_settings():
     asha = dict(ASHA_ARGS, brackets=2, stop_last_trials=False)
     ours, rays = RememberingASHA(**asha), ASHAScheduler(**asha)
     assert [(b._rungs, b.rf, b._stop_last_trials) for b in ours._brackets] == [
-        (b._rungs, b.rf, b._stop_last_trials) for b in rays._brackets]
+        (b._rungs, b.rf, b._stop_last_trials) for b in rays._brackets
+    ]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_without_ties_the_rungs_decide_as_rays_asha(seed):
     order = events(seed)  # every trial its own level: no two values tie
     assert drive(started(RememberingASHA(**ASHA_ARGS)), order, set()) == drive(
-        ASHAScheduler(**ASHA_ARGS), order, set())
+        ASHAScheduler(**ASHA_ARGS), order, set()
+    )
 
 
 def test_tie_aware_rungs_survive_the_tuner_pickle_and_the_replay():
     chance = [(f"t{i}", {"epoch": 1, "timestamp": i, "val_accuracy": 0.1}) for i in range(3)]
-    resumed = started(restored(RememberingASHA(**ASHA_ARGS)), records_of(chance, {"t0", "t1",
-                                                                                  "t2"}))
+    resumed = started(
+        restored(RememberingASHA(**ASHA_ARGS)), records_of(chance, {"t0", "t1", "t2"})
+    )
     resumed.on_trial_add(None, FakeTrial("t3"))
-    assert resumed.on_trial_result(None, FakeTrial("t3"), {
-        "epoch": 1, "timestamp": 9, "val_accuracy": 0.1}) == TrialScheduler.STOP
+    assert (
+        resumed.on_trial_result(
+            None, FakeTrial("t3"), {"epoch": 1, "timestamp": 9, "val_accuracy": 0.1}
+        )
+        == TrialScheduler.STOP
+    )
 
 
 def test_budget_stops_running_trials_at_their_epoch_boundary_and_marks_them():
@@ -287,9 +330,16 @@ def test_budget_stops_running_trials_at_their_epoch_boundary_and_marks_them():
 
 
 def test_budget_counts_what_the_experiment_spent_before_this_run():
-    previous = [TrialRecord(trial_id=t, round="main", path="", config={},
-                            history=[{"epoch": 1, "gpu_seconds": 30.0, "wall_seconds": 30.0}])
-                for t in ("x", "y")]
+    previous = [
+        TrialRecord(
+            trial_id=t,
+            round="main",
+            path="",
+            config={},
+            history=[{"epoch": 1, "gpu_seconds": 30.0, "wall_seconds": 30.0}],
+        )
+        for t in ("x", "y")
+    ]
     budget = DeviceBudget({"gpu_seconds": 100.0}, max_t=3)
     started(BudgetFIFO(budget=budget), previous)
     assert budget.spent("gpu_seconds") == pytest.approx(60.0) and not budget.reached
@@ -310,8 +360,10 @@ def test_spent_budget_starts_no_new_trial_and_ends_the_searcher():
 
     budget = DeviceBudget({"wall_seconds": 10.0}, max_t=3)
     scheduler = started(RememberingASHA(budget=budget, **ASHA_ARGS))
-    new, interrupted = FakeTrial("new", Trial.PENDING), FakeTrial(
-        "interrupted", Trial.PENDING, last_result={"epoch": 1})
+    new, interrupted = (
+        FakeTrial("new", Trial.PENDING),
+        FakeTrial("interrupted", Trial.PENDING, last_result={"epoch": 1}),
+    )
     running = FakeTrial("running", Trial.RUNNING)
     controller = Controller([new, interrupted, running])
     for trial in controller.trials:
@@ -353,5 +405,9 @@ def test_min_rung_results_survives_the_tuner_pickle_and_the_replay():
     resumed = started(restored(RememberingASHA(**examined)), records_of(early, {"t0"}))
     resumed.on_trial_add(None, FakeTrial("t1"))
     # One result recorded before the resume: the second arrival still stops, unexamined.
-    assert resumed.on_trial_result(None, FakeTrial("t1"), {
-        "epoch": 1, "timestamp": 9, "val_accuracy": 0.95}) == TrialScheduler.STOP
+    assert (
+        resumed.on_trial_result(
+            None, FakeTrial("t1"), {"epoch": 1, "timestamp": 9, "val_accuracy": 0.95}
+        )
+        == TrialScheduler.STOP
+    )

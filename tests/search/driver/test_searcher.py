@@ -26,8 +26,7 @@ SPACE = {
 
 
 def make_searcher(tmp_path, **kwargs):
-    defaults = dict(journal_path=str(tmp_path / "study.journal"), study_name="s", max_t=3,
-                    seed=0)
+    defaults = dict(journal_path=str(tmp_path / "study.journal"), study_name="s", max_t=3, seed=0)
     return AshaAwareOptunaSearch(SPACE, **{**defaults, **kwargs})
 
 
@@ -51,8 +50,10 @@ def test_conditional_key_whose_parent_is_left_at_its_default_is_not_drawn(tmp_pa
     # input_conv_kernel (needs input_convs > 0) is never drawn. momentum needs optimizer sgd,
     # which is the train section's default: drawn unless adam is written.
     study = open_study(str(tmp_path / "j"), "c", seed=1)
-    space = {"input_conv_kernel": parse_distribution({"choice": [3, 5]}, "s"),
-             "momentum": parse_distribution({"uniform": [0.5, 0.95]}, "s")}
+    space = {
+        "input_conv_kernel": parse_distribution({"choice": [3, 5]}, "s"),
+        "momentum": parse_distribution({"uniform": [0.5, 0.95]}, "s"),
+    }
     for _ in range(3):
         trial = study.ask()
         define_by_run(space)(trial)
@@ -67,19 +68,42 @@ def test_spec_refuses_a_conditional_key_no_trial_would_use(tmp_path):
     from search.spec import load_spec_dict
 
     base = {"name": "c", "dataset": {"name": "digits"}, "model": {"weights": "none"}}
-    with pytest.raises(SpecError, match=r"space\.input_conv_filters: only drawn when "
-                                        r"`input_convs > 1`, but input_convs is 0 \(the "
-                                        r"default\); search or set input_convs"):
+    with pytest.raises(
+        SpecError,
+        match=r"space\.input_conv_filters: only drawn when "
+        r"`input_convs > 1`, but input_convs is 0 \(the "
+        r"default\); search or set input_convs",
+    ):
         load_spec_dict({**base, "space": {"input_conv_filters": {"choice": [8, 16]}}})
-    with pytest.raises(SpecError, match=r"space\.input_conv_filters: .* but space\.input_convs "
-                                        r"allows only 0, 1;"):
-        load_spec_dict({**base, "space": {"input_conv_filters": {"choice": [8, 16]},
-                                          "input_convs": {"int": [0, 1]}}})
+    with pytest.raises(
+        SpecError,
+        match=r"space\.input_conv_filters: .* but space\.input_convs "
+        r"allows only 0, 1;",
+    ):
+        load_spec_dict(
+            {
+                **base,
+                "space": {
+                    "input_conv_filters": {"choice": [8, 16]},
+                    "input_convs": {"int": [0, 1]},
+                },
+            }
+        )
     with pytest.raises(SpecError, match=r"space\.momentum: .* but optimizer is 'adam';"):
-        load_spec_dict({**base, "train": {"optimizer": "adam"},
-                        "space": {"momentum": {"uniform": [0.5, 0.9]}}})
-    written = load_spec_dict({**base, "model": {"weights": "none", "input_convs": 2},
-                              "space": {"input_conv_filters": {"choice": [8, 16]}}})
+        load_spec_dict(
+            {
+                **base,
+                "train": {"optimizer": "adam"},
+                "space": {"momentum": {"uniform": [0.5, 0.9]}},
+            }
+        )
+    written = load_spec_dict(
+        {
+            **base,
+            "model": {"weights": "none", "input_convs": 2},
+            "space": {"input_conv_filters": {"choice": [8, 16]}},
+        }
+    )
     study = open_study(str(tmp_path / "j"), "c", seed=0)
     trial = study.ask()
     define_by_run(written.space, written.fixed_config())(trial)
@@ -99,10 +123,13 @@ def test_condition_read_from_fixed_settings(tmp_path):
 
 def test_searched_spec_draws_upsample_interpolation_only_when_upsample_is_above_1(tmp_path):
     # `upsample` set explicitly in the space: the condition reads the value drawn for it.
-    spec = tiny_spec(tmp_path, space={
-        "upsample": {"choice": [1, 2, 3]},
-        "upsample_interpolation": {"choice": ["nearest", "bilinear", "bicubic"]},
-    })
+    spec = tiny_spec(
+        tmp_path,
+        space={
+            "upsample": {"choice": [1, 2, 3]},
+            "upsample_interpolation": {"choice": ["nearest", "bilinear", "bicubic"]},
+        },
+    )
     sample = define_by_run(spec.space, spec.fixed_config())
     study = open_study(str(tmp_path / "j"), "interp", seed=3)
     seen = set()
@@ -121,8 +148,14 @@ def test_searched_spec_draws_upsample_interpolation_only_when_upsample_is_above_
 
 def test_study_states_follow_asha_decisions(tmp_path):
     searcher = make_searcher(tmp_path)
-    scheduler = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=3,
-                              grace_period=1, reduction_factor=3)
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        metric="val_accuracy",
+        mode="max",
+        max_t=3,
+        grace_period=1,
+        reduction_factor=3,
+    )
 
     class FakeTrial:
         def __init__(self, trial_id):
@@ -140,8 +173,11 @@ def test_study_states_follow_asha_decisions(tmp_path):
     decisions = {}
     for trial, value in zip(trials, values):
         for epoch in (1, 2, 3):
-            result = {"epoch": epoch, "val_accuracy": value + 0.01 * epoch,
-                      "training_iteration": epoch}
+            result = {
+                "epoch": epoch,
+                "val_accuracy": value + 0.01 * epoch,
+                "training_iteration": epoch,
+            }
             searcher.on_trial_result(trial.trial_id, result)
             decision = scheduler.on_trial_result(None, trial, result)
             if decision == TrialScheduler.STOP or epoch == 3:
@@ -172,8 +208,15 @@ def test_failed_and_errored_trials_are_fail(tmp_path):
     searcher.suggest("a")
     searcher.suggest("b")
     searcher.on_trial_result("a", {"epoch": 1, "val_accuracy": 0.5})
-    searcher.on_trial_complete("a", {"epoch": 2, "val_accuracy": float("nan"),
-                                     "trial_failed": True, "failure_reason": "nan_loss: x"})
+    searcher.on_trial_complete(
+        "a",
+        {
+            "epoch": 2,
+            "val_accuracy": float("nan"),
+            "trial_failed": True,
+            "failure_reason": "nan_loss: x",
+        },
+    )
     searcher.on_trial_complete("b", None, error=True)
     states = {t.user_attrs[ATTR_RAY_TRIAL]: t for t in searcher._ot_study.trials}
     assert states["a"].state == TrialState.FAIL
@@ -182,8 +225,9 @@ def test_failed_and_errored_trials_are_fail(tmp_path):
 
 
 def test_baseline_is_the_first_suggestion(tmp_path):
-    searcher = make_searcher(tmp_path, points_to_evaluate=[
-        {"noise_std": 0.01, "upsample": 2, "input_convs": 0}])
+    searcher = make_searcher(
+        tmp_path, points_to_evaluate=[{"noise_std": 0.01, "upsample": 2, "input_convs": 0}]
+    )
     config = searcher.suggest("first")
     assert config["noise_std"] == 0.01 and config["upsample"] == 2
     assert config["input_convs"] == 0 and "input_conv_filters" not in config
@@ -292,8 +336,9 @@ def test_trial_stopped_by_the_budget_is_pruned_with_reason_budget(tmp_path):
     searcher = make_searcher(tmp_path)
     for trial_id in ("stopped", "never_ran", "interrupted"):
         searcher.suggest(trial_id)
-    searcher.on_trial_complete("stopped", {"epoch": 1, "val_accuracy": 0.3,
-                                           "stop_reason": "budget"})
+    searcher.on_trial_complete(
+        "stopped", {"epoch": 1, "val_accuracy": 0.3, "stop_reason": "budget"}
+    )
     searcher.on_trial_result("interrupted", {"epoch": 1, "val_accuracy": 0.2})
     # Ray passes no result for a trial it removed before it ran (again).
     searcher.on_trial_complete("never_ran")
@@ -321,8 +366,14 @@ def test_searcher_keeps_the_concurrency_limit_and_hears_every_completion(tmp_pat
     limited.on_trial_result("b", {"epoch": 1, "val_accuracy": 0.3})
     limited.on_trial_complete("b", {"epoch": 3, "val_accuracy": 0.6})
     states = [t.state for t in _by_number(searcher)]
-    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
-                      TrialState.COMPLETE]
+    assert states == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.RUNNING,
+        TrialState.COMPLETE,
+    ]
+
+
 def test_parallel_trials_give_tpe_the_constant_liar(tmp_path):
     from search.driver.study import make_sampler
 

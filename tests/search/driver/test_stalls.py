@@ -22,13 +22,21 @@ from tests.search.driver.test_resume_faults import (
 )
 
 
-def fake_trial(trial_id: str, status: str = "RUNNING", epoch: int = 0, pid: int | None = 41,
-               worker: bool = True) -> SimpleNamespace:
+def fake_trial(
+    trial_id: str,
+    status: str = "RUNNING",
+    epoch: int = 0,
+    pid: int | None = 41,
+    worker: bool = True,
+) -> SimpleNamespace:
     # Ray's result carries the worker's pid and the report's time (seconds since the epoch).
     result = {"epoch": epoch, "pid": pid, "timestamp": time.time() - 90} if epoch else {}
-    return SimpleNamespace(trial_id=trial_id, status=status, last_result=result,
-                           temporary_state=SimpleNamespace(ray_actor=object() if worker
-                                                           else None))
+    return SimpleNamespace(
+        trial_id=trial_id,
+        status=status,
+        last_result=result,
+        temporary_state=SimpleNamespace(ray_actor=object() if worker else None),
+    )
 
 
 class Clock:
@@ -42,18 +50,25 @@ class Clock:
 def test_watchdog_names_each_running_trial_and_what_it_waits_for_once_per_stall_period():
     clock = Clock()
     watchdog = StallWatchdog(600.0, max_t=4, clock=clock)
-    trials = [fake_trial("a1", epoch=2, pid=77), fake_trial("b2"),
-              fake_trial("c3", status="TERMINATED", epoch=1)]
+    trials = [
+        fake_trial("a1", epoch=2, pid=77),
+        fake_trial("b2"),
+        fake_trial("c3", status="TERMINATED", epoch=1),
+    ]
     watchdog.observe(trials)
     clock.now = 599.0
     watchdog.observe(trials)  # the loop turns, nothing moves
     assert watchdog.check() is None
     clock.now = 600.0
     line = watchdog.check()
-    assert line is not None and "stalled: no trial has reported, started or ended for 10m00s " \
-                               "while 2 are running" in line
-    assert "trial a1 waits for epoch 3's report from worker pid 77 (epoch 2/4, reported 1m3" \
+    assert (
+        line is not None
+        and "stalled: no trial has reported, started or ended for 10m00s while 2 are running"
         in line
+    )
+    assert (
+        "trial a1 waits for epoch 3's report from worker pid 77 (epoch 2/4, reported 1m3" in line
+    )
     assert "trial b2 waits for its first report from its worker" in line
     assert "c3" not in line and "the driver's loop last turned 0m01s ago" in line
     assert watchdog.check() is None  # said once per period
@@ -101,7 +116,8 @@ def test_bad_stall_minutes_is_a_one_line_error(tmp_path, value):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"error: finetune-search resume: argument --stall-minutes: must be a number of "
-        f"minutes >= 0 (0: off), got {value!r}"]
+        f"minutes >= 0 (0: off), got {value!r}"
+    ]
 
 
 def end_session(session: int) -> None:
@@ -127,23 +143,30 @@ def end_session(session: int) -> None:
 
 
 @pytest.mark.slow
-def test_resume_of_a_journal_cut_inside_a_write_finishes_and_a_failed_restore_exits_2(
-        tmp_path):
+def test_resume_of_a_journal_cut_inside_a_write_finishes_and_a_failed_restore_exits_2(tmp_path):
     # Fault: the driver is SIGKILLed inside a journal write (half a line at the end). Its
     # resume used to append after the half line; Ray's restore of the searcher then failed to
     # read the journal, Ray logged it and carried on half restored, and the driver waited
     # forever for a trial no one would suggest (found by benchmarks/reliability/soak.py). A
     # restore that fails for any other reason (here a damaged line inside the journal) now
     # exits 2 with one line, folder unchanged, instead of that wait.
-    spec_path = write_spec(tmp_path, train__epochs=3,
-                           search={"num_samples": 3, "max_concurrent": 2, "seed": 0,
-                                   "baseline": False})
+    spec_path = write_spec(
+        tmp_path,
+        train__epochs=3,
+        search={"num_samples": 3, "max_concurrent": 2, "seed": 0, "baseline": False},
+    )
     experiment = tmp_path / "results" / "torn"
     log = tmp_path / "run.log"
     driver = start_driver(spec_path, "torn", log)
-    kill_when(lambda: any(r["epoch"] == 1 for r in rows(experiment))
-              and list(experiment.glob("experiment_state-*.json")), driver, log,
-              "a first epoch and Ray's snapshot")
+    kill_when(
+        lambda: (
+            any(r["epoch"] == 1 for r in rows(experiment))
+            and list(experiment.glob("experiment_state-*.json"))
+        ),
+        driver,
+        log,
+        "a first epoch and Ray's snapshot",
+    )
     end_session(driver.pid)
     journal = experiment / STUDY_FILE
     whole = journal.read_bytes()
@@ -160,7 +183,8 @@ def test_resume_of_a_journal_cut_inside_a_write_finishes_and_a_failed_restore_ex
         assert line.startswith("error: ") and what in line, line
         after = tree_digest(experiment)
         assert {k: v for k, v in after.items() if k not in (LOCK_FILE, STUDY_FILE)} == {
-            k: v for k, v in before.items() if k not in (LOCK_FILE, STUDY_FILE)}
+            k: v for k, v in before.items() if k not in (LOCK_FILE, STUDY_FILE)
+        }
         assert journal.read_bytes().startswith(journal_before)
         return line
 
@@ -173,12 +197,12 @@ def test_resume_of_a_journal_cut_inside_a_write_finishes_and_a_failed_restore_ex
     # and go on half restored.
     searcher_state = sorted(experiment.glob("searcher-state-*.pkl"))[-1]
     state = searcher_state.read_bytes()
-    searcher_state.write_bytes(state[:len(state) // 2])
+    searcher_state.write_bytes(state[: len(state) // 2])
     refused("Ray could not restore the search's state")
     searcher_state.write_bytes(state)
 
     # A driver killed inside its journal write: half a line at the end.
-    journal.write_bytes(whole + lines[-1][:len(lines[-1]) // 2])
+    journal.write_bytes(whole + lines[-1][: len(lines[-1]) // 2])
     done = cli("resume", str(experiment), "--num-cpus", "2", timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = assert_study_tells_what_ray_did(experiment, 3)

@@ -54,22 +54,30 @@ def killed_while_starting(step: str, args: list[str], log: Path) -> str:
     """Runs the CLI with ``args``, SIGKILLed at ``step``; what it printed."""
     with open(log, "w") as out:
         driver = subprocess.run(
-            [sys.executable, "-c", KILL_AT_STEP, step, *args], cwd=REPO, stdout=out,
-            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True, timeout=600, check=False)
+            [sys.executable, "-c", KILL_AT_STEP, step, *args],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+            timeout=600,
+            check=False,
+        )
     assert driver.returncode == -9, log.read_text()[-3000:]
     return log.read_text()
 
 
-def test_driver_killed_at_each_start_step_leaves_a_folder_that_run_or_resume_continues(
-        tmp_path):
+def test_driver_killed_at_each_start_step_leaves_a_folder_that_run_or_resume_continues(tmp_path):
     # One folder through every step: each command takes over the folder the previous one left
     # (killed at its step) and is itself killed at the next step; the last one finishes the
     # search. Each kill is continued by the command a user would run: after the lock, the data
     # and the tuner `run` (as the first run's name), after Ray's start and `fit` `resume`.
-    spec_path = write_spec(tmp_path, search={"num_samples": 2, "max_concurrent": 2, "seed": 0},
-                           train={"epochs": 1, "batch_size": 32, "optimizer": "adam"},
-                           scheduler={"name": "fifo"})
+    spec_path = write_spec(
+        tmp_path,
+        search={"num_samples": 2, "max_concurrent": 2, "seed": 0},
+        train={"epochs": 1, "batch_size": 32, "optimizer": "adam"},
+        scheduler={"name": "fifo"},
+    )
     name = "starts"
     experiment = tmp_path / "results" / name
     run = ["run", str(spec_path), "--num-cpus", "2", "--name", name]

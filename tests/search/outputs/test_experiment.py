@@ -17,7 +17,12 @@ def test_a_folder_with_only_a_drivers_start_files_never_started(tmp_path):
     journal.write_text(json.dumps({"op_code": 4, "trial_id": 0}) + "\n")  # suggested only
     assert never_started(str(tmp_path))
     assert sorted(clear_for_start(str(tmp_path), keep=("driver.lock",))) == [
-        "class_names.json", "optuna_study.journal", "run_id", "spec.yaml", "tuner.pkl"]
+        "class_names.json",
+        "optuna_study.journal",
+        "run_id",
+        "spec.yaml",
+        "tuner.pkl",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["driver.lock"]
 
 
@@ -31,7 +36,8 @@ def test_a_folder_whose_search_started_or_that_is_not_ours_is_not_taken(tmp_path
     trained.mkdir()
     (trained / "spec.yaml").write_text("x")
     (trained / "optuna_study.journal").write_text(
-        json.dumps({"op_code": 7, "trial_id": 0, "step": 1, "intermediate_value": 0.5}) + "\n")
+        json.dumps({"op_code": 7, "trial_id": 0, "step": 1, "intermediate_value": 0.5}) + "\n"
+    )
     assert not never_started(str(trained))
     trial = tmp_path / "trial"
     (trial / "trial_abc").mkdir(parents=True)

@@ -33,8 +33,16 @@ def test_export_writes_every_file_and_tables_agree_with_the_search(experiment, t
     out = tmp_path / "out"
     done = cli("export", str(experiment), "--out", str(out), "--top", "2")
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("best_config.yaml", "top_configs.yaml", "trials.parquet", "trials.csv",
-                 "history.parquet", "history.csv", "best_model.keras", "class_names.json"):
+    for name in (
+        "best_config.yaml",
+        "top_configs.yaml",
+        "trials.parquet",
+        "trials.csv",
+        "history.parquet",
+        "history.csv",
+        "best_model.keras",
+        "class_names.json",
+    ):
         assert (out / name).is_file(), name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -87,13 +95,14 @@ def test_best_model_loads_without_our_packages(experiment, tmp_path):
             else:
                 raise SystemExit("could import " + name)
         import numpy as np, keras
-        model = keras.saving.load_model({str(out / 'best_model.keras')!r})
+        model = keras.saving.load_model({str(out / "best_model.keras")!r})
         images = np.random.default_rng(0).random((3, 32, 32, 3)).astype("float32")
         probs = model.predict(images, verbose=0)
         print(probs.shape, float(probs.sum(axis=1).mean()))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     shape, total = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     assert shape == "(3, 10)" and float(total) == pytest.approx(1.0, abs=1e-4)
@@ -102,8 +111,9 @@ def test_best_model_loads_without_our_packages(experiment, tmp_path):
 def test_retrain_runs_the_exported_config_and_is_deterministic(experiment, tmp_path):
     out = tmp_path / "out"
     export_experiment(str(experiment), str(out), with_model=False)
-    first = cli("retrain", str(out / "best_config.yaml"), "--epochs", "1", "--out",
-                str(tmp_path / "r1"))
+    first = cli(
+        "retrain", str(out / "best_config.yaml"), "--epochs", "1", "--out", str(tmp_path / "r1")
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     metrics = json.loads((tmp_path / "r1" / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["epochs"] == 1
@@ -112,9 +122,11 @@ def test_retrain_runs_the_exported_config_and_is_deterministic(experiment, tmp_p
     assert (tmp_path / "r1" / "history.csv").read_text().startswith("epoch,")
     # predict names a retrained model's classes from the file beside it
     assert json.loads((tmp_path / "r1" / "class_names.json").read_text()) == [
-        str(i) for i in range(10)]
-    second = cli("retrain", str(out / "best_config.yaml"), "--epochs", "1", "--out",
-                 str(tmp_path / "r2"))
+        str(i) for i in range(10)
+    ]
+    second = cli(
+        "retrain", str(out / "best_config.yaml"), "--epochs", "1", "--out", str(tmp_path / "r2")
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((tmp_path / "r2" / "metrics.json").read_text())
     assert again["test_accuracy"] == metrics["test_accuracy"]
@@ -173,9 +185,23 @@ def test_export_of_a_best_trial_rebuilt_from_the_study_names_its_lost_model(tmp_
     (folder / "trial_abc").mkdir(parents=True)
     (folder / "spec.yaml").write_text(dump_spec(spec))
     (folder / "trial_abc" / "params.json").write_text(json.dumps({"dropout": 0.5}))
-    (folder / "trial_abc" / "result.json").write_text("".join(
-        json.dumps({"epoch": e, "val_accuracy": 0.5 + e / 10, "trial_id": "abc",
-                    "rebuilt_from_study": True}) + "\n" for e in (1, 2, 3)))
-    with pytest.raises(SpecError, match=r"trial abc has no checkpoint to export \(its results "
-                                        r"were rebuilt from the study"):
+    (folder / "trial_abc" / "result.json").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "epoch": e,
+                    "val_accuracy": 0.5 + e / 10,
+                    "trial_id": "abc",
+                    "rebuilt_from_study": True,
+                }
+            )
+            + "\n"
+            for e in (1, 2, 3)
+        )
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"trial abc has no checkpoint to export \(its results "
+        r"were rebuilt from the study",
+    ):
         export_experiment(str(folder), str(tmp_path / "out"))

@@ -27,13 +27,15 @@ def dead_pid() -> int:
 
 
 def write_lock(experiment_dir: str, *, host: str, pid: int) -> None:
-    storage.write_atomic(storage.join(experiment_dir, LOCK_FILE),
-                         json.dumps({"host": host, "pid": pid, "since": time.time(),
-                                     "token": "theirs"}))
+    storage.write_atomic(
+        storage.join(experiment_dir, LOCK_FILE),
+        json.dumps({"host": host, "pid": pid, "since": time.time(), "token": "theirs"}),
+    )
 
 
-def _race_local(folder: str, start: multiprocessing.Barrier, results: multiprocessing.Queue
-                ) -> None:
+def _race_local(
+    folder: str, start: multiprocessing.Barrier, results: multiprocessing.Queue
+) -> None:
     lock = DriverLock(folder)
     start.wait()
     try:
@@ -48,8 +50,9 @@ def race_processes(folder: str, drivers: int) -> list[str]:
     """``drivers`` processes take the lock at the same instant; what each one got."""
     context = multiprocessing.get_context("fork")
     start, results = context.Barrier(drivers), context.Queue()
-    processes = [context.Process(target=_race_local, args=(folder, start, results))
-                 for _ in range(drivers)]
+    processes = [
+        context.Process(target=_race_local, args=(folder, start, results)) for _ in range(drivers)
+    ]
     for process in processes:
         process.start()
     outcomes = [results.get(timeout=60) for _ in processes]
@@ -86,20 +89,29 @@ def test_live_local_driver_is_never_overridden_even_with_force(tmp_path):
     holder = DriverLock(str(tmp_path))
     holder.acquire()
     for force in (False, True):
-        with pytest.raises(SpecError, match=r"another driver is running this experiment \(pid "
-                                            r"\d+ on .*\); stop it first"):
+        with pytest.raises(
+            SpecError,
+            match=r"another driver is running this experiment \(pid "
+            r"\d+ on .*\); stop it first",
+        ):
             DriverLock(str(tmp_path), force=force).acquire()
     assert holder.still_held()
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_other_hosts_lock_is_respected_and_force_takes_it(tmp_path, request, capsys, where):
-    experiment = (str(tmp_path / "exp") if where == "local"
-                  else f"{request.getfixturevalue('s3_bucket')}/exp")
+    experiment = (
+        str(tmp_path / "exp")
+        if where == "local"
+        else f"{request.getfixturevalue('s3_bucket')}/exp"
+    )
     write_lock(experiment, host="gpu-node-7", pid=4242)
     assert is_running(experiment)  # another host's process cannot be checked: trusted
-    with pytest.raises(SpecError, match=r"another driver holds this experiment \(pid 4242 on "
-                                        r"gpu-node-7, .*if it is dead, run again with --force"):
+    with pytest.raises(
+        SpecError,
+        match=r"another driver holds this experiment \(pid 4242 on "
+        r"gpu-node-7, .*if it is dead, run again with --force",
+    ):
         DriverLock(experiment, settle_s=0.1).acquire()
     assert read_owner(experiment).host == "gpu-node-7"  # untouched
     forced = DriverLock(experiment, force=True, settle_s=0.1)
@@ -117,8 +129,9 @@ def test_drivers_racing_for_an_s3_lock_exactly_one_wins(s3_bucket):
         start = threading.Barrier(len(drivers))
         outcomes: list[str] = []
 
-        def take(lock: DriverLock, start: threading.Barrier = start,
-                 outcomes: list[str] = outcomes) -> None:
+        def take(
+            lock: DriverLock, start: threading.Barrier = start, outcomes: list[str] = outcomes
+        ) -> None:
             start.wait()
             try:
                 lock.acquire()
@@ -150,7 +163,8 @@ def test_driver_whose_s3_lock_was_forced_away_no_longer_holds_it(s3_bucket):
 
 
 def test_cli_refuses_another_hosts_lock_in_one_line_and_force_reaches_the_driver(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     experiment = tmp_path / "results" / "exp"
     experiment.mkdir(parents=True)
     (experiment / "spec.yaml").write_text(yaml.safe_dump({**tiny_raw(tmp_path), "name": "exp"}))

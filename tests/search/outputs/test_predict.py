@@ -28,8 +28,11 @@ def _images(folder: Path) -> Path:
     """Good images of several sizes in a folder tree, a file that is no image, a gray one."""
     rng = np.random.default_rng(0)
     (folder / "sub").mkdir(parents=True)
-    for name, shape in (("a.png", (32, 32, 3)), ("b.png", (20, 50, 3)),
-                        ("sub/c.jpg", (64, 64, 3))):
+    for name, shape in (
+        ("a.png", (32, 32, 3)),
+        ("b.png", (20, 50, 3)),
+        ("sub/c.jpg", (64, 64, 3)),
+    ):
         Image.fromarray((rng.random(shape) * 255).astype("uint8")).save(folder / name)
     (folder / "broken.png").write_bytes(b"not an image at all")
     Image.fromarray((rng.random((32, 32)) * 255).astype("uint8")).save(folder / "gray.png")
@@ -37,16 +40,31 @@ def _images(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_predict_names_top_k_classes_in_csv_and_json_and_skips_bad_images(exported, tmp_path,
-                                                                          capsys):
+def test_predict_names_top_k_classes_in_csv_and_json_and_skips_bad_images(
+    exported, tmp_path, capsys
+):
     # The export carries the digits' class names beside the model; renamed here, so that the
     # names printed can only have come from that file.
     assert json.loads((exported / "class_names.json").read_text()) == [str(i) for i in range(10)]
     (exported / "class_names.json").write_text(json.dumps(NAMES))
     images = _images(tmp_path / "images")
     out = tmp_path / "preds.csv"
-    assert main(["predict", str(exported / "best_model.keras"), str(images), "--top", "3",
-                 "--out", str(out), "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(exported / "best_model.keras"),
+                str(images),
+                "--top",
+                "3",
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     done = capsys.readouterr()
     skipped = [line for line in done.err.splitlines() if line.startswith("skipped: ")]
     assert len(skipped) == 2 and "note:" not in done.err
@@ -61,12 +79,27 @@ def test_predict_names_top_k_classes_in_csv_and_json_and_skips_bad_images(export
         assert {row[f"class_{i}"] for i in (1, 2, 3)} <= set(NAMES)
 
     as_json = tmp_path / "preds.json"
-    assert main(["predict", str(exported / "best_model.keras"), str(images / "a.png"),
-                 str(images / "broken.png"), "--top", "2", "--out", str(as_json)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(exported / "best_model.keras"),
+                str(images / "a.png"),
+                str(images / "broken.png"),
+                "--top",
+                "2",
+                "--out",
+                str(as_json),
+            ]
+        )
+        == 0
+    )
     data = json.loads(as_json.read_text())
     assert [Path(p["path"]).name for p in data["predictions"]] == ["a.png"]
-    assert [c["class"] for c in data["predictions"][0]["top"]] == [rows[0]["class_1"],
-                                                                   rows[0]["class_2"]]
+    assert [c["class"] for c in data["predictions"][0]["top"]] == [
+        rows[0]["class_1"],
+        rows[0]["class_2"],
+    ]
     assert [Path(s["path"]).name for s in data["skipped"]] == ["broken.png"]
 
 
@@ -75,12 +108,15 @@ def test_predict_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     model = tmp_path / "model.keras"
     model.write_bytes(b"not a model")
     for argv, message in (
-            ([str(tmp_path / "missing.keras"), str(images)], "MODEL: "),
-            ([str(model), str(images), "--top", "0"], "--top: must be an int >= 1"),
-            ([str(model), str(images), "--out", str(tmp_path / "p.txt")],
-             "--out: must end in .csv or .json"),
-            ([str(model), str(tmp_path / "nowhere")], "IMAGES: "),
-            ([str(model), str(images)], "MODEL: cannot load")):
+        ([str(tmp_path / "missing.keras"), str(images)], "MODEL: "),
+        ([str(model), str(images), "--top", "0"], "--top: must be an int >= 1"),
+        (
+            [str(model), str(images), "--out", str(tmp_path / "p.txt")],
+            "--out: must end in .csv or .json",
+        ),
+        ([str(model), str(tmp_path / "nowhere")], "IMAGES: "),
+        ([str(model), str(images)], "MODEL: cannot load"),
+    ):
         assert main(["predict", *argv]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err

@@ -12,10 +12,17 @@ from tests.helpers import tiny_spec
 
 
 def _trial(trial_id: str, config: dict, values: list[float]) -> TrialRecord:
-    history = [{"epoch": i + 1, "val_accuracy": v, "trial_id": trial_id}
-               for i, v in enumerate(values)]
-    return TrialRecord(trial_id=trial_id, round="main", path="", config=config,
-                       history=history, ray_status="TERMINATED")
+    history = [
+        {"epoch": i + 1, "val_accuracy": v, "trial_id": trial_id} for i, v in enumerate(values)
+    ]
+    return TrialRecord(
+        trial_id=trial_id,
+        round="main",
+        path="",
+        config=config,
+        history=history,
+        ray_status="TERMINATED",
+    )
 
 
 def test_baseline_values_are_what_the_trial_trained_with_not_the_original_method(tmp_path):
@@ -36,7 +43,8 @@ def test_baseline_curve_is_drawn_above_every_trial_line_and_label(tmp_path):
     point = spec.baseline_point()
     # Other trials end exactly where the baseline ends, so their labels sit on its curve.
     trials = [_trial("b", dict(point), [0.5, 0.6, 0.7])] + [
-        _trial(f"t{i}", {**point, "dropout": 0.3 + i / 10}, [0.5, 0.6, 0.7]) for i in range(4)]
+        _trial(f"t{i}", {**point, "dropout": 0.3 + i / 10}, [0.5, 0.6, 0.7]) for i in range(4)
+    ]
     ax = learning_curves_figure(trials, spec).axes[0]
     green = [line for line in ax.lines if line.get_color() == BASELINE_COLOR]
     others = [line for line in ax.lines if line.get_color() != BASELINE_COLOR]

@@ -6,14 +6,26 @@ from search.outputs.results import TrialRecord, best_trial, rank_trials
 from search.outputs.study import TrialStatus, asha_stop_reason
 
 
-def record(trial_id: str, values: list[float], *, failed: bool = False,
-           ray_status: str = "TERMINATED") -> TrialRecord:
+def record(
+    trial_id: str, values: list[float], *, failed: bool = False, ray_status: str = "TERMINATED"
+) -> TrialRecord:
     history = [{"epoch": i + 1, "val_accuracy": v} for i, v in enumerate(values)]
     if failed:
-        history.append({"epoch": len(values) + 1, "trial_failed": True,
-                        "failure_reason": "nan_loss: loss became nan"})
-    return TrialRecord(trial_id=trial_id, round="main", path="/x", config={},
-                       history=history, ray_status=ray_status)
+        history.append(
+            {
+                "epoch": len(values) + 1,
+                "trial_failed": True,
+                "failure_reason": "nan_loss: loss became nan",
+            }
+        )
+    return TrialRecord(
+        trial_id=trial_id,
+        round="main",
+        path="/x",
+        config={},
+        history=history,
+        ray_status=ray_status,
+    )
 
 
 def test_status_and_stop_reason_follow_the_epochs_run():
@@ -29,8 +41,13 @@ def test_status_and_stop_reason_follow_the_epochs_run():
 
 
 def test_one_ranking_rule_best_epoch_first_failed_last():
-    trials = [record("low", [0.2, 0.3]), record("failed", [0.99], failed=True),
-              record("high", [0.9, 0.5]), record("empty", []), record("mid", [0.6])]
+    trials = [
+        record("low", [0.2, 0.3]),
+        record("failed", [0.99], failed=True),
+        record("high", [0.9, 0.5]),
+        record("empty", []),
+        record("mid", [0.6]),
+    ]
     assert [t.trial_id for t in rank_trials(trials)] == ["high", "mid", "low"]
     everything = [t.trial_id for t in rank_trials(trials, include_failed=True)]
     assert everything == ["high", "mid", "low", "failed", "empty"]

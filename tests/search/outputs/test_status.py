@@ -29,13 +29,23 @@ def _experiment(tmp_path: Path, **changes) -> Path:
     (root / "trial_aaa").mkdir(parents=True)
     (root / "spec.yaml").write_text(dump_spec(spec))
     (root / "trial_aaa" / "params.json").write_text(json.dumps({"dropout": 0.5}))
-    (root / "trial_aaa" / "result.json").write_text(json.dumps(
-        {"trial_id": "aaa", "epoch": 1, "val_accuracy": 0.25, "gpu_seconds": 360.0,
-         "timestamp": 1}) + "\n")
+    (root / "trial_aaa" / "result.json").write_text(
+        json.dumps(
+            {
+                "trial_id": "aaa",
+                "epoch": 1,
+                "val_accuracy": 0.25,
+                "gpu_seconds": 360.0,
+                "timestamp": 1,
+            }
+        )
+        + "\n"
+    )
     (root / "trial_bbb").mkdir()
     (root / "trial_bbb" / "params.json").write_text('{"dropout": 0.')  # being written
-    (root / "driver.lock").write_text(json.dumps(
-        {"pid": os.getpid(), "host": socket.gethostname(), "since": 0}))
+    (root / "driver.lock").write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": 0})
+    )
     return root
 
 
@@ -97,11 +107,12 @@ def test_status_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "file.txt").write_text("x")
     root = _experiment(tmp_path)
     for argv, message in (
-            (["status", str(tmp_path / "missing")], "experiment folder not found"),
-            (["status", str(tmp_path / "file.txt")], "must be an experiment folder"),
-            (["status", str(root), "--watch", "0"], "--watch: must be a number of seconds"),
-            (["status", str(root), "--watch", "soon"], "--watch: must be a number of seconds"),
-            (["status"], "the following arguments are required")):
+        (["status", str(tmp_path / "missing")], "experiment folder not found"),
+        (["status", str(tmp_path / "file.txt")], "must be an experiment folder"),
+        (["status", str(root), "--watch", "0"], "--watch: must be a number of seconds"),
+        (["status", str(root), "--watch", "soon"], "--watch: must be a number of seconds"),
+        (["status"], "the following arguments are required"),
+    ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
@@ -128,8 +139,9 @@ def test_status_after_a_search_matches_its_results_and_changes_nothing(tracked_s
     trials = load_trials(str(experiment))
     for trial in trials:
         status = trial.status(3).value
-        assert re.search(rf"^{trial.trial_id}\s+{status}\s+{trial.epochs_run}/3\s", done.stdout,
-                         re.M), done.stdout
+        assert re.search(
+            rf"^{trial.trial_id}\s+{status}\s+{trial.epochs_run}/3\s", done.stdout, re.M
+        ), done.stdout
     assert f"best so far: trial {best_trial(trials).trial_id} " in done.stdout
     assert "GPU-hours: 0.000 no budget" in done.stdout
     assert yaml.safe_load((experiment / "spec.yaml").read_text())["name"] == "tracked"

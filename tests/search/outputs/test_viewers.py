@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 def _get(app, path: str) -> dict:
     environ: dict = {}
     wsgiref.util.setup_testing_defaults(environ)
-    environ.update(PATH_INFO=path, REQUEST_METHOD="GET", QUERY_STRING="",
-                   **{"wsgi.input": io.BytesIO()})
+    environ.update(
+        PATH_INFO=path, REQUEST_METHOD="GET", QUERY_STRING="", **{"wsgi.input": io.BytesIO()}
+    )
     status: list[str] = []
     body = b"".join(app(environ, lambda code, headers, *exc: status.append(code)))
     assert status[0].startswith("200"), (path, status, body[:500])
@@ -36,15 +37,17 @@ def test_optuna_dashboard_opens_the_journal_with_every_trial_and_its_epochs(trac
     assert [s["study_name"] for s in studies] == ["tracked"]
     detail = _get(app, f"/api/studies/{studies[0]['study_id']}")
     trials = {t.trial_id: t for t in load_trials(str(experiment))}
-    shown = {next(a["value"] for a in t["user_attrs"] if a["key"] == ATTR_RAY_TRIAL): t
-             for t in detail["trials"]}
+    shown = {
+        next(a["value"] for a in t["user_attrs"] if a["key"] == ATTR_RAY_TRIAL): t
+        for t in detail["trials"]
+    }
     assert set(shown) == set(trials)
     for trial_id, trial in trials.items():
         expected = {"complete": "Complete", "stopped": "Pruned"}[trial.status(3).value]
         assert shown[trial_id]["state"] == expected
-        assert sorted((v["step"], v["value"])
-                      for v in shown[trial_id]["intermediate_values"]) == [
-            (r["epoch"], pytest.approx(r["val_accuracy"])) for r in trial.history]
+        assert sorted((v["step"], v["value"]) for v in shown[trial_id]["intermediate_values"]) == [
+            (r["epoch"], pytest.approx(r["val_accuracy"])) for r in trial.history
+        ]
 
 
 def test_tensorboard_reads_every_trials_metrics_per_epoch(tracked_search):
@@ -58,5 +61,6 @@ def test_tensorboard_reads_every_trials_metrics_per_epoch(tracked_search):
         tags = events.Tags()["scalars"]
         tag = next(t for t in tags if t.endswith("/val_accuracy"))
         assert [(e.step, e.value) for e in events.Scalars(tag)] == [
-            (r["epoch"], pytest.approx(r["val_accuracy"], abs=1e-6)) for r in trial.history]
+            (r["epoch"], pytest.approx(r["val_accuracy"], abs=1e-6)) for r in trial.history
+        ]
         assert any(t.endswith("/loss") for t in tags)

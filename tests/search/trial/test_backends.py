@@ -18,10 +18,14 @@ from tests.helpers import REPO
 
 def test_a_missing_backend_is_a_one_line_error_with_the_install_command(monkeypatch):
     real = backends.importlib.util.find_spec
-    monkeypatch.setattr(backends.importlib.util, "find_spec",
-                        lambda name: None if name == "jax" else real(name))
-    with pytest.raises(SpecError, match=r"^train\.backend: jax is not installed on .*; pip "
-                                        r"install 'finetune-search\[jax\]'") as err:
+    monkeypatch.setattr(
+        backends.importlib.util, "find_spec", lambda name: None if name == "jax" else real(name)
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"^train\.backend: jax is not installed on .*; pip "
+        r"install 'finetune-search\[jax\]'",
+    ) as err:
         backends.check_installed("jax")
     assert "\n" not in str(err.value)
     with pytest.raises(TrialFailure, match=r"^backend_missing: train\.backend: jax is not"):
@@ -30,8 +34,11 @@ def test_a_missing_backend_is_a_one_line_error_with_the_install_command(monkeypa
 
 
 def test_an_unknown_backend_is_rejected_by_name():
-    with pytest.raises(SpecError, match=r"^train\.backend: must be one of tensorflow, jax, "
-                                        r"torch, got 'mxnet'$"):
+    with pytest.raises(
+        SpecError,
+        match=r"^train\.backend: must be one of tensorflow, jax, "
+        r"torch, got 'mxnet'$",
+    ):
         backends.check_installed("mxnet")
 
 
@@ -40,8 +47,11 @@ def test_switching_backend_in_a_process_that_imported_keras_fails_with_the_reaso
 
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     assert keras.backend.backend() == "tensorflow"
-    with pytest.raises(TrialFailure, match=r"^backend_mismatch: train\.backend: this process "
-                                           r"already runs Keras on tensorflow .* to jax"):
+    with pytest.raises(
+        TrialFailure,
+        match=r"^backend_mismatch: train\.backend: this process "
+        r"already runs Keras on tensorflow .* to jax",
+    ):
         backends.activate("jax", gpu_fraction=0)
     assert backends.activate("tensorflow", gpu_fraction=0).name == "tensorflow"
 
@@ -57,8 +67,9 @@ def test_jax_allocator_is_capped_to_the_trials_share_before_import(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     backends.JaxBackend().set_environment(1.0, deterministic=True)  # a whole GPU: no cap
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in backends.os.environ
-    assert backends.os.environ["XLA_FLAGS"] == ("--xla_dump_to=/tmp/x "
-                                                "--xla_gpu_deterministic_ops=true")
+    assert backends.os.environ["XLA_FLAGS"] == (
+        "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"
+    )
 
 
 def test_torch_caps_each_visible_gpu_to_the_trials_share(monkeypatch):
@@ -66,8 +77,11 @@ def test_torch_caps_each_visible_gpu_to_the_trials_share(monkeypatch):
 
     calls = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
-                        lambda fraction, device: calls.append((round(fraction, 4), device)))
+    monkeypatch.setattr(
+        torch.cuda,
+        "set_per_process_memory_fraction",
+        lambda fraction, device: calls.append((round(fraction, 4), device)),
+    )
     assert backends.TorchBackend().configure_gpus(0.25) == [0, 1]
     assert calls == [(0.2375, 0), (0.2375, 1)]
     calls.clear()
@@ -81,16 +95,19 @@ def test_out_of_memory_is_recognised_from_each_frameworks_own_error():
     import torch
 
     jax_oom = jax.errors.JaxRuntimeError(
-        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4294967296 bytes.")
+        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4294967296 bytes."
+    )
     torch_oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     tf_oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
     assert backends.JaxBackend().is_out_of_memory(jax_oom)
     assert backends.TorchBackend().is_out_of_memory(torch_oom)
     assert backends.TensorFlowBackend().is_out_of_memory(tf_oom)
-    others = [ValueError("shapes do not match"), jax.errors.JaxRuntimeError("INTERNAL: ptxas"),
-              RuntimeError("expected scalar type Float")]
-    for backend in (backends.JaxBackend(), backends.TorchBackend(),
-                    backends.TensorFlowBackend()):
+    others = [
+        ValueError("shapes do not match"),
+        jax.errors.JaxRuntimeError("INTERNAL: ptxas"),
+        RuntimeError("expected scalar type Float"),
+    ]
+    for backend in (backends.JaxBackend(), backends.TorchBackend(), backends.TensorFlowBackend()):
         assert not any(backend.is_out_of_memory(err) for err in others), backend.name
 
 
@@ -108,9 +125,15 @@ def test_torch_determinism_turns_on_deterministic_algorithms(monkeypatch):
         torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize(("capability", "expected"), [
-    (None, "float32"), ((9, 0), "mixed_bfloat16"), ((7, 0), "mixed_float16"),
-    ((6, 1), "float32")])
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [
+        (None, "float32"),
+        ((9, 0), "mixed_bfloat16"),
+        ((7, 0), "mixed_float16"),
+        ((6, 1), "float32"),
+    ],
+)
 def test_auto_precision_follows_the_compute_capability(capability, expected):
     assert backends.resolve_precision("auto", capability) == expected
     assert backends.resolve_precision("float32", capability) == "float32"
@@ -127,21 +150,23 @@ def test_jax_compute_capability_is_read_from_the_device_string():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_fractional_trial_on_a_real_gpu_is_capped_and_sees_it(backend):
-    code = ("from search.trial import runtime; "
-            f"run = runtime.prepare({{'backend': {backend!r}, 'mixed_precision': 'auto', "
-            "'seed': 1}, gpu_fraction=0.5); import os; "
-            "print(len(run.gpus), run.precision, "
-            "os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+    code = (
+        "from search.trial import runtime; "
+        f"run = runtime.prepare({{'backend': {backend!r}, 'mixed_precision': 'auto', "
+        "'seed': 1}, gpu_fraction=0.5); import os; "
+        "print(len(run.gpus), run.precision, "
+        "os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     gpus, precision, fraction = done.stdout.split()[-3:]
     assert int(gpus) >= 1 and precision.startswith("mixed")
     assert fraction == ("0.475" if backend == "jax" else "None")
 
 
-def test_run_with_a_backend_not_installed_exits_2_before_anything_starts(tmp_path,
-                                                                         monkeypatch):
+def test_run_with_a_backend_not_installed_exits_2_before_anything_starts(tmp_path, monkeypatch):
     from tests.helpers import cli, write_spec
 
     spec_path = write_spec(tmp_path, train__backend="jax")

@@ -31,10 +31,12 @@ def trained_model():
 
     inputs = keras.Input((4,))
     outputs = keras.layers.Dense(3, activation="softmax", name="head")(
-        keras.layers.Dense(8, activation="relu", name="hidden")(inputs))
+        keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    )
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                  loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy"
+    )
     rng = np.random.default_rng(0)
     model.fit(rng.random((32, 4)), rng.integers(0, 3, 32), epochs=1, verbose=0)
     return model
@@ -61,7 +63,8 @@ def test_a_checkpoint_holds_the_unzipped_model_with_its_optimizer_state(trained_
     try:
         assert sorted(os.listdir(folder)) == [MODEL_DIR, "state.json"]
         assert {"config.json", "metadata.json", "model.weights.h5"} <= set(
-            os.listdir(os.path.join(folder, MODEL_DIR)))
+            os.listdir(os.path.join(folder, MODEL_DIR))
+        )
         assert model_path(folder) == os.path.join(folder, MODEL_DIR)
         assert read_state(folder)["epoch"] == 3
         assert_same_model(keras.saving.load_model(model_path(folder)), trained_model)
@@ -77,8 +80,9 @@ def test_an_older_checkpoints_keras_file_is_still_read(trained_model, tmp_path):
     assert_same_model(keras.saving.load_model(model_path(str(tmp_path))), trained_model)
 
 
-def test_export_writes_one_keras_file_of_the_same_model_from_either_format(trained_model,
-                                                                           tmp_path):
+def test_export_writes_one_keras_file_of_the_same_model_from_either_format(
+    trained_model, tmp_path
+):
     import keras
 
     folder = write_checkpoint(trained_model, TrainingState(epoch=1))
@@ -106,8 +110,11 @@ def h5_contents(path) -> dict[str, tuple[dict, object]]:
 
     found = {}
     with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: found.__setitem__(name, (
-            dict(item.attrs), item[()] if isinstance(item, h5py.Dataset) else None)))
+        handle.visititems(
+            lambda name, item: found.__setitem__(
+                name, (dict(item.attrs), item[()] if isinstance(item, h5py.Dataset) else None)
+            )
+        )
     return found
 
 
@@ -118,16 +125,19 @@ def test_a_snapshot_writes_the_folder_model_save_writes(trained_model, tmp_path)
     snapshot = ModelSnapshot.take(trained_model, str(tmp_path / "replayed"))
     snapshot.write(str(tmp_path / "replayed"))
     assert sorted(os.listdir(tmp_path / "replayed")) == sorted(os.listdir(tmp_path / "saved"))
-    assert ((tmp_path / "replayed" / "config.json").read_text()
-            == (tmp_path / "saved" / "config.json").read_text())
+    assert (tmp_path / "replayed" / "config.json").read_text() == (
+        tmp_path / "saved" / "config.json"
+    ).read_text()
     saved_metadata, replayed_metadata = (
         json.loads((tmp_path / folder / "metadata.json").read_text())
-        for folder in ("saved", "replayed"))
+        for folder in ("saved", "replayed")
+    )
     saved_metadata.pop("date_saved")
     replayed_metadata.pop("date_saved")
     assert replayed_metadata == saved_metadata
-    saved, replayed = (h5_contents(tmp_path / folder / "model.weights.h5")
-                       for folder in ("saved", "replayed"))
+    saved, replayed = (
+        h5_contents(tmp_path / folder / "model.weights.h5") for folder in ("saved", "replayed")
+    )
     assert sorted(replayed) == sorted(saved)
     assert any(name.startswith("optimizer/") for name in saved)
     for name, (attributes, value) in saved.items():
@@ -135,16 +145,18 @@ def test_a_snapshot_writes_the_folder_model_save_writes(trained_model, tmp_path)
         if value is not None:
             np.testing.assert_array_equal(replayed[name][1], value, err_msg=name)
     # Weights and optimizer state, all of it copied.
-    assert snapshot.nbytes == sum(np.asarray(value).nbytes for _, value in saved.values()
-                                  if value is not None)
+    assert snapshot.nbytes == sum(
+        np.asarray(value).nbytes for _, value in saved.values() if value is not None
+    )
 
 
 def test_a_checkpoint_holds_the_variables_at_its_snapshot_not_the_training_after_it():
     import keras
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                  loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy"
+    )
     rng = np.random.default_rng(1)
     x, y = rng.random((32, 4)), rng.integers(0, 3, 32)
     model.fit(x, y, epochs=1, verbose=0)
@@ -168,7 +180,8 @@ def test_a_checkpoint_holds_the_variables_at_its_snapshot_not_the_training_after
 
 
 def test_a_write_from_a_snapshot_that_fails_raises_in_the_trial_and_leaves_no_folder(
-        trained_model, monkeypatch):
+    trained_model, monkeypatch
+):
     def disk_full(self, model_dir):
         os.makedirs(model_dir, exist_ok=True)
         raise OSError(28, "No space left on device")
@@ -222,7 +235,8 @@ def test_a_discarded_background_write_leaves_no_folder(trained_model):
 
 
 def test_a_sigkilled_trials_local_copies_are_removed_by_the_next_trial_on_the_node(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     # Fault: a trial's process is SIGKILLed (the OOM killer, a dead driver's group) and cannot
     # remove its local checkpoint copies; a live trial's copies must stay.
     import signal
@@ -233,23 +247,26 @@ def test_a_sigkilled_trials_local_copies_are_removed_by_the_next_trial_on_the_no
     from search.trial.checkpoint import remove_temp_folders_of_dead_processes, temp_folder
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    script = ("import sys, tempfile, time; tempfile.tempdir = sys.argv[1]\n"
-              "from search.trial.checkpoint import temp_folder\n"
-              "temp_folder('trial-ckpt-'); temp_folder('trial-restore-')\n"
-              "print('ok', flush=True)\n"
-              "time.sleep(600)\n")
-    killed = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True)
-    live = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
+    script = (
+        "import sys, tempfile, time; tempfile.tempdir = sys.argv[1]\n"
+        "from search.trial.checkpoint import temp_folder\n"
+        "temp_folder('trial-ckpt-'); temp_folder('trial-restore-')\n"
+        "print('ok', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    killed = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    live = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert killed.stdout.readline() == live.stdout.readline() == "ok\n"  # copies made
         killed.send_signal(signal.SIGKILL)
         killed.wait()
         mine = temp_folder("trial-ckpt-")
         removed = remove_temp_folders_of_dead_processes()
-        assert sorted(os.path.basename(p).split("-")[2] for p in removed) == [
-            str(killed.pid)] * 2
+        assert sorted(os.path.basename(p).split("-")[2] for p in removed) == [str(killed.pid)] * 2
         left = sorted(p.name for p in tmp_path.iterdir())
         assert len(left) == 3 and os.path.basename(mine) in left
         assert all(f"-{live.pid}-" in name for name in left if name != os.path.basename(mine))

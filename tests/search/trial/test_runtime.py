@@ -86,13 +86,16 @@ def test_fractional_gpu_trial_gets_a_hard_memory_share(monkeypatch):
     assert tf.config.growth == []
 
 
-@pytest.mark.parametrize(("gpus", "capability", "expected"), [
-    ([], (0, 0), "float32"),
-    (["gpu0"], (9, 0), "mixed_bfloat16"),
-    (["gpu0"], (8, 6), "mixed_bfloat16"),
-    (["gpu0"], (7, 5), "mixed_float16"),
-    (["gpu0"], (6, 1), "float32"),
-])
+@pytest.mark.parametrize(
+    ("gpus", "capability", "expected"),
+    [
+        ([], (0, 0), "float32"),
+        (["gpu0"], (9, 0), "mixed_bfloat16"),
+        (["gpu0"], (8, 6), "mixed_bfloat16"),
+        (["gpu0"], (7, 5), "mixed_float16"),
+        (["gpu0"], (6, 1), "float32"),
+    ],
+)
 def test_auto_precision_follows_the_device(gpus, capability, expected):
     found = backends.TensorFlowBackend(fake_tf(gpus, capability)).compute_capability(gpus)
     assert backends.resolve_precision("auto", found) == expected
@@ -103,9 +106,11 @@ def test_trial_holding_a_gpu_tensorflow_cannot_see_gets_a_no_gpu_reason(monkeypa
     monkeypatch.delenv(runtime.FAKE_GPUS_ENV, raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     message = runtime.missing_gpu_message(["0"], [])
-    assert message == ("Ray assigned GPU 0 but TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES=0); "
-                       "check the NVIDIA driver, the container's --gpus all and "
-                       "tensorflow[and-cuda]")
+    assert message == (
+        "Ray assigned GPU 0 but TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES=0); "
+        "check the NVIDIA driver, the container's --gpus all and "
+        "tensorflow[and-cuda]"
+    )
     assert runtime.missing_gpu_message(["0"], ["gpu0"]) is None  # it sees its GPU
     assert runtime.missing_gpu_message([], []) is None  # a CPU trial
 

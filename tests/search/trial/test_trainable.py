@@ -29,10 +29,14 @@ def compiled_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
     outputs = keras.layers.Dense(3, activation="softmax", name="head")(
-        keras.layers.Dense(8, activation="relu", name="hidden")(inputs))
+        keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    )
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -47,12 +51,14 @@ def recorded(monkeypatch):
     live: dict = {"at_epoch": {}}
 
     def report(metrics, checkpoint=None):
-        entry = {"metrics": metrics, "checkpoint": None,
-                 "thread": threading.current_thread().name}
+        entry = {"metrics": metrics, "checkpoint": None, "thread": threading.current_thread().name}
         if checkpoint is not None:
             loaded = keras.saving.load_model(model_path(checkpoint.path))
-            entry.update(checkpoint=checkpoint.path, state=read_state(checkpoint.path),
-                         saved=variables(loaded))
+            entry.update(
+                checkpoint=checkpoint.path,
+                state=read_state(checkpoint.path),
+                saved=variables(loaded),
+            )
         sent.append(entry)
 
     monkeypatch.setattr(trainable.tune, "report", report)
@@ -69,25 +75,32 @@ def writes_started(monkeypatch):
 
     class RecordedWrite(original):
         def __init__(self, model, **kwargs):
-            started.append((int(np.asarray(model.optimizer.iterations)),
-                            sys._getframe(2).f_code.co_name))
+            started.append(
+                (int(np.asarray(model.optimizer.iterations)), sys._getframe(2).f_code.co_name)
+            )
             super().__init__(model, **kwargs)
 
     monkeypatch.setattr(trainable, "ModelWrite", RecordedWrite)
     return started
 
 
-def reporter_for(checkpoints, *, save_during_validation: bool,
-                 write_beside_training: bool = False):
+def reporter_for(
+    checkpoints, *, save_during_validation: bool, write_beside_training: bool = False
+):
     import keras
 
     state = TrainingState(batch_size=8, learning_rate=0.1)
-    attempt = trainable._Attempt(state, [], "float32", gpu_count=0.0,
-                                 began=time.perf_counter())
+    attempt = trainable._Attempt(state, [], "float32", gpu_count=0.0, began=time.perf_counter())
     policy = CheckpointPolicy(last_epoch=3, rungs=frozenset({2}))
-    return trainable._EpochReporter(keras, attempt, checkpoints, policy, train_images=32,
-                                    save_during_validation=save_during_validation,
-                                    write_beside_training=write_beside_training)
+    return trainable._EpochReporter(
+        keras,
+        attempt,
+        checkpoints,
+        policy,
+        train_images=32,
+        save_during_validation=save_during_validation,
+        write_beside_training=write_beside_training,
+    )
 
 
 def fit_three_epochs(reporter, live, *callbacks):
@@ -103,9 +116,16 @@ def fit_three_epochs(reporter, live, *callbacks):
     x, y = rng.random((32, 4)).astype("float32"), rng.integers(0, 3, 32)
     model = live["model"] = compiled_model()
     try:
-        model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False,
-                  validation_data=(x[:16], y[:16]),
-                  callbacks=[reporter.callback, EpochEndVariables(), *callbacks])
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=3,
+            verbose=0,
+            shuffle=False,
+            validation_data=(x[:16], y[:16]),
+            callbacks=[reporter.callback, EpochEndVariables(), *callbacks],
+        )
         reporter.settle()
     finally:
         reporter.join()
@@ -114,11 +134,15 @@ def fit_three_epochs(reporter, live, *callbacks):
 @pytest.mark.parametrize("write_beside_training", [False, True], ids=["cpu", "gpu"])
 @pytest.mark.parametrize("save_during_validation", [True, False])
 def test_checkpoints_at_the_policys_epochs_hold_the_model_of_their_epoch(
-        recorded, writes_started, save_during_validation, write_beside_training):
+    recorded, writes_started, save_during_validation, write_beside_training
+):
     sent, live = recorded
     checkpoints = trainable._LocalCheckpoints(None)
-    reporter = reporter_for(checkpoints, save_during_validation=save_during_validation,
-                            write_beside_training=write_beside_training)
+    reporter = reporter_for(
+        checkpoints,
+        save_during_validation=save_during_validation,
+        write_beside_training=write_beside_training,
+    )
     try:
         fit_three_epochs(reporter, live)
         assert [r["metrics"]["epoch"] for r in sent] == [1, 2, 3]
@@ -136,8 +160,7 @@ def test_checkpoints_at_the_policys_epochs_hold_the_model_of_their_epoch(
         # Begun after the epoch's last training step: as validation began, or (JAX) at the
         # epoch's end.
         began_in = "validation_began" if save_during_validation else "epoch_end"
-        assert writes_started == [(2 * STEPS_PER_EPOCH, began_in),
-                                  (3 * STEPS_PER_EPOCH, began_in)]
+        assert writes_started == [(2 * STEPS_PER_EPOCH, began_in), (3 * STEPS_PER_EPOCH, began_in)]
         # Only the latest checkpoint is kept locally.
         assert os.path.isdir(checkpoints.latest)
         assert not os.path.exists(sent[1]["checkpoint"])
@@ -158,8 +181,9 @@ def writing_the_rungs_model(live):
 def test_an_epoch_ending_in_nan_drops_the_model_write_begun_for_it(recorded, writes_started):
     sent, live = recorded
     checkpoints, reporter, model, folder = writing_the_rungs_model(live)
-    reporter.epoch_end(model, {"loss": float("nan"), "val_loss": 1.0, "accuracy": 0.1,
-                               "val_accuracy": 0.1})
+    reporter.epoch_end(
+        model, {"loss": float("nan"), "val_loss": 1.0, "accuracy": 0.1, "val_accuracy": 0.1}
+    )
     assert reporter.failed and reporter.model_write is None
     assert not os.path.exists(folder)
     assert checkpoints.latest is None
@@ -200,7 +224,8 @@ def test_the_report_runs_while_the_next_epoch_trains(recorded):
 
 @pytest.mark.parametrize("raised", [SystemExit(0), OSError("storage unreachable")])
 def test_what_the_report_raises_ends_fit_at_its_next_step_in_the_trials_thread(
-        recorded, monkeypatch, raised):
+    recorded, monkeypatch, raised
+):
     """Ray ends a stopped trial's report with SystemExit (and a failed upload raises): the
     attempt's local checkpoint copies go at once, fit stops at the next step of the epoch
     begun meanwhile, never validates or reports it, and the trial's thread raises what the
@@ -252,8 +277,7 @@ def test_what_the_report_raises_ends_fit_at_its_next_step_in_the_trials_thread(
     assert reporter._in_flight is None
 
 
-def test_a_trial_lets_ray_wait_for_its_step_in_progress_unless_the_user_set_the_wait(
-        monkeypatch):
+def test_a_trial_lets_ray_wait_for_its_step_in_progress_unless_the_user_set_the_wait(monkeypatch):
     monkeypatch.delenv(trainable.RAY_THREAD_TIMEOUT_ENV, raising=False)
     trainable.allow_the_step_in_progress_to_end()
     assert os.environ[trainable.RAY_THREAD_TIMEOUT_ENV] == str(trainable.THREAD_TIMEOUT_S)
@@ -263,7 +287,8 @@ def test_a_trial_lets_ray_wait_for_its_step_in_progress_unless_the_user_set_the_
 
 
 def test_a_checkpoint_write_that_fails_beside_the_next_epoch_ends_it_like_a_failed_report(
-        recorded, monkeypatch):
+    recorded, monkeypatch
+):
     """On a GPU the epoch's end waits only for the variables' copy; when writing that copy
     fails (a full disk) while the next epoch trains, that epoch ends at its next step,
     unreported, the folder is removed, and the trial's thread raises the error (Ray then
@@ -291,8 +316,7 @@ def test_a_checkpoint_write_that_fails_beside_the_next_epoch_ends_it_like_a_fail
 
     monkeypatch.setattr(ModelSnapshot, "write", disk_full)
     checkpoints = trainable._LocalCheckpoints(None)
-    reporter = reporter_for(checkpoints, save_during_validation=True,
-                            write_beside_training=True)
+    reporter = reporter_for(checkpoints, save_during_validation=True, write_beside_training=True)
     try:
         with pytest.raises(OSError, match="No space left"):
             fit_three_epochs(reporter, live, FirstStepOfEpochThree())
@@ -312,7 +336,8 @@ def test_a_stop_seen_at_an_epochs_end_drops_the_model_write_begun_for_it(recorde
     checkpoints, reporter, model, folder = writing_the_rungs_model(live)
     reporter._report_error = SystemExit(0)  # what the report thread kept
     with pytest.raises(SystemExit):
-        reporter.epoch_end(model, {"loss": 1.0, "val_loss": 1.0, "accuracy": 0.1,
-                                   "val_accuracy": 0.1})
+        reporter.epoch_end(
+            model, {"loss": 1.0, "val_loss": 1.0, "accuracy": 0.1, "val_accuracy": 0.1}
+        )
     assert reporter.model_write is None and not os.path.exists(folder)
     assert sent == [] and checkpoints.latest is None
