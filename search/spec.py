@@ -67,7 +67,8 @@ ORIGINAL_METHOD: dict[str, Any] = {
 QUICKSTART_PATH = Path(__file__).parent / "configs" / "quickstart.yaml"
 
 
-# -- the sections ----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------
+# the sections
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,11 @@ class SchedulerSpec:
         spec = cls(**mapping)
         check_one_of(spec.name, SCHEDULERS, f"{where}.name")
         check_int(spec.grace_period, f"{where}.grace_period", 1)
-        if not is_number(x := spec.reduction_factor) or x < 2:
-            raise SpecError(f"{where}.reduction_factor: must be a number >= 2, got {echo(x)}")
+        if not is_number(spec.reduction_factor) or spec.reduction_factor < 2:
+            raise SpecError(
+                f"{where}.reduction_factor: must be a number >= 2, "
+                f"got {echo(spec.reduction_factor)}"
+            )
         check_int(spec.min_rung_results, f"{where}.min_rung_results", 0)
         check_bool(spec.break_ties, f"{where}.break_ties")
         return spec
@@ -310,7 +314,8 @@ def join_storage(location: str, name: str) -> str:
     return storage.join(storage.absolute(location), name)
 
 
-# -- loading ---------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------
+# loading
 
 
 def _check_model_values(values: Mapping[str, Any], where: str) -> None:
